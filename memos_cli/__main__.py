@@ -1,0 +1,3 @@
+from memos_cli.cli.app import run
+
+run()

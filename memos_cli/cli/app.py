@@ -1,0 +1,94 @@
+"""The ``memos`` command: registers one module per command. ``main`` is the only place errors are caught."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from memos_cli import __version__
+from memos_cli.cli.commands.forget import forget
+from memos_cli.cli.commands.ingest import ingest
+from memos_cli.cli.commands.init import init
+from memos_cli.cli.commands.list import list_
+from memos_cli.cli.commands.query import query
+from memos_cli.cli.commands.show import show
+from memos_cli.cli.commands.stats import stats
+
+app = typer.Typer(
+    name="memos",
+    help=(
+        "memos: a memory OS for LLMs over cube bundles on disk.\n\n"
+        "A cube is a directory (cube.yaml, memories.jsonl, kv/, lora/) that git can hold. "
+        "Start with: memos init DIR; memos ingest DIR FILE...; memos query DIR \"question\"."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("init")(init)
+app.command("ingest")(ingest)
+app.command("query")(query)
+app.command("list")(list_)
+app.command("show")(show)
+app.command("forget")(forget)
+app.command("stats")(stats)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"memos {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """memos: a memory OS for LLMs over cube bundles on disk."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; typed errors become one line on stderr (plus a hint) and their exit code."""
+    from memos_cli.config import debug
+    from memos_cli.errors import MemosError
+
+    try:
+        app(args=argv, prog_name="memos", standalone_mode=False)
+    except MemosError as exc:
+        if debug():
+            raise
+        sys.stderr.write(f"memos: error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"  hint: {exc.hint}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("memos: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            sys.stderr.write("memos: aborted\n")
+            return 1
+        if debug():
+            raise
+        sys.stderr.write(f"memos: internal error: {type(exc).__name__}: {exc}\n")
+        sys.stderr.write("  hint: rerun with MEMOS_DEBUG=1 for a traceback, and report it\n")
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

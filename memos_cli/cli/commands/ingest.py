@@ -1,0 +1,65 @@
+"""memos ingest: text, markdown, JSONL records and chat transcripts -> plaintext memories."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt
+from memos_cli.cli.output import emit_json, progress, say
+
+
+def ingest(
+    cube: CubeArg,
+    sources: Annotated[Optional[list[str]], typer.Argument(help="Files to ingest; '-' or none reads stdin.")] = None,
+    format_: Annotated[
+        Optional[str], typer.Option("--format", "-f", help="text, markdown, jsonl or chat (default: detected).")
+    ] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Add this tag to every memory (repeatable).")] = None,
+    type_: Annotated[Optional[str], typer.Option("--type", help="Type for records that set none (fact, note, ...).")] = None,
+    speaker: Annotated[Optional[str], typer.Option("--speaker", help="Speaker for records that set none.")] = None,
+    time: Annotated[Optional[str], typer.Option("--time", help="Time for records that set none (any date).")] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Store the good records and report the bad ones instead of failing.")
+    ] = False,
+    as_: AsOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Store memories from files or stdin: no LLM call, embedded in batches, never stored twice.
+
+    Formats are detected from the extension and content: plain text and markdown are split into
+    passages (at headings and paragraphs) that keep their file and line span; JSONL records need a
+    "text" and may carry id/source_id, speaker, time, tags, type, key, metadata; chat transcripts
+    are a JSON list (or JSONL) of messages with role/speaker and content/text.
+
+    Bad input (malformed JSON, a record without text, invalid UTF-8, a binary or empty file) stops
+    the ingest with the file and line, and the cube is left unchanged.
+
+    Examples:
+      memos ingest notes README.md meeting.md --tag work
+      cat facts.jsonl | memos ingest notes - --format jsonl
+    """
+    from memos_cli.config import actor
+    from memos_cli.cube.bundle import Cube
+    from memos_cli.engine.ingest import Defaults, Source, ingest as run_ingest
+
+    opened = Cube.open(cube)
+    inputs = [Source.from_path(s) for s in (sources or ["-"])]
+    defaults = Defaults(tags=list(tag or []), type=type_, speaker=speaker, time=time)
+    with progress("embedding") as bar:
+        report = run_ingest(
+            opened, inputs, fmt=format_, defaults=defaults, skip_bad=skip_bad, actor=actor(as_), progress=bar
+        )
+    if json_:
+        emit_json(report.to_dict())
+    summary = f"added {report.added}, duplicates {report.duplicates}, rejected {len(report.rejected)}"
+    if report.added == 0 and report.duplicates and not report.rejected:
+        summary += " (nothing new: everything was already in the cube)"
+    if report.superseded:
+        summary += f"; superseded {len(report.superseded)} older memories with the same key"
+    say(f"{summary} [dim]({report.seconds:.2f}s)[/]")
+    for bad in report.rejected[:20]:
+        say(f"  [red]rejected[/] {bad.where}: {bad.problem}")
+    if len(report.rejected) > 20:
+        say(f"  ... and {len(report.rejected) - 20} more (see --json)")

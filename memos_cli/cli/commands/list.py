@@ -1,0 +1,59 @@
+"""memos list: the memories of a cube, filtered."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from memos_cli.cli.options import CubeArg, JsonlOpt, JsonOpt, SinceOpt, SpeakerOpt, StatusOpt, TagOpt, TypeOpt, UntilOpt
+from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, say
+
+
+def list_(
+    cube: CubeArg,
+    tag: TagOpt = None,
+    type_: TypeOpt = None,
+    speaker: SpeakerOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    status: StatusOpt = "active",
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="At most this many.")] = None,
+    json_: JsonOpt = False,
+    jsonl: JsonlOpt = False,
+) -> None:
+    """List memories (current versions), oldest first.
+
+    Examples:
+      memos list notes --tag work -n 20
+      memos list notes --status archived --jsonl | jq .id
+    """
+    from memos_cli.cube.bundle import Cube
+    from memos_cli.engine.ops import list_memories
+    from memos_cli.engine.query import Filters
+
+    check_exclusive(json=json_, jsonl=jsonl)
+    filters = Filters(
+        tags=list(tag or []), types=list(type_ or []), speakers=list(speaker or []),
+        since=since, until=until, status=status,
+    )
+    records = list_memories(Cube.open(cube), filters, limit=limit)
+    if json_:
+        emit_json({"memories": [r.to_dict() for r in records]})
+        return
+    if jsonl:
+        emit_jsonl(r.to_dict() for r in records)
+        return
+    if not records:
+        say("no memories match")
+        return
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold")
+    for column in ("id", "v", "when", "type", "who", "text"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        text = r.text if len(r.text) <= 100 else r.text[:97] + "..."
+        table.add_row(r.id, str(r.version), (r.time or "")[:10], r.type, r.speaker or "", text)
+    out().print(table)
+    say(f"{len(records)} memories")

@@ -1,0 +1,36 @@
+"""memos stats: what a cube holds."""
+
+from __future__ import annotations
+
+from memos_cli.cli.options import CubeArg, JsonOpt
+from memos_cli.cli.output import emit_json, out
+
+
+def stats(cube: CubeArg, json_: JsonOpt = False) -> None:
+    """Counts by status and type, speakers, sources, time range, uses, snapshots and adapters
+    (stale ones flagged), and the size on disk.
+
+    Example:  memos stats notes --json
+    """
+    from memos_cli.cube.bundle import Cube
+    from memos_cli.engine.ops import stats as run_stats
+
+    data = run_stats(Cube.open(cube))
+    if json_:
+        emit_json(data)
+        return
+    console = out()
+    c = data["cube"]
+    console.print(f"[bold]{c['name']}[/] ({c['id']}), format {c['format_version']}, owner {c['owner'] or '-'}")
+    console.print(f"  memories: {data['memories']} ({data['versions']} versions) " + ", ".join(f"{k} {v}" for k, v in data["by_status"].items()))
+    if data["by_type"]:
+        console.print("  types: " + ", ".join(f"{k} {v}" for k, v in data["by_type"].items()))
+    if data["speakers"]:
+        console.print("  speakers: " + ", ".join(f"{k} {v}" for k, v in data["speakers"].items()))
+    if data["time_range"]:
+        console.print(f"  time: {data['time_range'][0]} .. {data['time_range'][1]}")
+    console.print(f"  uses: {data['uses']}; index: {data['index']}; {data['bytes_on_disk']:,} bytes on disk")
+    for kind in ("kv", "lora"):
+        for name, entry in data[kind].items():
+            flag = " [red]STALE[/]" if entry["stale"] else ""
+            console.print(f"  {kind} {name}: {entry['memories']} memories{flag}")

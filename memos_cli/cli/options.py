@@ -1,0 +1,29 @@
+"""Options shared by several commands, defined once as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+CubeArg = Annotated[Path, typer.Argument(help="The cube directory.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per line on stdout.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+AsOpt = Annotated[
+    Optional[str],
+    typer.Option("--as", help="Act as this identity (default: $MEMOS_USER, else the login name)."),
+]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", help="A local Hugging Face causal-LM folder (default: SmolLM2-135M-Instruct)."),
+]
+TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Tag (repeatable).")]
+TypeOpt = Annotated[Optional[list[str]], typer.Option("--type", help="Memory type (repeatable).")]
+SpeakerOpt = Annotated[Optional[list[str]], typer.Option("--speaker", help="Speaker (repeatable).")]
+SinceOpt = Annotated[Optional[str], typer.Option("--since", help="Only memories whose time is on/after this date.")]
+UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Only memories whose time is on/before this date.")]
+StatusOpt = Annotated[
+    str, typer.Option("--status", help="active, archived, superseded, deleted, or all.")
+]

@@ -1,0 +1,47 @@
+"""Process-wide settings read from the environment.
+
+``MEMOS_HOME`` holds per-user caches (converted models); it defaults to ``~/.cache/memos``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def memos_home() -> Path:
+    home = os.environ.get("MEMOS_HOME")
+    path = Path(home) if home else Path.home() / ".cache" / "memos"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def lock_timeout() -> float:
+    """Seconds a command waits for another process's cube lock before giving up."""
+    return float(os.environ.get("MEMOS_LOCK_TIMEOUT", "30"))
+
+
+def debug() -> bool:
+    return os.environ.get("MEMOS_DEBUG", "") not in ("", "0")
+
+
+def offline_models() -> None:
+    """Models come from local folders only: never reach for a model hub at run time."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def actor(override: str | None = None) -> str:
+    """The acting identity: ``--as NAME``, else ``MEMOS_USER``, else the login name."""
+    if override:
+        return override
+    env = os.environ.get("MEMOS_USER")
+    if env:
+        return env
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,372 @@
+"""The derived retrieval index under ``.memos/index/``: vectors, BM25 statistics and an hnswlib graph.
+
+Nothing here is required from git: a fresh clone has no index, and the first query builds it (with a
+progress bar). The index is kept in step with ``memories.jsonl`` incrementally:
+
+- one *row* per distinct indexed content (the exact texts embedded and BM25-indexed); rows are only
+  appended, so vectors and keys are append-only files, and a memory whose text is unchanged by a new
+  version (forget, a tag edit) keeps its row and its embedding;
+- ``current.json`` maps each memory id to the row of its current version;
+- ``meta.json`` is written last and names how many rows are valid and which state of
+  ``memories.jsonl`` the index reflects (size, mtime, sha256), so staleness costs one ``stat``;
+- the hnswlib graph may lag behind the rows: rows past ``hnsw_rows`` are scored exactly, and are
+  folded into the graph once the tail grows (saving the graph rewrites it, so it is not done per ingest).
+
+All index reads and writes hold ``.memos/index.lock`` (separate from the cube's write lock, so queries
+never wait for a long ingest's embedding work).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from memos_cli.config import lock_timeout
+from memos_cli.cube import layout
+from memos_cli.cube.bundle import Cube, CubeState
+from memos_cli.cube.io import append_bytes, atomic_write_bytes, atomic_write_text
+from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine import ranking
+from memos_cli.engine.lexical import LexicalIndex
+from memos_cli.errors import IncompatibleModel, LockTimeout
+
+INDEX_VERSION = 1
+HNSW_MIN_ROWS = 20_000  # below this, exact scoring is as fast as the graph and always exact
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 100
+HNSW_EF = 128
+
+
+@dataclass
+class IndexMeta:
+    version: int
+    embedder: str
+    dim: int
+    rows: int
+    hnsw_rows: int
+    records_size: int
+    records_mtime_ns: int
+
+    @classmethod
+    def empty(cls, embedder: str, dim: int) -> IndexMeta:
+        return cls(INDEX_VERSION, embedder, dim, 0, 0, -1, -1)
+
+
+def row_for(record: MemoryRecord) -> ranking.Row:
+    return ranking.Row(
+        text=record.text,
+        speaker=record.speaker,
+        time=record.time,
+        source=record.source,
+        source_id=record.source_id,
+        type=record.type,
+        tags=list(record.tags),
+    )
+
+
+def row_key(row: ranking.Row) -> str:
+    """Identity of what a row indexes: rows are reused exactly when these texts are unchanged."""
+    payload = ranking.embed_text(row) + "\x1e" + ranking.lexical_text(row)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+# embeds texts, calling the tick with the count done after each batch
+EmbedFn = Callable[[list[str], Callable[[int], None]], np.ndarray]
+
+
+class CubeIndex:
+    """The loaded index of one cube, in step with a given ``CubeState``."""
+
+    def __init__(self, cube: Cube, dim: int, embedder_name: str) -> None:
+        self.cube = cube
+        self.dir = cube.derived / layout.INDEX_DIR
+        self.meta = IndexMeta.empty(embedder_name, dim)
+        self.keys: list[str] = []
+        self.rows: list[ranking.Row] = []
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.lexical = LexicalIndex()
+        self.current: dict[str, int] = {}
+        self.hnsw: Any = None
+        self._inputs: ranking.RankInputs | None = None
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def lock(self) -> FileLock:
+        return FileLock(str(self.cube.derived / "index.lock"), timeout=lock_timeout())
+
+    def _load(self) -> bool:
+        """Load what is on disk; False if there is nothing usable (then the caller rebuilds)."""
+        try:
+            meta = IndexMeta(**json.loads((self.dir / "meta.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return False
+        if meta.version != INDEX_VERSION or meta.embedder != self.meta.embedder or meta.dim != self.meta.dim:
+            return False
+        n = meta.rows
+        try:
+            vectors = np.fromfile(self.dir / "vectors.f32", dtype=np.float32, count=n * meta.dim)
+            keys = (self.dir / "keys.txt").read_text().split("\n")[:n]
+            with open(self.dir / "rows.jsonl", encoding="utf-8") as handle:
+                rows = [ranking.Row(**json.loads(next(handle))) for _ in range(n)]
+            current = json.loads((self.dir / "current.json").read_text())
+        except (OSError, ValueError, TypeError, StopIteration):
+            return False
+        if vectors.size != n * meta.dim or len(keys) != n:
+            return False
+        self.meta, self.keys, self.rows, self.current = meta, keys, rows, current
+        self.vectors = vectors.reshape(n, meta.dim)
+        try:
+            lexical = LexicalIndex.load(self.dir / "lexical")
+            if len(lexical) != n:
+                raise ValueError("lexical rows differ")
+        except (OSError, ValueError, KeyError):
+            lexical = LexicalIndex()
+            lexical.add([ranking.lexical_text(r) for r in rows])
+            lexical.save(self.dir / "lexical")
+        self.lexical = lexical
+        self.hnsw = None
+        if meta.hnsw_rows:
+            self.hnsw = self._load_hnsw(meta.hnsw_rows)
+            if self.hnsw is None:
+                self.meta.hnsw_rows = 0
+        return True
+
+    def _load_hnsw(self, count: int) -> Any:
+        import hnswlib
+
+        graph = hnswlib.Index(space="ip", dim=self.meta.dim)
+        try:
+            graph.load_index(str(self.dir / "hnsw.bin"), max_elements=max(count, 1))
+        except (RuntimeError, OSError):
+            return None
+        if graph.get_current_count() != count:
+            return None
+        graph.set_ef(HNSW_EF)
+        return graph
+
+    # ------------------------------------------------------------------ syncing
+    def fresh_for(self, cube_file: Path) -> bool:
+        try:
+            stat = cube_file.stat()
+        except FileNotFoundError:
+            return self.meta.records_size == 0
+        return stat.st_size == self.meta.records_size and stat.st_mtime_ns == self.meta.records_mtime_ns
+
+    def sync(
+        self,
+        state: CubeState,
+        embed: Callable[[], EmbedFn],
+        *,
+        known_vectors: dict[str, np.ndarray] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Bring the index in step with ``state``; returns the number of rows embedded.
+
+        ``embed`` is a factory, called only if something must be embedded (so a query on a fresh
+        index never loads the embedder for the index's sake).
+        ``known_vectors`` maps row keys to vectors already computed (by ingest), to skip re-embedding.
+        """
+        wanted: dict[str, int] = {}
+        new_rows: list[ranking.Row] = []
+        new_keys: list[str] = []
+        key_to_row = {k: i for i, k in enumerate(self.keys)}
+        for memory_id, record in state.current.items():
+            if record.status == "deleted":
+                continue
+            row = row_for(record)
+            key = row_key(row)
+            index = key_to_row.get(key)
+            if index is None:
+                index = len(self.keys) + len(new_keys)
+                key_to_row[key] = index
+                new_rows.append(row)
+                new_keys.append(key)
+            wanted[memory_id] = index
+        embedded = 0
+        if new_rows:
+            vectors = np.zeros((len(new_rows), self.meta.dim), dtype=np.float32)
+            missing = []
+            for i, key in enumerate(new_keys):
+                vector = (known_vectors or {}).get(key)
+                if vector is None:
+                    missing.append(i)
+                else:
+                    vectors[i] = vector
+            if missing:
+                fn = embed()
+                texts = [ranking.embed_text(new_rows[i]) for i in missing]
+                done = 0
+
+                def tick(count: int) -> None:
+                    nonlocal done
+                    done += count
+                    if progress is not None:
+                        progress(done, len(texts))
+
+                vectors[missing] = fn(texts, tick)
+                embedded = len(missing)
+            self._append_rows(new_rows, new_keys, vectors)
+        self.current = wanted
+        self._maybe_extend_hnsw()
+        self._write_meta(state)
+        self._inputs = None
+        return embedded
+
+    def _append_rows(self, rows: list[ranking.Row], keys: list[str], vectors: np.ndarray) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        n = self.meta.rows
+        # Drop anything a crashed writer appended past the valid rows before appending ours.
+        _truncate(self.dir / "vectors.f32", n * self.meta.dim * 4)
+        for name in ("keys.txt", "rows.jsonl"):
+            _truncate_lines(self.dir / name, n)
+        append_bytes(self.dir / "vectors.f32", np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+        append_bytes(self.dir / "keys.txt", "".join(k + "\n" for k in keys).encode())
+        append_bytes(
+            self.dir / "rows.jsonl",
+            "".join(json.dumps(asdict(r), ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8"),
+        )
+        self.vectors = np.concatenate([self.vectors, vectors]) if n else vectors.copy()
+        self.keys.extend(keys)
+        self.rows.extend(rows)
+        self.lexical.add([ranking.lexical_text(r) for r in rows])
+        self.lexical.save(self.dir / "lexical")
+        self.meta.rows = len(self.keys)
+
+    def _maybe_extend_hnsw(self) -> None:
+        total = self.meta.rows
+        tail = total - self.meta.hnsw_rows
+        if total < HNSW_MIN_ROWS or tail < max(1000, total // 20):
+            return
+        import hnswlib
+
+        if self.hnsw is None or self.meta.hnsw_rows == 0:
+            graph = hnswlib.Index(space="ip", dim=self.meta.dim)
+            graph.init_index(max_elements=total, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=42)
+            start = 0
+        else:
+            graph = self.hnsw
+            graph.resize_index(total)
+            start = self.meta.hnsw_rows
+        graph.add_items(self.vectors[start:total], np.arange(start, total))
+        graph.set_ef(HNSW_EF)
+        tmp = self.dir / "hnsw.bin.tmp"
+        graph.save_index(str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.dir / "hnsw.bin")
+        self.hnsw = graph
+        self.meta.hnsw_rows = total
+
+    def _write_meta(self, state: CubeState) -> None:
+        try:
+            stat = self.cube.memories_path.stat()
+        except FileNotFoundError:
+            stat = None
+        if stat is not None and stat.st_size == state.size:
+            self.meta.records_size, self.meta.records_mtime_ns = stat.st_size, stat.st_mtime_ns
+        else:  # the file moved on (or is mid-transaction): record nothing, the next open re-checks
+            self.meta.records_size, self.meta.records_mtime_ns = -1, -1
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.dir / "current.json", json.dumps(self.current, sort_keys=True))
+        atomic_write_text(self.dir / "meta.json", json.dumps(asdict(self.meta), sort_keys=True))
+
+    # ------------------------------------------------------------------ ranking
+    def inputs(self) -> ranking.RankInputs:
+        if self._inputs is None:
+            self._inputs = ranking.RankInputs(
+                vectors=self.vectors,
+                lexical=self.lexical,
+                rows=self.rows,
+                structure=ranking.structure(self.rows),
+            )
+        return self._inputs
+
+    def ann(self) -> Callable[[np.ndarray, int], np.ndarray] | None:
+        """Approximate dense candidates: the hnswlib graph plus an exact scan of the rows not in it."""
+        if self.hnsw is None:
+            return None
+        graph, start, vectors = self.hnsw, self.meta.hnsw_rows, self.vectors
+
+        def candidates(query_vec: np.ndarray, n: int) -> np.ndarray:
+            labels, _ = graph.knn_query(query_vec.reshape(1, -1), k=min(n, start))
+            found = labels[0].astype(np.int64)
+            if start < len(vectors):
+                tail = vectors[start:] @ query_vec
+                take = min(n, len(tail))
+                best = np.argpartition(-tail, take - 1)[:take] + start
+                found = np.concatenate([found, best])
+            return found
+
+        return candidates
+
+
+def open_index(
+    cube: Cube,
+    state: CubeState,
+    embedder_factory: Callable[[], Any],
+    *,
+    dim: int,
+    embedder_name: str,
+    known_vectors: dict[str, np.ndarray] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CubeIndex:
+    """Load the cube's index and bring it in step with ``state`` (building it if missing or stale)."""
+    expected = cube.manifest.embedder
+    if expected and expected.get("fingerprint") not in (None, embedder_name):
+        raise IncompatibleModel(
+            f"cube {cube.path}", str(expected.get("fingerprint")), embedder_name,
+            hint="use the embedder the cube was built with (MEMOS_EMBEDDER), or re-embed it",
+        )
+    index = CubeIndex(cube, dim, embedder_name)
+    try:
+        with index.lock:
+            loaded = index._load()
+            if loaded and index.meta.records_size == state.size and index.fresh_for(cube.memories_path):
+                return index
+            if not loaded:
+                index = CubeIndex(cube, dim, embedder_name)
+                _clear(index.dir)
+
+            def factory() -> EmbedFn:
+                embedder = embedder_factory()
+                return lambda texts, tick: embedder.encode(texts, progress=tick)
+
+            index.sync(state, factory, known_vectors=known_vectors, progress=progress)
+    except Timeout:
+        raise LockTimeout(index.dir, lock_timeout()) from None
+    return index
+
+
+def _truncate(path: Path, size: int) -> None:
+    if path.exists() and path.stat().st_size > size:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+
+
+def _truncate_lines(path: Path, lines: int) -> None:
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    offset = 0
+    for _ in range(lines):
+        offset = data.index(b"\n", offset) + 1
+    _truncate(path, offset)
+
+
+def _clear(directory: Path) -> None:
+    if directory.exists():
+        for child in directory.iterdir():
+            if child.is_dir():
+                import shutil
+
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)

@@ -1,0 +1,305 @@
+"""Lexical retrieval: a tokenizer and an append-only BM25 index over a cube's memories.
+
+Why written here rather than taken from ``bm25s`` or ``tantivy``: a cube grows by appends (ingest,
+chat turns that are remembered), and both of those build an immutable index; ``bm25s`` even bakes the
+idf into its stored scores, so every append would mean re-indexing the whole cube. This index stores
+raw term frequencies and document frequencies and computes idf and length normalisation at query
+time, so an append only tokenizes the new documents and the scores stay exactly those of a fresh
+build. Stemming comes from PyStemmer (the Snowball English stemmer, in C).
+
+Postings live in two CSR segments, like a tiny LSM tree: ``main`` (older documents) and ``delta``
+(recent appends). An append rebuilds only the small delta; the delta is folded into main when it
+grows past a fraction of main, so appends stay cheap and queries touch two contiguous slices per term.
+Persistence is an ``.npz`` (loaded with ``allow_pickle=False``) plus the vocabulary as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import Stemmer
+
+# Bump when tokenize() changes: an index saved by another tokenizer must be rebuilt, not reused.
+TOKENIZER_VERSION = "snowball-english-1"
+FORMAT_VERSION = 1
+INDEX_FILE = "lexical.npz"
+# BM25 parameters. Memories are short and of similar length, so length normalisation (b) matters less
+# than for web pages; b=0.4 and a gentler tf saturation (k1=0.9) are the usual short-text settings
+# (Anserini's defaults) and measured best on LoCoMo, on a flat plateau (b 0.3-0.5 all within 0.3 points).
+K1 = 0.9
+B = 0.4
+VOCAB_FILE = "lexical.json"
+
+# English function words (the classic Snowball/NLTK list, trimmed of words that carry meaning in
+# memories such as "may" the month, "will", "before"/"after", "not"). Applied before stemming.
+STOPWORDS = frozenset(
+    """
+    a about above again against all am an and any are as at be because been being below between both
+    but by can could did do does doing down during each few for from further had has have having he her
+    here hers herself him himself his how i if in into is it its itself just me more most my myself no
+    nor of off on once only or other our ours ourselves out over own same she should so some such than
+    that the their theirs them themselves then there these they this those through to too under until up
+    very was we were what when where which while who whom why with would you your yours yourself
+    yourselves s t d ll m re ve also
+    """.split()
+)
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@lru_cache(maxsize=1)
+def _stemmer() -> Stemmer.Stemmer:
+    # PyStemmer keeps its own word cache, so repeated words cost a dict lookup.
+    return Stemmer.Stemmer("english")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercased unicode word tokens, stopwords dropped, Snowball-stemmed.
+
+    Underscores split words (``\\w`` matches them, but ``foo_bar`` is two words in prose and in ids).
+    """
+    words = [w for w in _WORD.findall(text.lower().replace("_", " ")) if w not in STOPWORDS]
+    return _stemmer().stemWords(words)
+
+
+@dataclass
+class _Segment:
+    """Postings of a run of documents in CSR form: term t's postings are ``docs/tfs[indptr[t]:indptr[t+1]]``.
+
+    ``docs`` are ascending within a term. The term arrays are kept too so a segment can be merged.
+    """
+
+    indptr: np.ndarray  # int64 [n_terms_at_build + 1]
+    terms: np.ndarray  # int32 [nnz]
+    docs: np.ndarray  # int32 [nnz]
+    tfs: np.ndarray  # int32 [nnz]
+
+    @classmethod
+    def empty(cls) -> _Segment:
+        z = np.zeros(0, dtype=np.int32)
+        return cls(np.zeros(1, dtype=np.int64), z, z.copy(), z.copy())
+
+    @classmethod
+    def build(cls, terms: np.ndarray, docs: np.ndarray, tfs: np.ndarray, n_terms: int) -> _Segment:
+        # A stable sort by term keeps the docs of each term in ascending (ingestion) order.
+        order = np.argsort(terms, kind="stable")
+        terms, docs, tfs = terms[order], docs[order], tfs[order]
+        indptr = np.zeros(n_terms + 1, dtype=np.int64)
+        np.cumsum(np.bincount(terms, minlength=n_terms), out=indptr[1:])
+        return cls(indptr, terms.astype(np.int32), docs.astype(np.int32), tfs.astype(np.int32))
+
+    def postings(self, term: int) -> tuple[np.ndarray, np.ndarray]:
+        if term + 1 >= len(self.indptr):
+            return self.docs[:0], self.tfs[:0]
+        lo, hi = self.indptr[term], self.indptr[term + 1]
+        return self.docs[lo:hi], self.tfs[lo:hi]
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+
+class LexicalIndex:
+    """Okapi BM25 over documents numbered 0.. in order of addition.
+
+    Rows are never removed (the engine masks archived or deleted memories), so numbering is stable.
+    """
+
+    def __init__(self, k1: float = K1, b: float = B) -> None:
+        self.k1 = k1
+        self.b = b
+        self._vocab: dict[str, int] = {}
+        self._terms: list[str] = []
+        self._df = np.zeros(0, dtype=np.int64)
+        self._doc_len = np.zeros(0, dtype=np.int32)
+        self._main = _Segment.empty()
+        self._delta = _Segment.empty()
+
+    def __len__(self) -> int:
+        return len(self._doc_len)
+
+    @property
+    def n_terms(self) -> int:
+        return len(self._terms)
+
+    # ---- building -----------------------------------------------------------------------------
+
+    def add(self, texts: list[str]) -> None:
+        """Append documents; their rows are ``len(self) .. len(self) + len(texts) - 1``."""
+        if not texts:
+            return
+        start = len(self)
+        term_ids: list[int] = []
+        doc_ids: list[int] = []
+        lengths = np.zeros(len(texts), dtype=np.int32)
+        vocab, terms = self._vocab, self._terms
+        for i, text in enumerate(texts):
+            tokens = tokenize(text)
+            lengths[i] = len(tokens)
+            for tok in tokens:
+                tid = vocab.get(tok)
+                if tid is None:
+                    tid = vocab[tok] = len(terms)
+                    terms.append(tok)
+                term_ids.append(tid)
+            doc_ids.extend([start + i] * len(tokens))
+        n_terms = len(terms)
+        # One (doc, term) key per token; unique with counts gives the term frequencies.
+        keys = np.asarray(doc_ids, dtype=np.int64) * n_terms + np.asarray(term_ids, dtype=np.int64)
+        keys, tf = np.unique(keys, return_counts=True)
+        new_docs, new_terms = keys // n_terms, keys % n_terms
+
+        df = np.zeros(n_terms, dtype=np.int64)
+        df[: len(self._df)] = self._df
+        df += np.bincount(new_terms, minlength=n_terms)
+        self._df = df
+        self._doc_len = np.concatenate([self._doc_len, lengths])
+
+        d = self._delta
+        self._delta = _Segment.build(
+            np.concatenate([d.terms, new_terms.astype(np.int32)]),
+            np.concatenate([d.docs, new_docs.astype(np.int32)]),
+            np.concatenate([d.tfs, tf.astype(np.int32)]),
+            n_terms,
+        )
+        # Fold the delta into main once it is a sizeable fraction of it: amortised O(1) per posting.
+        if len(self._delta) > max(20_000, len(self._main) // 4):
+            self._compact()
+
+    def _compact(self) -> None:
+        m, d = self._main, self._delta
+        if not len(d):
+            return
+        self._main = _Segment.build(
+            np.concatenate([m.terms, d.terms]),
+            np.concatenate([m.docs, d.docs]),
+            np.concatenate([m.tfs, d.tfs]),
+            self.n_terms,
+        )
+        self._delta = _Segment.empty()
+
+    # ---- querying -----------------------------------------------------------------------------
+
+    def query_terms(self, query: str) -> list[int]:
+        """Known term ids of the query, each once (BM25 sums over distinct query terms)."""
+        seen: dict[int, None] = {}
+        for tok in tokenize(query):
+            tid = self._vocab.get(tok)
+            if tid is not None:
+                seen[tid] = None
+        return list(seen)
+
+    def idf(self, term_ids: list[int]) -> np.ndarray:
+        """Lucene's non-negative BM25 idf, from the current document frequencies."""
+        n = len(self)
+        df = self._df[np.asarray(term_ids, dtype=np.int64)].astype(np.float64)
+        return np.log1p((n - df + 0.5) / (df + 0.5))
+
+    def scores(self, query: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """BM25 score of every row (float32 [n]), or of the given rows only, in that order."""
+        n = len(self)
+        out = np.zeros(n, dtype=np.float32)
+        term_ids = self.query_terms(query)
+        if n and term_ids:
+            avgdl = max(float(self._doc_len.sum()) / n, 1e-9)
+            k1, b = self.k1, self.b
+            for tid, w in zip(term_ids, self.idf(term_ids)):
+                for seg in (self._main, self._delta):
+                    docs, tf = seg.postings(tid)
+                    if not len(docs):
+                        continue
+                    tf = tf.astype(np.float32)
+                    norm = k1 * (1.0 - b + b * self._doc_len[docs] / avgdl)
+                    out[docs] += np.float32(w * (k1 + 1.0)) * tf / (tf + norm)
+        if rows is not None:
+            return out[np.asarray(rows, dtype=np.int64)]
+        return out
+
+    def top(self, query: str, n: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` best rows with a positive score (allowed by ``mask``), best first."""
+        s = self.scores(query)
+        if mask is not None:
+            s = np.where(mask, s, 0.0).astype(np.float32)
+        hits = np.flatnonzero(s > 0)
+        if len(hits) > n:
+            hits = hits[np.argpartition(-s[hits], n - 1)[:n]]
+        order = np.lexsort((hits, -s[hits]))  # score desc, then earlier row first: deterministic
+        hits = hits[order]
+        return hits.astype(np.int64), s[hits]
+
+    # ---- persistence --------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write ``lexical.npz`` and ``lexical.json`` into ``directory`` (each atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._compact()
+        m = self._main
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "tokenizer": TOKENIZER_VERSION,
+            "k1": self.k1,
+            "b": self.b,
+            "n_docs": len(self),
+            "terms": self._terms,
+        }
+        _atomic_write(directory / VOCAB_FILE, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lexical-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(
+                    fh, indptr=m.indptr, terms=m.terms, docs=m.docs, tfs=m.tfs, df=self._df, doc_len=self._doc_len
+                )
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, directory / INDEX_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, directory: Path) -> LexicalIndex:
+        """Read an index written by :meth:`save`; ``ValueError`` if it is stale or inconsistent
+        (the caller rebuilds it: it is derived data)."""
+        directory = Path(directory)
+        meta = json.loads((directory / VOCAB_FILE).read_text(encoding="utf-8"))
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("tokenizer") != TOKENIZER_VERSION:
+            raise ValueError("lexical index was written by another version; rebuild it")
+        with np.load(directory / INDEX_FILE, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in ("indptr", "terms", "docs", "tfs", "df", "doc_len")}
+        index = cls(k1=float(meta["k1"]), b=float(meta["b"]))
+        index._terms = list(meta["terms"])
+        index._vocab = {t: i for i, t in enumerate(index._terms)}
+        index._df = arrays["df"].astype(np.int64)
+        index._doc_len = arrays["doc_len"].astype(np.int32)
+        index._main = _Segment(arrays["indptr"], arrays["terms"], arrays["docs"], arrays["tfs"])
+        if (
+            len(index._doc_len) != meta["n_docs"]
+            or len(index._df) != len(index._terms)
+            or len(index._main.indptr) != len(index._terms) + 1
+            or int(index._main.indptr[-1]) != len(index._main.docs)
+        ):
+            raise ValueError("lexical index files do not match each other; rebuild it")
+        return index
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["LexicalIndex", "tokenize", "STOPWORDS", "TOKENIZER_VERSION"]

@@ -1,0 +1,166 @@
+"""Everyday operations on a cube that need no model: list, show, forget, stats.
+
+None of these imports torch: they answer in a fraction of a second on any cube.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from memos_cli.cube import layout
+from memos_cli.cube.bundle import Cube, CubeState, utc_now
+from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine import usage
+from memos_cli.engine.query import Filters
+from memos_cli.errors import MemoryNotFound, UsageError
+
+
+def list_memories(cube: Cube, filters: Filters | None = None, *, limit: int | None = None) -> list[MemoryRecord]:
+    """Current versions matching ``filters``, oldest first (by time, then creation)."""
+    filters = filters or Filters()
+    state = cube.read_state()
+    found = [r for r in state.current.values() if filters.matches(r)]
+    found.sort(key=lambda r: (r.time or "", r.created, r.id))
+    return found[:limit] if limit else found
+
+
+def resolve_id(state: CubeState, ref: str) -> str:
+    """A full memory id, from an id or a unique prefix of one (as git does with commits)."""
+    if ref in state.current:
+        return ref
+    matches = [i for i in state.current if i.startswith(ref)] if len(ref) >= 4 else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UsageError(f"id prefix {ref!r} is ambiguous: {', '.join(sorted(matches)[:5])} ...")
+    raise MemoryNotFound(ref)
+
+
+@dataclass
+class MemoryDetail:
+    current: MemoryRecord
+    history: list[MemoryRecord]
+    uses: int
+    in_kv: list[str]
+    in_lora: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.current.to_dict(),
+            "history": [r.to_dict() for r in self.history],
+            "uses": self.uses,
+            "kv": self.in_kv,
+            "lora": self.in_lora,
+        }
+
+
+def show(cube: Cube, ref: str) -> MemoryDetail:
+    state = cube.read_state()
+    memory_id = resolve_id(state, ref)
+    current = state.current[memory_id]
+    prefix = memory_id + "@"
+    in_kv = [name for name, e in cube.manifest.kv.items() if any(str(m).startswith(prefix) for m in e.get("memories", []))]
+    in_lora = [
+        name for name, e in cube.manifest.lora.items() if any(str(m).startswith(prefix) for m in e.get("memories", []))
+    ]
+    return MemoryDetail(
+        current=current,
+        history=state.history(memory_id),
+        uses=usage.counts(cube).get(memory_id, 0),
+        in_kv=in_kv,
+        in_lora=in_lora,
+    )
+
+
+@dataclass
+class ForgetReport:
+    archived: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)  # already archived
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archived": self.archived, "purged": self.purged, "unchanged": self.unchanged}
+
+
+def forget(cube: Cube, refs: list[str], *, purge: bool = False, actor: str | None = None) -> ForgetReport:
+    """Archive memories (a new version with status ``archived``), or with ``purge`` delete every
+    version of them from ``memories.jsonl``, leaving a tombstone in the audit log."""
+    if not refs:
+        raise UsageError("name at least one memory id")
+    report = ForgetReport()
+    op = "purge" if purge else "forget"
+    with cube.transaction(actor=actor, op=op) as tx:
+        state = cube.read_state()
+        ids = list(dict.fromkeys(resolve_id(state, ref) for ref in refs))
+        if purge:
+            doomed = set(ids)
+            tx.rewrite_memories = [r for r in state.versions if r.id not in doomed]
+            tombstones = [
+                {"id": i, "versions": len(state.history(i)), "hash": state.current[i].hash} for i in ids
+            ]
+            tx.log(ids, f"purged {len(ids)} memories and all their versions", tombstones=tombstones)
+            report.purged = ids
+            return report
+        now = utc_now()
+        for memory_id in ids:
+            record = state.current[memory_id]
+            if record.status == "archived":
+                report.unchanged.append(memory_id)
+                continue
+            tx.add(replace(record, version=record.version + 1, status="archived", op="forget", actor=actor, created=now))
+            report.archived.append(memory_id)
+        if report.archived:
+            tx.log(report.archived, f"archived {len(report.archived)} memories")
+    return report
+
+
+def stale_entries(cube: Cube, state: CubeState) -> dict[str, dict[str, list[str]]]:
+    """KV snapshots and adapters whose memories changed since they were made: {kind: {name: [refs]}}."""
+    current_refs = {r.ref for r in state.current.values() if r.status == "active"}
+    stale: dict[str, dict[str, list[str]]] = {"kv": {}, "lora": {}}
+    for kind, entries in (("kv", cube.manifest.kv), ("lora", cube.manifest.lora)):
+        for name, entry in entries.items():
+            changed = [str(ref) for ref in entry.get("memories", []) if str(ref) not in current_refs]
+            if changed:
+                stale[kind][name] = changed
+    return stale
+
+
+def stats(cube: Cube) -> dict[str, Any]:
+    state = cube.read_state()
+    current = list(state.current.values())
+    by_status = Counter(r.status for r in current)
+    by_type = Counter(r.type for r in current if r.status == "active")
+    speakers = Counter(r.speaker for r in current if r.speaker and r.status == "active")
+    sources = Counter(r.source for r in current if r.source and r.status == "active")
+    times = sorted(r.time for r in current if r.time)
+    uses = usage.counts(cube)
+    stale = stale_entries(cube, state)
+    index_meta = cube.path / layout.DERIVED_DIR / layout.INDEX_DIR / "meta.json"
+    disk = sum(p.stat().st_size for p in cube.path.rglob("*") if p.is_file() and layout.DERIVED_DIR not in p.parts)
+    m = cube.manifest
+    return {
+        "cube": {"id": m.id, "name": m.name, "owner": m.owner, "format_version": m.format_version, "path": str(cube.path)},
+        "memories": len(current),
+        "versions": len(state.versions),
+        "by_status": dict(sorted(by_status.items())),
+        "by_type": dict(sorted(by_type.items())),
+        "speakers": dict(speakers.most_common(10)),
+        "sources": dict(sources.most_common(10)),
+        "time_range": [times[0], times[-1]] if times else None,
+        "embedder": m.embedder,
+        "model": m.model,
+        "kv": {name: {**_brief(e), "stale": name in stale["kv"]} for name, e in sorted(m.kv.items())},
+        "lora": {name: {**_brief(e), "stale": name in stale["lora"]} for name, e in sorted(m.lora.items())},
+        "uses": sum(uses.values()),
+        "most_used": [{"id": i, "uses": n} for i, n in sorted(uses.items(), key=lambda kv: (-kv[1], kv[0]))[:5]],
+        "index": "present" if index_meta.exists() else "not built (the next query builds it)",
+        "bytes_on_disk": disk,
+    }
+
+
+def _brief(entry: dict[str, Any]) -> dict[str, Any]:
+    keep = ("tokens", "dtype", "created", "sha256", "rank")
+    return {"memories": len(entry.get("memories", [])), **{k: entry[k] for k in keep if k in entry}}

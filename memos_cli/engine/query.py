@@ -1,0 +1,239 @@
+"""Query: hybrid retrieval over one or more cubes, with filters, usage counting and batch mode.
+
+A ``Searcher`` loads each cube's index once and answers many queries (``query --batch`` and chat use
+one). Filters become a boolean row mask, computed with numpy over per-row columns built at load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from memos_cli.cube.bundle import Cube, CubeState
+from memos_cli.cube.records import STATUSES, MemoryRecord
+from memos_cli.engine import ranking, usage
+from memos_cli.engine.embedding import EmbedderHandle
+from memos_cli.engine.index import CubeIndex, open_index
+from memos_cli.engine.sources import parse_time
+from memos_cli.errors import BadInput, UsageError
+
+MODES = ("hybrid", "dense", "lexical")
+
+
+@dataclass
+class Filters:
+    tags: list[str] = field(default_factory=list)  # all must be present
+    types: list[str] = field(default_factory=list)  # any of
+    speakers: list[str] = field(default_factory=list)  # any of (case-insensitive)
+    since: str | None = None  # ISO date/time, inclusive
+    until: str | None = None  # ISO date/time, inclusive
+    status: str = "active"  # a status, or "all"
+
+    def __post_init__(self) -> None:
+        if self.status != "all" and self.status not in STATUSES:
+            raise UsageError(f"--status must be one of {', '.join(STATUSES)} or all")
+        try:
+            self.since = parse_time(self.since, "--since") if self.since else None
+            self.until = parse_time(self.until, "--until") if self.until else None
+        except BadInput as exc:
+            raise UsageError(exc.message) from None
+        self._since = _epoch(self.since) if self.since else None
+        self._until = _epoch(self.until) if self.until else None
+        if self._until is not None and self.until and "T" not in self.until:
+            self._until += 86400 - 1e-3  # a date bound includes the whole day
+
+    def narrows(self) -> bool:
+        """Whether anything beyond the status filter applies."""
+        return bool(self.tags or self.types or self.speakers or self.since or self.until)
+
+    def matches(self, record: MemoryRecord, *, check_status: bool = True) -> bool:
+        if check_status:
+            if self.status == "all":
+                if record.status == "deleted":
+                    return False
+            elif record.status != self.status:
+                return False
+        if self.types and record.type not in self.types:
+            return False
+        if self.speakers and (record.speaker or "").lower() not in {s.lower() for s in self.speakers}:
+            return False
+        if self.tags and not set(self.tags).issubset(record.tags):
+            return False
+        if self._since is not None or self._until is not None:
+            when = _epoch(record.time)
+            if when != when:  # NaN: no time, so outside any time window
+                return False
+            if self._since is not None and when < self._since:
+                return False
+            if self._until is not None and when > self._until:
+                return False
+        return True
+
+
+@dataclass
+class QueryHit:
+    id: str
+    version: int
+    text: str
+    score: float
+    type: str
+    time: str | None
+    speaker: str | None
+    tags: list[str]
+    source: str | None
+    source_id: str | None
+    status: str
+    cube: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "version": self.version,
+            "text": self.text,
+            "score": round(self.score, 6),
+            "type": self.type,
+            "time": self.time,
+            "speaker": self.speaker,
+            "tags": self.tags,
+            "source": self.source,
+            "source_id": self.source_id,
+            "status": self.status,
+            "cube": self.cube,
+        }
+
+
+def _epoch(value: str | None) -> float:
+    """Seconds since the epoch of an ISO date/time (naive values taken as UTC); NaN if unknown."""
+    if not value:
+        return float("nan")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return float("nan")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+class _CubeView:
+    """One cube's records and index, with per-row columns for filtering."""
+
+    def __init__(self, cube: Cube, state: CubeState, index: CubeIndex) -> None:
+        self.cube = cube
+        self.index = index
+        n = len(index.rows)
+        self.records: list[MemoryRecord | None] = [None] * n
+        for memory_id, row in index.current.items():
+            record = state.current.get(memory_id)
+            if record is not None:
+                self.records[row] = record
+        present = np.array([r is not None for r in self.records], dtype=bool)
+        self.status_mask = {
+            status: present & np.array([r is not None and r.status == status for r in self.records], dtype=bool)
+            for status in STATUSES
+        }
+        self.status_mask["all"] = present & ~self.status_mask["deleted"]
+
+    def mask(self, filters: Filters) -> np.ndarray:
+        mask = self.status_mask[filters.status].copy()
+        if filters.narrows():
+            mask &= np.array([r is not None and filters.matches(r, check_status=False) for r in self.records])
+        return mask
+
+
+class Searcher:
+    """Answers queries over one or more cubes; load once, query many times."""
+
+    def __init__(
+        self,
+        cubes: Sequence[Cube],
+        *,
+        mode: str = "hybrid",
+        embedder: EmbedderHandle | None = None,
+        record_usage: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise UsageError(f"--retrieval must be one of {', '.join(MODES)}")
+        self.mode = mode
+        self.embedder = embedder or EmbedderHandle()
+        self.record_usage = record_usage
+        self.views: list[_CubeView] = []
+        self._pending_usage: dict[str, list[list[str]]] = {}
+        ident = self.embedder.identity
+        for cube in cubes:
+            state = cube.read_state()
+            index = open_index(
+                cube, state, self.embedder.load, dim=ident.dim, embedder_name=ident.fingerprint, progress=progress
+            )
+            self.views.append(_CubeView(cube, state, index))
+
+    def _query_vector(self, text: str) -> np.ndarray:
+        if self.mode == "lexical":
+            return np.zeros(self.embedder.identity.dim, dtype=np.float32)  # unused: no torch needed
+        return self.embedder.load().encode([text])[0]
+
+    def search(self, text: str, *, k: int = 10, filters: Filters | None = None) -> list[QueryHit]:
+        if k < 1:
+            raise UsageError("-k must be at least 1")
+        filters = filters or Filters()
+        query_vec = self._query_vector(text)
+        hits: list[QueryHit] = []
+        for view in self.views:
+            if not view.records:
+                continue
+            mask = view.mask(filters)
+            if not mask.any():
+                continue
+            ranked = ranking.rank(
+                view.index.inputs(), text, query_vec, k=k, mode=self.mode, mask=mask, ann=view.index.ann()
+            )
+            for row, score in ranked:
+                record = view.records[row]
+                if record is None:
+                    continue
+                hits.append(
+                    QueryHit(
+                        id=record.id,
+                        version=record.version,
+                        text=record.text,
+                        score=float(score),
+                        type=record.type,
+                        time=record.time,
+                        speaker=record.speaker,
+                        tags=list(record.tags),
+                        source=record.source,
+                        source_id=record.source_id,
+                        status=record.status,
+                        cube=view.cube.manifest.name,
+                    )
+                )
+            if self.record_usage and ranked:
+                self._pending_usage.setdefault(str(view.cube.path), []).append(
+                    [view.records[row].id for row, _ in ranked if view.records[row] is not None]  # type: ignore[union-attr]
+                )
+        hits.sort(key=lambda h: -h.score)
+        return hits[:k]
+
+    def flush_usage(self) -> None:
+        """Record the hits as uses of their memories (for the 'hot' scheduler); cheap appends."""
+        for view in self.views:
+            batches = self._pending_usage.pop(str(view.cube.path), None)
+            if batches:
+                usage.record(view.cube, batches)
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush_usage()
+
+
+def query(cube: Cube, text: str, *, k: int = 10, filters: Filters | None = None, mode: str = "hybrid") -> list[QueryHit]:
+    """One query against one cube (the simple Python API; use ``Searcher`` for many queries)."""
+    with Searcher([cube], mode=mode) as searcher:
+        return searcher.search(text, k=k, filters=filters)

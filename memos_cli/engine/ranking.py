@@ -1,0 +1,356 @@
+"""Hybrid ranking: dense + BM25 fused at the score level, with context from neighbours and episodes.
+
+Why this shape (measured on LoCoMo, see ``bench/locomo_proto.py``):
+
+* Rank fusion (RRF) throws away how *much* better a hit is than the rest; z-scoring each leg over the
+  rows being ranked and adding them keeps that, and beats RRF by ~15 points of recall.
+* A memory is rarely self-contained: a chat reply answers the turn before it, a document chunk
+  continues the previous one. Rather than embedding concatenated windows at ingest (several times the
+  embedding work), each row also receives a share of its *best neighbour's* fused score at query time.
+* Memories come in episodes (a session, a day of notes, one source on one date). A row in an episode
+  that matches the query well as a whole is more likely relevant, so each row gets a share of its
+  episode's best score.
+* When the query names someone who speaks in the cube, their memories get a fixed boost.
+* The speaker and date are part of the text that is embedded and indexed: questions say who and when.
+
+Everything here is plain numpy so that a query does not pay for importing torch. The few settings are
+in :class:`RankSettings`; their defaults were chosen by leave-one-conversation-out validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from memos_cli.engine.lexical import LexicalIndex, tokenize
+
+MODES = ("hybrid", "dense", "lexical")
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+
+
+@dataclass
+class Row:
+    """What the ranker knows of one indexed memory; rows are in ingestion order."""
+
+    text: str
+    speaker: str | None = None
+    time: str | None = None  # ISO-8601 date or datetime
+    source: str | None = None  # file the memory came from, "-" for stdin; None if unknown
+    source_id: str | None = None  # e.g. a dialogue turn id "D3:12"
+    type: str = "note"
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RankSettings:
+    """The knobs of the hybrid ranker, in units of standard deviations of the fused score."""
+
+    window: float = 0.25  # share of the best neighbour's score a row receives
+    episode: float = 1.0  # share of its episode's best score a row receives
+    speaker: float = 1.0  # boost for rows whose speaker the query names
+    lexical_weight: float = 1.0  # weight of the BM25 leg relative to the dense leg
+    pool: int = 200  # candidates taken from each leg on the approximate path
+    exact_limit: int = 20_000  # up to this many allowed rows, score every one exactly
+
+
+DEFAULT_SETTINGS = RankSettings()
+
+
+def _readable_date(time: str | None) -> str | None:
+    """'2023-05-08T13:56:00' -> '8 May 2023' (locale-independent), so that words in a question such
+    as 'May' or '2023' can match; unparseable times are used as written."""
+    if not time:
+        return None
+    try:
+        dt = datetime.fromisoformat(time.strip())
+    except ValueError:
+        return time.strip() or None
+    return f"{dt.day} {_MONTHS[dt.month - 1]} {dt.year}"
+
+
+def _unit_text(row: Row) -> str:
+    date = _readable_date(row.time)
+    head = " ".join(part for part in (row.speaker, f"({date})" if date else None) if part)
+    return f"{head}: {row.text}" if head else row.text
+
+
+def embed_text(row: Row) -> str:
+    """The text embedded for a memory at ingest: who said it and when, then what.
+
+    With the speaker and date in the unit, dense recall@10 on LoCoMo goes from 0.34 to 0.64.
+    """
+    return _unit_text(row)
+
+
+def lexical_text(row: Row) -> str:
+    """The text added to the BM25 index for a memory (the same unit as :func:`embed_text`)."""
+    return _unit_text(row)
+
+
+@dataclass
+class Structure:
+    """Context links between rows (int32 [n], -1 = none).
+
+    ``prev``/``next``: the adjacent row of the same source in ingestion order.
+    ``group``: the episode, i.e. rows of the same source and the same date.
+    """
+
+    prev: np.ndarray
+    next: np.ndarray
+    group: np.ndarray
+
+
+def structure(rows: list[Row]) -> Structure:
+    """Neighbours within each source, and episodes of (source, date). Rows with neither a source nor a
+    time have no neighbours and are an episode of their own. Cheap enough to recompute wholesale."""
+    n = len(rows)
+    prev = np.full(n, -1, dtype=np.int32)
+    nxt = np.full(n, -1, dtype=np.int32)
+    group = np.full(n, -1, dtype=np.int32)
+    last: dict[str, int] = {}
+    groups: dict[tuple[str | None, str | None], int] = {}
+    for i, row in enumerate(rows):
+        if row.source is not None:
+            j = last.get(row.source)
+            if j is not None:
+                prev[i], nxt[j] = j, i
+            last[row.source] = i
+        day = row.time[:10] if row.time else None
+        if row.source is None and day is None:
+            continue
+        group[i] = groups.setdefault((row.source, day), len(groups))
+    return Structure(prev=prev, next=nxt, group=group)
+
+
+@dataclass
+class RankInputs:
+    """Everything ``rank`` reads; the engine appends to all of it in step as memories arrive."""
+
+    vectors: np.ndarray  # float32 [n, d], unit vectors of embed_text(row)
+    lexical: LexicalIndex
+    rows: list[Row]
+    structure: Structure
+    _cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass
+class _Speakers:
+    """Per-row speaker ids and each speaker's name tokens: built once per row count, not per query."""
+
+    n_rows: int
+    ids: np.ndarray  # int32 [n], -1 = no speaker
+    tokens: list[frozenset[str]]
+
+
+def _speakers(inputs: RankInputs) -> _Speakers:
+    cached = inputs._cache.get("speakers")
+    n = len(inputs.rows)
+    if isinstance(cached, _Speakers) and cached.n_rows == n:
+        return cached
+    # Rows are append-only, so an older table is extended rather than rebuilt.
+    if isinstance(cached, _Speakers) and cached.n_rows < n:
+        start, ids, names = cached.n_rows, list(cached.ids), list(cached.tokens)
+    else:
+        start, ids, names = 0, [], []
+    index = {tok: i for i, tok in enumerate(names)}
+    for row in inputs.rows[start:]:
+        if not row.speaker:
+            ids.append(-1)
+            continue
+        toks = frozenset(tokenize(row.speaker))
+        if not toks:
+            ids.append(-1)
+            continue
+        if toks not in index:
+            index[toks] = len(names)
+            names.append(toks)
+        ids.append(index[toks])
+    table = _Speakers(n, np.asarray(ids, dtype=np.int32), names)
+    inputs._cache["speakers"] = table
+    return table
+
+
+def _named_speakers(inputs: RankInputs, query: str) -> np.ndarray:
+    """Ids of speakers the query names (any of a speaker's name tokens, e.g. a first name)."""
+    q = set(tokenize(query))
+    table = _speakers(inputs)
+    return np.asarray([i for i, toks in enumerate(table.tokens) if toks & q], dtype=np.int32)
+
+
+def _zscore(x: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
+    """Standardise ``x`` by the mean and spread of ``ref`` (default: of ``x`` itself)."""
+    ref = x if ref is None else ref
+    if ref.size == 0:
+        return np.zeros_like(x)
+    sd = float(ref.std())
+    if sd < 1e-9:
+        return np.zeros_like(x)
+    return (x - float(ref.mean())) / sd
+
+
+def _top(idx: np.ndarray, score: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """Best ``k`` of ``idx`` by ``score``; ties go to the earlier row, so results are deterministic."""
+    if len(idx) > k:
+        keep = np.argpartition(-score, k - 1)[:k]
+        idx, score = idx[keep], score[keep]
+    order = np.lexsort((idx, -score))
+    return [(int(idx[i]), float(score[i])) for i in order]
+
+
+def _sample_rows(inputs: RankInputs, size: int = 4096) -> np.ndarray:
+    """A fixed spread of rows whose dense scores estimate the population mean and spread cheaply."""
+    n = len(inputs.rows)
+    cached = inputs._cache.get("sample")
+    if isinstance(cached, np.ndarray) and inputs._cache.get("sample_n") == n:
+        return cached
+    sample = np.unique(np.linspace(0, n - 1, num=min(size, n)).astype(np.int64)) if n else np.zeros(0, np.int64)
+    inputs._cache["sample"], inputs._cache["sample_n"] = sample, n
+    return sample
+
+
+def rank(
+    inputs: RankInputs,
+    query: str,
+    query_vec: np.ndarray,
+    *,
+    k: int,
+    mode: str = "hybrid",
+    mask: np.ndarray | None = None,
+    ann: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    settings: RankSettings = DEFAULT_SETTINGS,
+) -> list[tuple[int, float]]:
+    """The best ``k`` rows for ``query`` as ``(row, score)``, best first; rows outside ``mask`` never
+    appear. ``ann(query_vec, n)`` returns approximate nearest rows; it is used instead of scoring every
+    vector when more than ``settings.exact_limit`` rows are allowed.
+
+    Scores are comparable within one call only: cosine in ``dense`` mode, BM25 in ``lexical`` mode, the
+    fused score (in standard deviations) in ``hybrid`` mode.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown ranking mode {mode!r}; expected one of {', '.join(MODES)}")
+    n = len(inputs.rows)
+    if k <= 0 or n == 0:
+        return []
+    q = np.asarray(query_vec, dtype=np.float32).reshape(-1)
+    allowed = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)[:n]
+    n_allowed = int(allowed.sum())
+    if n_allowed == 0:
+        return []
+
+    if mode == "lexical":
+        rows, scores = inputs.lexical.top(query, k, mask=allowed)
+        return [(int(r), float(s)) for r, s in zip(rows, scores)]
+
+    exact = ann is None or n_allowed <= settings.exact_limit
+    if mode == "dense":
+        idx = np.flatnonzero(allowed) if exact else _ann_candidates(ann, q, allowed, max(k, settings.pool))
+        if idx is None:
+            idx = np.flatnonzero(allowed)
+        return _top(idx, inputs.vectors[idx] @ q, k)
+
+    lex_all = inputs.lexical.scores(query)
+    if exact:
+        idx = np.flatnonzero(allowed)
+        dense = inputs.vectors[idx] @ q
+        lex = lex_all[idx]
+        z_dense, z_lex = _zscore(dense), _zscore(lex)
+    else:
+        idx = _hybrid_candidates(inputs, q, lex_all, allowed, ann, max(k, settings.pool))
+        dense = inputs.vectors[idx] @ q
+        lex = lex_all[idx]
+        # The spread of each leg over all allowed rows: BM25 is already computed for every row; the
+        # dense spread is estimated from a fixed sample of rows.
+        sample = _sample_rows(inputs)
+        sample = sample[allowed[sample]]
+        z_dense = _zscore(dense, inputs.vectors[sample] @ q if len(sample) > 1 else dense)
+        z_lex = _zscore(lex, lex_all[allowed])
+    fused = (z_dense + settings.lexical_weight * z_lex).astype(np.float32)
+    score = _with_context(inputs, idx, fused, settings)
+    if settings.speaker:
+        named = _named_speakers(inputs, query)
+        if len(named):
+            score = score + settings.speaker * np.isin(_speakers(inputs).ids[idx], named)
+    return _top(idx, score, k)
+
+
+def _ann_candidates(
+    ann: Callable[[np.ndarray, int], np.ndarray], q: np.ndarray, allowed: np.ndarray, want: int
+) -> np.ndarray | None:
+    """Allowed rows among the ANN hits, or None when the mask leaves too few of them (then the caller
+    scores exactly: a filter must never make results silently worse)."""
+    hits = np.asarray(ann(q, want), dtype=np.int64).reshape(-1)
+    hits = hits[(hits >= 0) & (hits < len(allowed))]
+    hits = np.unique(hits[allowed[hits]])
+    return hits if len(hits) >= min(want, int(allowed.sum())) // 2 else None
+
+
+def _hybrid_candidates(
+    inputs: RankInputs,
+    q: np.ndarray,
+    lex_all: np.ndarray,
+    allowed: np.ndarray,
+    ann: Callable[[np.ndarray, int], np.ndarray] | None,
+    pool: int,
+) -> np.ndarray:
+    """Rows worth scoring exactly: the best of each leg, plus their neighbours (for the window)."""
+    dense_hits = _ann_candidates(ann, q, allowed, pool) if ann is not None else None
+    if dense_hits is None:
+        dense_hits = np.flatnonzero(allowed)  # exact fallback: score all allowed rows
+    lex = np.where(allowed, lex_all, 0.0)
+    lex_hits = np.flatnonzero(lex > 0)
+    if len(lex_hits) > pool:
+        lex_hits = lex_hits[np.argpartition(-lex[lex_hits], pool - 1)[:pool]]
+    cand = np.union1d(dense_hits, lex_hits)
+    st = inputs.structure
+    nbrs = np.concatenate([st.prev[cand], st.next[cand]]).astype(np.int64)
+    nbrs = nbrs[nbrs >= 0]
+    nbrs = nbrs[allowed[nbrs]]
+    return np.union1d(cand, nbrs)
+
+
+def _with_context(inputs: RankInputs, idx: np.ndarray, fused: np.ndarray, settings: RankSettings) -> np.ndarray:
+    """Add the best neighbour's and the episode's best score to each row's fused score.
+
+    Only rows in ``idx`` (allowed rows) lend context: a filtered-out or deleted memory never
+    influences a ranking. A row with no scored neighbour gets no window share.
+    """
+    st = inputs.structure
+    out = fused.copy()
+    if settings.window:
+        best = np.full(len(idx), -np.inf, dtype=np.float32)
+        for links in (st.prev, st.next):
+            nb = links[idx].astype(np.int64)
+            pos = np.searchsorted(idx, nb)
+            pos = np.minimum(pos, len(idx) - 1)
+            ok = (nb >= 0) & (idx[pos] == nb)
+            best = np.where(ok, np.maximum(best, fused[pos]), best)
+        out += settings.window * np.where(np.isfinite(best), best, 0.0).astype(np.float32)
+    if settings.episode:
+        groups = st.group[idx]
+        solo = groups < 0
+        g = np.where(solo, 0, groups).astype(np.int64)
+        gmax = np.full(int(g.max()) + 1 if len(g) else 0, -np.inf, dtype=np.float32)
+        np.maximum.at(gmax, g[~solo], out[~solo])
+        prior = np.where(solo, out, gmax[g])
+        out = out + settings.episode * prior
+    return out
+
+
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "MODES",
+    "RankInputs",
+    "RankSettings",
+    "Row",
+    "Structure",
+    "embed_text",
+    "lexical_text",
+    "rank",
+    "structure",
+]

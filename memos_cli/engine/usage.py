@@ -1,0 +1,58 @@
+"""Usage counts: every query or chat hit is a use of a memory; the scheduler promotes the hottest.
+
+Uses are appended to ``.memos/usage.jsonl`` (derived, git-ignored), one line per query with the ids it
+returned, so concurrent readers only ever append a few bytes. ``hot`` folds the log into one score per
+memory, each use decayed by its age (``half_life_days``), so memories used often *and recently* win.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+
+from memos_cli.cube import layout
+from memos_cli.cube.bundle import Cube
+from memos_cli.cube.io import append_bytes
+
+DEFAULT_HALF_LIFE_DAYS = 7.0
+
+
+def record(cube: Cube, batches: list[list[str]], *, now: float | None = None) -> None:
+    stamp = round(now if now is not None else time.time(), 3)
+    lines = "".join(json.dumps({"t": stamp, "ids": ids}, separators=(",", ":")) + "\n" for ids in batches if ids)
+    if lines:
+        append_bytes(cube.derived / layout.USAGE_FILE, lines.encode("utf-8"))
+
+
+def scores(cube: Cube, *, half_life_days: float = DEFAULT_HALF_LIFE_DAYS, now: float | None = None) -> dict[str, float]:
+    """Decayed use count of every memory that was ever hit."""
+    path = cube.path / layout.DERIVED_DIR / layout.USAGE_FILE
+    if not path.exists():
+        return {}
+    now = now if now is not None else time.time()
+    rate = math.log(2) / (half_life_days * 86400.0)
+    totals: dict[str, float] = defaultdict(float)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+                weight = math.exp(-rate * max(0.0, now - float(entry["t"])))
+                for memory_id in entry["ids"]:
+                    totals[str(memory_id)] += weight
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line from a killed reader: usage is advisory, skip it
+    return dict(totals)
+
+
+def counts(cube: Cube) -> dict[str, int]:
+    """Plain (undecayed) number of uses per memory."""
+    raw = scores(cube, half_life_days=1e12)
+    return {k: int(round(v)) for k, v in raw.items()}
+
+
+def hot(cube: Cube, n: int, *, half_life_days: float = DEFAULT_HALF_LIFE_DAYS) -> list[str]:
+    """The ``n`` memory ids with the highest decayed use, best first (ties broken by id)."""
+    ranked = sorted(scores(cube, half_life_days=half_life_days).items(), key=lambda kv: (-kv[1], kv[0]))
+    return [memory_id for memory_id, _ in ranked[:n]]

@@ -26,30 +26,44 @@ def record(cube: Cube, batches: list[list[str]], *, now: float | None = None) ->
         append_bytes(cube.derived / layout.USAGE_FILE, lines.encode("utf-8"))
 
 
-def scores(cube: Cube, *, half_life_days: float = DEFAULT_HALF_LIFE_DAYS, now: float | None = None) -> dict[str, float]:
-    """Decayed use count of every memory that was ever hit."""
+def _entries(cube: Cube) -> list[tuple[float, list[str]]]:
     path = cube.path / layout.DERIVED_DIR / layout.USAGE_FILE
     if not path.exists():
-        return {}
-    now = now if now is not None else time.time()
-    rate = math.log(2) / (half_life_days * 86400.0)
-    totals: dict[str, float] = defaultdict(float)
+        return []
+    entries = []
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
                 entry = json.loads(line)
-                weight = math.exp(-rate * max(0.0, now - float(entry["t"])))
-                for memory_id in entry["ids"]:
-                    totals[str(memory_id)] += weight
+                entries.append((float(entry["t"]), [str(i) for i in entry["ids"]]))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line from a killed reader: usage is advisory, skip it
+    return entries
+
+
+def scores(cube: Cube, *, half_life_days: float = DEFAULT_HALF_LIFE_DAYS, now: float | None = None) -> dict[str, float]:
+    """Decayed use count of every memory that was ever hit, as of ``now`` (default: the latest use,
+    so that a cube left alone for years keeps its ranking instead of decaying to zero)."""
+    entries = _entries(cube)
+    if not entries:
+        return {}
+    ref = now if now is not None else max(t for t, _ in entries)
+    rate = math.log(2) / (half_life_days * 86400.0)
+    totals: dict[str, float] = defaultdict(float)
+    for stamp, ids in entries:
+        weight = math.exp(-rate * max(0.0, ref - stamp))
+        for memory_id in ids:
+            totals[memory_id] += weight
     return dict(totals)
 
 
 def counts(cube: Cube) -> dict[str, int]:
     """Plain (undecayed) number of uses per memory."""
-    raw = scores(cube, half_life_days=1e12)
-    return {k: int(round(v)) for k, v in raw.items()}
+    totals: dict[str, int] = defaultdict(int)
+    for _stamp, ids in _entries(cube):
+        for memory_id in ids:
+            totals[memory_id] += 1
+    return dict(totals)
 
 
 def hot(cube: Cube, n: int, *, half_life_days: float = DEFAULT_HALF_LIFE_DAYS) -> list[str]:

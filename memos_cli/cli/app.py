@@ -11,9 +11,12 @@ from memos_cli.cli.commands.forget import forget
 from memos_cli.cli.commands.ingest import ingest
 from memos_cli.cli.commands.init import init
 from memos_cli.cli.commands.list import list_
+from memos_cli.cli.commands.log import log
+from memos_cli.cli.commands.policy import policy
 from memos_cli.cli.commands.query import query
 from memos_cli.cli.commands.show import show
 from memos_cli.cli.commands.stats import stats
+from memos_cli.cli.commands.verify import repair, verify
 
 app = typer.Typer(
     name="memos",
@@ -36,6 +39,10 @@ app.command("list")(list_)
 app.command("show")(show)
 app.command("forget")(forget)
 app.command("stats")(stats)
+app.command("log")(log)
+app.command("verify")(verify)
+app.command("repair")(repair)
+app.command("policy")(policy)
 
 
 def _version(value: bool) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from memos_cli.config import lock_timeout
-from memos_cli.cube import layout
+from memos_cli.cube import layout, policy
 from memos_cli.cube.io import (
     TornLine,
     append_bytes,
@@ -262,11 +262,21 @@ class Cube:
         fsync_dir(self.journal_path.parent)
         return done or ["removed an empty journal"]
 
+    def check(self, actor: str | None, action: str) -> str:
+        """Apply the cube's policy to ``actor`` for ``action`` (read, write, admin); returns the actor."""
+        from memos_cli.config import actor as default_actor
+
+        who = default_actor(actor)
+        policy.check(self.manifest.policy, self.manifest.owner, who, action, self.path)
+        return who
+
     @contextmanager
-    def transaction(self, *, actor: str | None, op: str) -> Iterator[Transaction]:
-        """Lock the cube and collect changes; they are applied together when the block exits cleanly."""
+    def transaction(self, *, actor: str | None, op: str, action: str = "write") -> Iterator[Transaction]:
+        """Lock the cube, check the policy, and collect changes; they are applied together when the
+        block exits cleanly, and not at all if it raises."""
         with self.locked():
-            tx = Transaction(self, actor=actor, op=op)
+            who = self.check(actor, action)
+            tx = Transaction(self, actor=who, op=op)
             yield tx
             tx.commit()
 

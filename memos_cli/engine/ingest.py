@@ -172,6 +172,7 @@ def ingest(
 ) -> IngestReport:
     """Parse, deduplicate, embed and append ``sources`` to ``cube``; the cube is unchanged on error."""
     started = time.perf_counter()
+    actor = cube.check(actor, "write")  # fail before the expensive work, not after it
     defaults = defaults or Defaults()
     if defaults.time is not None:
         defaults.time = parse_time(defaults.time, "--time")

@@ -17,8 +17,11 @@ from memos_cli.engine.query import Filters
 from memos_cli.errors import MemoryNotFound, UsageError
 
 
-def list_memories(cube: Cube, filters: Filters | None = None, *, limit: int | None = None) -> list[MemoryRecord]:
+def list_memories(
+    cube: Cube, filters: Filters | None = None, *, limit: int | None = None, actor: str | None = None
+) -> list[MemoryRecord]:
     """Current versions matching ``filters``, oldest first (by time, then creation)."""
+    cube.check(actor, "read")
     filters = filters or Filters()
     state = cube.read_state()
     found = [r for r in state.current.values() if filters.matches(r)]
@@ -56,7 +59,8 @@ class MemoryDetail:
         }
 
 
-def show(cube: Cube, ref: str) -> MemoryDetail:
+def show(cube: Cube, ref: str, *, actor: str | None = None) -> MemoryDetail:
+    cube.check(actor, "read")
     state = cube.read_state()
     memory_id = resolve_id(state, ref)
     current = state.current[memory_id]
@@ -128,7 +132,8 @@ def stale_entries(cube: Cube, state: CubeState) -> dict[str, dict[str, list[str]
     return stale
 
 
-def stats(cube: Cube) -> dict[str, Any]:
+def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
+    cube.check(actor, "read")
     state = cube.read_state()
     current = list(state.current.values())
     by_status = Counter(r.status for r in current)

@@ -156,6 +156,7 @@ class Searcher:
         embedder: EmbedderHandle | None = None,
         record_usage: bool = True,
         progress: Callable[[int, int], None] | None = None,
+        actor: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"--retrieval must be one of {', '.join(MODES)}")
@@ -166,6 +167,7 @@ class Searcher:
         self._pending_usage: dict[str, list[list[str]]] = {}
         ident = self.embedder.identity
         for cube in cubes:
+            cube.check(actor, "read")
             state = cube.read_state()
             index = open_index(
                 cube, state, self.embedder.load, dim=ident.dim, embedder_name=ident.fingerprint, progress=progress

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from memos_cli.cli.options import CubeArg, JsonlOpt, JsonOpt, SinceOpt, SpeakerOpt, StatusOpt, TagOpt, TypeOpt, UntilOpt
+from memos_cli.cli.options import AsOpt, CubeArg, JsonlOpt, JsonOpt, SinceOpt, SpeakerOpt, StatusOpt, TagOpt, TypeOpt, UntilOpt
 from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, say
 
 
@@ -21,6 +21,7 @@ def list_(
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="At most this many.")] = None,
     json_: JsonOpt = False,
     jsonl: JsonlOpt = False,
+    as_: AsOpt = None,
 ) -> None:
     """List memories (current versions), oldest first.
 
@@ -37,7 +38,7 @@ def list_(
         tags=list(tag or []), types=list(type_ or []), speakers=list(speaker or []),
         since=since, until=until, status=status,
     )
-    records = list_memories(Cube.open(cube), filters, limit=limit)
+    records = list_memories(Cube.open(cube), filters, limit=limit, actor=as_)
     if json_:
         emit_json({"memories": [r.to_dict() for r in records]})
         return

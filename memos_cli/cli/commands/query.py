@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from memos_cli.cli.options import (
-    CubeArg, JsonlOpt, JsonOpt, SinceOpt, SpeakerOpt, StatusOpt, TagOpt, TypeOpt, UntilOpt,
+    AsOpt, CubeArg, JsonlOpt, JsonOpt, SinceOpt, SpeakerOpt, StatusOpt, TagOpt, TypeOpt, UntilOpt,
 )
 from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, progress, say
 
@@ -30,6 +30,7 @@ def query(
     json_: JsonOpt = False,
     jsonl: JsonlOpt = False,
     no_usage: Annotated[bool, typer.Option("--no-usage", help="Do not count the hits as uses.")] = False,
+    as_: AsOpt = None,
 ) -> None:
     """Find the memories that best match TEXT (dense MiniLM and BM25 scores, fused).
 
@@ -53,7 +54,7 @@ def query(
         since=since, until=until, status=status,
     )
     opened = Cube.open(cube)
-    with progress("indexing") as bar, Searcher([opened], mode=retrieval, record_usage=not no_usage, progress=bar) as s:
+    with progress("indexing") as bar, Searcher([opened], mode=retrieval, record_usage=not no_usage, progress=bar, actor=as_) as s:
         if batch is not None:
             handle = sys.stdin if batch == "-" else open(batch, encoding="utf-8")
             with handle:

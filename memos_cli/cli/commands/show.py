@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from memos_cli.cli.options import CubeArg, JsonOpt
+from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt
 from memos_cli.cli.output import emit_json, out
 
 
@@ -14,6 +14,7 @@ def show(
     cube: CubeArg,
     memory_id: Annotated[str, typer.Argument(help="A memory id (or a unique prefix of one).", show_default=False)],
     json_: JsonOpt = False,
+    as_: AsOpt = None,
 ) -> None:
     """Show one memory: every field, its version history, how often it was used.
 
@@ -22,7 +23,7 @@ def show(
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine.ops import show as run_show
 
-    detail = run_show(Cube.open(cube), memory_id)
+    detail = run_show(Cube.open(cube), memory_id, actor=as_)
     if json_:
         emit_json(detail.to_dict())
         return

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from memos_cli.cli.options import CubeArg, JsonOpt
+from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt
 from memos_cli.cli.output import emit_json, out
 
 
-def stats(cube: CubeArg, json_: JsonOpt = False) -> None:
+def stats(cube: CubeArg, json_: JsonOpt = False, as_: AsOpt = None) -> None:
     """Counts by status and type, speakers, sources, time range, uses, snapshots and adapters
     (stale ones flagged), and the size on disk.
 
@@ -15,7 +15,7 @@ def stats(cube: CubeArg, json_: JsonOpt = False) -> None:
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine.ops import stats as run_stats
 
-    data = run_stats(Cube.open(cube))
+    data = run_stats(Cube.open(cube), actor=as_)
     if json_:
         emit_json(data)
         return

@@ -45,3 +45,28 @@ def actor(override: str | None = None) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def setting(name: str) -> object | None:
+    """A key of ``$MEMOS_HOME/config.yaml`` (for example ``model: /path/to/hf-folder``), or None."""
+    path = memos_home() / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return data.get(name) if isinstance(data, dict) else None
+
+
+def model_spec(cli_value: str | None) -> str | None:
+    """The language model to use: ``--model``, else ``$MEMOS_MODEL``, else config.yaml ``model``, else
+    None (the default, SmolLM2-135M-Instruct)."""
+    if cli_value:
+        return cli_value
+    if os.environ.get("MEMOS_MODEL"):
+        return os.environ["MEMOS_MODEL"]
+    value = setting("model")
+    return str(value) if value else None

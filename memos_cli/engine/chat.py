@@ -1,0 +1,208 @@
+"""chat: a local model answers with retrieved memories, an injected KV snapshot and LoRA adapters,
+and remembers the conversation as dialogue memories.
+
+Each turn: retrieve plaintext memories (hybrid, from every cube given), render one prompt through the
+model's chat template (snapshot preamble, history, retrieved memories + question), generate, then store
+the user's turn (and the answer) in the first cube. A snapshot's stored cache is never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine import ops
+from memos_cli.engine.ingest import Source, ingest
+from memos_cli.engine.query import Filters, Searcher
+from memos_cli.errors import UsageError
+
+
+@dataclass
+class ChatOptions:
+    kv: str | None = None  # snapshot name in the first cube that has it
+    loras: list[str] = field(default_factory=list)
+    recompute: bool = False  # prefill the snapshot's text instead of injecting its cache
+    retrieval: bool = True
+    k: int = 5
+    remember: bool = True
+    remember_answers: bool = True
+    greedy: bool = False
+    max_new_tokens: int = 128
+    seed: int | None = None
+    model: str | None = None
+    actor: str | None = None
+
+
+@dataclass
+class TurnResult:
+    answer: str
+    memories_used: list[str]
+    kv: str | None
+    ttft_ms: float
+    new_tokens: int
+    tokens_per_s: float
+    mode: str
+    stale: list[str] = field(default_factory=list)  # warnings: snapshot/adapter memories that changed
+    remembered: list[str] = field(default_factory=list)
+    retrieved: list[MemoryRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "memories_used": self.memories_used,
+            "kv": self.kv,
+            "ttft_ms": round(self.ttft_ms, 2),
+            "new_tokens": self.new_tokens,
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "mode": self.mode,
+            "stale": self.stale,
+            "remembered": self.remembered,
+        }
+
+
+class ChatSession:
+    """One conversation over one or more cubes; models, snapshot and index are loaded once."""
+
+    def __init__(self, cubes: Sequence[Cube], options: ChatOptions) -> None:
+        from memos_cli.config import actor as default_actor
+        from memos_cli.models.lm import load_lm
+
+        if not cubes:
+            raise UsageError("name at least one cube")
+        if options.kv and options.loras and not options.recompute:
+            raise UsageError(
+                "a KV snapshot holds the base model's cache and would not match the adapter's weights",
+                hint="add --recompute to use the snapshot's text with --lora",
+            )
+        self.cubes = list(cubes)
+        self.options = options
+        self.actor = default_actor(options.actor)
+        for cube in self.cubes:
+            cube.check(self.actor, "read")
+        if options.remember:
+            self.cubes[0].check(self.actor, "write")
+        self.session_id = "chat-" + utc_now().replace(":", "").replace("-", "")[:15] + "-" + secrets.token_hex(2)
+        self.history: list[dict[str, str]] = []
+        self.turns = 0
+        self.stale: list[str] = []
+        self.lm = load_lm(options.model)
+        self.snapshot = None
+        self.kv_name: str | None = None
+        if options.kv:
+            self.snapshot = self._load_snapshot(options.kv)
+        if options.loras:
+            from memos_cli.engine.distill import load_adapters
+
+            model = load_adapters(self.lm, self.cubes[0], options.loras)
+            self.lm = replace(self.lm, model=model)
+            state = self.cubes[0].read_state()
+            for name, refs in ops.stale_entries(self.cubes[0], state)["lora"].items():
+                if name in options.loras:
+                    self.stale.append(f"adapter {name}: {len(refs)} of its memories changed since it was trained")
+        self.searcher = Searcher(self.cubes, actor=self.actor) if options.retrieval else None
+
+    def _load_snapshot(self, name: str) -> Any:
+        from memos_cli.engine.activation import load_snapshot
+        from memos_cli.engine.promote import SnapshotMissing
+
+        for cube in self.cubes:
+            entry = cube.manifest.kv.get(name)
+            if entry is None:
+                continue
+            snap = load_snapshot(cube.path / entry["file"], self.lm, expected_sha256=entry.get("sha256"))
+            stale = ops.stale_entries(cube, cube.read_state())["kv"].get(name)
+            if stale:
+                self.stale.append(
+                    f"snapshot {name}: {len(stale)} of its memories changed since it was made "
+                    f"(memos promote {cube.path} --refresh {name})"
+                )
+            self.kv_name = name
+            return snap
+        raise SnapshotMissing(self.cubes[0], name)
+
+    def ask(self, question: str, *, on_token: Callable[[str], None] | None = None) -> TurnResult:
+        from memos_cli.engine.activation import generate
+
+        if not question.strip():
+            raise UsageError("empty message")
+        retrieved: list[MemoryRecord] = []
+        if self.searcher is not None:
+            in_snapshot = set(self.snapshot.memory_refs) if self.snapshot is not None else set()
+            hits = self.searcher.search(question, k=self.options.k, filters=Filters())
+            by_cube = {c.manifest.name: c for c in self.cubes}
+            for hit in hits:
+                if f"{hit.id}@{hit.version}" in in_snapshot:
+                    continue  # already in the preamble: do not spend tokens twice
+                state_record = self._record(by_cube.get(hit.cube), hit.id)
+                if state_record is not None:
+                    retrieved.append(state_record)
+        mode = "none"
+        if self.snapshot is not None:
+            mode = "recompute" if self.options.recompute else "kv"
+        result = generate(
+            self.lm,
+            question,
+            snapshot=self.snapshot,
+            mode=mode,  # type: ignore[arg-type]
+            retrieved=retrieved,
+            history=self.history,
+            greedy=self.options.greedy,
+            max_new_tokens=self.options.max_new_tokens,
+            seed=self.options.seed,
+            on_token=on_token,
+        )
+        self.turns += 1
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": result.answer}]
+        remembered = self._remember(question, result.answer) if self.options.remember else []
+        used = [r.id for r in retrieved]
+        if self.snapshot is not None:
+            used = [ref.split("@")[0] for ref in self.snapshot.memory_refs] + used
+        return TurnResult(
+            answer=result.answer,
+            memories_used=used,
+            kv=self.kv_name,
+            ttft_ms=result.ttft_ms,
+            new_tokens=result.new_tokens,
+            tokens_per_s=result.tokens_per_s,
+            mode=result.mode,
+            stale=list(self.stale),
+            remembered=remembered,
+            retrieved=retrieved,
+        )
+
+    def _record(self, cube: Cube | None, memory_id: str) -> MemoryRecord | None:
+        if cube is None:
+            return None
+        if not hasattr(self, "_states"):
+            self._states: dict[str, Any] = {}
+        key = str(cube.path)
+        if key not in self._states:
+            self._states[key] = cube.read_state()
+        return self._states[key].current.get(memory_id)
+
+    def _remember(self, question: str, answer: str) -> list[str]:
+        now = utc_now()
+        lines = [{"text": question, "speaker": "user", "time": now, "id": f"{self.session_id}:{self.turns}:user",
+                  "type": "dialogue", "tags": ["chat"], "metadata": {"session": self.session_id}}]
+        if self.options.remember_answers and answer.strip():
+            lines.append({"text": answer, "speaker": "assistant", "time": now,
+                          "id": f"{self.session_id}:{self.turns}:assistant", "type": "dialogue", "tags": ["chat"],
+                          "metadata": {"session": self.session_id}})
+        body = "".join(json.dumps(line) + "\n" for line in lines).encode("utf-8")
+        report = ingest(self.cubes[0], [Source(self.session_id, body)], fmt="jsonl", actor=self.actor,
+                        embedder=self.searcher.embedder if self.searcher else None)
+        if hasattr(self, "_states"):
+            self._states.pop(str(self.cubes[0].path), None)
+        if self.searcher is not None:  # the next turn can retrieve what was just said
+            self.searcher.flush_usage()
+            self.searcher = Searcher(self.cubes, actor=self.actor, embedder=self.searcher.embedder)
+        return report.ids
+
+    def close(self) -> None:
+        if self.searcher is not None:
+            self.searcher.flush_usage()

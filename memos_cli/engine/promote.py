@@ -1,0 +1,164 @@
+"""promote: move memories between kinds.
+
+- up to **activation**: the selected memories are rendered as the model's memory preamble, prefilled
+  once, and saved as ``kv/NAME.safetensors``; the manifest records model fingerprint, dtype, tokens,
+  the memory refs (id@version) and the file's sha256;
+- up to **parametric**: the same as ``distill`` (one code path, see ``distill.py``);
+- down to **archive**: the selected memories are archived (as ``forget`` does);
+- ``drop`` removes a snapshot; ``refresh`` rebuilds one from the selection it was made with.
+
+The prefill (the slow part) runs before the cube lock is taken; the transaction only moves the
+finished file into place and records it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from memos_cli.cube import layout
+from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.engine import ops
+from memos_cli.engine.select import Selection, select
+from memos_cli.errors import MemosError, UsageError
+
+KV_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class PromoteReport:
+    name: str
+    kind: str
+    memories: list[str] = field(default_factory=list)  # refs included
+    skipped: list[str] = field(default_factory=list)  # refs left out by the token budget
+    tokens: int = 0
+    dtype: str | None = None
+    bytes: int = 0
+    sha256: str | None = None
+    model: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_name(name: str) -> str:
+    """Snapshot and adapter names become file names: plain names only (no '/', no '..')."""
+    if not _NAME.match(name) or ".." in name:
+        raise UsageError(f"name {name!r} must be 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit")
+    return name
+
+
+def kv_path(name: str) -> str:
+    return f"{layout.KV_DIR}/{check_name(name)}.safetensors"
+
+
+def promote_to_activation(
+    cube: Cube,
+    selection: Selection,
+    *,
+    name: str,
+    model: str | None = None,
+    budget: int | None = None,
+    dtype: str = "float32",
+    actor: str | None = None,
+    replace: bool = False,
+) -> PromoteReport:
+    from memos_cli.engine.activation import build_snapshot, save_snapshot
+    from memos_cli.models.lm import load_lm
+
+    started = time.perf_counter()
+    if dtype not in KV_DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(KV_DTYPES)}")
+    rel = kv_path(name)
+    actor = cube.check(actor, "write")
+    if name in cube.manifest.kv and not replace:
+        raise UsageError(f"snapshot {name!r} exists", hint=f"rebuild it with --refresh {name}, or --drop it first")
+    memories = select(cube, selection)
+    lm = load_lm(model)
+    snap = build_snapshot(lm, memories, dtype=dtype, budget=budget)
+    if not snap.memory_refs:
+        raise UsageError(f"not even the first memory fits in --budget {budget} tokens")
+    with cube.transaction(actor=actor, op="promote") as tx:
+        staged = tx.stage_file(rel)
+        digest = save_snapshot(staged, snap)
+        tx.manifest.kv[name] = {
+            "file": rel,
+            "sha256": digest,
+            "model": lm.name,
+            "model_fingerprint": lm.fingerprint,
+            "dtype": dtype,
+            "tokens": snap.token_count,
+            "memories": list(snap.memory_refs),
+            "skipped": list(snap.skipped_refs),
+            "selection": selection.describe(),
+            "budget": budget,
+            "created": utc_now(),
+        }
+        if tx.manifest.model is None:
+            tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+        tx.touch_manifest()
+        ids = [ref.split("@")[0] for ref in snap.memory_refs]
+        tx.log(ids, f"promoted {len(ids)} memories to activation memory kv/{name} ({snap.token_count} tokens, {dtype})")
+    return PromoteReport(
+        name=name, kind="activation", memories=list(snap.memory_refs), skipped=list(snap.skipped_refs),
+        tokens=snap.token_count, dtype=dtype, bytes=os.path.getsize(cube.path / rel), sha256=digest,
+        model=lm.name, seconds=time.perf_counter() - started,
+    )
+
+
+def refresh(cube: Cube, name: str, *, model: str | None = None, actor: str | None = None) -> PromoteReport:
+    """Rebuild a snapshot from the selection it was made with, against the current memories."""
+    entry = cube.manifest.kv.get(name)
+    if entry is None:
+        raise UsageError(f"no snapshot named {name!r}", hint=f"see: memos stats {cube.path}")
+    selection = Selection.from_description(entry.get("selection") or {})
+    if selection.empty():
+        selection = Selection(ids=[str(r).split("@")[0] for r in entry.get("memories", [])])
+    state = cube.read_state()
+    selection.ids = [i for i in selection.ids if i in state.current and state.current[i].status == "active"]
+    if selection.empty():
+        raise UsageError(f"none of the memories of snapshot {name!r} is still active", hint=f"drop it: --drop {name}")
+    return promote_to_activation(
+        cube, selection, name=name, model=model, budget=entry.get("budget"), dtype=entry.get("dtype", "float32"),
+        actor=actor, replace=True,
+    )
+
+
+def drop(cube: Cube, name: str, *, actor: str | None = None) -> PromoteReport:
+    """Remove a KV snapshot or a LoRA adapter (the audit log records it)."""
+    with cube.transaction(actor=actor, op="demote") as tx:
+        if name in tx.manifest.kv:
+            entry = tx.manifest.kv.pop(name)
+            tx.delete_file(entry.get("file", kv_path(name)))
+            kind = "activation"
+        elif name in tx.manifest.lora:
+            entry = tx.manifest.lora.pop(name)
+            tx.delete_file(entry.get("path", f"{layout.LORA_DIR}/{name}"))
+            kind = "parametric"
+        else:
+            raise UsageError(f"no snapshot or adapter named {name!r}")
+        tx.touch_manifest()
+        ids = [str(r).split("@")[0] for r in entry.get("memories", [])]
+        tx.log(ids, f"dropped {kind} memory {name}")
+    return PromoteReport(name=name, kind=f"dropped {kind}", memories=list(entry.get("memories", [])))
+
+
+def archive(cube: Cube, selection: Selection, *, actor: str | None = None) -> PromoteReport:
+    """Demote the selected memories to the archive (kept, out of default queries)."""
+    memories = select(cube, selection)
+    report = ops.forget(cube, [m.id for m in memories], actor=actor)
+    return PromoteReport(name="archive", kind="archive", memories=report.archived)
+
+
+class SnapshotMissing(MemosError):
+    def __init__(self, cube: Cube, name: str) -> None:
+        names = ", ".join(sorted(cube.manifest.kv)) or "none"
+        super().__init__(f"cube {cube.path} has no KV snapshot {name!r} (it has: {names})",
+                         hint=f"make one: memos promote {cube.path} --to activation --name {name} --all")

@@ -1,0 +1,175 @@
+"""Versions: every change writes version n+1 of a memory; nothing is overwritten.
+
+Also the three-way merge of concurrent changes to a cube's JSONL files, used by the git merge driver:
+the union of versions, in a deterministic order, with two different versions that claim the same number
+both kept (renumbered by version, then time), never one lost.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.records import MemoryRecord, canonical_json, content_hash
+from memos_cli.engine.ops import resolve_id
+from memos_cli.engine.sources import parse_time
+from memos_cli.errors import BadInput, UsageError
+
+EDITABLE = ("text", "type", "time", "speaker", "tags", "key", "status", "metadata")
+
+
+@dataclass
+class Update:
+    text: str | None = None
+    type: str | None = None
+    time: str | None = None
+    speaker: str | None = None
+    tags: list[str] | None = None
+    add_tags: list[str] | None = None
+    remove_tags: list[str] | None = None
+    key: str | None = None
+    status: str | None = None
+
+    def empty(self) -> bool:
+        return all(v is None for v in vars(self).values())
+
+
+def update(cube: Cube, ref: str, change: Update, *, actor: str | None = None) -> MemoryRecord:
+    """Write version n+1 of a memory with ``change`` applied; returns the new version."""
+    if change.empty():
+        raise UsageError("nothing to change: give --text, --tag, --time, ...")
+    if change.status is not None and change.status not in ("active", "archived"):
+        raise UsageError("--status can set active or archived (supersession and purge have their own commands)")
+    if change.text is not None and not change.text.strip():
+        raise UsageError("--text must not be empty")
+    try:
+        when = parse_time(change.time, "--time") if change.time else None
+    except BadInput as exc:
+        raise UsageError(exc.message) from None
+    with cube.transaction(actor=actor, op="update") as tx:
+        state = cube.read_state()
+        memory_id = resolve_id(state, ref)
+        old = state.current[memory_id]
+        if old.status == "deleted":
+            raise UsageError(f"memory {memory_id} is deleted")
+        tags = list(old.tags) if change.tags is None else list(change.tags)
+        tags += [t for t in (change.add_tags or []) if t not in tags]
+        tags = [t for t in tags if t not in (change.remove_tags or [])]
+        text = old.text if change.text is None else change.text.strip()
+        new = replace(
+            old,
+            version=old.version + 1,
+            text=text,
+            type=change.type or old.type,
+            time=when or old.time,
+            speaker=change.speaker if change.speaker is not None else old.speaker,
+            tags=tags,
+            key=change.key if change.key is not None else old.key,
+            status=change.status or old.status,
+            hash=content_hash(text, old.source.rsplit("/", 1)[-1] if old.source else None, old.source_id)
+            if change.text is not None else old.hash,
+            op="update",
+            actor=tx.actor,
+            created=utc_now(),
+        )
+        volatile = {"version", "created", "actor", "op"}
+        if {k: v for k, v in new.to_dict().items() if k not in volatile} == {
+            k: v for k, v in old.to_dict().items() if k not in volatile
+        }:
+            raise UsageError("the change leaves the memory as it is")
+        tx.add(new)
+        changed = sorted(k for k in EDITABLE if getattr(new, k) != getattr(old, k))
+        tx.log([memory_id], f"updated {memory_id} to version {new.version} ({', '.join(changed)})")
+    return new
+
+
+@dataclass
+class HistoryEntry:
+    version: int
+    created: str
+    actor: str | None
+    op: str
+    status: str
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return vars(self).copy()
+
+
+def history(cube: Cube, ref: str, *, actor: str | None = None) -> tuple[str, list[HistoryEntry], list[dict[str, Any]]]:
+    """Every version of a memory, and the audit entries that name it (purges included).
+
+    A purged memory has no versions left; its id (given in full) still finds its tombstone."""
+    cube.check(actor, "read")
+    state = cube.read_state()
+    try:
+        memory_id = resolve_id(state, ref)
+    except Exception:
+        memory_id = ref  # purged: only the audit log remembers it
+    versions = [
+        HistoryEntry(r.version, r.created, r.actor, r.op, r.status, r.text) for r in state.history(memory_id)
+    ]
+    audit = [e for e in cube.read_audit() if memory_id in (e.get("ids") or [])]
+    if not versions and not audit:
+        from memos_cli.errors import MemoryNotFound
+
+        raise MemoryNotFound(ref)
+    return memory_id, versions, audit
+
+
+# ------------------------------------------------------------------------------------------- merging
+
+
+def _parse_lines(data: bytes) -> list[dict[str, Any]]:
+    out = []
+    for line in data.decode("utf-8", errors="strict").splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+def merge_memories(base: bytes, ours: bytes, theirs: bytes) -> bytes:
+    """Three-way merge of ``memories.jsonl``: every version on either side is kept.
+
+    Identical lines are kept once. Two different records with the same id and version (both sides
+    changed the memory) are both kept: the versions of that memory are renumbered in order of
+    (version, created), so the side with the higher version (then the later one) becomes current.
+    Records are written in a deterministic order: by creation time, then id, then version.
+    A version present in the ancestor and removed on one side (a purge) is removed; one removed on
+    neither side is kept.
+    """
+    base_lines = {canonical_json(r) for r in _parse_lines(base)} if base else set()
+    sides = [_parse_lines(ours), _parse_lines(theirs)]
+    present = [{canonical_json(r) for r in side} for side in sides]
+    # a line in the ancestor missing from either side was purged there: respect the purge
+    purged = {line for line in base_lines if line not in present[0] or line not in present[1]}
+    by_id: dict[str, dict[str, dict[str, Any]]] = {}
+    for side in sides:
+        for record in side:
+            line = canonical_json(record)
+            if line in purged:
+                continue
+            by_id.setdefault(str(record["id"]), {})[line] = record
+    merged: list[dict[str, Any]] = []
+    for memory_id, variants in by_id.items():
+        records = sorted(variants.values(), key=lambda r: (int(r["version"]), str(r.get("created", "")), canonical_json(r)))
+        versions = [int(r["version"]) for r in records]
+        if len(set(versions)) != len(versions):  # a conflict: renumber, keeping every record
+            records = [{**r, "version": i + 1} for i, r in enumerate(records)]
+        merged.extend(records)
+    merged.sort(key=lambda r: (str(r.get("created", "")), str(r["id"]), int(r["version"])))
+    for record in merged:
+        MemoryRecord.from_dict(record)  # refuse to write anything a reader would reject
+    return "".join(canonical_json(r) + "\n" for r in merged).encode("utf-8")
+
+
+def merge_audit(base: bytes, ours: bytes, theirs: bytes) -> bytes:
+    """Union of both sides' audit lines (append-only: nothing is ever removed), ordered by time."""
+    seen: dict[str, dict[str, Any]] = {}
+    for data in (base, ours, theirs):
+        for entry in _parse_lines(data) if data else []:
+            seen.setdefault(canonical_json(entry), entry)
+    ordered = sorted(seen.items(), key=lambda kv: (str(kv[1].get("time", "")), kv[0]))
+    return "".join(line + "\n" for line, _ in ordered).encode("utf-8")

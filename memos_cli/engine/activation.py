@@ -1,0 +1,760 @@
+"""Activation memory: memories prefilled once into a KV cache, saved as a safetensors snapshot, and
+injected as the prompt's prefix instead of being read again on every turn.
+
+The one rule everything here serves: **a snapshot's tokens are exactly the first tokens of the prompt it
+is used with**. The memory *preamble* (a header and one line per memory) is placed in the conversation by
+the model's own chat template, and the snapshot covers the rendered text up to the end of the preamble,
+no further. Then:
+
+- any question, retrieved memories or conversation history can follow it (they are prefilled per turn);
+- a snapshot can be *extended* by prefilling more memory lines on top of its cache (independently computed
+  caches must never be concatenated: the later tokens would not have attended to the earlier ones);
+- the prompt can be re-prefilled from scratch (``mode="recompute"``) from the same text and token ids,
+  which is how the snapshot is checked: in float32 the greedy answers are token-identical.
+
+Where the preamble goes (the *layout*) is detected per model: in a system message (ChatML, Llama 3), at
+the start of the first user message (templates that refuse or move system messages, such as Mistral's),
+or plain text for models without a chat template (gpt2). A system message of our own also stops
+templates like SmolLM2's from inserting their default one, which would otherwise sit before the memories
+in one rendering and not in another.
+
+Snapshot files are safetensors (no pickle, nothing executed on load). The header records the format
+version, model fingerprint and family, dtype, token ids, memory refs, layer count, layout and preamble
+text; ``load_snapshot`` checks every one of them against the tensors and the model before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from memos_cli.cube.records import MemoryRecord
+from memos_cli.errors import IncompatibleModel, IntegrityError, MemosError, UsageError
+from memos_cli.models.lm import DTYPES, LanguageModel, torch_dtype
+
+FORMAT = "memos-kv"
+FORMAT_VERSION = 1
+PREAMBLE_HEADER = "You are a helpful assistant. Use these memories about the user when they are relevant.\nMemories:"
+RETRIEVED_HEADER = "Relevant memories:"
+Layout = Literal["system", "user", "plain"]
+Mode = Literal["kv", "recompute", "none"]
+# Used only to probe where a chat template puts things; never part of a real prompt.
+_PROBE = "\u2063memos-probe-{}\u2063"
+_MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+
+class ActivationError(MemosError):
+    """A snapshot cannot be built or used with this model (layout, length, extension)."""
+
+
+class InvalidSnapshot(MemosError):
+    """A snapshot file is truncated, malformed, or its header contradicts its tensors."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path | str, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            f"invalid KV snapshot {path}: {problem}",
+            hint=hint or "rebuild it with: memos promote CUBE --refresh NAME",
+        )
+        self.path = Path(path)
+        self.problem = problem
+
+
+@dataclass
+class Snapshot:
+    """A KV cache of a memory preamble, in memory.
+
+    ``keys[i]``/``values[i]`` are layer ``i``'s ``[1, heads, tokens, dim]`` tensors in ``dtype``.
+    ``skipped_refs`` (not saved) names the selected memories left out because of the token budget.
+    """
+
+    keys: list[Any]
+    values: list[Any]
+    token_ids: list[int]
+    memory_refs: list[str]
+    preamble: str
+    layout: Layout
+    model_fingerprint: str
+    model_family: str
+    dtype: str
+    skipped_refs: list[str] = field(default_factory=list)
+    sha256: str | None = None
+
+    @property
+    def token_count(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def layer_count(self) -> int:
+        return len(self.keys)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@dataclass
+class Prompt:
+    """A rendered prompt: its token ids and how many of them are the memory preamble (``prefix_len``).
+
+    ``aligned`` is False when tokenizing the whole text would have merged tokens across the preamble's
+    end; the ids are then the preamble's ids followed by the rest's, in every mode alike.
+    """
+
+    text: str
+    token_ids: list[int]
+    prefix_len: int
+    aligned: bool = True
+
+
+@dataclass
+class GenerationResult:
+    answer: str
+    token_ids: list[int]  # generated ids, without the stop token
+    ttft_ms: float  # from the call to the first token chosen: rendering, cache copy and prefill included
+    new_tokens: int
+    tokens_per_s: float  # decoding speed after the first token
+    prompt_tokens: int
+    reused_tokens: int  # prompt tokens served from the snapshot instead of prefilled
+    mode: str
+    stop_reason: str  # "eos" or "length"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def memory_line(record: MemoryRecord) -> str:
+    """One memory as one preamble line: ``- (2024-05-01, alice) text``.
+
+    Whitespace is collapsed so every memory is one line, and the line never ends in whitespace (a clean
+    token boundary for the text that follows it).
+    """
+    text = " ".join(record.text.split())
+    tags = [t for t in ((record.time or "")[:10], record.speaker or "") if t]
+    return f"- ({', '.join(tags)}) {text}" if tags else f"- {text}"
+
+
+def render_preamble(memories: Sequence[MemoryRecord]) -> str:
+    return "\n".join([PREAMBLE_HEADER, *(memory_line(m) for m in memories)])
+
+
+def _user_content(question: str, retrieved: Sequence[MemoryRecord]) -> str:
+    if not retrieved:
+        return question
+    lines = "\n".join(memory_line(m) for m in retrieved)
+    return f"{RETRIEVED_HEADER}\n{lines}\n\n{question}"
+
+
+def _messages(
+    layout: Layout | None, preamble: str | None, history: Sequence[dict[str, str]], user: str
+) -> list[dict[str, str]]:
+    messages = [{"role": m["role"], "content": m["content"]} for m in history]
+    messages.append({"role": "user", "content": user})
+    if preamble is None:
+        return messages
+    if layout == "system":
+        return [{"role": "system", "content": preamble}, *messages]
+    first = messages[0]  # layout "user": the preamble opens the first user message
+    messages[0] = {"role": first["role"], "content": f"{preamble}\n\n{first['content']}"}
+    return messages
+
+
+def _render(
+    lm: LanguageModel, layout: Layout | None, preamble: str | None, history: Sequence[dict[str, str]], user: str
+) -> str:
+    if layout == "plain" or (layout is None and not lm.has_chat_template):
+        turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in history)
+        head = f"{preamble}\n\n" if preamble is not None else ""
+        return f"{head}{turns}User: {user}\nAssistant:"
+    messages = _messages(layout, preamble, history, user)
+    return str(lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def _prefix_text(lm: LanguageModel, layout: Layout, preamble: str) -> str:
+    """The rendered text up to the end of the preamble (what a snapshot covers)."""
+    text = _render(lm, layout, preamble, (), _PROBE.format(0))
+    at = text.find(preamble)
+    if at < 0:
+        raise ActivationError(f"the chat template of {lm.name} does not keep the memory preamble verbatim")
+    return text[: at + len(preamble)]
+
+
+def detect_layout(lm: LanguageModel) -> Layout:
+    """Where this model's chat template lets a memory preamble be a fixed prefix of every prompt.
+
+    A layout qualifies when the text before the end of the preamble is the same whatever follows (other
+    questions, conversation history): then a cache of it is valid for every turn.
+    """
+    if lm.prompt_layout is not None:
+        return lm.prompt_layout  # type: ignore[return-value]
+    layout: Layout = "plain"
+    if lm.has_chat_template:
+        preamble = f"{PREAMBLE_HEADER}\n- {_PROBE.format('m')}"
+        history = [{"role": "user", "content": _PROBE.format(1)}, {"role": "assistant", "content": _PROBE.format(2)}]
+        for candidate in ("system", "user"):
+            try:
+                prefix = _prefix_text(lm, candidate, preamble)  # type: ignore[arg-type]
+                renders = [
+                    _render(lm, candidate, preamble, (), _PROBE.format(3)),  # type: ignore[arg-type]
+                    _render(lm, candidate, preamble, history, _PROBE.format(4)),  # type: ignore[arg-type]
+                ]
+            except Exception:  # noqa: BLE001 - a template may raise anything (jinja errors) for a role it refuses
+                continue
+            if all(r.startswith(prefix) for r in renders):
+                layout = candidate  # type: ignore[assignment]
+                break
+        else:
+            raise ActivationError(
+                f"the chat template of {lm.name} has no place for a fixed memory preamble",
+                hint="use a model whose chat template accepts a system message",
+            )
+    lm.prompt_layout = layout
+    return layout
+
+
+def _prefix_ids(lm: LanguageModel, layout: Layout, preamble: str) -> tuple[str, list[int]]:
+    text = _prefix_text(lm, layout, preamble)
+    return text, lm.encode(text, special=layout == "plain")
+
+
+def render_prompt(
+    lm: LanguageModel,
+    question: str,
+    *,
+    preamble: str | None = None,
+    layout: Layout | None = None,
+    prefix_ids: Sequence[int] | None = None,
+    retrieved: Sequence[MemoryRecord] = (),
+    history: Sequence[dict[str, str]] = (),
+) -> Prompt:
+    """Render preamble + history + (retrieved memories + question) + generation prompt, in one template call.
+
+    With ``prefix_ids`` (a snapshot's), checks the token boundary: the full text's tokens must start with
+    them; where the tokenizer would merge across the boundary, the prompt is the prefix ids followed by
+    the rest's ids (``aligned=False``), so that a snapshot and a re-prefill see the very same tokens.
+    """
+    if preamble is None:  # no fixed prefix needed: any template renders it
+        text = _render(lm, None, None, history, _user_content(question, retrieved))
+        return Prompt(text, lm.encode(text, special=not lm.has_chat_template), 0)
+    layout = layout or detect_layout(lm)
+    prefix_text = _prefix_text(lm, layout, preamble)
+    text = _render(lm, layout, preamble, history, _user_content(question, retrieved))
+    if not text.startswith(prefix_text):
+        raise ActivationError(f"the chat template of {lm.name} moved the memory preamble for this conversation")
+    special = layout == "plain"
+    head = list(prefix_ids) if prefix_ids is not None else lm.encode(prefix_text, special=special)
+    ids = lm.encode(text, special=special)
+    if ids[: len(head)] == head:
+        return Prompt(text, ids, len(head))
+    rest = lm.encode(text[len(prefix_text) :], special=False)
+    return Prompt(text, head + rest, len(head), aligned=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building and extending snapshots
+
+
+def _fit(
+    lm: LanguageModel, layout: Layout, lines_before: list[str], candidates: Sequence[MemoryRecord], budget: int | None
+) -> int:
+    """How many of ``candidates`` (in order) fit in ``budget`` tokens after ``lines_before``.
+
+    The token count grows with every memory added, so a binary search finds the first one that would
+    overflow with O(log n) renderings instead of n.
+    """
+    if budget is None:
+        return len(candidates)
+
+    def tokens(k: int) -> int:
+        preamble = "\n".join([*lines_before, *(memory_line(m) for m in candidates[:k])])
+        return len(_prefix_ids(lm, layout, preamble)[1])
+
+    lo, hi = 0, len(candidates)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if tokens(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _check_length(lm: LanguageModel, n_tokens: int, *, snapshot: bool = True) -> None:
+    window = lm.sliding_window
+    if snapshot and window is not None and n_tokens >= window - 1:
+        # A sliding-window cache keeps only the last window-1 tokens: a longer snapshot could not be
+        # restored with its true positions.
+        raise ActivationError(
+            f"a {n_tokens}-token snapshot does not fit {lm.name}'s sliding window ({window})",
+            hint="lower --budget",
+        )
+    limit = lm.max_positions
+    if limit is not None and n_tokens >= limit:
+        raise ActivationError(
+            f"{n_tokens} tokens exceed {lm.name}'s context ({limit})", hint="lower --budget or --max-new-tokens"
+        )
+
+
+def _prefill(lm: LanguageModel, ids: Sequence[int], cache: Any | None) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        out = lm.model(
+            input_ids=torch.tensor([list(ids)], dtype=torch.long),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return out
+
+
+def _snapshot_from_cache(
+    lm: LanguageModel,
+    cache: Any,
+    *,
+    token_ids: list[int],
+    refs: list[str],
+    preamble: str,
+    layout: Layout,
+    dtype: str,
+    skipped: list[str],
+) -> Snapshot:
+    target = torch_dtype(dtype)
+    keys, values = [], []
+    for i, layer in enumerate(cache.layers):
+        if layer.keys is None or int(layer.keys.shape[-2]) != len(token_ids):
+            raise ActivationError(f"layer {i} of {lm.name} did not keep all {len(token_ids)} tokens in its cache")
+        keys.append(layer.keys.detach().to(target).contiguous())
+        values.append(layer.values.detach().to(target).contiguous())
+    return Snapshot(
+        keys=keys,
+        values=values,
+        token_ids=token_ids,
+        memory_refs=refs,
+        preamble=preamble,
+        layout=layout,
+        model_fingerprint=lm.fingerprint,
+        model_family=lm.family,
+        dtype=dtype,
+        skipped_refs=skipped,
+    )
+
+
+def build_snapshot(
+    lm: LanguageModel,
+    memories: Sequence[MemoryRecord],
+    *,
+    dtype: str = "float32",
+    budget: int | None = None,
+) -> Snapshot:
+    """Prefill the preamble of ``memories`` once and keep every layer's keys and values.
+
+    Memories are taken in the given (selection) order; the first one that would take the snapshot past
+    ``budget`` tokens stops the selection, and it and all later ones are reported in ``skipped_refs``.
+    """
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype}")
+    if not memories:
+        raise UsageError("no memories selected for the snapshot")
+    layout = detect_layout(lm)
+    count = _fit(lm, layout, [PREAMBLE_HEADER], memories, budget)
+    if count == 0:
+        need = len(_prefix_ids(lm, layout, render_preamble(memories[:1]))[1])
+        raise UsageError(f"--budget {budget} is too small: the first memory alone needs {need} tokens")
+    chosen = list(memories[:count])
+    preamble = render_preamble(chosen)
+    _, ids = _prefix_ids(lm, layout, preamble)
+    _check_length(lm, len(ids))
+    cache = _prefill(lm, ids, None).past_key_values
+    return _snapshot_from_cache(
+        lm,
+        cache,
+        token_ids=ids,
+        refs=[m.ref for m in chosen],
+        preamble=preamble,
+        layout=layout,
+        dtype=dtype,
+        skipped=[m.ref for m in memories[count:]],
+    )
+
+
+def extend_snapshot(
+    lm: LanguageModel,
+    snap: Snapshot,
+    more: Sequence[MemoryRecord],
+    *,
+    budget: int | None = None,
+    dtype: str | None = None,
+) -> Snapshot:
+    """A new snapshot: ``snap``'s memories followed by ``more``, prefilling only the new lines on top of a
+    copy of ``snap``'s cache (``snap`` itself is not modified).
+
+    The result is the cache a single prefill of the longer preamble would give (up to float rounding),
+    because the new tokens attend to the earlier ones, unlike two independently computed caches glued
+    together. Memories already in ``snap`` (same ref) are not added twice.
+    """
+    check_compatible(lm, snap, what="KV snapshot")
+    known = set(snap.memory_refs)
+    fresh = [m for m in more if m.ref not in known]
+    count = _fit(lm, snap.layout, [snap.preamble], fresh, budget)
+    chosen = fresh[:count]
+    if not chosen:
+        raise UsageError("nothing to add: the memories are already in the snapshot or exceed the budget")
+    preamble = "\n".join([snap.preamble, *(memory_line(m) for m in chosen)])
+    _, ids = _prefix_ids(lm, snap.layout, preamble)
+    if ids[: snap.token_count] != snap.token_ids:
+        raise ActivationError(
+            "the new memories change how the snapshot's last tokens are split, so it cannot be extended",
+            hint="rebuild it with: memos promote CUBE --refresh NAME",
+        )
+    _check_length(lm, len(ids))
+    cache = _inject(lm, snap)
+    cache = _prefill(lm, ids[snap.token_count :], cache).past_key_values
+    return _snapshot_from_cache(
+        lm,
+        cache,
+        token_ids=ids,
+        refs=[*snap.memory_refs, *(m.ref for m in chosen)],
+        preamble=preamble,
+        layout=snap.layout,
+        dtype=dtype or snap.dtype,
+        skipped=[m.ref for m in fresh[count:]],
+    )
+
+
+def _inject(lm: LanguageModel, snap: Snapshot) -> Any:
+    """A fresh DynamicCache holding a *copy* of the snapshot, in the model's dtype.
+
+    transformers' ``DynamicLayer.update`` concatenates into new tensors and ``generate`` grows the cache
+    it is given, so the snapshot's own tensors are never handed over to be grown.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    target = lm.model.dtype
+    # No explicit clone: DynamicLayer.update concatenates onto an empty tensor, which allocates the copy
+    # (tests check that the snapshot's tensors are unchanged after generating).
+    data = [(k.to(target), v.to(target)) for k, v in zip(snap.keys, snap.values, strict=True)]
+    with torch.inference_mode():
+        return DynamicCache(ddp_cache_data=data, config=lm.model.config)
+
+
+def check_compatible(lm: LanguageModel, snap: Snapshot, *, what: str = "KV snapshot") -> None:
+    if snap.model_fingerprint != lm.fingerprint:
+        raise IncompatibleModel(what, snap.model_fingerprint, lm.fingerprint)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files
+
+
+def save_snapshot(path: Path | str, snap: Snapshot) -> str:
+    """Write ``snap`` as a safetensors file, atomically (temp file, fsync, rename); return its sha256."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    tensors: dict[str, Any] = {}
+    for i, (k, v) in enumerate(zip(snap.keys, snap.values, strict=True)):
+        tensors[f"layers.{i}.keys"] = k.contiguous()
+        tensors[f"layers.{i}.values"] = v.contiguous()
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_fingerprint": snap.model_fingerprint,
+        "model_family": snap.model_family,
+        "dtype": snap.dtype,
+        "token_count": str(snap.token_count),
+        "token_ids": json.dumps(snap.token_ids, separators=(",", ":")),
+        "memory_refs": json.dumps(snap.memory_refs, separators=(",", ":")),
+        "layer_count": str(snap.layer_count),
+        "layout": snap.layout,
+        "preamble": snap.preamble,
+    }
+    data = save(tensors, metadata=metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    digest = hashlib.sha256(data).hexdigest()
+    snap.sha256 = digest
+    return digest
+
+
+def read_snapshot_header(path: Path | str) -> dict[str, str]:
+    """The metadata of a snapshot file, read without loading any tensor (for ``show``/``stats``/``verify``)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        size = _header_size(path, head, path.stat().st_size)
+        raw = handle.read(size)
+    return _parse_metadata(path, raw)
+
+
+def _header_size(path: Path, head: bytes, total: int) -> int:
+    if len(head) < 8:
+        raise InvalidSnapshot(path, "the file is truncated (no safetensors header)")
+    size = int.from_bytes(head, "little")
+    if size > _MAX_HEADER_BYTES or 8 + size > total:
+        raise InvalidSnapshot(path, "the file is truncated or its header size is corrupt")
+    return size
+
+
+def _parse_metadata(path: Path, raw: bytes) -> dict[str, str]:
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidSnapshot(path, f"the header is not valid JSON ({exc})") from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InvalidSnapshot(path, "not a memos KV snapshot (no memos-kv metadata)")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise InvalidSnapshot(
+            path, f"format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}", hint="upgrade memos"
+        )
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def load_snapshot(path: Path | str, lm: LanguageModel, *, expected_sha256: str | None = None) -> Snapshot:
+    """Read and check a snapshot file for ``lm``.
+
+    Refused, each with its own error: bytes that differ from ``expected_sha256`` (IntegrityError, before
+    anything is parsed), a truncated or malformed file or a header that contradicts its tensors
+    (InvalidSnapshot), a snapshot made for another model (IncompatibleModel). Only safetensors parses the
+    tensors: nothing in the file is executed.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidSnapshot(path, f"cannot read it ({exc.strerror})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256:
+        cube = path.parent.parent if path.parent.name == "kv" else path.parent
+        raise IntegrityError(cube, f"{path.parent.name}/{path.name}", expected_sha256, digest)
+    size = _header_size(path, data[:8], len(data))
+    meta = _parse_metadata(path, data[8 : 8 + size])
+
+    def field_(name: str) -> str:
+        if name not in meta:
+            raise InvalidSnapshot(path, f"the header lacks {name}")
+        return meta[name]
+
+    def json_list(name: str, kind: type) -> list[Any]:
+        try:
+            value = json.loads(field_(name))
+        except ValueError as exc:
+            raise InvalidSnapshot(path, f"{name} is not valid JSON") from exc
+        if not isinstance(value, list) or not all(isinstance(x, kind) and not isinstance(x, bool) for x in value):
+            raise InvalidSnapshot(path, f"{name} must be a list of {kind.__name__}")
+        return value
+
+    fingerprint = field_("model_fingerprint")
+    if fingerprint != lm.fingerprint:
+        raise IncompatibleModel(f"KV snapshot {path.name}", fingerprint, lm.fingerprint)
+    dtype = field_("dtype")
+    if dtype not in DTYPES:
+        raise InvalidSnapshot(path, f"unknown dtype {dtype!r}")
+    layout = field_("layout")
+    if layout not in ("system", "user", "plain"):
+        raise InvalidSnapshot(path, f"unknown layout {layout!r}")
+    token_ids = json_list("token_ids", int)
+    refs = json_list("memory_refs", str)
+    preamble = field_("preamble")
+    try:
+        token_count = int(field_("token_count"))
+        layer_count = int(field_("layer_count"))
+    except ValueError as exc:
+        raise InvalidSnapshot(path, "token_count and layer_count must be integers") from exc
+    if token_count != len(token_ids) or token_count == 0:
+        raise InvalidSnapshot(path, f"token_count {token_count} but {len(token_ids)} token ids")
+    if layer_count != lm.num_layers:
+        raise InvalidSnapshot(path, f"layer_count {layer_count}, but {lm.name} has {lm.num_layers} layers")
+    if any(t < 0 or t >= lm.vocab_size for t in token_ids):
+        raise InvalidSnapshot(path, "a token id is outside the model's vocabulary")
+    # The header's text and token ids must agree, or a re-prefill would not reproduce the cache.
+    if _prefix_ids(lm, layout, preamble)[1] != token_ids:  # type: ignore[arg-type]
+        raise InvalidSnapshot(path, "the token ids do not match the preamble text in the header")
+
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise InvalidSnapshot(path, f"the tensors cannot be read ({exc})") from exc
+    expected_names = {f"layers.{i}.{kind}" for i in range(layer_count) for kind in ("keys", "values")}
+    if set(tensors) != expected_names:
+        raise InvalidSnapshot(path, f"expected tensors for {layer_count} layers, found {len(tensors)} tensors")
+    target = torch_dtype(dtype)
+    shapes = lm.kv_shapes()
+    keys, values = [], []
+    for i in range(layer_count):
+        k, v = tensors[f"layers.{i}.keys"], tensors[f"layers.{i}.values"]
+        kh, kd, vh, vd = shapes[i]
+        if tuple(k.shape) != (1, kh, token_count, kd) or tuple(v.shape) != (1, vh, token_count, vd):
+            raise InvalidSnapshot(
+                path,
+                f"layer {i} has shapes {tuple(k.shape)}/{tuple(v.shape)}, expected "
+                f"{(1, kh, token_count, kd)}/{(1, vh, token_count, vd)}",
+            )
+        if k.dtype != target or v.dtype != target:
+            raise InvalidSnapshot(path, f"layer {i} is {k.dtype}, but the header says {dtype}")
+        if not (bool(k.isfinite().all()) and bool(v.isfinite().all())):
+            raise InvalidSnapshot(path, f"layer {i} holds non-finite values")
+        keys.append(k)
+        values.append(v)
+    return Snapshot(
+        keys=keys,
+        values=values,
+        token_ids=token_ids,
+        memory_refs=refs,
+        preamble=preamble,
+        layout=layout,  # type: ignore[arg-type]
+        model_fingerprint=fingerprint,
+        model_family=field_("model_family"),
+        dtype=dtype,
+        sha256=digest,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def generate(
+    lm: LanguageModel,
+    question: str,
+    *,
+    snapshot: Snapshot | None = None,
+    memories: Sequence[MemoryRecord] = (),
+    mode: Mode = "kv",
+    retrieved: Sequence[MemoryRecord] = (),
+    history: Sequence[dict[str, str]] = (),
+    greedy: bool = True,
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int | None = None,
+    on_token: Callable[[str], None] | None = None,
+) -> GenerationResult:
+    """Answer ``question`` after a memory preamble, retrieved memories and conversation history.
+
+    The prompt is, in one chat-template rendering: [preamble] + ``history`` (``{"role", "content"}``
+    dicts) + a user message holding the ``retrieved`` memories and the question + the generation prompt.
+
+    - ``mode="kv"``: the preamble is ``snapshot``'s; a copy of its cache is injected and only the
+      rest of the prompt is prefilled. The snapshot is never modified.
+    - ``mode="recompute"``: the same text (the snapshot's preamble, or one rendered from ``memories``)
+      is prefilled from scratch: the reference that ``kv`` is checked against.
+    - ``mode="none"``: no preamble; the template's default system message, if any, applies.
+
+    ``on_token`` receives the answer's text as it grows, piece by piece (for streaming).
+    """
+    import torch
+
+    if mode not in ("kv", "recompute", "none"):
+        raise UsageError(f"mode must be kv, recompute or none, not {mode!r}")
+    if mode == "kv" and snapshot is None:
+        raise UsageError("mode kv needs a snapshot")
+    if snapshot is not None and memories:
+        raise UsageError("give either a snapshot or memories for the preamble, not both")
+    started = time.perf_counter()
+    preamble: str | None = None
+    layout: Layout | None = None
+    prefix_ids: list[int] | None = None
+    if mode != "none":
+        if snapshot is not None:
+            check_compatible(lm, snapshot)
+            preamble, layout, prefix_ids = snapshot.preamble, snapshot.layout, snapshot.token_ids
+        elif memories:
+            preamble = render_preamble(memories)
+    prompt = render_prompt(
+        lm, question, preamble=preamble, layout=layout, prefix_ids=prefix_ids, retrieved=retrieved, history=history
+    )
+    _check_length(lm, len(prompt.token_ids) + max_new_tokens, snapshot=False)
+
+    cache = None
+    todo = prompt.token_ids
+    reused = 0
+    if mode == "kv" and snapshot is not None:
+        cache = _inject(lm, snapshot)
+        reused = snapshot.token_count
+        todo = prompt.token_ids[reused:]
+        if not todo:  # the model needs at least one new token to produce logits
+            raise ActivationError("the prompt adds nothing after the snapshot")
+
+    stops = lm.stop_token_ids()
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    out_ids: list[int] = []
+    emitted = ""
+    stop_reason = "length"
+    first_at = None
+    with torch.inference_mode():
+        out = _prefill(lm, todo, cache)
+        for step in range(max_new_tokens):
+            logits = out.logits[0, -1].float()
+            token = _pick(logits, greedy, temperature, top_p, generator)
+            if first_at is None:
+                first_at = time.perf_counter()
+            if token in stops:
+                stop_reason = "eos"
+                break
+            out_ids.append(token)
+            if on_token is not None:
+                text = lm.tokenizer.decode(out_ids, skip_special_tokens=True)
+                if not text.endswith("\ufffd") and len(text) > len(emitted):  # wait for whole characters
+                    on_token(text[len(emitted) :])
+                    emitted = text
+            if step + 1 < max_new_tokens:
+                out = _prefill(lm, [token], out.past_key_values)
+    ended = time.perf_counter()
+    first_at = first_at or ended
+    answer = lm.tokenizer.decode(out_ids, skip_special_tokens=True)
+    if on_token is not None and len(answer) > len(emitted) and answer.startswith(emitted):
+        on_token(answer[len(emitted) :])
+    decode_s = ended - first_at
+    rate = (len(out_ids) - 1) / decode_s if len(out_ids) > 1 and decode_s > 0 else 0.0
+    return GenerationResult(
+        answer=answer.strip(),
+        token_ids=out_ids,
+        ttft_ms=(first_at - started) * 1000.0,
+        new_tokens=len(out_ids),
+        tokens_per_s=rate,
+        prompt_tokens=len(prompt.token_ids),
+        reused_tokens=reused,
+        mode=mode,
+        stop_reason=stop_reason,
+    )
+
+
+def _pick(logits: Any, greedy: bool, temperature: float, top_p: float, generator: Any) -> int:
+    import torch
+
+    if greedy or temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    ordered, index = torch.sort(probs, descending=True)
+    keep = torch.cumsum(ordered, dim=-1) - ordered < top_p  # the smallest set whose mass reaches top_p
+    ordered = ordered * keep
+    choice = torch.multinomial(ordered / ordered.sum(), 1, generator=generator)
+    return int(index[choice])

@@ -1,0 +1,127 @@
+"""promote (activation up, archive down, drop, refresh, staleness) and chat, on a tiny llama model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from conftest import snapshot_files
+from memos_cli.cube.bundle import Cube
+from memos_cli.engine import ops
+from memos_cli.engine.chat import ChatOptions, ChatSession
+from memos_cli.engine.ingest import Source, ingest
+from memos_cli.engine.integrity import verify
+from memos_cli.engine.promote import drop, promote_to_activation, refresh
+from memos_cli.engine.select import Selection
+from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
+
+try:
+    from test_lm import build_tiny_model, tiny_dirs  # noqa: F401
+except ImportError:
+    from tests.test_lm import build_tiny_model, tiny_dirs  # noqa: F401
+
+FACTS = [
+    {"text": "Ana's cat is called Miso", "tags": ["core"], "speaker": "Ana"},
+    {"text": "Bob's favourite food is ramen", "tags": ["core"], "speaker": "Bob"},
+    {"text": "The design review moved to Thursday", "tags": ["work"]},
+]
+
+
+@pytest.fixture
+def cube(tmp_path: Path) -> Cube:
+    cube = Cube.init(tmp_path / "c", owner="tester")
+    ingest(cube, [Source("f.jsonl", "".join(json.dumps(f) + "\n" for f in FACTS).encode())])
+    return cube
+
+
+@pytest.fixture
+def llama(tiny_dirs: dict[str, Path]) -> str:
+    return str(tiny_dirs["llama"])
+
+
+def test_promote_writes_a_checked_snapshot(cube: Cube, llama: str) -> None:
+    report = promote_to_activation(cube, Selection(tags=["core"]), name="core", model=llama)
+    entry = Cube.open(cube.path).manifest.kv["core"]
+    assert entry["file"] == "kv/core.safetensors" and entry["tokens"] == report.tokens > 0
+    assert len(entry["memories"]) == 2 and all("@" in ref for ref in entry["memories"])
+    assert entry["dtype"] == "float32" and len(entry["sha256"]) == 64
+    with safe_open(str(cube.path / entry["file"]), framework="pt") as handle:
+        meta = handle.metadata()
+    assert meta["model_fingerprint"] == entry["model_fingerprint"]
+    assert verify(cube.path).ok
+    assert cube.read_audit()[-1]["op"] == "promote"
+    with pytest.raises(UsageError, match="exists"):
+        promote_to_activation(cube, Selection(all=True), name="core", model=llama)
+
+
+def test_budget_caps_the_snapshot(cube: Cube, llama: str) -> None:
+    full = promote_to_activation(cube, Selection(all=True), name="all", model=llama)
+    capped = promote_to_activation(cube, Selection(all=True), name="small", model=llama, budget=full.tokens - 1)
+    assert capped.tokens <= full.tokens - 1 and capped.skipped
+
+
+def test_stale_snapshot_is_reported_and_refreshed(cube: Cube, llama: str) -> None:
+    report = promote_to_activation(cube, Selection(tags=["core"]), name="core", model=llama)
+    victim = report.memories[0].split("@")[0]
+    ops.forget(cube, [victim], actor="tester")
+    assert ops.stats(cube)["kv"]["core"]["stale"] is True
+    assert any("stale" in note for note in verify(cube.path).notes)
+    fresh = refresh(Cube.open(cube.path), "core", model=llama)
+    assert len(fresh.memories) == 1 and ops.stats(Cube.open(cube.path))["kv"]["core"]["stale"] is False
+
+
+def test_drop_removes_the_snapshot(cube: Cube, llama: str) -> None:
+    promote_to_activation(cube, Selection(all=True), name="core", model=llama)
+    drop(cube, "core")
+    cube = Cube.open(cube.path)
+    assert "core" not in cube.manifest.kv and not (cube.path / "kv" / "core.safetensors").exists()
+    assert verify(cube.path).ok
+
+
+def test_chat_with_a_snapshot_equals_recompute_and_never_changes_it(cube: Cube, llama: str) -> None:
+    promote_to_activation(cube, Selection(all=True), name="core", model=llama)
+    before = snapshot_files(cube.path)
+    base = dict(model=llama, greedy=True, max_new_tokens=12, retrieval=False, remember=False)
+    kv = ChatSession([Cube.open(cube.path)], ChatOptions(kv="core", **base)).ask("Who is Miso?")
+    again = ChatSession([Cube.open(cube.path)], ChatOptions(kv="core", recompute=True, **base)).ask("Who is Miso?")
+    assert kv.mode == "kv" and again.mode == "recompute"
+    assert kv.answer == again.answer and kv.new_tokens == again.new_tokens
+    assert snapshot_files(cube.path) == before
+
+
+def test_chat_retrieves_and_remembers(cube: Cube, llama: str) -> None:
+    session = ChatSession([cube], ChatOptions(model=llama, greedy=True, max_new_tokens=8, k=2))
+    result = session.ask("What is the cat called?")
+    session.close()
+    texts = {r.text for r in result.retrieved}
+    assert "Ana's cat is called Miso" in texts
+    assert len(result.remembered) == 2
+    dialogue = [r for r in cube.read_state().current.values() if r.type == "dialogue"]
+    assert {r.speaker for r in dialogue} == {"user", "assistant"}
+    assert all(r.metadata["session"] == session.session_id for r in dialogue)
+    quiet = ChatSession([cube], ChatOptions(model=llama, greedy=True, max_new_tokens=4, remember=False))
+    assert quiet.ask("anything").remembered == []
+
+
+def test_a_tampered_or_foreign_snapshot_is_refused(cube: Cube, llama: str, tmp_path: Path) -> None:
+    promote_to_activation(cube, Selection(all=True), name="core", model=llama)
+    other = build_tiny_model(tmp_path / "other", "llama", seed=1)
+    with pytest.raises(IncompatibleModel):
+        ChatSession([Cube.open(cube.path)], ChatOptions(kv="core", model=str(other), retrieval=False, remember=False))
+    path = cube.path / "kv" / "core.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises((IntegrityError, InvalidCube, MemosError)):
+        ChatSession([Cube.open(cube.path)], ChatOptions(kv="core", model=llama, retrieval=False, remember=False))
+    assert not verify(cube.path).ok
+
+
+def test_unknown_snapshot_and_bad_names(cube: Cube, llama: str) -> None:
+    with pytest.raises(MemosError, match="no KV snapshot"):
+        ChatSession([cube], ChatOptions(kv="nope", model=llama, retrieval=False, remember=False))
+    with pytest.raises(UsageError):
+        promote_to_activation(cube, Selection(all=True), name="../evil", model=llama)

@@ -70,3 +70,14 @@ def model_spec(cli_value: str | None) -> str | None:
         return os.environ["MEMOS_MODEL"]
     value = setting("model")
     return str(value) if value else None
+
+
+def configure_torch(torch: object) -> None:
+    """Apply ``MEMOS_THREADS`` (torch's intra-op threads). On a busy machine fewer threads than cores
+    is much faster (measured here: 1 thread up to 10x faster than 2 under a load of 6 on 2 cores)."""
+    value = os.environ.get("MEMOS_THREADS")
+    if value:
+        try:
+            torch.set_num_threads(max(1, int(value)))  # type: ignore[attr-defined]
+        except ValueError:
+            pass

@@ -135,3 +135,21 @@ class IntegrityError(InvalidCube):
             hint="the file was modified or corrupted; rebuild it or restore it from version control",
         )
         self.file = file
+
+
+class ActivationError(MemosError):
+    """A snapshot cannot be built or used with this model (layout, length, extension)."""
+
+
+class InvalidSnapshot(MemosError):
+    """A snapshot file is truncated, malformed, or its header contradicts its tensors."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path | str, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            f"invalid KV snapshot {path}: {problem}",
+            hint=hint or "rebuild it with: memos promote CUBE --refresh NAME",
+        )
+        self.path = Path(path)
+        self.problem = problem

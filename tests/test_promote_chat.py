@@ -125,3 +125,27 @@ def test_unknown_snapshot_and_bad_names(cube: Cube, llama: str) -> None:
         ChatSession([cube], ChatOptions(kv="nope", model=llama, retrieval=False, remember=False))
     with pytest.raises(UsageError):
         promote_to_activation(cube, Selection(all=True), name="../evil", model=llama)
+
+
+def test_fuse_rebuilds_snapshots_by_prefilling_on_top(tmp_path: Path, llama: str) -> None:
+    from memos_cli.engine.activation import build_snapshot, load_snapshot
+    from memos_cli.engine.fuse import fuse
+    from memos_cli.models.lm import load_lm
+
+    parents = []
+    for name, texts in (("a", ["Ana's cat is called Miso"]), ("b", ["Bob's favourite food is ramen"])):
+        parent = Cube.init(tmp_path / name, name=name)
+        ingest(parent, [Source(f"{name}.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in texts).encode())])
+        promote_to_activation(parent, Selection(all=True), name="core", model=llama)
+        parents.append(parent)
+    report = fuse([p.path for p in parents], tmp_path / "ab", model=llama)
+    assert report.kv["core"]["memories"] == 2
+    fused = Cube.open(tmp_path / "ab")
+    lm = load_lm(llama)
+    entry = fused.manifest.kv["core"]
+    snap = load_snapshot(fused.path / entry["file"], lm, expected_sha256=entry["sha256"])
+    state = fused.read_state()
+    ordered = [state.current[ref.split("@")[0]] for ref in snap.memory_refs]
+    reference = build_snapshot(lm, ordered)
+    assert snap.token_ids == reference.token_ids
+    assert verify(fused.path).ok

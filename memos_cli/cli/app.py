@@ -9,14 +9,15 @@ import typer
 from memos_cli import __version__
 from memos_cli.cli.commands.chat import chat
 from memos_cli.cli.commands.forget import forget
+from memos_cli.cli.commands.fuse import fuse
 from memos_cli.cli.commands.gitcmd import git_setup, merge_driver
 from memos_cli.cli.commands.ingest import ingest
 from memos_cli.cli.commands.init import init
 from memos_cli.cli.commands.list import list_
 from memos_cli.cli.commands.log import log
 from memos_cli.cli.commands.policy import policy
-from memos_cli.cli.commands.query import query
 from memos_cli.cli.commands.promote import promote
+from memos_cli.cli.commands.query import query
 from memos_cli.cli.commands.show import show
 from memos_cli.cli.commands.stats import stats
 from memos_cli.cli.commands.transfer import export, import_
@@ -45,6 +46,7 @@ app.command("show")(show)
 app.command("forget")(forget)
 app.command("promote")(promote)
 app.command("chat")(chat)
+app.command("fuse")(fuse)
 app.command("stats")(stats)
 app.command("update")(update)
 app.command("history")(history)

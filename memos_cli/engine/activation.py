@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.errors import IncompatibleModel, IntegrityError, MemosError, UsageError
+from memos_cli.errors import (
+    ActivationError,
+    IncompatibleModel,
+    IntegrityError,
+    InvalidSnapshot,
+    UsageError,
+)
 from memos_cli.models.lm import DTYPES, LanguageModel, torch_dtype
 
 FORMAT = "memos-kv"
@@ -50,22 +56,6 @@ _PROBE = "\u2063memos-probe-{}\u2063"
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
 
 
-class ActivationError(MemosError):
-    """A snapshot cannot be built or used with this model (layout, length, extension)."""
-
-
-class InvalidSnapshot(MemosError):
-    """A snapshot file is truncated, malformed, or its header contradicts its tensors."""
-
-    exit_code = 3
-
-    def __init__(self, path: Path | str, problem: str, *, hint: str | None = None) -> None:
-        super().__init__(
-            f"invalid KV snapshot {path}: {problem}",
-            hint=hint or "rebuild it with: memos promote CUBE --refresh NAME",
-        )
-        self.path = Path(path)
-        self.problem = problem
 
 
 @dataclass

@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 from memos_cli.config import lock_timeout
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, CubeState
-from memos_cli.cube.io import append_bytes, atomic_write_bytes, atomic_write_text
+from memos_cli.cube.io import append_bytes, atomic_write_text
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ranking
 from memos_cli.engine.lexical import LexicalIndex
@@ -317,10 +317,14 @@ def open_index(
     embedder_name: str,
     known_vectors: dict[str, np.ndarray] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    any_embedder: bool = False,
 ) -> CubeIndex:
-    """Load the cube's index and bring it in step with ``state`` (building it if missing or stale)."""
+    """Load the cube's index and bring it in step with ``state`` (building it if missing or stale).
+
+    A cube whose manifest names another embedder is refused unless ``any_embedder`` (fuse --reembed):
+    its index is then rebuilt with this one."""
     expected = cube.manifest.embedder
-    if expected and expected.get("fingerprint") not in (None, embedder_name):
+    if not any_embedder and expected and expected.get("fingerprint") not in (None, embedder_name):
         raise IncompatibleModel(
             f"cube {cube.path}", str(expected.get("fingerprint")), embedder_name,
             hint="use the embedder the cube was built with (MEMOS_EMBEDDER), or re-embed it",

@@ -317,6 +317,11 @@ def load_lm(spec: str | None = None, *, dtype: str = "float32") -> LanguageModel
     Weights are read from safetensors only: a folder that has only ``pytorch_model.bin`` (a pickle) is
     refused rather than unpickled.
     """
+    import torch
+
+    from memos_cli.config import configure_torch
+
+    configure_torch(torch)
     name, folder = resolve_model_dir(spec)
     return _load_cached(name, str(folder), dtype)
 

@@ -308,6 +308,9 @@ class _TorchForward:
     def __init__(self, w: _Weights, cfg: EncoderConfig) -> None:
         import torch
 
+        from memos_cli.config import configure_torch
+
+        configure_torch(torch)
         self.torch = torch
         self.cfg = cfg
         t = torch.from_numpy

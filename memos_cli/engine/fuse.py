@@ -1,0 +1,347 @@
+"""fuse: several cubes -> one new cube, deduplicated, conflicts resolved by versions, lineage kept.
+
+- plaintext: the union of every memory version. The same memory (same id) in several parents keeps
+  all its versions (two different versions with one number are both kept, renumbered as the git merge
+  driver does). The same text from different sources is stored once, its other provenances listed in
+  ``metadata.also_from``. Near-duplicates (cosine >= ``dedup_threshold`` between active memories) are
+  merged: the newer stays current and lists the other in ``metadata.merged_from``; the other gets a
+  final ``superseded`` version pointing to it, so no version is lost. Memories with the same ``key``
+  are resolved by time, as ingest does.
+- lineage: the new manifest names each parent (id, name, format version, sha256 of its memories).
+- activation: each parent snapshot made for the fused cube's model is rebuilt from the fused
+  memories; snapshots with the same name in several parents are combined by prefilling the next
+  parent's memories on top of the first's cache (never by concatenating caches).
+- parametric: adapters are combined by ``distill.combine_adapters`` when available.
+
+Vectors come from the parents' indexes (same embedder), so fusing does not re-embed what is indexed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memos_cli.cube import layout
+from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.records import MemoryRecord, normalise_text
+from memos_cli.engine.embedding import EmbedderHandle
+from memos_cli.engine.index import open_index, row_for, row_key
+from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
+
+
+@dataclass
+class FuseReport:
+    output: str
+    parents: list[dict[str, Any]]
+    memories: int = 0
+    versions: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
+    version_conflicts: int = 0
+    superseded_by_key: int = 0
+    kv: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(vars(self))
+        data["near_duplicates"] = self.near_duplicates[:100]
+        data["near_duplicate_count"] = len(self.near_duplicates)
+        return data
+
+
+def _lineage(cube: Cube) -> dict[str, Any]:
+    data = cube.memories_path.read_bytes() if cube.memories_path.exists() else b""
+    return {"id": cube.manifest.id, "name": cube.manifest.name, "format_version": cube.manifest.format_version,
+            "content_sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _union_versions(parents: list[list[MemoryRecord]]) -> tuple[dict[str, list[MemoryRecord]], int]:
+    """All versions per memory id across parents; same (id, version) with different content: renumber."""
+    by_id: dict[str, dict[str, MemoryRecord]] = {}
+    for versions in parents:
+        for record in versions:
+            by_id.setdefault(record.id, {})[record.to_json()] = record
+    conflicts = 0
+    out: dict[str, list[MemoryRecord]] = {}
+    for memory_id, variants in by_id.items():
+        records = sorted(variants.values(), key=lambda r: (r.version, r.created, r.to_json()))
+        numbers = [r.version for r in records]
+        if len(set(numbers)) != len(numbers):
+            conflicts += len(numbers) - len(set(numbers))
+            records = [replace(r, version=i + 1) for i, r in enumerate(records)]
+        out[memory_id] = records
+    return out, conflicts
+
+
+def _provenance(record: MemoryRecord, cube: str) -> dict[str, Any]:
+    return {k: v for k, v in {"cube": cube, "id": record.id, "source": record.source,
+                              "source_id": record.source_id}.items() if v is not None}
+
+
+def fuse(
+    cube_paths: list[Path],
+    output: Path,
+    *,
+    name: str | None = None,
+    dedup_threshold: float = 0.95,
+    dry_run: bool = False,
+    reembed: bool = False,
+    drop_incompatible: bool = False,
+    model: str | None = None,
+    actor: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FuseReport:
+    started = time.perf_counter()
+    if len(cube_paths) < 2:
+        raise UsageError("fuse needs at least two cubes")
+    if not 0 < dedup_threshold <= 1:
+        raise UsageError("--dedup-threshold must be in (0, 1]")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise CubeExists(output)
+    parents = [Cube.open(p) for p in cube_paths]
+    for parent in parents:
+        parent.check(actor, "read")
+    if len({p.manifest.id for p in parents}) != len(parents):
+        raise UsageError("the same cube is named twice")
+
+    # --- compatibility: embedders
+    embedder = EmbedderHandle()
+    ident = embedder.identity
+    prints = {p.manifest.name: (p.manifest.embedder or {}).get("fingerprint") for p in parents}
+    foreign = {n: f for n, f in prints.items() if f not in (None, ident.fingerprint)}
+    if foreign and not reembed:
+        name0, fp = next(iter(foreign.items()))
+        raise IncompatibleModel(f"cube {name0}", fp, ident.fingerprint,
+                                hint="pass --reembed to index every memory again with this embedder")
+    # --- compatibility: language models of kv/ and lora/
+    model_prints = {e.get("model_fingerprint") for p in parents for e in p.manifest.kv.values()}
+    model_prints |= {e.get("base_model_fingerprint") for p in parents for e in p.manifest.lora.values()}
+    model_prints.discard(None)
+    target_print: str | None = None
+    lm = None
+    if model_prints:
+        from memos_cli.models.lm import load_lm
+
+        lm = load_lm(model)
+        target_print = lm.fingerprint
+        strangers = model_prints - {target_print}
+        if strangers and not drop_incompatible:
+            raise IncompatibleModel(
+                "a parent's KV snapshot or adapter", sorted(strangers)[0], target_print,
+                hint="pass --model with the model they were made for, or --drop-incompatible to leave them out",
+            )
+
+    report = FuseReport(output=str(output), parents=[_lineage(p) for p in parents], dry_run=dry_run)
+    states = [p.read_state() for p in parents]
+    versions, report.version_conflicts = _union_versions([s.versions for s in states])
+
+    # --- vectors of every current memory, from the parents' indexes (embedding only what is missing)
+    vectors: dict[str, np.ndarray] = {}
+    for parent, state in zip(parents, states, strict=True):
+        index = open_index(parent, state, embedder.load, dim=ident.dim, embedder_name=ident.fingerprint,
+                           progress=progress, any_embedder=reembed)
+        for memory_id, row in index.current.items():
+            vectors[index.keys[row]] = index.vectors[row]
+    origin: dict[str, str] = {}
+    for parent, state in zip(parents, states, strict=True):
+        for memory_id in state.current:
+            origin.setdefault(memory_id, parent.manifest.name)
+
+    now = utc_now()
+    current = {i: recs[-1] for i, recs in versions.items()}
+    extra_versions: list[MemoryRecord] = []
+
+    # --- exact duplicates: the same text from different sources, stored once
+    by_text: dict[str, str] = {}
+    dropped_ids: set[str] = set()
+    rank = {p.manifest.name: n for n, p in enumerate(parents)}
+    for memory_id in sorted(current, key=lambda i: (rank[origin[i]], current[i].created, i)):  # first parent wins
+        record = current[memory_id]
+        if record.status == "deleted":
+            continue
+        text_key = normalise_text(record.text)
+        keeper = by_text.get(text_key)
+        if keeper is None:
+            by_text[text_key] = memory_id
+            continue
+        kept = current[keeper]
+        also = list(kept.metadata.get("also_from", [])) + [_provenance(record, origin[memory_id])]
+        current[keeper] = replace(kept, metadata={**kept.metadata, "also_from": also})
+        dropped_ids.add(memory_id)
+        report.exact_duplicates += 1
+    for memory_id in dropped_ids:
+        del current[memory_id]
+        del versions[memory_id]
+
+    superseded: set[str] = set()
+    # --- key conflicts: the newest active memory of a key is current
+    by_key: dict[str, list[str]] = {}
+    for memory_id, record in current.items():
+        if record.key and record.status == "active":
+            by_key.setdefault(record.key, []).append(memory_id)
+    for ids in by_key.values():
+        if len(ids) < 2:
+            continue
+        ids.sort(key=lambda i: (current[i].time or "", current[i].created, i))
+        for older in ids[:-1]:
+            gone = current[older]
+            extra_versions.append(replace(gone, version=gone.version + 1, status="superseded", op="fuse",
+                                          actor=actor, created=now))
+            superseded.add(older)
+            report.superseded_by_key += 1
+
+    # --- near-duplicates among active memories, across parents
+    active = [i for i, r in current.items() if r.status == "active" and i not in superseded]
+    matrix = np.stack([vectors[row_key(row_for(current[i]))] for i in active]) if active else np.zeros((0, ident.dim))
+    merged_into: dict[str, str] = {}
+    if len(active) > 1 and dedup_threshold < 1:
+        names = sorted({origin[i] for i in active})
+        parent_of = np.array([names.index(origin[i]) for i in active])
+        block = 2048
+        for start in range(0, len(active), block):
+            sims = matrix[start:start + block] @ matrix.T
+            for offset in range(sims.shape[0]):
+                i = start + offset
+                row = sims[offset]
+                row[: i + 1] = -1  # each pair once
+                row[parent_of == parent_of[i]] = -1  # within one parent, dedup is ingest's business
+                for j in np.nonzero(row >= dedup_threshold)[0]:
+                    a, b = active[i], active[int(j)]
+                    if a in merged_into or b in merged_into:
+                        continue
+                    if current[a].key and current[b].key and current[a].key != current[b].key:
+                        continue  # statements about different subjects are not duplicates
+                    ra, rb = current[a], current[b]
+                    newer, older = (a, b) if (ra.time or ra.created, a) >= (rb.time or rb.created, b) else (b, a)
+                    merged_into[older] = newer
+                    report.near_duplicates.append(
+                        {"kept": newer, "merged": older, "similarity": round(float(row[j]), 4),
+                         "kept_text": current[newer].text[:120], "merged_text": current[older].text[:120]})
+    for older, newer in merged_into.items():
+        keep = current[newer]
+        merged_from = list(keep.metadata.get("merged_from", [])) + [_provenance(current[older], origin[older])]
+        current[newer] = replace(keep, metadata={**keep.metadata, "merged_from": merged_from})
+        gone = current[older]
+        extra_versions.append(replace(gone, version=gone.version + 1, status="superseded", op="fuse", actor=actor,
+                                      created=now, metadata={**gone.metadata, "merged_into": newer}))
+
+    # --- the fused records: all versions, with the metadata edits applied to each memory's last version
+    records: list[MemoryRecord] = []
+    for memory_id, recs in versions.items():
+        last = current.get(memory_id, recs[-1])
+        records.extend(recs[:-1])
+        records.append(last)
+    records.extend(extra_versions)
+    records.sort(key=lambda r: (r.created, r.id, r.version))
+    report.versions = len(records)
+    report.memories = len(versions)
+
+    # --- snapshots and adapters to carry over
+    kv_plan: dict[str, list[tuple[Cube, dict[str, Any]]]] = {}
+    for parent in parents:
+        for kv_name, entry in parent.manifest.kv.items():
+            if target_print and entry.get("model_fingerprint") != target_print:
+                report.dropped.append(f"{parent.manifest.name}: kv {kv_name} (another model)")
+                continue
+            kv_plan.setdefault(kv_name, []).append((parent, entry))
+    lora_plan: dict[str, list[tuple[Cube, dict[str, Any]]]] = {}
+    for parent in parents:
+        for lora_name, entry in parent.manifest.lora.items():
+            if target_print and entry.get("base_model_fingerprint") != target_print:
+                report.dropped.append(f"{parent.manifest.name}: lora {lora_name} (another model)")
+                continue
+            lora_plan.setdefault(lora_name, []).append((parent, entry))
+    if dry_run:
+        report.kv = {n: {"from": [p.manifest.name for p, _ in plan]} for n, plan in kv_plan.items()}
+        report.lora = {n: {"from": [p.manifest.name for p, _ in plan]} for n, plan in lora_plan.items()}
+        report.seconds = time.perf_counter() - started
+        return report
+
+    fused = Cube.init(output, name=name or output.resolve().name, owner=actor,
+                      description="fused from " + ", ".join(p.manifest.name for p in parents))
+    final = {}
+    for record in records:
+        if record.id not in final or record.version > final[record.id].version:
+            final[record.id] = record
+    snapshots = _rebuild_snapshots(lm, kv_plan, final) if kv_plan else {}
+    adapters = _combine_adapters(lm, lora_plan, final) if lora_plan else {}
+    with fused.transaction(actor=actor, op="fuse") as tx:
+        tx.rewrite_memories = records
+        tx.manifest.lineage = report.parents
+        tx.manifest.embedder = {"name": ident.name, "dim": ident.dim, "fingerprint": ident.fingerprint}
+        if lm is not None and (snapshots or adapters):
+            tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+        for kv_name, (snap, entry) in snapshots.items():
+            from memos_cli.engine.activation import save_snapshot
+
+            rel = f"{layout.KV_DIR}/{kv_name}.safetensors"
+            entry["sha256"] = save_snapshot(tx.stage_file(rel), snap)
+            tx.manifest.kv[kv_name] = entry
+            report.kv[kv_name] = {"tokens": entry["tokens"], "memories": len(entry["memories"])}
+        for lora_name, (folder, entry) in adapters.items():
+            import shutil
+
+            staged = tx.stage_file(f"{layout.LORA_DIR}/{lora_name}")
+            shutil.copytree(folder, staged)
+            tx.manifest.lora[lora_name] = entry
+            report.lora[lora_name] = {k: entry[k] for k in ("method", "memories") if k in entry}
+        tx.touch_manifest()
+        tx.log(sorted(final), f"fused {len(parents)} cubes: {report.memories} memories, {report.exact_duplicates} "
+               f"exact and {len(report.near_duplicates)} near duplicates merged", parents=[p["id"] for p in report.parents])
+    # The fused cube's index, from the parents' vectors: nothing indexed is embedded again.
+    open_index(fused, fused.read_state(), embedder.load, dim=ident.dim, embedder_name=ident.fingerprint,
+               known_vectors=vectors, progress=progress)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _rebuild_snapshots(lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]]],
+                       final: dict[str, MemoryRecord]) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Each snapshot again, from the fused memories; several parents' snapshots of one name are
+    prefilled one on top of the other."""
+    from memos_cli.engine.activation import build_snapshot, extend_snapshot
+
+    out = {}
+    for kv_name, sources in plan.items():
+        snap = None
+        refs: list[str] = []
+        for _parent, entry in sources:
+            memories = []
+            for ref in entry.get("memories", []):
+                record = final.get(str(ref).split("@")[0])
+                if record is not None and record.status == "active" and record.ref not in refs:
+                    memories.append(record)
+                    refs.append(record.ref)
+            if not memories:
+                continue
+            dtype = entry.get("dtype", "float32")
+            snap = build_snapshot(lm, memories, dtype=dtype) if snap is None else extend_snapshot(lm, snap, memories)
+        if snap is None:
+            continue
+        first = sources[0][1]
+        out[kv_name] = (snap, {
+            "file": f"{layout.KV_DIR}/{kv_name}.safetensors", "model": lm.name, "model_fingerprint": lm.fingerprint,
+            "dtype": snap.dtype, "tokens": snap.token_count, "memories": list(snap.memory_refs),
+            "skipped": list(snap.skipped_refs), "selection": {"ids": [r.split("@")[0] for r in snap.memory_refs]},
+            "budget": first.get("budget"), "created": utc_now(), "fused_from": [p.manifest.name for p, _ in sources],
+        })
+    return out
+
+
+def _combine_adapters(lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]]],
+                      final: dict[str, MemoryRecord]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    try:
+        from memos_cli.engine.distill import combine_adapters
+    except ImportError:
+        raise UsageError("this memos cannot combine LoRA adapters yet",
+                         hint="fuse with --drop-incompatible, or drop the adapters first") from None
+    return combine_adapters(lm, plan, final)

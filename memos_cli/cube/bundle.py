@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,22 @@ from memos_cli.errors import CubeExists, CubeNotFound, InvalidCube, LockTimeout
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def new_cube_id() -> str:
     return "cube-" + secrets.token_hex(6)
+
+
+def _read_journal(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError, OSError):
+        # A journal torn while being written: its transaction had not started changing files.
+        return {"torn": True}
+    return data if isinstance(data, dict) else {"torn": True}
 
 
 @dataclass
@@ -99,6 +110,11 @@ class Cube:
             text = manifest_file.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise InvalidCube(path, "cube.yaml is not UTF-8 text") from None
+        # A transaction in flight (or cut off) may have replaced the manifest already: readers see the
+        # manifest from before it, like every other file of the bundle.
+        journal = _read_journal(path / layout.DERIVED_DIR / layout.JOURNAL_FILE)
+        if journal is not None and isinstance(journal.get("manifest"), str):
+            text = journal["manifest"]
         return cls(path, parse_manifest(text, path))
 
     @classmethod
@@ -222,13 +238,20 @@ class Cube:
             lock.release()
 
     def _load_journal(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.journal_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (ValueError, UnicodeDecodeError):
-            # A journal torn while being written: its transaction had not started changing files.
-            return {"torn": True}
+        return _read_journal(self.journal_path)
+
+    def committed_path(self, rel: str) -> Path:
+        """Where the committed bytes of a payload are: its backup while a transaction replaces it."""
+        journal = self._load_journal()
+        backup = (journal or {}).get("backups", {}).get(rel)
+        if backup and (self.path / backup).exists():
+            return self.path / backup
+        return self.path / rel
+
+    def pending_created(self) -> list[str]:
+        """Bundle paths an unfinished transaction created (not yet part of the cube)."""
+        journal = self._load_journal()
+        return list(journal.get("created", [])) if journal else []
 
     def recover(self) -> list[str]:
         """Undo a transaction that was cut off (call with the lock held). Returns what was done."""

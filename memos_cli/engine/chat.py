@@ -114,7 +114,7 @@ class ChatSession:
             entry = cube.manifest.kv.get(name)
             if entry is None:
                 continue
-            snap = load_snapshot(cube.path / entry["file"], self.lm, expected_sha256=entry.get("sha256"))
+            snap = load_snapshot(cube.committed_path(entry["file"]), self.lm, expected_sha256=entry.get("sha256"))
             stale = ops.stale_entries(cube, cube.read_state())["kv"].get(name)
             if stale:
                 self.stale.append(

@@ -19,6 +19,9 @@ Vectors come from the parents' indexes (same embedder), so fusing does not re-em
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -149,7 +152,7 @@ def fuse(
     for parent, state in zip(parents, states, strict=True):
         index = open_index(parent, state, embedder.load, dim=ident.dim, embedder_name=ident.fingerprint,
                            progress=progress, any_embedder=reembed)
-        for memory_id, row in index.current.items():
+        for row in index.current.values():
             vectors[index.keys[row]] = index.vectors[row]
     origin: dict[str, str] = {}
     for parent, state in zip(parents, states, strict=True):
@@ -266,7 +269,29 @@ def fuse(
         report.seconds = time.perf_counter() - started
         return report
 
-    fused = Cube.init(output, name=name or output.resolve().name, owner=actor,
+    # Build next to the output and rename at the end: a killed fuse leaves no half-made cube at OUT.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{output.name}.fusing-", dir=output.parent))
+    try:
+        _write_fused(building, output, name, actor, parents, records, report, lm, kv_plan, lora_plan, vectors,
+                     embedder, progress)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    if output.exists():
+        output.rmdir()  # an empty directory was allowed as the target
+    os.rename(building, output)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _write_fused(
+    building: Path, output: Path, name: str | None, actor: str | None, parents: list[Cube],
+    records: list[MemoryRecord], report: FuseReport, lm: Any, kv_plan: dict[str, Any], lora_plan: dict[str, Any],
+    vectors: dict[str, np.ndarray], embedder: EmbedderHandle, progress: Callable[[int, int], None] | None,
+) -> None:
+    ident = embedder.identity
+    fused = Cube.init(building, name=name or output.resolve().name, owner=actor,
                       description="fused from " + ", ".join(p.manifest.name for p in parents))
     final = {}
     for record in records:
@@ -288,8 +313,6 @@ def fuse(
             tx.manifest.kv[kv_name] = entry
             report.kv[kv_name] = {"tokens": entry["tokens"], "memories": len(entry["memories"])}
         for lora_name, (folder, entry) in adapters.items():
-            import shutil
-
             staged = tx.stage_file(f"{layout.LORA_DIR}/{lora_name}")
             shutil.copytree(folder, staged)
             tx.manifest.lora[lora_name] = entry
@@ -300,8 +323,6 @@ def fuse(
     # The fused cube's index, from the parents' vectors: nothing indexed is embedded again.
     open_index(fused, fused.read_state(), embedder.load, dim=ident.dim, embedder_name=ident.fingerprint,
                known_vectors=vectors, progress=progress)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def _rebuild_snapshots(lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]]],

@@ -36,7 +36,7 @@ def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, 
     if not path.exists():
         report.problems.append(f"{rel} is missing")
         return []
-    data = path.read_bytes()
+    data = cube._read_committed(rel)  # what readers see: an unfinished transaction's bytes excluded
     objects: list[tuple[int, dict[str, Any]]] = []
     try:
         for number, line in iter_lines(data):
@@ -81,7 +81,7 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
     for name, entry in manifest.kv.items():
         rel = entry.get("file", f"{layout.KV_DIR}/{name}.safetensors")
         referenced.add(rel)
-        path = cube.path / rel
+        path = cube.committed_path(rel)
         if not path.is_file():
             report.problems.append(f"kv {name}: {rel} is missing")
             continue
@@ -103,8 +103,9 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
     for name, entry in manifest.lora.items():
         folder = entry.get("path", f"{layout.LORA_DIR}/{name}")
         referenced.add(folder)
+        base = cube.committed_path(folder)
         for rel, digest in (entry.get("files") or {}).items():
-            path = cube.path / folder / rel
+            path = base / rel
             if not path.is_file():
                 report.problems.append(f"lora {name}: {folder}/{rel} is missing")
             elif sha256_file(path) != digest:
@@ -112,12 +113,13 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
         stale = [m for m in entry.get("memories", []) if m not in active_refs]
         if stale:
             report.notes.append(f"lora {name} is stale: {len(stale)} of its memories changed")
+    pending = set(cube.pending_created())
     for directory in (layout.KV_DIR, layout.LORA_DIR):
         base = cube.path / directory
         if base.is_dir():
             for child in sorted(base.iterdir()):
                 rel = f"{directory}/{child.name}"
-                if rel not in referenced:
+                if rel not in referenced and rel not in pending:
                     report.problems.append(f"{rel} is not named in cube.yaml (left by an interrupted command?)")
     report.checked["kv"] = len(manifest.kv)
     report.checked["lora"] = len(manifest.lora)
@@ -159,7 +161,10 @@ def verify(cube_path: Path) -> VerifyReport:
         report.problems.append(exc.problem)
         return report
     if cube.journal_path.exists():
-        report.problems.append("an interrupted transaction was not rolled back yet (memos repair does it)")
+        report.notes.append(
+            "a command is writing, or was interrupted: readers see the cube as before it, and the next "
+            "write (or memos repair) rolls it back"
+        )
     current = _check_records(cube, report)
     report.checked["audit_entries"] = len(_check_jsonl(cube, layout.AUDIT, report))
     _check_payloads(cube, current, report)

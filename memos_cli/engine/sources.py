@@ -115,10 +115,10 @@ def _sniff_json(text: str) -> str:
         return "chat"
     try:
         first = json.loads(stripped.splitlines()[0]) if stripped else None
-    except ValueError:
+    except (ValueError, RecursionError):
         try:
             whole = json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):
             return "jsonl"  # malformed: the JSONL parser names the bad line
         return "chat" if isinstance(whole, (dict, list)) and _is_chat_container(whole) else "jsonl"
     if isinstance(first, dict) and ("role" in first or "content" in first) and "text" not in first:
@@ -263,6 +263,8 @@ def _load_line(line: str, where: str) -> Any:
         return json.loads(line)
     except ValueError as exc:
         raise BadInput(where, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise BadInput(where, "JSON nested too deeply") from None
 
 
 def parse_jsonl(text: str, source: str, *, skip_bad: bool = False) -> tuple[list[Draft], list[Rejected]]:
@@ -344,6 +346,8 @@ def parse_chat(text: str, source: str, *, skip_bad: bool = False) -> tuple[list[
             whole = json.loads(text)
         except ValueError as exc:
             raise BadInput(f"{source}:{exc.lineno}", f"malformed JSON ({exc.msg})") from None
+        except RecursionError:
+            raise BadInput(f"{source}:1", "JSON nested too deeply") from None
         messages = whole.get("messages") if isinstance(whole, dict) else whole
         if not isinstance(messages, list):
             raise BadInput(f"{source}:1", "a chat transcript must be a JSON list of messages")
@@ -381,7 +385,7 @@ def _looks_like_jsonl(text: str) -> bool:
     try:
         json.loads(lines[0])
         return True
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

@@ -91,3 +91,15 @@ def test_fuse_refuses_other_embedders_and_bad_arguments(tmp_path: Path) -> None:
     assert fuse([a.path, b.path], tmp_path / "ab", reembed=True).memories == 2
     with pytest.raises(UsageError):
         fuse([a.path], tmp_path / "x")
+
+
+def test_the_same_memory_ingested_in_two_cubes_is_one_version(tmp_path: Path) -> None:
+    records = [{"text": "Shared fact one", "id": "1"}, {"text": "Shared fact two", "id": "2"}]
+    a = Cube.init(tmp_path / "a", name="a")
+    b = Cube.init(tmp_path / "b", name="b")
+    body = "".join(json.dumps(r) + "\n" for r in records).encode()
+    ingest(a, [Source("common.jsonl", body)], actor="ana")
+    ingest(b, [Source("common.jsonl", body)], actor="bob")  # later, by someone else: same content
+    report = fuse([a.path, b.path], tmp_path / "ab")
+    assert report.shared_versions == 2 and report.version_conflicts == 0 and report.memories == 2
+    assert len(Cube.open(tmp_path / "ab").read_state().versions) == 2

@@ -131,3 +131,10 @@ def test_export_import_round_trip_and_tamper_detection(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="unsafe"):
         import_cube(slip, tmp_path / "never2")
     assert not (tmp_path.parent / "outside.txt").exists()
+
+
+def test_merge_collapses_the_same_version_written_on_both_sides() -> None:
+    ours = b'{"created":"t2","id":"m-1","status":"active","text":"same","version":1,"actor":"a"}\n'
+    theirs = b'{"created":"t1","id":"m-1","status":"active","text":"same","version":1,"actor":"b"}\n'
+    merged = [json.loads(line) for line in merge_memories(b"", ours, theirs).splitlines()]
+    assert len(merged) == 1 and merged[0]["created"] == "t1"

@@ -115,6 +115,14 @@ class MemoryRecord:
     def from_json(cls, line: str) -> MemoryRecord:
         return cls.from_dict(json.loads(line))
 
+    def content_key(self) -> str:
+        """This version's content, without when and by whom it was written: two writes of the same
+        version of the same memory (say the same file ingested on two branches) compare equal."""
+        data = self.to_dict()
+        for name in ("created", "actor", "op"):
+            data.pop(name, None)
+        return canonical_json(data)
+
     @property
     def ref(self) -> str:
         """``id@version``: names one version exactly (used by KV snapshots and adapters)."""

@@ -44,7 +44,8 @@ class FuseReport:
     parents: list[dict[str, Any]]
     memories: int = 0
     versions: int = 0
-    exact_duplicates: int = 0
+    exact_duplicates: int = 0  # the same text under different ids (sources), stored once
+    shared_versions: int = 0  # the same memory version present in several parents, stored once
     near_duplicates: list[dict[str, Any]] = field(default_factory=list)
     version_conflicts: int = 0
     superseded_by_key: int = 0
@@ -67,22 +68,33 @@ def _lineage(cube: Cube) -> dict[str, Any]:
             "content_sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _union_versions(parents: list[list[MemoryRecord]]) -> tuple[dict[str, list[MemoryRecord]], int]:
-    """All versions per memory id across parents; same (id, version) with different content: renumber."""
+def _union_versions(parents: list[list[MemoryRecord]]) -> tuple[dict[str, list[MemoryRecord]], int, int]:
+    """All versions per memory id across parents. The same version written in several parents (same
+    content, another time or actor) is kept once, the earliest; two different versions with one number
+    are both kept, renumbered. Returns (versions by id, conflicts, versions found in several parents)."""
     by_id: dict[str, dict[str, MemoryRecord]] = {}
+    shared = 0
     for versions in parents:
         for record in versions:
-            by_id.setdefault(record.id, {})[record.to_json()] = record
+            variants = by_id.setdefault(record.id, {})
+            key = record.content_key()
+            held = variants.get(key)
+            if held is None:
+                variants[key] = record
+            else:
+                shared += 1
+                if record.created < held.created:
+                    variants[key] = record
     conflicts = 0
     out: dict[str, list[MemoryRecord]] = {}
     for memory_id, variants in by_id.items():
-        records = sorted(variants.values(), key=lambda r: (r.version, r.created, r.to_json()))
+        records = sorted(variants.values(), key=lambda r: (r.version, r.created, r.content_key()))
         numbers = [r.version for r in records]
         if len(set(numbers)) != len(numbers):
             conflicts += len(numbers) - len(set(numbers))
             records = [replace(r, version=i + 1) for i, r in enumerate(records)]
         out[memory_id] = records
-    return out, conflicts
+    return out, conflicts, shared
 
 
 def _provenance(record: MemoryRecord, cube: str) -> dict[str, Any]:
@@ -145,7 +157,7 @@ def fuse(
 
     report = FuseReport(output=str(output), parents=[_lineage(p) for p in parents], dry_run=dry_run)
     states = [p.read_state() for p in parents]
-    versions, report.version_conflicts = _union_versions([s.versions for s in states])
+    versions, report.version_conflicts, report.shared_versions = _union_versions([s.versions for s in states])
 
     # --- vectors of every current memory, from the parents' indexes (embedding only what is missing)
     vectors: dict[str, np.ndarray] = {}

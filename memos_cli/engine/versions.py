@@ -133,32 +133,39 @@ def _parse_lines(data: bytes) -> list[dict[str, Any]]:
 def merge_memories(base: bytes, ours: bytes, theirs: bytes) -> bytes:
     """Three-way merge of ``memories.jsonl``: every version on either side is kept.
 
-    Identical lines are kept once. Two different records with the same id and version (both sides
-    changed the memory) are both kept: the versions of that memory are renumbered in order of
-    (version, created), so the side with the higher version (then the later one) becomes current.
-    Records are written in a deterministic order: by creation time, then id, then version.
-    A version present in the ancestor and removed on one side (a purge) is removed; one removed on
-    neither side is kept.
+    The same version written on both sides (same content, another time or actor: the same file
+    ingested on both branches) is kept once, the earliest. Two different records with the same id and
+    version (both sides changed the memory) are both kept: the versions of that memory are renumbered
+    in order of (version, created), so the side with the higher version (then the later one) becomes
+    current. Records are written in a deterministic order: by creation time, then id, then version.
+    A version present in the ancestor and removed on one side (a purge) is removed.
     """
-    base_lines = {canonical_json(r) for r in _parse_lines(base)} if base else set()
+    def key(record: dict[str, Any]) -> str:
+        return MemoryRecord.from_dict(record).content_key()
+
+    base_keys = {key(r) for r in _parse_lines(base)} if base else set()
     sides = [_parse_lines(ours), _parse_lines(theirs)]
-    present = [{canonical_json(r) for r in side} for side in sides]
-    # a line in the ancestor missing from either side was purged there: respect the purge
-    purged = {line for line in base_lines if line not in present[0] or line not in present[1]}
+    present = [{key(r) for r in side} for side in sides]
+    # a version in the ancestor missing from either side was purged there: respect the purge
+    purged = {k for k in base_keys if k not in present[0] or k not in present[1]}
     by_id: dict[str, dict[str, dict[str, Any]]] = {}
     for side in sides:
         for record in side:
-            line = canonical_json(record)
-            if line in purged:
+            k = key(record)
+            if k in purged:
                 continue
-            by_id.setdefault(str(record["id"]), {})[line] = record
+            variants = by_id.setdefault(str(record["id"]), {})
+            held = variants.get(k)
+            if held is None or str(record.get("created", "")) < str(held.get("created", "")):
+                variants[k] = record
     merged: list[dict[str, Any]] = []
-    for memory_id, variants in by_id.items():
-        records = sorted(variants.values(), key=lambda r: (int(r["version"]), str(r.get("created", "")), canonical_json(r)))
-        versions = [int(r["version"]) for r in records]
-        if len(set(versions)) != len(versions):  # a conflict: renumber, keeping every record
-            records = [{**r, "version": i + 1} for i, r in enumerate(records)]
-        merged.extend(records)
+    for variants in by_id.values():
+        records = sorted(variants.items(), key=lambda kv: (int(kv[1]["version"]), str(kv[1].get("created", "")), kv[0]))
+        numbers = [int(r["version"]) for _, r in records]
+        if len(set(numbers)) != len(numbers):  # a conflict: renumber, keeping every record
+            merged.extend({**r, "version": i + 1} for i, (_, r) in enumerate(records))
+        else:
+            merged.extend(r for _, r in records)
     merged.sort(key=lambda r: (str(r.get("created", "")), str(r["id"]), int(r["version"])))
     for record in merged:
         MemoryRecord.from_dict(record)  # refuse to write anything a reader would reject

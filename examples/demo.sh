@@ -15,4 +15,8 @@ step $MEMOS query "$CUBE" "what food should we avoid at team dinners" -k 2
 step $MEMOS query "$CUBE" "bluetooth" --speaker Priya -k 2 --retrieval lexical
 printf 'who approves the budget?\nwhich iPads are unsupported?\n' > /tmp/memos-demo-questions.txt
 step $MEMOS query "$CUBE" --batch /tmp/memos-demo-questions.txt -k 1
+step $MEMOS promote "$CUBE" --to activation --name team --tag people    # a KV snapshot (SmolLM2, converted once)
+step $MEMOS chat "$CUBE" --kv team --no-retrieval --no-remember --greedy --max-new-tokens 40 -m "Who is on parental leave?"
+step $MEMOS chat "$CUBE" --no-remember --greedy --max-new-tokens 40 --show-memories -m "When does the public beta open?"
+step $MEMOS verify "$CUBE"
 step $MEMOS stats "$CUBE"

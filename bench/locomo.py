@@ -21,10 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from locomo_proto import CATEGORIES, KS, load_locomo  # noqa: E402
+from locomo_proto import CATEGORIES, DATA, KS, load_locomo  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "locomo" / "locomo-dev.json"
 MEMOS = [sys.executable, "-m", "memos_cli"]
 
 
@@ -37,7 +35,7 @@ def memos(*args: str, stdin: str | None = None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--modes", default="hybrid,dense,lexical")
     args = parser.parse_args()
     modes = args.modes.split(",")

@@ -209,7 +209,7 @@ class LexicalIndex:
         if n and term_ids:
             avgdl = max(float(self._doc_len.sum()) / n, 1e-9)
             k1, b = self.k1, self.b
-            for tid, w in zip(term_ids, self.idf(term_ids)):
+            for tid, w in zip(term_ids, self.idf(term_ids), strict=True):
                 for seg in (self._main, self._delta):
                     docs, tf = seg.postings(tid)
                     if not len(docs):
@@ -253,9 +253,7 @@ class LexicalIndex:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lexical-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh, indptr=m.indptr, terms=m.terms, docs=m.docs, tfs=m.tfs, df=self._df, doc_len=self._doc_len
-                )
+                np.savez(fh, indptr=m.indptr, terms=m.terms, docs=m.docs, tfs=m.tfs, df=self._df, doc_len=self._doc_len)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, directory / INDEX_FILE)

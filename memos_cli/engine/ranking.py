@@ -203,15 +203,24 @@ def _top(idx: np.ndarray, score: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(idx[i]), float(score[i])) for i in order]
 
 
-def _sample_rows(inputs: RankInputs, size: int = 4096) -> np.ndarray:
-    """A fixed spread of rows whose dense scores estimate the population mean and spread cheaply."""
+def _dense_moments(inputs: RankInputs, size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mean vector and covariance of the stored vectors (from a fixed spread of at most ``size``
+    rows), cached per row count.
+
+    The mean and variance of the dense scores over the cube are then ``q @ mu`` and ``q @ cov @ q``:
+    O(d^2) per query instead of scoring a sample of rows (a matrix product that BLAS threads make
+    slow on a busy machine).
+    """
     n = len(inputs.rows)
-    cached = inputs._cache.get("sample")
-    if isinstance(cached, np.ndarray) and inputs._cache.get("sample_n") == n:
-        return cached
-    sample = np.unique(np.linspace(0, n - 1, num=min(size, n)).astype(np.int64)) if n else np.zeros(0, np.int64)
-    inputs._cache["sample"], inputs._cache["sample_n"] = sample, n
-    return sample
+    cached = inputs._cache.get("moments")
+    if isinstance(cached, tuple) and cached[0] == n:
+        return cached[1], cached[2]
+    sample = np.unique(np.linspace(0, n - 1, num=min(size, n)).astype(np.int64))
+    x = inputs.vectors[sample].astype(np.float64)
+    mu = x.mean(axis=0)
+    cov = np.cov(x, rowvar=False, bias=True) if len(x) > 1 else np.zeros((x.shape[1], x.shape[1]))
+    inputs._cache["moments"] = (n, mu, cov)
+    return mu, cov
 
 
 def rank(
@@ -245,30 +254,31 @@ def rank(
 
     if mode == "lexical":
         rows, scores = inputs.lexical.top(query, k, mask=allowed)
-        return [(int(r), float(s)) for r, s in zip(rows, scores)]
+        return [(int(r), float(s)) for r, s in zip(rows, scores, strict=True)]
 
     exact = ann is None or n_allowed <= settings.exact_limit
     if mode == "dense":
         idx = np.flatnonzero(allowed) if exact else _ann_candidates(ann, q, allowed, max(k, settings.pool))
         if idx is None:
             idx = np.flatnonzero(allowed)
-        return _top(idx, inputs.vectors[idx] @ q, k)
+        return _top(idx, _dense(inputs.vectors, idx, q), k)
 
     lex_all = inputs.lexical.scores(query)
     if exact:
         idx = np.flatnonzero(allowed)
-        dense = inputs.vectors[idx] @ q
+        dense = _dense(inputs.vectors, idx, q)
         lex = lex_all[idx]
         z_dense, z_lex = _zscore(dense), _zscore(lex)
     else:
         idx = _hybrid_candidates(inputs, q, lex_all, allowed, ann, max(k, settings.pool))
         dense = inputs.vectors[idx] @ q
         lex = lex_all[idx]
-        # The spread of each leg over all allowed rows: BM25 is already computed for every row; the
-        # dense spread is estimated from a fixed sample of rows.
-        sample = _sample_rows(inputs)
-        sample = sample[allowed[sample]]
-        z_dense = _zscore(dense, inputs.vectors[sample] @ q if len(sample) > 1 else dense)
+        # Standardise by each leg's spread over the cube, not over the candidates (which are all
+        # good): BM25 is already computed for every row; the dense moments are cached.
+        mu, cov = _dense_moments(inputs)
+        qd = q.astype(np.float64)
+        sd = float(np.sqrt(max(qd @ cov @ qd, 0.0)))
+        z_dense = (dense - float(qd @ mu)) / sd if sd > 1e-9 else np.zeros_like(dense)
         z_lex = _zscore(lex, lex_all[allowed])
     fused = (z_dense + settings.lexical_weight * z_lex).astype(np.float32)
     score = _with_context(inputs, idx, fused, settings)
@@ -277,6 +287,13 @@ def rank(
         if len(named):
             score = score + settings.speaker * np.isin(_speakers(inputs).ids[idx], named)
     return _top(idx, score, k)
+
+
+def _dense(vectors: np.ndarray, idx: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Cosine of the rows ``idx``: gathering most of a large matrix costs more than scoring it all."""
+    if len(idx) * 4 > len(vectors):
+        return (vectors @ q)[idx]
+    return vectors[idx] @ q
 
 
 def _ann_candidates(
@@ -323,13 +340,13 @@ def _with_context(inputs: RankInputs, idx: np.ndarray, fused: np.ndarray, settin
     st = inputs.structure
     out = fused.copy()
     if settings.window:
+        # Scores scattered into a full-length array make a neighbour's score one lookup away.
+        full = np.full(len(inputs.rows), -np.inf, dtype=np.float32)
+        full[idx] = fused
         best = np.full(len(idx), -np.inf, dtype=np.float32)
         for links in (st.prev, st.next):
-            nb = links[idx].astype(np.int64)
-            pos = np.searchsorted(idx, nb)
-            pos = np.minimum(pos, len(idx) - 1)
-            ok = (nb >= 0) & (idx[pos] == nb)
-            best = np.where(ok, np.maximum(best, fused[pos]), best)
+            nb = links[idx]
+            best = np.maximum(best, np.where(nb >= 0, full[nb], -np.inf))
         out += settings.window * np.where(np.isfinite(best), best, 0.0).astype(np.float32)
     if settings.episode:
         groups = st.group[idx]

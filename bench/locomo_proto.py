@@ -41,7 +41,7 @@ from memos_cli.engine.ranking import (  # noqa: E402
     RankInputs,
     RankSettings,
     Row,
-    embed_text,
+    embed_rows,
     lexical_text,
     rank,
     structure,
@@ -154,7 +154,7 @@ def prepare(convs: list[Conversation]) -> list[Prepared]:
     for conv in convs:
         lex = LexicalIndex()
         lex.add([lexical_text(r) for r in conv.rows])
-        vectors = embed_cached([embed_text(r) for r in conv.rows])
+        vectors = embed_rows(conv.rows, embed_cached)
         qvecs = embed_cached([q.text for q in conv.questions])
         inputs = RankInputs(vectors=vectors, lexical=lex, rows=conv.rows, structure=structure(conv.rows))
         out.append(Prepared(conv, inputs, qvecs))

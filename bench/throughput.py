@@ -148,6 +148,8 @@ def main() -> None:
                   f"{batch_s * 1000 / len(qs):13.1f}")
 
         # --- 3. cold process times
+        if not sizes:
+            return
         cube_dir = root / f"cube-{sizes[0]}" if sizes[0] != args.ingest_n else root / "ingest-cube"
         one_shot = [run("query", str(cube_dir), qs[0], "-k", "5", "--no-usage") for _ in range(3)]
         lexical = [run("query", str(cube_dir), qs[0], "-k", "5", "--no-usage", "--retrieval", "lexical")

@@ -38,7 +38,7 @@ from memos_cli.engine import ranking
 from memos_cli.engine.lexical import LexicalIndex
 from memos_cli.errors import IncompatibleModel, LockTimeout
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: vectors of the bare text (ranking.embed_rows)
 HNSW_MIN_ROWS = 20_000  # below this, exact scoring is as fast as the graph and always exact
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 100
@@ -78,8 +78,8 @@ def row_key(row: ranking.Row) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
-# embeds texts, calling the tick with the count done after each batch
-EmbedFn = Callable[[list[str], Callable[[int], None]], np.ndarray]
+# embeds rows (ranking.embed_rows), calling the tick with the count of texts done after each batch
+EmbedFn = Callable[[list[ranking.Row], Callable[[int], None]], np.ndarray]
 
 
 class CubeIndex:
@@ -202,16 +202,16 @@ class CubeIndex:
                     vectors[i] = vector
             if missing:
                 fn = embed()
-                texts = [ranking.embed_text(new_rows[i]) for i in missing]
+                todo = [new_rows[i] for i in missing]
                 done = 0
 
                 def tick(count: int) -> None:
                     nonlocal done
                     done += count
                     if progress is not None:
-                        progress(done, len(texts))
+                        progress(min(done, len(todo)), len(todo))
 
-                vectors[missing] = fn(texts, tick)
+                vectors[missing] = fn(todo, tick)
                 embedded = len(missing)
             self._append_rows(new_rows, new_keys, vectors)
         self.current = wanted
@@ -341,7 +341,7 @@ def open_index(
 
             def factory() -> EmbedFn:
                 embedder = embedder_factory()
-                return lambda texts, tick: embedder.encode(texts, progress=tick)
+                return lambda rows, tick: ranking.embed_rows(rows, lambda texts: embedder.encode(texts, progress=tick))
 
             index.sync(state, factory, known_vectors=known_vectors, progress=progress)
     except Timeout:

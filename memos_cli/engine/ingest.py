@@ -250,18 +250,18 @@ def _embed(records: list[MemoryRecord], embedder: EmbedderHandle, progress: Prog
         return {}
     rows = [index_mod.row_for(r) for r in records]
     keys = [index_mod.row_key(row) for row in rows]
-    unique = dict(zip(keys, rows))
-    texts = [index_mod.ranking.embed_text(row) for row in unique.values()]
+    unique = dict(zip(keys, rows, strict=True))
     done = 0
 
     def tick(count: int) -> None:
         nonlocal done
         done += count
         if progress is not None:
-            progress(done, len(texts))
+            progress(min(done, len(unique)), len(unique))
 
-    vectors = embedder.load().encode(texts, progress=tick)
-    return dict(zip(unique.keys(), vectors))
+    model = embedder.load()
+    vectors = index_mod.ranking.embed_rows(list(unique.values()), lambda texts: model.encode(texts, progress=tick))
+    return dict(zip(unique.keys(), vectors, strict=True))
 
 
 def _update_index(

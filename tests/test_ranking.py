@@ -12,6 +12,7 @@ from memos_cli.engine.ranking import (
     DEFAULT_SETTINGS,
     RankInputs,
     Row,
+    embed_rows,
     embed_text,
     lexical_text,
     rank,
@@ -53,13 +54,21 @@ def chat(
 FILLER = [f"filler sentence number {w} about weather" for w in ("one", "two", "three", "four", "five", "six")]
 
 
-def test_embed_and_lexical_text_name_speaker_and_date() -> None:
+def test_lexical_text_names_speaker_and_date_and_vectors_embed_the_bare_text() -> None:
     row = Row(text="I adopted a cat.", speaker="Ann", time="2023-05-08T13:56:00")
-    assert embed_text(row) == "Ann (8 May 2023): I adopted a cat."
-    assert lexical_text(row) == embed_text(row)
-    assert embed_text(Row(text="plain")) == "plain"
-    assert embed_text(Row(text="x", time="2023-05-08")) == "(8 May 2023): x"
-    assert embed_text(Row(text="x", time="last spring")) == "(last spring): x"
+    assert lexical_text(row) == "Ann (8 May 2023): I adopted a cat."
+    assert embed_text(row) == "I adopted a cat."
+    assert lexical_text(Row(text="plain")) == "plain"
+    assert lexical_text(Row(text="x", time="2023-05-08")) == "(8 May 2023): x"
+    assert lexical_text(Row(text="x", time="last spring")) == "(last spring): x"
+    seen: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        seen.append(list(texts))
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    assert embed_rows([row, Row(text="plain")], encode).shape == (2, 4)
+    assert seen == [["I adopted a cat.", "plain"]]
 
 
 def test_structure_links_neighbours_within_each_source_and_groups_by_date() -> None:

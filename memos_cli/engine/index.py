@@ -231,7 +231,7 @@ class CubeIndex:
         append_bytes(self.dir / "keys.txt", "".join(k + "\n" for k in keys).encode())
         append_bytes(
             self.dir / "rows.jsonl",
-            "".join(json.dumps(asdict(r), ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8"),
+            "".join(json.dumps(vars(r), ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8"),
         )
         self.vectors = np.concatenate([self.vectors, vectors]) if n else vectors.copy()
         self.keys.extend(keys)

@@ -25,7 +25,7 @@ try:
 except ImportError:
     from tests.test_lm import build_tiny_model
 
-KILLS_PER_COMMAND = {"ingest": 20, "forget": 14, "promote": 10, "fuse": 10}
+KILLS_PER_COMMAND = {"ingest": 20, "forget": 14, "promote": 10, "distill": 6, "fuse": 10}
 
 
 def _run(args: list[str], env: dict[str, str], kill_after: float | None) -> tuple[bool, bool]:
@@ -126,6 +126,24 @@ def test_killed_commands_leave_the_cube_before_or_after(tmp_path: Path, tiny_lla
         assert (name in manifest.kv) == ok or (not ok and name in manifest.kv)
         if name in manifest.kv:
             assert (cube / manifest.kv[name]["file"]).is_file()
+    # distill: an adapter appears whole (folder + manifest entry with checksums) or not at all
+    t0 = time.monotonic()
+    distill_args = ["--all", "--steps", "2", "--model", str(tiny_llama)]
+    _run(["distill", str(cube), "--name", "base-lora", *distill_args], env, None)
+    durations["distill"] = time.monotonic() - t0
+    for trial in range(KILLS_PER_COMMAND["distill"] + 1):
+        name = f"lora{trial}"
+        ok, killed = _run(["distill", str(cube), "--name", name, *distill_args], env,
+                          rng.uniform(durations["distill"] * 0.3, durations["distill"] * 1.05))
+        kills += killed
+        _assert_sound(cube)
+        manifest = Cube.open(cube).manifest
+        if ok:
+            assert name in manifest.lora
+        if name in manifest.lora:
+            assert (cube / manifest.lora[name]["path"] / "adapter_model.safetensors").is_file()
+        else:
+            assert not (cube / "lora" / name).exists()
     # fuse: the output is a whole cube or absent
     other = tmp_path / "other"
     _run(["init", str(other)], env, None)

@@ -8,6 +8,7 @@ import typer
 
 from memos_cli import __version__
 from memos_cli.cli.commands.chat import chat
+from memos_cli.cli.commands.distill import distill
 from memos_cli.cli.commands.forget import forget
 from memos_cli.cli.commands.fuse import fuse
 from memos_cli.cli.commands.gitcmd import git_setup, merge_driver
@@ -45,6 +46,7 @@ app.command("list")(list_)
 app.command("show")(show)
 app.command("forget")(forget)
 app.command("promote")(promote)
+app.command("distill")(distill)
 app.command("chat")(chat)
 app.command("fuse")(fuse)
 app.command("stats")(stats)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from memos_cli.cube.bundle import Cube, utc_now
@@ -74,10 +74,10 @@ class ChatSession:
 
         if not cubes:
             raise UsageError("name at least one cube")
-        if options.kv and options.loras and not options.recompute:
+        if options.kv and options.loras:
             raise UsageError(
-                "a KV snapshot holds the base model's cache and would not match the adapter's weights",
-                hint="add --recompute to use the snapshot's text with --lora",
+                "a KV snapshot holds the base model's cache, which does not match an adapter's weights",
+                hint="use --kv or --lora, not both (retrieval still brings plaintext memories to either)",
             )
         self.cubes = list(cubes)
         self.options = options
@@ -98,8 +98,7 @@ class ChatSession:
         if options.loras:
             from memos_cli.engine.distill import load_adapters
 
-            model = load_adapters(self.lm, self.cubes[0], options.loras)
-            self.lm = replace(self.lm, model=model)
+            self.lm = load_adapters(self.lm, self.cubes[0], options.loras)
             state = self.cubes[0].read_state()
             for name, refs in ops.stale_entries(self.cubes[0], state)["lora"].items():
                 if name in options.loras:

@@ -11,7 +11,8 @@
 - activation: each parent snapshot made for the fused cube's model is rebuilt from the fused
   memories; snapshots with the same name in several parents are combined by prefilling the next
   parent's memories on top of the first's cache (never by concatenating caches).
-- parametric: adapters are combined by ``distill.combine_adapters`` when available.
+- parametric: not yet: the parents' adapters are left out and named in the report (distill the fused
+  cube again); combining them (peft weighted combination) is the next step.
 
 Vectors come from the parents' indexes (same embedder), so fusing does not re-embed what is indexed.
 """
@@ -310,7 +311,14 @@ def _write_fused(
         if record.id not in final or record.version > final[record.id].version:
             final[record.id] = record
     snapshots = _rebuild_snapshots(lm, kv_plan, final) if kv_plan else {}
-    adapters = _combine_adapters(lm, lora_plan, final) if lora_plan else {}
+    # Combining adapters (peft weighted combination) is not implemented yet: they are left out, and
+    # said so, rather than carried over unchanged (one parent's adapter knows only its own facts).
+    adapters: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for lora_name, sources in lora_plan.items():
+        report.dropped.append(
+            f"lora {lora_name} of {', '.join(p.manifest.name for p, _ in sources)}: adapters are not combined "
+            "yet; distill the fused cube again"
+        )
     with fused.transaction(actor=actor, op="fuse") as tx:
         tx.rewrite_memories = records
         tx.manifest.lineage = report.parents
@@ -370,11 +378,3 @@ def _rebuild_snapshots(lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]
     return out
 
 
-def _combine_adapters(lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]]],
-                      final: dict[str, MemoryRecord]) -> dict[str, tuple[Path, dict[str, Any]]]:
-    try:
-        from memos_cli.engine.distill import combine_adapters
-    except ImportError:
-        raise UsageError("this memos cannot combine LoRA adapters yet",
-                         hint="fuse with --drop-incompatible, or drop the adapters first") from None
-    return combine_adapters(lm, plan, final)

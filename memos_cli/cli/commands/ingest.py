@@ -42,7 +42,8 @@ def ingest(
     """
     from memos_cli.config import actor
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine.ingest import Defaults, Source, ingest as run_ingest
+    from memos_cli.engine.ingest import Defaults, Source
+    from memos_cli.engine.ingest import ingest as run_ingest
 
     opened = Cube.open(cube)
     inputs = [Source.from_path(s) for s in (sources or ["-"])]

@@ -6,7 +6,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from memos_cli.cli.options import AsOpt, CubeArg, JsonlOpt, JsonOpt, SinceOpt, SpeakerOpt, StatusOpt, TagOpt, TypeOpt, UntilOpt
+from memos_cli.cli.options import (
+    AsOpt,
+    CubeArg,
+    JsonlOpt,
+    JsonOpt,
+    SinceOpt,
+    SpeakerOpt,
+    StatusOpt,
+    TagOpt,
+    TypeOpt,
+    UntilOpt,
+)
 from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, say
 
 

@@ -50,7 +50,7 @@ def promote(
       memos promote notes --drop core
       memos promote notes --to archive --tag obsolete
     """
-    from memos_cli.config import model_spec
+    from memos_cli.config import actor, model_spec
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine import promote as engine
     from memos_cli.engine.select import Selection
@@ -76,7 +76,7 @@ def promote(
             raise UsageError("--name is required to promote to parametric memory")
         from memos_cli.cli.commands.distill import run_distill
 
-        run_distill(opened, selection, name=name, model=spec, actor=as_, json_=json_)
+        run_distill(opened, selection, name=name, model=spec, actor=actor(as_), json_=json_)
         return
     else:
         raise UsageError("--to must be activation, parametric or archive")

@@ -8,7 +8,16 @@ from typing import Annotated, Optional
 import typer
 
 from memos_cli.cli.options import (
-    AsOpt, CubeArg, JsonlOpt, JsonOpt, SinceOpt, SpeakerOpt, StatusOpt, TagOpt, TypeOpt, UntilOpt,
+    AsOpt,
+    CubeArg,
+    JsonlOpt,
+    JsonOpt,
+    SinceOpt,
+    SpeakerOpt,
+    StatusOpt,
+    TagOpt,
+    TypeOpt,
+    UntilOpt,
 )
 from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, progress, say
 

@@ -1,0 +1,755 @@
+"""Parametric memory: memories trained into a LoRA adapter that lives in the cube as ``lora/<name>/``.
+
+``distill`` builds its training data from the memories alone, with no LLM: each memory's statement as
+plain text, and question-and-answer turns rendered through the model's own chat template (the very
+rendering ``chat`` uses, see ``engine.activation.render_prompt``), from the memory's explicit
+``metadata.question``/``metadata.answer``, its ``key``, speaker and time. Replay text (general prose the
+model already models well) is mixed in to limit forgetting.
+
+Everything expensive (measuring before, training, measuring after) happens before the cube is touched;
+the transaction that writes the adapter folder and its manifest entry takes a fraction of a second. An
+interruption (Ctrl-C) anywhere before it leaves the cube exactly as it was.
+
+The report is honest by construction: recall is measured closed-book (the question alone, through the
+chat template, no retrieval, no KV snapshot) on the same questions before and after training, and
+forgetting is the loss on held-out general text that training never sees (``data/heldout.txt``).
+
+A trained adapter is a standard peft folder (it loads with plain ``peft.PeftModel.from_pretrained``);
+``load_adapters`` checks the manifest (model fingerprint, sha256 of every file) before peft reads it,
+and merges several adapters into one copy of the model for chat.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+import re
+import time
+import unicodedata
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from memos_cli.cube import layout
+from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.io import sha256_file
+from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine.select import Selection, select
+from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
+from memos_cli.models.lm import LanguageModel, load_lm
+
+# (stage, done, total, loss): stage is "recall before", "training" or "recall after"; loss is the
+# training loss of the last step (None outside training).
+Progress = Callable[[str, int, int, "float | None"], None]
+
+TARGETS = ("all-linear", "attention")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+REPORT_FILE = "report.json"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_EPOCHS = 6
+BATCH_SIZE = 8
+REPLAY_RATIO = 0.5  # replay sequences per memory example
+REPLAY_TOKENS = 48  # longest replay sequence
+HELDOUT_TOKENS = 256  # longest held-out sequence
+_ATTENTION_PARENTS = re.compile(r"attn|attention", re.IGNORECASE)
+
+
+class AdapterNotFound(MemosError):
+    def __init__(self, cube: Path, name: str) -> None:
+        super().__init__(f"no adapter named {name!r} in {cube}", hint=f"see the adapters with: memos stats {cube}")
+        self.name = name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Probe:
+    """A question about one memory and the answer that counts as recalled."""
+
+    ref: str
+    question: str
+    answer: str
+    source: str  # metadata, key, speaker, time or cue
+
+
+@dataclass
+class Recall:
+    """Closed-book recall of a set of probes: the model answers each question with nothing else."""
+
+    exact: float  # fraction of answers that contain the expected answer (case and punctuation aside)
+    answer_loss: float  # mean per-token loss of the expected answer given the question (teacher-forced)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exact": round(self.exact, 4), "answer_loss": round(self.answer_loss, 4), "answers": self.answers}
+
+
+@dataclass
+class DistillReport:
+    name: str
+    path: str  # lora/<name>, relative to the cube
+    model: dict[str, str]
+    memories: list[str]  # id@version
+    hyperparameters: dict[str, Any]
+    examples: dict[str, int]
+    recall_before: Recall
+    recall_after: Recall
+    heldout_loss_before: float
+    heldout_loss_after: float
+    steps: int
+    final_loss: float
+    train_seconds: float
+    eval_seconds: float
+    created: str
+    adapter_bytes: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def forgetting_pct(self) -> float:
+        """How much the loss on held-out general text rose, in percent (negative: it fell)."""
+        return 100.0 * (self.heldout_loss_after - self.heldout_loss_before) / self.heldout_loss_before
+
+    def metrics(self) -> dict[str, Any]:
+        """The numbers recorded in the manifest (report.json also has every answer)."""
+        return {
+            "recall_before": round(self.recall_before.exact, 4),
+            "recall_after": round(self.recall_after.exact, 4),
+            "answer_loss_before": round(self.recall_before.answer_loss, 4),
+            "answer_loss_after": round(self.recall_after.answer_loss, 4),
+            "heldout_loss_before": round(self.heldout_loss_before, 4),
+            "heldout_loss_after": round(self.heldout_loss_after, 4),
+            "forgetting_pct": round(self.forgetting_pct, 2),
+            "final_loss": round(self.final_loss, 4),
+            "steps": self.steps,
+            "train_seconds": round(self.train_seconds, 1),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "model": self.model,
+            "memories": self.memories,
+            "hyperparameters": self.hyperparameters,
+            "examples": self.examples,
+            "metrics": self.metrics(),
+            "recall_before": self.recall_before.to_dict(),
+            "recall_after": self.recall_after.to_dict(),
+            "eval_seconds": round(self.eval_seconds, 1),
+            "adapter_bytes": self.adapter_bytes,
+            "files": self.files,
+            "created": self.created,
+        }
+
+
+@dataclass
+class Example:
+    """One training sequence; ``labels`` is -100 where no loss is taken (the question, the prompt)."""
+
+    ids: list[int]
+    labels: list[int]
+    kind: str  # statement, qa or replay
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training data, built from the memories without any LLM
+
+
+def _humanise(key: str) -> str:
+    return " ".join(re.sub(r"[._/:-]+", " ", key).split())
+
+
+def probes_for(record: MemoryRecord) -> list[Probe]:
+    """The questions a memory answers, from its fields; the first one is the one recall is measured on.
+
+    ``metadata.question`` (a string or a list of paraphrases) with ``metadata.answer`` comes first; then
+    the key ("What do you remember about <key>?"), the speaker and the time, each answered by the whole
+    statement. A memory with none of these gets a cue instead: its first words, to be completed.
+    """
+    text = " ".join(record.text.split())
+    meta = record.metadata or {}
+    probes: list[Probe] = []
+    answer = meta.get("answer")
+    questions = meta.get("question")
+    if isinstance(questions, str):
+        questions = [questions]
+    if isinstance(answer, (str, int, float)) and not isinstance(answer, bool) and str(answer).strip():
+        for question in questions if isinstance(questions, list) else []:
+            if isinstance(question, str) and question.strip():
+                probes.append(Probe(record.ref, question.strip(), str(answer).strip(), "metadata"))
+    if record.key and _humanise(record.key):
+        probes.append(Probe(record.ref, f"What do you remember about {_humanise(record.key)}?", text, "key"))
+    if not probes:
+        words = text.split()
+        cue = " ".join(words[: max(2, min(8, len(words) // 3))])
+        probes.append(Probe(record.ref, f'Complete this memory: "{cue} ..."', text, "cue"))
+    date = (record.time or "")[:10]
+    if record.speaker:
+        when = f" on {date}" if date else ""
+        probes.append(Probe(record.ref, f"What did {record.speaker} tell you{when}?", text, "speaker"))
+    elif date:
+        probes.append(Probe(record.ref, f"What happened on {date}?", text, "time"))
+    return probes
+
+
+def _answer_tokens(lm: LanguageModel, prompt_text: str, question: str, answer: str) -> list[int]:
+    """The answer as the model's chat template ends an assistant turn (``answer<|im_end|>`` for ChatML),
+    so that a trained model also learns to stop."""
+    if lm.has_chat_template and lm.prompt_layout != "plain":
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        try:
+            full = str(lm.tokenizer.apply_chat_template(messages, tokenize=False))
+        except Exception:  # noqa: BLE001 - a template may refuse anything; fall back to answer + EOS
+            full = ""
+        if full.startswith(prompt_text) and answer in full[len(prompt_text) :]:
+            return lm.encode(full[len(prompt_text) :].rstrip())
+    eos = lm.tokenizer.eos_token or ""
+    lead = "" if prompt_text.endswith((" ", "\n")) else " "
+    return lm.encode(f"{lead}{answer}{eos}")
+
+
+def qa_example(lm: LanguageModel, question: str, answer: str) -> Example:
+    """Question in the chat template (no loss) followed by the answer turn (loss): exactly the prompt
+    that closed-book ``chat`` and the recall measurement give the model."""
+    from memos_cli.engine.activation import render_prompt
+
+    prompt = render_prompt(lm, question)
+    target = _answer_tokens(lm, prompt.text, question, answer)
+    return Example(prompt.token_ids + target, [-100] * len(prompt.token_ids) + target, "qa")
+
+
+def _text_examples(lm: LanguageModel, text: str, max_tokens: int, kind: str) -> list[Example]:
+    """Plain text in paragraphs, each cut into windows of at most ``max_tokens`` tokens (loss on all)."""
+    out = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        ids = lm.encode(" ".join(paragraph.split()))
+        for start in range(0, len(ids), max_tokens):
+            window = ids[start : start + max_tokens]
+            if len(window) > 1:
+                out.append(Example(window, list(window), kind))
+    return out
+
+
+def build_examples(lm: LanguageModel, memories: Sequence[MemoryRecord]) -> tuple[list[Example], list[Probe]]:
+    """Training examples for ``memories`` and the probes (one per memory) that recall is measured on."""
+    examples: list[Example] = []
+    measured: list[Probe] = []
+    for record in memories:
+        probes = probes_for(record)
+        measured.append(probes[0])
+        statement = " ".join(record.text.split())
+        ids = lm.encode(statement)
+        examples.append(Example(ids, list(ids), "statement"))
+        examples.extend(qa_example(lm, p.question, p.answer) for p in probes)
+    return examples, measured
+
+
+def read_text_resource(name: str) -> str:
+    return resources.files("memos_cli.data").joinpath(name).read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Losses, recall, training
+
+
+def _pad_id(lm: LanguageModel) -> int:
+    for value in (lm.tokenizer.pad_token_id, lm.tokenizer.eos_token_id, 0):
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _losses(model: Any, batch: Sequence[Example], pad_id: int) -> Any:
+    """Mean loss per example (each example counts the same, whatever its length), as a tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        n = len(example.ids)
+        ids[row, :n] = torch.tensor(example.ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    target = labels[:, 1:]
+    keep = target != -100
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = causal.config.get_text_config(decoder=True)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        logits = causal(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1][keep]
+    else:
+        # The output layer only where a loss is taken: a question-and-answer example has a loss on its
+        # few answer tokens, and the vocabulary projection is a fifth of a small model's compute.
+        hidden = causal.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logits = causal.get_output_embeddings()(hidden[:, :-1][keep])
+    nll = F.cross_entropy(logits.float(), target[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    sums = torch.zeros(len(batch), dtype=nll.dtype).index_add(0, rows, nll)
+    return sums / keep.sum(dim=1).clamp(min=1)
+
+
+def mean_loss(model: Any, examples: Sequence[Example], pad_id: int, *, token_weighted: bool = False) -> float:
+    """Mean loss over ``examples`` without gradients: per example, or per token with ``token_weighted``."""
+    import torch
+
+    total, weight = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), BATCH_SIZE):
+            batch = examples[start : start + BATCH_SIZE]
+            losses = _losses(model, batch, pad_id)
+            for example, loss in zip(batch, losses.tolist()):
+                w = sum(1 for x in example.labels[1:] if x != -100) if token_weighted else 1
+                total += loss * w
+                weight += w
+    return total / max(weight, 1)
+
+
+def normalise_answer(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(re.sub(r"[^\w]+", " ", text).split())
+
+
+def answer_matches(expected: str, answer: str) -> bool:
+    """The expected answer appears in the model's answer, word for word (case and punctuation aside)."""
+    want = normalise_answer(expected)
+    return bool(want) and f" {want} " in f" {normalise_answer(answer)} "
+
+
+def measure_recall(
+    lm: LanguageModel, probes: Sequence[Probe], *, stage: str = "recall", progress: Progress | None = None
+) -> Recall:
+    """Ask every probe closed-book (greedy, no retrieval, no snapshot) and score the answers."""
+    from memos_cli.engine.activation import generate
+
+    pad = _pad_id(lm)
+    answers = []
+    hits = 0
+    examples = [qa_example(lm, p.question, p.answer) for p in probes]
+    losses = []
+    import torch
+
+    with torch.inference_mode():
+        for start in range(0, len(examples), BATCH_SIZE):
+            losses.extend(_losses(lm.model, examples[start : start + BATCH_SIZE], pad).tolist())
+    for i, (probe, loss) in enumerate(zip(probes, losses)):
+        budget = min(len(lm.encode(probe.answer)) + 12, 96)
+        result = generate(lm, probe.question, mode="none", max_new_tokens=budget)
+        hit = answer_matches(probe.answer, result.answer)
+        hits += hit
+        answers.append(
+            {
+                "ref": probe.ref,
+                "question": probe.question,
+                "expected": probe.answer,
+                "answer": result.answer,
+                "hit": hit,
+                "loss": round(loss, 4),
+            }
+        )
+        if progress is not None:
+            progress(stage, i + 1, len(probes), None)
+    n = max(len(probes), 1)
+    return Recall(exact=hits / n, answer_loss=sum(losses) / n, answers=answers)
+
+
+def _batches(
+    memory: list[Example], replay: list[Example], steps: int, ratio: float, rng: random.Random
+) -> list[list[Example]]:
+    """``steps`` batches: every memory example once per epoch (shuffled), with replay examples mixed in
+    at ``ratio`` per memory example."""
+    out: list[list[Example]] = []
+    pool: list[Example] = []
+    offset = rng.randrange(len(replay)) if replay else 0
+    while len(out) < steps:
+        if len(pool) < BATCH_SIZE:
+            epoch = list(memory)
+            if replay and ratio > 0:
+                count = round(len(memory) * ratio)
+                epoch += [replay[(offset + i) % len(replay)] for i in range(count)]
+                offset += count
+            rng.shuffle(epoch)
+            pool += epoch
+        out.append(pool[:BATCH_SIZE])
+        pool = pool[BATCH_SIZE:]
+    return out
+
+
+def resolve_targets(model: Any, target_modules: str | Sequence[str]) -> str | list[str]:
+    """peft ``target_modules`` for "all-linear", "attention" (the linear layers inside each attention
+    block, whatever the family calls them) or an explicit list of module names."""
+    if isinstance(target_modules, str):
+        if target_modules == "all-linear":
+            return "all-linear"
+        if target_modules != "attention":
+            names = [t.strip() for t in target_modules.split(",") if t.strip()]
+            if not names:
+                raise UsageError("--target-modules is empty")
+            return names
+        import torch
+        from transformers.pytorch_utils import Conv1D
+
+        parents, leaves = set(), set()
+        for qualified, module in model.named_modules():
+            if not isinstance(module, (torch.nn.Linear, Conv1D)) or "." not in qualified:
+                continue
+            parent, leaf = qualified.rsplit(".", 1)
+            last = parent.rsplit(".", 1)[-1]
+            if _ATTENTION_PARENTS.search(last):
+                parents.add(last)
+                leaves.add(leaf)
+        if not leaves:
+            raise UsageError("this model has no linear layers inside an attention block; name them with --target-modules")
+        return rf".*\.({'|'.join(sorted(map(re.escape, parents)))})\.({'|'.join(sorted(map(re.escape, leaves)))})"
+    return list(target_modules)
+
+
+def train_adapter(
+    lm: LanguageModel,
+    examples: list[Example],
+    replay: list[Example],
+    *,
+    rank: int,
+    alpha: float,
+    target_modules: str | Sequence[str],
+    steps: int,
+    lr: float,
+    seed: int,
+    replay_ratio: float = REPLAY_RATIO,
+    progress: Progress | None = None,
+) -> tuple[Any, float]:
+    """A peft model (over a private copy of ``lm.model``) with a freshly trained LoRA; and the mean loss
+    of the last 10% of the steps. ``lm.model`` itself is never modified."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    base = copy.deepcopy(lm.model)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=resolve_targets(base, target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations reached through peft
+            model = get_peft_model(base, config)
+    except ValueError as exc:  # peft: target modules not found
+        raise UsageError(f"--target-modules: {exc}") from exc
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        return 1.0 - 0.9 * (step - warmup) / max(1, steps - warmup)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    pad = _pad_id(lm)
+    recent: list[float] = []
+    model.train()
+    for step, batch in enumerate(_batches(examples, replay, steps, replay_ratio, rng)):
+        loss = _losses(model, batch, pad).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise MemosError("training diverged (the loss is not finite)", hint="lower --lr")
+        recent.append(value)
+        if progress is not None:
+            progress("training", step + 1, steps, value)
+    model.eval()
+    tail = recent[-max(1, steps // 10) :]
+    return model, sum(tail) / len(tail)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# distill / drop / load
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise UsageError(f"adapter name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    return name
+
+
+def _check_cube_model(cube: Cube, lm: LanguageModel, replacing: str | None) -> None:
+    """A cube's kv/ and lora/ are made for one model (the manifest's ``model``)."""
+    held = cube.manifest.model or {}
+    others = [n for n in cube.manifest.lora if n != replacing] + list(cube.manifest.kv)
+    if held.get("fingerprint") and held["fingerprint"] != lm.fingerprint and others:
+        raise IncompatibleModel(
+            f"cube {cube.path} (its KV snapshots and adapters)",
+            f"{held.get('name')} ({held['fingerprint']})",
+            f"{lm.name} ({lm.fingerprint})",
+            hint="distill with the cube's model (--model), or drop its snapshots and adapters first",
+        )
+
+
+def distill(
+    cube: Cube,
+    selection: Selection,
+    *,
+    name: str,
+    model: str | LanguageModel | None = None,
+    rank: int = 8,
+    alpha: float = 16,
+    target_modules: str | Sequence[str] = "all-linear",
+    steps: int | None = None,
+    epochs: float | None = None,
+    lr: float = 2e-3,
+    seed: int = 0,
+    replay_path: Path | None = None,
+    replay_ratio: float = REPLAY_RATIO,
+    actor: str | None = None,
+    progress: Progress | None = None,
+) -> DistillReport:
+    """Train the selected memories into ``lora/<name>/`` and record it in the manifest.
+
+    Without ``steps``, training runs ``epochs`` passes (default 6) over the memory examples, with replay
+    mixed in. Raises before anything is written if the selection, the options or the model are wrong;
+    an interruption before the final transaction leaves the cube unchanged.
+    """
+    check_name(name)
+    if steps is not None and epochs is not None:
+        raise UsageError("give --steps or --epochs, not both")
+    if rank < 1 or alpha <= 0 or lr <= 0 or (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
+        raise UsageError("--rank, --alpha, --lr, --steps and --epochs must be positive")
+    if isinstance(target_modules, str) and target_modules not in TARGETS and not target_modules.strip():
+        raise UsageError("--target-modules is empty")
+    who = cube.check(actor, "write")
+    memories = select(cube, selection)
+    lm = model if isinstance(model, LanguageModel) else load_lm(model)
+    _check_cube_model(cube, lm, name)
+    replay_text = Path(replay_path).read_text(encoding="utf-8") if replay_path else read_text_resource("replay.txt")
+    started = time.perf_counter()
+
+    examples, probes = build_examples(lm, memories)
+    replay = _text_examples(lm, replay_text, REPLAY_TOKENS, "replay")
+    heldout = _text_examples(lm, read_text_resource("heldout.txt"), HELDOUT_TOKENS, "heldout")
+    steps_given = steps is not None
+    if steps is None:
+        per_epoch = len(examples) * (1 + (replay_ratio if replay else 0))
+        steps = max(1, math.ceil((epochs or DEFAULT_EPOCHS) * per_epoch / BATCH_SIZE))
+    pad = _pad_id(lm)
+    recall_before = measure_recall(lm, probes, stage="recall before", progress=progress)
+    heldout_before = mean_loss(lm.model, heldout, pad, token_weighted=True)
+    eval_seconds = time.perf_counter() - started
+
+    train_started = time.perf_counter()
+    trained, final_loss = train_adapter(
+        lm,
+        examples,
+        replay,
+        rank=rank,
+        alpha=alpha,
+        target_modules=target_modules,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        replay_ratio=replay_ratio,
+        progress=progress,
+    )
+    train_seconds = time.perf_counter() - train_started
+
+    after_started = time.perf_counter()
+    adapted = replace(lm, model=trained, fingerprint=f"{lm.fingerprint}+training")
+    recall_after = measure_recall(adapted, probes, stage="recall after", progress=progress)
+    heldout_after = mean_loss(trained, heldout, pad, token_weighted=True)
+    eval_seconds += time.perf_counter() - after_started
+
+    counts: dict[str, int] = {}
+    for example in examples:
+        counts[example.kind] = counts.get(example.kind, 0) + 1
+    counts["replay"] = len(replay)
+    hyper = {
+        "rank": rank,
+        "alpha": alpha,
+        "dropout": 0.0,
+        "target_modules": target_modules if isinstance(target_modules, str) else list(target_modules),
+        "steps": steps,
+        "epochs": None if steps_given else (epochs or DEFAULT_EPOCHS),
+        "lr": lr,
+        "batch_size": BATCH_SIZE,
+        "seed": seed,
+        "replay": Path(replay_path).name if replay_path else "builtin:replay.txt",
+        "replay_ratio": replay_ratio,
+    }
+    report = DistillReport(
+        name=name,
+        path=f"{layout.LORA_DIR}/{name}",
+        model={"name": lm.name, "fingerprint": lm.fingerprint},
+        memories=[m.ref for m in memories],
+        hyperparameters=hyper,
+        examples=counts,
+        recall_before=recall_before,
+        recall_after=recall_after,
+        heldout_loss_before=heldout_before,
+        heldout_loss_after=heldout_after,
+        steps=steps,
+        final_loss=final_loss,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        created=utc_now(),
+    )
+    _commit_adapter(cube, lm, trained, report, who, selection)
+    return report
+
+
+def _commit_adapter(
+    cube: Cube, lm: LanguageModel, trained: Any, report: DistillReport, actor: str, selection: Selection
+) -> None:
+    rel = report.path
+    with cube.transaction(actor=actor, op="distill") as tx:
+        _check_cube_model(cube, lm, report.name)  # the manifest may have changed while we trained
+        staged = tx.stage_file(rel)
+        _save_peft_folder(trained, staged, lm.name)
+        (staged / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
+        report.files = {p.name: sha256_file(p) for p in sorted(staged.iterdir())}
+        report.adapter_bytes = sum(p.stat().st_size for p in staged.iterdir())
+        tx.manifest.lora[report.name] = {
+            "path": rel,
+            "files": report.files,
+            "base_model_fingerprint": lm.fingerprint,
+            "model": lm.name,
+            "memories": report.memories,
+            "selection": selection.describe(),
+            "hyperparameters": report.hyperparameters,
+            "metrics": report.metrics(),
+            "created": report.created,
+        }
+        if not tx.manifest.model or not (tx.manifest.kv or set(tx.manifest.lora) - {report.name}):
+            tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+        tx.touch_manifest()
+        m = report.metrics()
+        tx.log(
+            [ref.split("@")[0] for ref in report.memories],
+            f"distilled {len(report.memories)} memories into {rel}: recall {m['recall_before']:.0%} -> "
+            f"{m['recall_after']:.0%}, held-out loss {m['forgetting_pct']:+.1f}%",
+            name=report.name,
+        )
+
+
+def _save_peft_folder(model: Any, folder: Path, model_name: str) -> None:
+    """``save_pretrained`` plus two fixes for a bundle: no absolute path of the base model in the config
+    (it becomes the model's name) and no generated README."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = model_name
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    unexpected = sorted(p.name for p in folder.iterdir() if p.name not in ADAPTER_FILES)
+    if unexpected:
+        raise MemosError(f"peft wrote unexpected files into the adapter folder: {', '.join(unexpected)}")
+
+
+def drop_adapter(cube: Cube, name: str, *, actor: str | None = None) -> dict[str, Any]:
+    """Remove ``lora/<name>/`` and its manifest entry (one transaction); returns the removed entry."""
+    with cube.transaction(actor=actor, op="distill") as tx:
+        entry = tx.manifest.lora.get(name)
+        if entry is None:
+            raise AdapterNotFound(cube.path, name)
+        tx.delete_file(entry.get("path") or f"{layout.LORA_DIR}/{name}")
+        del tx.manifest.lora[name]
+        tx.touch_manifest()
+        ids = [str(ref).split("@")[0] for ref in entry.get("memories", [])]
+        tx.log(ids, f"dropped adapter lora/{name}", name=name)
+    return entry
+
+
+def verify_adapter(cube: Cube, name: str) -> Path:
+    """The folder of adapter ``name`` once every file matches its recorded sha256 and nothing else is in
+    it. Raises AdapterNotFound, InvalidCube or IntegrityError."""
+    entry = cube.manifest.lora.get(name)
+    if entry is None:
+        raise AdapterNotFound(cube.path, name)
+    folder = cube.path / (entry.get("path") or f"{layout.LORA_DIR}/{name}")
+    files = entry.get("files") or {}
+    missing = [f for f in ADAPTER_FILES if f not in files]
+    if missing:
+        raise InvalidCube(cube.path, f"adapter {name} records no sha256 for {', '.join(missing)}")
+    if not folder.is_dir():
+        raise InvalidCube(cube.path, f"adapter folder {folder.relative_to(cube.path)} is missing")
+    present = {p.name for p in folder.iterdir()}
+    extra = sorted(present - set(files))
+    if extra:
+        raise InvalidCube(cube.path, f"adapter {name} holds files the manifest does not list: {', '.join(extra)}")
+    for file, expected in sorted(files.items()):
+        path = folder / file
+        if not path.is_file():
+            raise InvalidCube(cube.path, f"adapter {name} lacks {file}")
+        found = sha256_file(path)
+        if found != expected:
+            raise IntegrityError(cube.path, f"{layout.LORA_DIR}/{name}/{file}", str(expected), found)
+    return folder
+
+
+def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> LanguageModel:
+    """``lm`` with the named adapters merged into a private copy of its weights (``lm`` is unchanged).
+
+    Each adapter is refused, before peft reads a byte of it, if it was made for another model
+    (IncompatibleModel) or any of its files differs from the manifest's sha256 (IntegrityError). Several
+    adapters combine by adding their weight updates. The result's ``fingerprint`` is the base model's
+    plus the adapters', so that a KV snapshot made with the bare model is refused for it (its cache was
+    computed with other weights).
+    """
+    from peft import PeftModel
+
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise UsageError("name at least one adapter")
+    folders = []
+    for name in names:
+        entry = cube.manifest.lora.get(name)
+        if entry is None:
+            raise AdapterNotFound(cube.path, name)
+        expected = str(entry.get("base_model_fingerprint"))
+        if expected != lm.fingerprint:
+            raise IncompatibleModel(f"adapter {name}", expected, lm.fingerprint)
+        folder = verify_adapter(cube, name)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        if config.get("peft_type") != "LORA":
+            raise InvalidCube(cube.path, f"adapter {name} is not a LoRA adapter (peft_type {config.get('peft_type')!r})")
+        folders.append(folder)
+    digest = hashlib.sha256(
+        "\n".join(f"{n}:{cube.manifest.lora[n]['files']['adapter_model.safetensors']}" for n in names).encode()
+    ).hexdigest()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(folders[0]), adapter_name=names[0])
+        for name, folder in zip(names[1:], folders[1:]):
+            model.load_adapter(str(folder), adapter_name=name)
+        merged = model.merge_and_unload(adapter_names=names)
+    merged.eval()
+    return replace(
+        lm,
+        name=f"{lm.name}+{'+'.join(names)}",
+        model=merged,
+        fingerprint=f"{lm.fingerprint}+lora-{digest[:12]}",
+        _kv_shapes=None,
+    )
+
+
+def stale_adapters(cube: Cube) -> dict[str, list[str]]:
+    """Adapters whose memories changed since they were trained: {name: [id@version no longer current]}."""
+    from memos_cli.engine.ops import stale_entries
+
+    return stale_entries(cube, cube.read_state())["lora"]

@@ -1,0 +1,236 @@
+"""Parametric memory: distill memories into a LoRA adapter in the cube, load it back, refuse bad ones.
+
+A tiny random 2-layer llama (``test_lm.build_tiny_model``) stands in for the real model: these tests
+check the mechanics (data, training, files, manifest, integrity, transactions), not what is learned;
+``bench/distill_bench.py`` measures recall and forgetting on SmolLM2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from memos_cli.cube.bundle import Cube
+from memos_cli.cube.io import sha256_file
+from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine import distill as dist
+from memos_cli.engine.activation import render_prompt
+from memos_cli.engine.select import Selection
+from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, UsageError
+from memos_cli.models.lm import LanguageModel, load_lm
+
+try:
+    from test_lm import build_tiny_model
+except ImportError:  # tests/ imported as a package
+    from tests.test_lm import build_tiny_model
+
+from conftest import snapshot_files
+
+FACTS = [
+    {"text": "Alice lives in Paris.", "key": "alice home", "metadata": {"question": "Where does Alice live?", "answer": "Paris"}},
+    {"text": "The cat is called Miso.", "speaker": "bob", "time": "2024-05-01"},
+    {"text": "Bob visits Tokyo every spring.", "tags": ["travel"]},
+]
+FAST = {"steps": 4, "lr": 1e-2, "actor": "tester"}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("distill-models") / "llama", "llama")
+
+
+@pytest.fixture
+def lm(tiny_dir: Path) -> LanguageModel:
+    return load_lm(str(tiny_dir))
+
+
+@pytest.fixture
+def cube(make_cube) -> Cube:  # type: ignore[no-untyped-def]
+    return make_cube(FACTS)
+
+
+def weights(model) -> dict:  # type: ignore[no-untyped-def]
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_probes_and_examples_come_from_the_memory_fields(lm: LanguageModel) -> None:
+    meta = MemoryRecord("m-1", 2, "Alice lives in Paris.", key="alice.home", metadata={"question": "Where?", "answer": "Paris"})
+    probes = dist.probes_for(meta)
+    assert [(p.source, p.question, p.answer) for p in probes] == [
+        ("metadata", "Where?", "Paris"),
+        ("key", "What do you remember about alice home?", "Alice lives in Paris."),
+    ]
+    assert probes[0].ref == "m-1@2"
+    spoken = dist.probes_for(MemoryRecord("m-2", 1, "The cat is called Miso.", speaker="bob", time="2024-05-01T10:00"))
+    assert [p.source for p in spoken] == ["cue", "speaker"]
+    assert spoken[0].question == 'Complete this memory: "The cat ..."'
+    assert spoken[1].question == "What did bob tell you on 2024-05-01?"
+
+    example = dist.qa_example(lm, "Where does Alice live?", "Paris")
+    prompt = render_prompt(lm, "Where does Alice live?")
+    # the prompt is exactly what closed-book chat renders, with no loss on it; the answer turn ends the turn
+    assert example.ids[: len(prompt.token_ids)] == prompt.token_ids
+    assert set(example.labels[: len(prompt.token_ids)]) == {-100}
+    answer = lm.tokenizer.decode(example.ids[len(prompt.token_ids) :])
+    assert answer == "Paris<|im_end|>"
+    assert dist.answer_matches("Paris", "She lives in paris!") and not dist.answer_matches("Paris", "Parisian")
+
+
+def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: LanguageModel, tiny_dir: Path) -> None:
+    before = weights(lm.model)
+    seen: list[tuple[str, int, int]] = []
+    report = dist.distill(
+        cube, Selection(all=True), name="facts", model=lm, progress=lambda s, d, t, loss: seen.append((s, d, t)), **FAST
+    )
+    # the shared model is never modified
+    assert all((before[k] == v).all() for k, v in lm.model.state_dict().items())
+    assert ("training", 4, 4) in seen and ("recall before", 3, 3) in seen and ("recall after", 3, 3) in seen
+
+    cube = Cube.open(cube.path)
+    entry = cube.manifest.lora["facts"]
+    folder = cube.path / "lora" / "facts"
+    assert entry["path"] == "lora/facts"
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "report.json"]
+    assert entry["files"] == {p.name: sha256_file(p) for p in folder.iterdir()}
+    assert entry["base_model_fingerprint"] == lm.fingerprint
+    state = cube.read_state()
+    assert sorted(entry["memories"]) == sorted(r.ref for r in state.current.values())
+    assert entry["hyperparameters"]["steps"] == 4 and entry["hyperparameters"]["rank"] == 8
+    assert set(entry["metrics"]) >= {"recall_before", "recall_after", "heldout_loss_before", "forgetting_pct"}
+    assert cube.manifest.model == {"name": lm.name, "fingerprint": lm.fingerprint}
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == lm.name  # no absolute path in the bundle
+    stored = json.loads((folder / "report.json").read_text())
+    assert stored["metrics"] == report.metrics() and len(stored["recall_after"]["answers"]) == 3
+    assert report.examples["qa"] == 5 and report.examples["statement"] == 3
+    assert cube.read_audit()[-1]["op"] == "distill"
+
+    # plain peft loads it, and the trained update is not zero
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    ids = torch.tensor([lm.encode("Alice lives in Paris.")])
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(base, folder)(input_ids=ids).logits
+    assert not torch.allclose(plain, adapted)
+
+
+def test_training_lowers_the_loss(cube: Cube, lm: LanguageModel) -> None:
+    examples, _ = dist.build_examples(lm, list(cube.read_state().current.values()))
+    model, final = dist.train_adapter(
+        lm, examples, [], rank=8, alpha=16, target_modules="attention", steps=12, lr=2e-2, seed=0
+    )
+    assert dist.mean_loss(model, examples, 0) < dist.mean_loss(lm.model, examples, 0)
+    # "attention" resolves to the linear layers inside the attention blocks only
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_modules() if ".lora_A" in n}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_adapters_for_another_model_or_with_changed_bytes_are_refused(
+    cube: Cube, lm: LanguageModel, tmp_path: Path
+) -> None:
+    dist.distill(cube, Selection(all=True), name="facts", model=lm, **FAST)
+    other = load_lm(str(build_tiny_model(tmp_path / "other", "llama", seed=1)))
+    with pytest.raises(IncompatibleModel, match="adapter facts"):
+        dist.load_adapters(other, cube, ["facts"])
+    with pytest.raises(IncompatibleModel):  # nor can another model add adapters to this cube
+        dist.distill(cube, Selection(all=True), name="more", model=other, **FAST)
+
+    weights_file = cube.path / "lora" / "facts" / "adapter_model.safetensors"
+    original = weights_file.read_bytes()
+    weights_file.write_bytes(original[:-4] + b"\x00\x00\x80\x3f")
+    with pytest.raises(IntegrityError, match="adapter_model.safetensors"):
+        dist.load_adapters(lm, cube, ["facts"])
+    weights_file.write_bytes(original)
+    (weights_file.parent / "adapter_model.bin").write_bytes(b"not a pickle you want to load")
+    with pytest.raises(InvalidCube, match="does not list: adapter_model.bin"):
+        dist.load_adapters(lm, cube, ["facts"])
+    (weights_file.parent / "adapter_model.bin").unlink()
+    assert dist.load_adapters(lm, cube, ["facts"]).fingerprint.startswith(lm.fingerprint + "+lora-")
+    with pytest.raises(dist.AdapterNotFound):
+        dist.load_adapters(lm, cube, ["nope"])
+
+
+def test_interrupted_training_leaves_the_cube_byte_identical(cube: Cube, lm: LanguageModel) -> None:
+    dist.distill(cube, Selection(all=True), name="facts", model=lm, **FAST)
+    before = snapshot_files(cube.path)
+
+    def interrupt(stage: str, done: int, total: int, loss: float | None) -> None:
+        if stage == "training" and done == 2:
+            raise KeyboardInterrupt
+
+    for name in ("facts", "new"):  # replacing an adapter, and adding one
+        with pytest.raises(KeyboardInterrupt):
+            dist.distill(cube, Selection(all=True), name=name, model=lm, progress=interrupt, **FAST)
+        assert snapshot_files(cube.path) == before
+    assert not (cube.path / ".memos" / "journal.json").exists()
+
+
+def test_drop_removes_the_adapter(cube: Cube, lm: LanguageModel) -> None:
+    dist.distill(cube, Selection(all=True), name="facts", model=lm, **FAST)
+    dist.drop_adapter(cube, "facts", actor="tester")
+    cube = Cube.open(cube.path)
+    assert "facts" not in cube.manifest.lora
+    assert not (cube.path / "lora" / "facts").exists()
+    assert cube.read_audit()[-1]["summary"] == "dropped adapter lora/facts"
+    with pytest.raises(dist.AdapterNotFound):
+        dist.drop_adapter(cube, "facts", actor="tester")
+
+
+def test_several_adapters_combine_and_staleness_is_reported(cube: Cube, lm: LanguageModel) -> None:
+    import torch
+
+    dist.distill(cube, Selection(tags=["travel"]), name="travel", model=lm, **FAST)
+    dist.distill(cube, Selection(all=True), name="all", model=lm, target_modules="attention", seed=1, **FAST)
+    cube = Cube.open(cube.path)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    base = lm.model.state_dict()[name].clone()
+    one = dist.load_adapters(lm, cube, ["travel"]).model.state_dict()[name]
+    two = dist.load_adapters(lm, cube, ["all"]).model.state_dict()[name]
+    both = dist.load_adapters(lm, cube, ["travel", "all"])
+    assert torch.allclose(both.model.state_dict()[name] - base, (one - base) + (two - base), atol=1e-6)
+    assert not torch.equal(one, base) and not torch.equal(two, base)
+    assert torch.equal(lm.model.state_dict()[name], base)  # the shared model stays bare
+    assert both.fingerprint not in (lm.fingerprint, dist.load_adapters(lm, cube, ["all"]).fingerprint)
+
+    assert dist.stale_adapters(cube) == {}
+    from memos_cli.engine.ops import forget
+
+    travel = cube.manifest.lora["travel"]["memories"][0]
+    forget(cube, [travel.split("@")[0]], actor="tester")
+    assert dist.stale_adapters(Cube.open(cube.path)) == {"travel": [travel], "all": [travel]}
+
+
+def test_bad_options_fail_before_any_work(cube: Cube, lm: LanguageModel) -> None:
+    for kwargs in ({"name": "../x"}, {"name": "ok", "steps": 3, "epochs": 1.0}, {"name": "ok", "rank": 0}):
+        with pytest.raises(UsageError):
+            dist.distill(cube, Selection(all=True), model=lm, actor="tester", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="choose memories"):
+        dist.distill(cube, Selection(), name="ok", model=lm, actor="tester")
+
+
+def test_cli_distill_and_drop(cube: Cube, tiny_dir: Path) -> None:
+    import typer
+
+    from memos_cli.cli.commands.distill import distill as command
+
+    app = typer.Typer()
+    app.command()(command)
+    runner = CliRunner()
+    result = runner.invoke(
+        app, [str(cube.path), "--name", "facts", "--all", "--steps", "3", "--model", str(tiny_dir), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["name"] == "facts" and data["metrics"]["steps"] == 3
+    assert "closed-book recall" in result.stderr
+    assert "--target-modules" in runner.invoke(app, ["--help"]).stdout
+    result = runner.invoke(app, [str(cube.path), "--drop", "facts"])
+    assert result.exit_code == 0, result.output
+    assert "facts" not in Cube.open(cube.path).manifest.lora

@@ -30,8 +30,9 @@ def fuse(
     """Fuse cubes into a new one: the union of every memory version, exact duplicates stored once,
     near-duplicates (--dedup-threshold) merged keeping both provenances, conflicts on a key resolved by
     time, lineage recorded in the manifest. KV snapshots are rebuilt for the fused cube by prefilling
-    each parent's memories on top of the other's (never by gluing caches); LoRA adapters for the same
-    base model are combined. Parents with another embedder or model are refused with what to do.
+    each parent's memories on top of the other's (never by gluing caches). LoRA adapters are not
+    combined yet: they are left out and named (distill the fused cube again). Parents with another
+    embedder or model are refused with what to do.
 
     Examples:
       memos fuse team-a team-b -o team --dry-run

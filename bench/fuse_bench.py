@@ -60,7 +60,8 @@ def main() -> None:
         print(f"fuse of two cubes of {args.n:,} memories, {args.overlap:.0%} shared ({shared:,} records)")
         print(f"memos fuse (whole process): {seconds:.1f}s")
         print(f"fused memories: {report['memories']:,} (expected {2 * args.n - shared:,}); "
-              f"exact duplicates {report['exact_duplicates']}, near duplicates merged {report['near_duplicate_count']}")
+              f"shared versions stored once {report['shared_versions']}, exact duplicates {report['exact_duplicates']}, "
+              f"near duplicates merged {report['near_duplicate_count']}")
         print(f"verify ok: {json.loads(verify_out)['ok']}")
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import Stemmer
 
+from memos_cli.cube.io import atomic_write_bytes
+
 # Bump when tokenize() changes: an index saved by another tokenizer must be rebuilt, not reused.
 TOKENIZER_VERSION = "snowball-english-1"
 FORMAT_VERSION = 1
@@ -249,7 +251,7 @@ class LexicalIndex:
             "n_docs": len(self),
             "terms": self._terms,
         }
-        _atomic_write(directory / VOCAB_FILE, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+        atomic_write_bytes(directory / VOCAB_FILE, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lexical-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -285,19 +287,6 @@ class LexicalIndex:
         ):
             raise ValueError("lexical index files do not match each other; rebuild it")
         return index
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["LexicalIndex", "tokenize", "STOPWORDS", "TOKENIZER_VERSION"]

@@ -29,7 +29,8 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(PY) -m ruff check memos_cli tests bench || echo "(ruff not installed: pip install ruff)"
+	$(PY) -m ruff check memos_cli tests bench
+	$(PY) -m ruff format --check memos_cli tests bench
 
 check: lint test
 

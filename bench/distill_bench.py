@@ -64,7 +64,7 @@ def main() -> None:
             cube = Cube.init(Path(tmp) / "bench", owner="bench")
             ingest(cube, [Source("facts.jsonl", facts.encode())], actor="bench")
 
-            def show(stage: str, done: int, total: int, loss: float | None) -> None:
+            def show(stage: str, done: int, total: int, loss: float | None, target: str = target) -> None:
                 if done == total or (stage == "training" and done % 10 == 0):
                     extra = f" loss {loss:.3f}" if loss is not None else ""
                     print(f"  [{target}] {stage} {done}/{total}{extra}", file=sys.stderr, flush=True)

@@ -39,7 +39,7 @@ def main() -> None:
     shared = int(args.n * args.overlap)
     records = corpus(2 * args.n - shared, seed=3)
     a_records = records[: args.n]
-    b_records = records[: shared] + records[args.n:]
+    b_records = records[:shared] + records[args.n :]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for name, recs in (("a", a_records), ("b", b_records)):
@@ -59,9 +59,11 @@ def main() -> None:
         _, verify_out = memos("verify", str(root / "ab"), "--json")
         print(f"fuse of two cubes of {args.n:,} memories, {args.overlap:.0%} shared ({shared:,} records)")
         print(f"memos fuse (whole process): {seconds:.1f}s")
-        print(f"fused memories: {report['memories']:,} (expected {2 * args.n - shared:,}); "
-              f"shared versions stored once {report['shared_versions']}, exact duplicates {report['exact_duplicates']}, "
-              f"near duplicates merged {report['near_duplicate_count']}")
+        print(
+            f"fused memories: {report['memories']:,} (expected {2 * args.n - shared:,}); "
+            f"shared versions stored once {report['shared_versions']}, exact duplicates {report['exact_duplicates']}, "
+            f"near duplicates merged {report['near_duplicate_count']}"
+        )
         print(f"verify ok: {json.loads(verify_out)['ok']}")
 
 

@@ -50,8 +50,13 @@ def main() -> None:
             records = os.path.join(tmp, f"{conv.name}.jsonl")
             with open(records, "w", encoding="utf-8") as handle:
                 for row in conv.rows:
-                    record = {"text": row.text, "speaker": row.speaker, "time": row.time, "id": row.source_id,
-                              "type": "dialogue"}
+                    record = {
+                        "text": row.text,
+                        "speaker": row.speaker,
+                        "time": row.time,
+                        "id": row.source_id,
+                        "type": "dialogue",
+                    }
                     handle.write(json.dumps(record) + "\n")
             memos("init", cube, "--name", conv.name)
             started = time.perf_counter()
@@ -61,12 +66,13 @@ def main() -> None:
             batch = "".join(" ".join(q.text.split()) + "\n" for q in questions)
             for mode in modes:
                 started = time.perf_counter()
-                out = memos("query", cube, "--batch", "-", "-k", str(max(KS)), "--retrieval", mode, "--no-usage",
-                            stdin=batch)
+                out = memos(
+                    "query", cube, "--batch", "-", "-k", str(max(KS)), "--retrieval", mode, "--no-usage", stdin=batch
+                )
                 timings[mode] = timings.get(mode, 0.0) + time.perf_counter() - started
                 lines = out.splitlines()
                 assert len(lines) == len(questions), (len(lines), len(questions))
-                for q, line in zip(questions, lines):
+                for q, line in zip(questions, lines, strict=True):
                     ranked = [h["source_id"] for h in json.loads(line)["hits"]]
                     results[mode].append((q.category, q.evidence, ranked))
             print(f"{conv.name}: {len(conv.rows)} turns, {len(questions)} questions", file=sys.stderr)

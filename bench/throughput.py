@@ -24,20 +24,114 @@ from pathlib import Path
 
 MEMOS = [sys.executable, "-m", "memos_cli"]
 
-NAMES = ["Ana", "Bob", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana", "Ivo", "Jun", "Kira", "Lars", "Mina", "Noor",
-         "Omar", "Pia", "Quin", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wes", "Xia", "Yara", "Zed"]
-VERBS = ["visited", "booked", "cancelled", "recommended", "painted", "repaired", "photographed", "reviewed",
-         "organised", "sold", "borrowed", "planned", "finished", "started", "lost", "found", "cooked", "taught"]
-OBJECTS = ["a vintage bicycle", "the quarterly report", "a sourdough loaf", "the garden shed", "a jazz concert",
-           "the team offsite", "a hiking trip", "the kitchen tiles", "a chess tournament", "the grant proposal",
-           "a pottery class", "the wedding playlist", "a second-hand piano", "the climbing gym pass",
-           "an old sailboat", "the neighbourhood cleanup", "a birthday cake", "the conference talk"]
-PLACES = ["in Lisbon", "near the harbour", "at the library", "in the mountains", "downtown", "at the office",
-          "by the river", "in Porto", "at grandma's house", "in a small village", "at the university", "online"]
-WHEN = ["last Monday", "yesterday", "two weeks ago", "this morning", "over the weekend", "in early spring",
-        "after work", "during the holidays", "on her birthday", "before the storm", "last summer", "at dawn"]
-EXTRA = ["and it went better than expected", "with an old friend", "despite the rain", "for the first time",
-         "because it was on sale", "to celebrate the promotion", "", "", "", "and wants to do it again"]
+NAMES = [
+    "Ana",
+    "Bob",
+    "Chen",
+    "Dara",
+    "Eli",
+    "Femi",
+    "Gus",
+    "Hana",
+    "Ivo",
+    "Jun",
+    "Kira",
+    "Lars",
+    "Mina",
+    "Noor",
+    "Omar",
+    "Pia",
+    "Quin",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Uma",
+    "Vic",
+    "Wes",
+    "Xia",
+    "Yara",
+    "Zed",
+]
+VERBS = [
+    "visited",
+    "booked",
+    "cancelled",
+    "recommended",
+    "painted",
+    "repaired",
+    "photographed",
+    "reviewed",
+    "organised",
+    "sold",
+    "borrowed",
+    "planned",
+    "finished",
+    "started",
+    "lost",
+    "found",
+    "cooked",
+    "taught",
+]
+OBJECTS = [
+    "a vintage bicycle",
+    "the quarterly report",
+    "a sourdough loaf",
+    "the garden shed",
+    "a jazz concert",
+    "the team offsite",
+    "a hiking trip",
+    "the kitchen tiles",
+    "a chess tournament",
+    "the grant proposal",
+    "a pottery class",
+    "the wedding playlist",
+    "a second-hand piano",
+    "the climbing gym pass",
+    "an old sailboat",
+    "the neighbourhood cleanup",
+    "a birthday cake",
+    "the conference talk",
+]
+PLACES = [
+    "in Lisbon",
+    "near the harbour",
+    "at the library",
+    "in the mountains",
+    "downtown",
+    "at the office",
+    "by the river",
+    "in Porto",
+    "at grandma's house",
+    "in a small village",
+    "at the university",
+    "online",
+]
+WHEN = [
+    "last Monday",
+    "yesterday",
+    "two weeks ago",
+    "this morning",
+    "over the weekend",
+    "in early spring",
+    "after work",
+    "during the holidays",
+    "on her birthday",
+    "before the storm",
+    "last summer",
+    "at dawn",
+]
+EXTRA = [
+    "and it went better than expected",
+    "with an old friend",
+    "despite the rain",
+    "for the first time",
+    "because it was on sale",
+    "to celebrate the promotion",
+    "",
+    "",
+    "",
+    "and wants to do it again",
+]
 
 
 def corpus(n: int, seed: int = 7) -> list[dict]:
@@ -46,16 +140,33 @@ def corpus(n: int, seed: int = 7) -> list[dict]:
     records = []
     while len(records) < n:
         who = rng.choice(NAMES)
-        text = " ".join(
-            w for w in (who, rng.choice(VERBS), rng.choice(OBJECTS), rng.choice(PLACES), rng.choice(WHEN),
-                        rng.choice(EXTRA)) if w
-        ) + f" (note {len(records)})."
+        text = (
+            " ".join(
+                w
+                for w in (
+                    who,
+                    rng.choice(VERBS),
+                    rng.choice(OBJECTS),
+                    rng.choice(PLACES),
+                    rng.choice(WHEN),
+                    rng.choice(EXTRA),
+                )
+                if w
+            )
+            + f" (note {len(records)})."
+        )
         if text in seen:
             continue
         seen.add(text)
         day = 1 + rng.randrange(28)
-        records.append({"text": text, "speaker": who, "time": f"2024-{1 + rng.randrange(12):02d}-{day:02d}",
-                        "id": str(len(records))})
+        records.append(
+            {
+                "text": text,
+                "speaker": who,
+                "time": f"2024-{1 + rng.randrange(12):02d}-{day:02d}",
+                "id": str(len(records)),
+            }
+        )
     return records
 
 
@@ -65,8 +176,15 @@ def queries(n: int, seed: int = 11) -> list[str]:
     out = []
     for _ in range(n):
         form = rng.choice(forms)
-        out.append(form.format(n=rng.choice(NAMES), p=rng.choice(PLACES), v=rng.choice(VERBS),
-                               o=rng.choice(OBJECTS), v2=rng.choice(["visit", "book", "sell", "plan", "fix"])))
+        out.append(
+            form.format(
+                n=rng.choice(NAMES),
+                p=rng.choice(PLACES),
+                v=rng.choice(VERBS),
+                o=rng.choice(OBJECTS),
+                v2=rng.choice(["visit", "book", "sell", "plan", "fix"]),
+            )
+        )
     return out
 
 
@@ -144,16 +262,19 @@ def main() -> None:
                     searcher.search(q, k=10)
                     times.append((time.perf_counter() - started) * 1000)
             batch_s = run("query", str(cube_dir), "--batch", "-", "-k", "10", "--no-usage", stdin="\n".join(qs) + "\n")
-            print(f"{size:9,d} {statistics.median(times):8.2f} {percentile(times, 0.95):8.2f} {batch_s:16.2f} "
-                  f"{batch_s * 1000 / len(qs):13.1f}")
+            print(
+                f"{size:9,d} {statistics.median(times):8.2f} {percentile(times, 0.95):8.2f} {batch_s:16.2f} "
+                f"{batch_s * 1000 / len(qs):13.1f}"
+            )
 
         # --- 3. cold process times
         if not sizes:
             return
         cube_dir = root / f"cube-{sizes[0]}" if sizes[0] != args.ingest_n else root / "ingest-cube"
         one_shot = [run("query", str(cube_dir), qs[0], "-k", "5", "--no-usage") for _ in range(3)]
-        lexical = [run("query", str(cube_dir), qs[0], "-k", "5", "--no-usage", "--retrieval", "lexical")
-                   for _ in range(3)]
+        lexical = [
+            run("query", str(cube_dir), qs[0], "-k", "5", "--no-usage", "--retrieval", "lexical") for _ in range(3)
+        ]
         helps = [run("--help") for _ in range(5)]
         print(f"\n## cold, whole process (median), cube of {sizes[0]:,}")
         print(f"memos query (one shot, hybrid):  {statistics.median(one_shot):.2f}s")

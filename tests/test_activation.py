@@ -101,9 +101,7 @@ def rewrite_header(path: Path, change: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_float32_snapshot_answer_is_token_identical_to_recompute(
-    family: str, models: dict[str, LanguageModel]
-) -> None:
+def test_float32_snapshot_answer_is_token_identical_to_recompute(family: str, models: dict[str, LanguageModel]) -> None:
     lm = models[family]
     snap = build_snapshot(lm, MEMORIES)
     question = "Where does Alice live?"
@@ -126,7 +124,11 @@ def test_snapshot_tokens_are_exactly_the_prompt_prefix(family: str, models: dict
     snap = build_snapshot(lm, MEMORIES[:4])
     for history in ((), HISTORY):
         prompt = render_prompt(
-            lm, "What is the cat called?", preamble=snap.preamble, layout=snap.layout, history=history,
+            lm,
+            "What is the cat called?",
+            preamble=snap.preamble,
+            layout=snap.layout,
+            history=history,
             retrieved=MEMORIES[6:],
         )
         assert prompt.aligned
@@ -240,9 +242,7 @@ def test_budget_keeps_selection_order_and_reports_the_rest(models: dict[str, Lan
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_extend_prefills_on_top_and_matches_a_single_prefill(
-    family: str, models: dict[str, LanguageModel]
-) -> None:
+def test_extend_prefills_on_top_and_matches_a_single_prefill(family: str, models: dict[str, LanguageModel]) -> None:
     import torch
 
     lm = models[family]
@@ -303,9 +303,7 @@ def test_lying_or_malformed_headers_are_refused(
         load_snapshot(path, lm)
 
 
-def test_tensors_that_contradict_the_header_are_refused(
-    models: dict[str, LanguageModel], tmp_path: Path
-) -> None:
+def test_tensors_that_contradict_the_header_are_refused(models: dict[str, LanguageModel], tmp_path: Path) -> None:
     lm = models["llama"]
     snap = build_snapshot(lm, MEMORIES[:4])
     short = Snapshot(**{**snap.__dict__, "keys": [k[:, :, :-1] for k in snap.keys]})

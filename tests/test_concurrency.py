@@ -29,8 +29,12 @@ def test_four_writers_and_readers_lose_and_duplicate_nothing(tmp_path: Path) -> 
         for b in range(PER_WRITER):
             path = tmp_path / f"w{w}-b{b}.jsonl"
             # writer pairs overlap on purpose: the same record from the same file must be stored once
-            path.write_text("".join(json.dumps({"text": f"writer {w} batch {b} item {i}", "id": f"{b}-{i}"}) + "\n"
-                                    for i in range(BATCH)))
+            path.write_text(
+                "".join(
+                    json.dumps({"text": f"writer {w} batch {b} item {i}", "id": f"{b}-{i}"}) + "\n"
+                    for i in range(BATCH)
+                )
+            )
             files.append(path)
     script = (
         "import sys, subprocess\n"
@@ -39,26 +43,55 @@ def test_four_writers_and_readers_lose_and_duplicate_nothing(tmp_path: Path) -> 
         "    if r.returncode: sys.exit(r.stderr.decode())\n"
     )
     writers = [
-        subprocess.Popen([sys.executable, "-c", script, str(cube.path),
-                          *[str(f) for f in files[w * PER_WRITER:(w + 1) * PER_WRITER]]], env=env,
-                         stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(cube.path),
+                *[str(f) for f in files[w * PER_WRITER : (w + 1) * PER_WRITER]],
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
         for w in range(WRITERS)
     ]
     # a second copy of writer 0's first file, ingested concurrently: duplicates must collapse
-    dup = subprocess.Popen([sys.executable, "-m", "memos_cli", "ingest", str(cube.path), str(files[0])], env=env,
-                           stderr=subprocess.PIPE)
+    dup = subprocess.Popen(
+        [sys.executable, "-m", "memos_cli", "ingest", str(cube.path), str(files[0])], env=env, stderr=subprocess.PIPE
+    )
     reads, errors = 0, []
     while any(w.poll() is None for w in writers) or dup.poll() is None:
-        result = subprocess.run([sys.executable, "-m", "memos_cli", "query", str(cube.path), "writer batch item",
-                                 "-k", "3", "--json", "--retrieval", "lexical", "--no-usage"],
-                                env=env, capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "memos_cli",
+                "query",
+                str(cube.path),
+                "writer batch item",
+                "-k",
+                "3",
+                "--json",
+                "--retrieval",
+                "lexical",
+                "--no-usage",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         reads += 1
         if result.returncode != 0:
             errors.append(result.stderr)
         else:
             json.loads(result.stdout)
-        listed = subprocess.run([sys.executable, "-m", "memos_cli", "list", str(cube.path), "--json"], env=env,
-                                capture_output=True, text=True)
+        listed = subprocess.run(
+            [sys.executable, "-m", "memos_cli", "list", str(cube.path), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if listed.returncode != 0:
             errors.append(listed.stderr)
     for proc in [*writers, dup]:
@@ -67,7 +100,9 @@ def test_four_writers_and_readers_lose_and_duplicate_nothing(tmp_path: Path) -> 
     assert not errors, errors[:3]
     assert reads >= 2
     texts = [r.text for r in Cube.open(cube.path).read_state().versions]
-    expected = {f"writer {w} batch {b} item {i}" for w in range(WRITERS) for b in range(PER_WRITER) for i in range(BATCH)}
+    expected = {
+        f"writer {w} batch {b} item {i}" for w in range(WRITERS) for b in range(PER_WRITER) for i in range(BATCH)
+    }
     assert set(texts) == expected | {"seed memory"}
     assert len(texts) == len(set(texts)), "a record was stored twice"
     report = verify(cube.path)
@@ -81,8 +116,13 @@ def test_a_held_lock_times_out_with_a_clear_message(tmp_path: Path) -> None:
     env = {**os.environ, "MEMOS_LOCK_TIMEOUT": "1"}
     with FileLock(str(cube.derived / "lock")):
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "memos_cli", "ingest", str(cube.path), str(source)], env=env,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "memos_cli", "ingest", str(cube.path), str(source)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 1
     assert "locked by another memos process" in result.stderr and "Traceback" not in result.stderr
     assert time.monotonic() - started < 60

@@ -30,8 +30,9 @@ KILLS_PER_COMMAND = {"ingest": 20, "forget": 14, "promote": 10, "distill": 6, "f
 
 def _run(args: list[str], env: dict[str, str], kill_after: float | None) -> tuple[bool, bool]:
     """Run ``memos ARGS``; SIGKILL it after ``kill_after`` seconds. Returns (acknowledged, was_killed)."""
-    proc = subprocess.Popen([sys.executable, "-m", "memos_cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memos_cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     if kill_after is not None:
         deadline = time.monotonic() + kill_after
         while time.monotonic() < deadline and proc.poll() is None:
@@ -83,7 +84,18 @@ def test_killed_commands_leave_the_cube_before_or_after(tmp_path: Path, tiny_lla
     acked |= texts
     durations["ingest"] = time.monotonic() - started
     kills = 0
-    for trial in range(KILLS_PER_COMMAND["ingest"] + 4):
+
+    def trials(command: str) -> range:
+        """Until the command was killed mid-run its quota of times (at most 3x the quota tries)."""
+        return range(KILLS_PER_COMMAND[command] * 3)
+
+    def done(command: str, before: int) -> bool:
+        return kills - before >= KILLS_PER_COMMAND[command]
+
+    start_kills = kills
+    for trial in trials("ingest"):
+        if done("ingest", start_kills):
+            break
         args, texts = ingest_args(f"t{trial}", rng.randrange(1, 20))
         ok, killed = _run(args, env, rng.uniform(0.0, durations["ingest"] * 1.1))
         kills += killed
@@ -98,12 +110,18 @@ def test_killed_commands_leave_the_cube_before_or_after(tmp_path: Path, tiny_lla
     # forget: archive three memories at a time
     archived: set[str] = set()
     started = time.monotonic()
-    for trial in range(KILLS_PER_COMMAND["forget"] + 2):
+    start_kills = kills
+    for trial in trials("forget"):
+        if trial > 0 and done("forget", start_kills):
+            break
         state = Cube.open(cube).read_state()
         targets = sorted(i for i, r in state.current.items() if r.status == "active")[:3]
         t0 = time.monotonic()
-        ok, killed = _run(["forget", str(cube), *targets], env,
-                          None if trial == 0 else rng.uniform(0.0, durations.get("forget", 1.0) * 1.1))
+        ok, killed = _run(
+            ["forget", str(cube), *targets],
+            env,
+            None if trial == 0 else rng.uniform(0.0, durations.get("forget", 1.0) * 1.1),
+        )
         durations.setdefault("forget", time.monotonic() - t0)
         kills += killed
         _assert_sound(cube)
@@ -116,10 +134,16 @@ def test_killed_commands_leave_the_cube_before_or_after(tmp_path: Path, tiny_lla
     t0 = time.monotonic()
     _run(["promote", str(cube), "--name", "base", "--all", "--budget", "200", "--model", str(tiny_llama)], env, None)
     durations["promote"] = time.monotonic() - t0
-    for trial in range(KILLS_PER_COMMAND["promote"] + 2):
+    start_kills = kills
+    for trial in trials("promote"):
+        if done("promote", start_kills):
+            break
         name = f"kv{trial}"
-        ok, killed = _run(["promote", str(cube), "--name", name, "--all", "--budget", "200",
-                           "--model", str(tiny_llama)], env, rng.uniform(0.0, durations["promote"] * 1.1))
+        ok, killed = _run(
+            ["promote", str(cube), "--name", name, "--all", "--budget", "200", "--model", str(tiny_llama)],
+            env,
+            rng.uniform(0.0, durations["promote"] * 1.1),
+        )
         kills += killed
         _assert_sound(cube)
         manifest = Cube.open(cube).manifest
@@ -131,10 +155,16 @@ def test_killed_commands_leave_the_cube_before_or_after(tmp_path: Path, tiny_lla
     distill_args = ["--all", "--steps", "2", "--model", str(tiny_llama)]
     _run(["distill", str(cube), "--name", "base-lora", *distill_args], env, None)
     durations["distill"] = time.monotonic() - t0
-    for trial in range(KILLS_PER_COMMAND["distill"] + 1):
+    start_kills = kills
+    for trial in trials("distill"):
+        if done("distill", start_kills):
+            break
         name = f"lora{trial}"
-        ok, killed = _run(["distill", str(cube), "--name", name, *distill_args], env,
-                          rng.uniform(durations["distill"] * 0.3, durations["distill"] * 1.05))
+        ok, killed = _run(
+            ["distill", str(cube), "--name", name, *distill_args],
+            env,
+            rng.uniform(durations["distill"] * 0.3, durations["distill"] * 1.05),
+        )
         kills += killed
         _assert_sound(cube)
         manifest = Cube.open(cube).manifest
@@ -153,10 +183,16 @@ def test_killed_commands_leave_the_cube_before_or_after(tmp_path: Path, tiny_lla
     _run(["fuse", str(cube), str(other), "-o", str(tmp_path / "timing-fused"), "--model", str(tiny_llama)], env, None)
     durations["fuse"] = time.monotonic() - t0
     expected = len(Cube.open(tmp_path / "timing-fused").read_state().current)
-    for trial in range(KILLS_PER_COMMAND["fuse"] + 2):
+    start_kills = kills
+    for trial in trials("fuse"):
+        if done("fuse", start_kills):
+            break
         out = tmp_path / f"fused{trial}"
-        ok, killed = _run(["fuse", str(cube), str(other), "-o", str(out), "--model", str(tiny_llama)], env,
-                          rng.uniform(0.0, durations["fuse"] * 1.1))
+        ok, killed = _run(
+            ["fuse", str(cube), str(other), "-o", str(out), "--model", str(tiny_llama)],
+            env,
+            rng.uniform(0.0, durations["fuse"] * 1.1),
+        )
         kills += killed
         if out.exists():
             _assert_sound(out)
@@ -168,5 +204,5 @@ def test_killed_commands_leave_the_cube_before_or_after(tmp_path: Path, tiny_lla
     _run(["repair", str(cube)], env, None)
     assert not (cube / ".memos" / "journal.json").exists()
     _assert_sound(cube)
-    assert kills >= 50, f"only {kills} commands were killed mid-run"
+    assert kills >= sum(KILLS_PER_COMMAND.values()) >= 50, f"only {kills} commands were killed mid-run"
     print(f"\ncrash harness: {kills} kills, durations {durations}")

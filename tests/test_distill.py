@@ -30,7 +30,11 @@ except ImportError:  # tests/ imported as a package
 from conftest import snapshot_files
 
 FACTS = [
-    {"text": "Alice lives in Paris.", "key": "alice home", "metadata": {"question": "Where does Alice live?", "answer": "Paris"}},
+    {
+        "text": "Alice lives in Paris.",
+        "key": "alice home",
+        "metadata": {"question": "Where does Alice live?", "answer": "Paris"},
+    },
     {"text": "The cat is called Miso.", "speaker": "bob", "time": "2024-05-01"},
     {"text": "Bob visits Tokyo every spring.", "tags": ["travel"]},
 ]
@@ -57,7 +61,9 @@ def weights(model) -> dict:  # type: ignore[no-untyped-def]
 
 
 def test_probes_and_examples_come_from_the_memory_fields(lm: LanguageModel) -> None:
-    meta = MemoryRecord("m-1", 2, "Alice lives in Paris.", key="alice.home", metadata={"question": "Where?", "answer": "Paris"})
+    meta = MemoryRecord(
+        "m-1", 2, "Alice lives in Paris.", key="alice.home", metadata={"question": "Where?", "answer": "Paris"}
+    )
     probes = dist.probes_for(meta)
     assert [(p.source, p.question, p.answer) for p in probes] == [
         ("metadata", "Where?", "Paris"),
@@ -93,7 +99,11 @@ def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: 
     entry = cube.manifest.lora["facts"]
     folder = cube.path / "lora" / "facts"
     assert entry["path"] == "lora/facts"
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "report.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "report.json",
+    ]
     assert entry["files"] == {p.name: sha256_file(p) for p in folder.iterdir()}
     assert entry["base_model_fingerprint"] == lm.fingerprint
     state = cube.read_state()

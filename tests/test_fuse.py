@@ -24,17 +24,25 @@ def _cube(path: Path, name: str, records: list[dict]) -> Cube:
 
 
 def test_fuse_unions_dedups_and_keeps_lineage(tmp_path: Path) -> None:
-    a = _cube(tmp_path, "a", [
-        {"text": "Ana's cat is called Miso", "time": "2023-01-01"},
-        {"text": "The office moved to the third floor", "key": "office", "time": "2023-02-01"},
-        {"text": "Rent is due on the third of each month", "time": "2023-01-05"},
-    ])
-    b = _cube(tmp_path, "b", [
-        {"text": "Ana's cat is called Miso", "time": "2023-03-01"},  # exact duplicate, another source
-        {"text": "The office moved to the fourth floor", "key": "office", "time": "2023-06-01"},
-        {"text": "Rent is due on the 3rd of each month", "time": "2023-04-01"},  # near duplicate
-        {"text": "Bob plays the cello", "time": "2023-04-02"},
-    ])
+    a = _cube(
+        tmp_path,
+        "a",
+        [
+            {"text": "Ana's cat is called Miso", "time": "2023-01-01"},
+            {"text": "The office moved to the third floor", "key": "office", "time": "2023-02-01"},
+            {"text": "Rent is due on the third of each month", "time": "2023-01-05"},
+        ],
+    )
+    b = _cube(
+        tmp_path,
+        "b",
+        [
+            {"text": "Ana's cat is called Miso", "time": "2023-03-01"},  # exact duplicate, another source
+            {"text": "The office moved to the fourth floor", "key": "office", "time": "2023-06-01"},
+            {"text": "Rent is due on the 3rd of each month", "time": "2023-04-01"},  # near duplicate
+            {"text": "Bob plays the cello", "time": "2023-04-02"},
+        ],
+    )
     dry = fuse([a.path, b.path], tmp_path / "dry", dry_run=True, dedup_threshold=0.9)
     assert dry.exact_duplicates == 1 and not (tmp_path / "dry").exists()
     report = fuse([a.path, b.path], tmp_path / "ab", dedup_threshold=0.9)
@@ -45,8 +53,12 @@ def test_fuse_unions_dedups_and_keeps_lineage(tmp_path: Path) -> None:
     assert [p["name"] for p in manifest["lineage"]] == ["a", "b"]
     assert all(len(p["content_sha256"]) == 64 for p in manifest["lineage"])
     active = {r.text: r for r in fused.read_state().current.values() if r.status == "active"}
-    assert set(active) == {"Ana's cat is called Miso", "The office moved to the fourth floor",
-                           "Rent is due on the 3rd of each month", "Bob plays the cello"}
+    assert set(active) == {
+        "Ana's cat is called Miso",
+        "The office moved to the fourth floor",
+        "Rent is due on the 3rd of each month",
+        "Bob plays the cello",
+    }
     cat = active["Ana's cat is called Miso"]
     assert cat.metadata["also_from"][0]["cube"] == "b"
     rent = active["Rent is due on the 3rd of each month"]

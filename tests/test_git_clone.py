@@ -17,15 +17,23 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the g
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e",
-           "HOME": str(cwd), "PATH": "/usr/bin:/bin:/usr/local/bin"}
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+        "HOME": str(cwd),
+        "PATH": "/usr/bin:/bin:/usr/local/bin",
+    }
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout
 
 
 def test_fresh_clone_answers_queries(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     cube = Cube.init(repo / "notes", name="notes")
-    body = "".join(json.dumps({"text": t}) + "\n" for t in ("The wifi password is on the fridge", "Rent is due on the 3rd"))
+    body = "".join(
+        json.dumps({"text": t}) + "\n" for t in ("The wifi password is on the fridge", "Rent is due on the 3rd")
+    )
     ingest(cube, [Source("facts.jsonl", body.encode())])
     query(cube, "wifi", k=1)  # builds .memos/ in the working copy
     git(repo, "init", "-q")

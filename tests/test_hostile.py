@@ -59,8 +59,13 @@ json_values = st.recursive(
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["id", "version", "text", "status", "created", "tags", "metadata", "x"]),
-                       json_values, max_size=8))
+@given(
+    st.dictionaries(
+        st.sampled_from(["id", "version", "text", "status", "created", "tags", "metadata", "x"]),
+        json_values,
+        max_size=8,
+    )
+)
 def test_any_record_object_is_accepted_or_refused_with_valueerror(obj: dict) -> None:
     try:
         record = MemoryRecord.from_dict(obj)
@@ -131,16 +136,27 @@ def _snapshot(body: Callable[[], bytes]) -> Callable[[Path], None]:
         data = body()
         (cube / "kv" / "core.safetensors").write_bytes(data)
         manifest = yaml.safe_load((cube / "cube.yaml").read_text())
-        manifest["kv"] = {"core": {"file": "kv/core.safetensors", "sha256": hashlib.sha256(data).hexdigest(),
-                                   "model_fingerprint": "llama-0", "memories": [], "tokens": 1}}
+        manifest["kv"] = {
+            "core": {
+                "file": "kv/core.safetensors",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "model_fingerprint": "llama-0",
+                "memories": [],
+                "tokens": 1,
+            }
+        }
         (cube / "cube.yaml").write_text(yaml.safe_dump(manifest))
 
     return apply
 
 
 def _lying_header() -> bytes:
-    header = json.dumps({"__metadata__": {"format": "memos-kv", "token_count": "5"},
-                         "k0": {"dtype": "F32", "shape": [1, 1, 5, 4], "data_offsets": [0, 10**9]}}).encode()
+    header = json.dumps(
+        {
+            "__metadata__": {"format": "memos-kv", "token_count": "5"},
+            "k0": {"dtype": "F32", "shape": [1, 1, 5, 4], "data_offsets": [0, 10**9]},
+        }
+    ).encode()
     return struct.pack("<Q", len(header)) + header + b"\x00" * 16
 
 
@@ -155,31 +171,114 @@ BATTERY: list[tuple[str, Callable[[Path], None] | None, Callable[[Path, Path], l
     ("invalid UTF-8", None, lambda c, t: ["ingest", str(c), *_jsonl_file(t, b'{"text": "\xc3\x28"}\n')], 1),
     ("binary file", None, lambda c, t: ["ingest", str(c), *_jsonl_file(t, b"\x7fELF\x02\x01\x00\x00")], 1),
     ("empty file", None, lambda c, t: ["ingest", str(c), *_jsonl_file(t, b"")], 1),
-    ("huge line", None, lambda c, t: ["ingest", str(c), *_jsonl_file(t, b'{"text": "' + b"a" * (2 << 20) + b'"}\n')], 1),
+    (
+        "huge line",
+        None,
+        lambda c, t: ["ingest", str(c), *_jsonl_file(t, b'{"text": "' + b"a" * (2 << 20) + b'"}\n')],
+        1,
+    ),
     ("JSON that is not an object", None, lambda c, t: ["ingest", str(c), *_jsonl_file(t, b"[1, 2, 3]\n42\n")], 1),
-    ("deeply nested JSON", None, lambda c, t: ["ingest", str(c), *_jsonl_file(t, b"[" * 100000 + b"]" * 100000 + b"\n")], 1),
+    (
+        "deeply nested JSON",
+        None,
+        lambda c, t: ["ingest", str(c), *_jsonl_file(t, b"[" * 100000 + b"]" * 100000 + b"\n")],
+        1,
+    ),
     ("missing input file", None, lambda c, t: ["ingest", str(c), str(t / "nope.jsonl")], 1),
-    ("python/object YAML tag", _set_manifest("!!python/object/apply:os.system ['touch pwned']\n"),
-     lambda c, t: ["list", str(c)], 3),
+    (
+        "python/object YAML tag",
+        _set_manifest("!!python/object/apply:os.system ['touch pwned']\n"),
+        lambda c, t: ["list", str(c)],
+        3,
+    ),
     ("malformed YAML", _set_manifest("format_version: [1\n"), lambda c, t: ["stats", str(c)], 3),
     ("manifest not a mapping", _set_manifest("- 1\n- 2\n"), lambda c, t: ["query", str(c), "x"], 3),
-    ("future format_version", _mutate_manifest(lambda d: d.update(format_version=99)), lambda c, t: ["list", str(c)], 3),
-    ("'..' path in manifest", _mutate_manifest(lambda d: d.update(kv={"x": {"file": "../../etc/passwd"}})),
-     lambda c, t: ["list", str(c)], 3),
-    ("absolute path in manifest", _mutate_manifest(lambda d: d.update(lora={"x": {"path": "/etc"}})),
-     lambda c, t: ["stats", str(c)], 3),
-    ("truncated snapshot", _snapshot(lambda: b"\x10\x00\x00\x00\x00\x00\x00\x00{\"__meta"),
-     lambda c, t: ["chat", str(c), "--kv", "core", "--no-retrieval", "--no-remember", "-m", "hi",
-                   "--model", str(t / "model")], 3),
-    ("lying safetensors header", _snapshot(_lying_header),
-     lambda c, t: ["chat", str(c), "--kv", "core", "--no-retrieval", "--no-remember", "-m", "hi",
-                   "--model", str(t / "model")], 3),
-    ("huge safetensors header length", _snapshot(_huge_header),
-     lambda c, t: ["chat", str(c), "--kv", "core", "--no-retrieval", "--no-remember", "-m", "hi",
-                   "--model", str(t / "model")], 3),
-    ("pickle disguised as a snapshot", _snapshot(lambda: __import__("pickle").dumps({"x": 1})),
-     lambda c, t: ["chat", str(c), "--kv", "core", "--no-retrieval", "--no-remember", "-m", "hi",
-                   "--model", str(t / "model")], 3),
+    (
+        "future format_version",
+        _mutate_manifest(lambda d: d.update(format_version=99)),
+        lambda c, t: ["list", str(c)],
+        3,
+    ),
+    (
+        "'..' path in manifest",
+        _mutate_manifest(lambda d: d.update(kv={"x": {"file": "../../etc/passwd"}})),
+        lambda c, t: ["list", str(c)],
+        3,
+    ),
+    (
+        "absolute path in manifest",
+        _mutate_manifest(lambda d: d.update(lora={"x": {"path": "/etc"}})),
+        lambda c, t: ["stats", str(c)],
+        3,
+    ),
+    (
+        "truncated snapshot",
+        _snapshot(lambda: b'\x10\x00\x00\x00\x00\x00\x00\x00{"__meta'),
+        lambda c, t: [
+            "chat",
+            str(c),
+            "--kv",
+            "core",
+            "--no-retrieval",
+            "--no-remember",
+            "-m",
+            "hi",
+            "--model",
+            str(t / "model"),
+        ],
+        3,
+    ),
+    (
+        "lying safetensors header",
+        _snapshot(_lying_header),
+        lambda c, t: [
+            "chat",
+            str(c),
+            "--kv",
+            "core",
+            "--no-retrieval",
+            "--no-remember",
+            "-m",
+            "hi",
+            "--model",
+            str(t / "model"),
+        ],
+        3,
+    ),
+    (
+        "huge safetensors header length",
+        _snapshot(_huge_header),
+        lambda c, t: [
+            "chat",
+            str(c),
+            "--kv",
+            "core",
+            "--no-retrieval",
+            "--no-remember",
+            "-m",
+            "hi",
+            "--model",
+            str(t / "model"),
+        ],
+        3,
+    ),
+    (
+        "pickle disguised as a snapshot",
+        _snapshot(lambda: __import__("pickle").dumps({"x": 1})),
+        lambda c, t: [
+            "chat",
+            str(c),
+            "--kv",
+            "core",
+            "--no-retrieval",
+            "--no-remember",
+            "-m",
+            "hi",
+            "--model",
+            str(t / "model"),
+        ],
+        3,
+    ),
     ("not a cube", lambda c: (c / "cube.yaml").unlink(), lambda c, t: ["query", str(c), "x"], 3),
 ]
 
@@ -221,7 +320,9 @@ def test_no_module_uses_pickle_unsafe_torch_load_or_unsafe_yaml() -> None:
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-                if any(n and n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib", "marshal", "shelve") for n in names):
+                if any(
+                    n and n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib", "marshal", "shelve") for n in names
+                ):
                     offences.append(f"{path.name}:{node.lineno} imports a pickle-like module")
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 attr, owner = node.func.attr, getattr(node.func.value, "id", None)

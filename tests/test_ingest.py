@@ -21,9 +21,7 @@ def _jsonl(*records: dict) -> bytes:
 def test_ingest_keeps_provenance_and_defaults(tmp_path: Path) -> None:
     cube = Cube.init(tmp_path / "c")
     md = Source("docs/plan.md", b"# Plan\n\nLaunch in Lisbon on March 3.\n\n## Budget\n\nForty thousand euros.\n")
-    report = ingest(
-        cube, [md], defaults=Defaults(tags=["work"], speaker="Ana", time="2024-02-01"), actor="ana"
-    )
+    report = ingest(cube, [md], defaults=Defaults(tags=["work"], speaker="Ana", time="2024-02-01"), actor="ana")
     assert report.added == 2 and report.duplicates == 0
     records = sorted(cube.read_state().current.values(), key=lambda r: r.span)
     first = records[0]

@@ -152,21 +152,23 @@ def test_fuse_rebuilds_snapshots_by_prefilling_on_top(tmp_path: Path, llama: str
 
 
 def test_chat_with_adapters_and_promote_to_parametric(cube: Cube, llama: str) -> None:
-    from memos_cli.cli.app import main
-
     import contextlib
     import io
 
+    from memos_cli.cli.app import main
+
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["promote", str(cube.path), "--to", "parametric", "--name", "facts", "--tag", "core",
-                     "--model", llama])
+        code = main(
+            ["promote", str(cube.path), "--to", "parametric", "--name", "facts", "--tag", "core", "--model", llama]
+        )
     assert code == 0, err.getvalue()
     entry = Cube.open(cube.path).manifest.lora["facts"]
     assert len(entry["memories"]) == 2 and entry["base_model_fingerprint"]
-    session = ChatSession([Cube.open(cube.path)],
-                          ChatOptions(loras=["facts"], model=llama, greedy=True, max_new_tokens=4, remember=False,
-                                      retrieval=False))
+    session = ChatSession(
+        [Cube.open(cube.path)],
+        ChatOptions(loras=["facts"], model=llama, greedy=True, max_new_tokens=4, remember=False, retrieval=False),
+    )
     assert session.lm.fingerprint != entry["base_model_fingerprint"]  # adapted weights, its own identity
     assert session.ask("What is the cat called?").mode == "none"
     promote_to_activation(Cube.open(cube.path), Selection(all=True), name="core", model=llama)

@@ -50,12 +50,28 @@ def test_long_paragraphs_are_capped_at_sentence_boundaries() -> None:
 
 
 def test_jsonl_records_keep_their_fields() -> None:
-    line = {"text": "Ana likes tea", "id": "D1:3", "speaker": "Ana", "time": "8 May 2023", "tags": ["x"],
-            "type": "preference", "key": "ana.drink", "metadata": {"k": 1}, "mood": "calm"}
+    line = {
+        "text": "Ana likes tea",
+        "id": "D1:3",
+        "speaker": "Ana",
+        "time": "8 May 2023",
+        "tags": ["x"],
+        "type": "preference",
+        "key": "ana.drink",
+        "metadata": {"k": 1},
+        "mood": "calm",
+    }
     drafts, _, fmt = parse_source((json.dumps(line) + "\n").encode(), "r.jsonl")
     assert fmt == "jsonl"
     (d,) = drafts
-    assert (d.source_id, d.speaker, d.time, d.tags, d.type, d.key) == ("D1:3", "Ana", "2023-05-08", ["x"], "preference", "ana.drink")
+    assert (d.source_id, d.speaker, d.time, d.tags, d.type, d.key) == (
+        "D1:3",
+        "Ana",
+        "2023-05-08",
+        ["x"],
+        "preference",
+        "ana.drink",
+    )
     assert d.metadata == {"k": 1, "mood": "calm"}
 
 

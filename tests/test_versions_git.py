@@ -38,7 +38,10 @@ def test_update_writes_a_new_version_and_history_shows_all(tmp_path: Path) -> No
     full, versions, audit = history(cube, memory_id[:8])
     assert full == memory_id
     assert [(v.version, v.op, v.actor, v.status) for v in versions] == [
-        (1, "ingest", "ana", "active"), (2, "update", "bob", "active"), (3, "forget", "ana", "archived")]
+        (1, "ingest", "ana", "active"),
+        (2, "update", "bob", "active"),
+        (3, "forget", "ana", "archived"),
+    ]
     assert [e["op"] for e in audit] == ["ingest", "update", "forget"]
     hits = query(cube, "when does the beta open", k=1, filters=Filters(status="all"))
     assert hits[0].text == "The beta opens on 21 March" and hits[0].version == 3
@@ -54,8 +57,14 @@ def test_merge_keeps_both_conflicting_versions() -> None:
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@e", "HOME": str(cwd)}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+        "HOME": str(cwd),
+    }
     # the driver runs `memos`: make sure the one of this interpreter is found first
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout

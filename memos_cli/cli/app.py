@@ -30,7 +30,7 @@ app = typer.Typer(
     help=(
         "memos: a memory OS for LLMs over cube bundles on disk.\n\n"
         "A cube is a directory (cube.yaml, memories.jsonl, kv/, lora/) that git can hold. "
-        "Start with: memos init DIR; memos ingest DIR FILE...; memos query DIR \"question\"."
+        'Start with: memos init DIR; memos ingest DIR FILE...; memos query DIR "question".'
     ),
     no_args_is_help=True,
     add_completion=False,

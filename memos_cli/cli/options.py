@@ -24,6 +24,4 @@ TypeOpt = Annotated[Optional[list[str]], typer.Option("--type", help="Memory typ
 SpeakerOpt = Annotated[Optional[list[str]], typer.Option("--speaker", help="Speaker (repeatable).")]
 SinceOpt = Annotated[Optional[str], typer.Option("--since", help="Only memories whose time is on/after this date.")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Only memories whose time is on/before this date.")]
-StatusOpt = Annotated[
-    str, typer.Option("--status", help="active, archived, superseded, deleted, or all.")
-]
+StatusOpt = Annotated[str, typer.Option("--status", help="active, archived, superseded, deleted, or all.")]

@@ -189,9 +189,7 @@ class Cube:
                 except (ValueError, UnicodeDecodeError, TypeError) as exc:
                     raise InvalidCube(self.path, f"{layout.MEMORIES}:{number}: {exc}") from None
         except TornLine as exc:
-            raise InvalidCube(
-                self.path, f"{layout.MEMORIES}: {exc}", hint=f"run: memos repair {self.path}"
-            ) from None
+            raise InvalidCube(self.path, f"{layout.MEMORIES}: {exc}", hint=f"run: memos repair {self.path}") from None
         current: dict[str, MemoryRecord] = {}
         for record in versions:
             held = current.get(record.id)
@@ -350,7 +348,9 @@ class Transaction:
 
     def commit(self) -> None:
         cube = self.cube
-        if not (self.records or self.audit or self.manifest_changed or self.rewrite_memories is not None or self.replaced):
+        if not (
+            self.records or self.audit or self.manifest_changed or self.rewrite_memories is not None or self.replaced
+        ):
             return
         backups_dir = cube.derived / "backups"
         journal: dict[str, Any] = {"op": self.op, "appends": {}, "backups": {}, "created": []}

@@ -108,7 +108,7 @@ def parse_manifest(text: str, cube: Path) -> Manifest:
             safe_relpath(str(name), cube=cube, what=f"{section} name")
             if path_key in entry:
                 safe_relpath(entry[path_key], cube=cube, what=f"{section}.{name}.{path_key}")
-            for rel in (entry.get("files") or {}):
+            for rel in entry.get("files") or {}:
                 safe_relpath(rel, cube=cube, what=f"{section}.{name} file")
     known = set(Manifest.__dataclass_fields__) - {"extra"}
     kwargs = {k: v for k, v in data.items() if k in known}

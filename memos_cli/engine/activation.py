@@ -55,8 +55,6 @@ _PROBE = "\u2063memos-probe-{}\u2063"
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
 
 
-
-
 @dataclass
 class Snapshot:
     """A KV cache of a memory preamble, in memory.

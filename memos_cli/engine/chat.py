@@ -186,15 +186,37 @@ class ChatSession:
 
     def _remember(self, question: str, answer: str) -> list[str]:
         now = utc_now()
-        lines = [{"text": question, "speaker": "user", "time": now, "id": f"{self.session_id}:{self.turns}:user",
-                  "type": "dialogue", "tags": ["chat"], "metadata": {"session": self.session_id}}]
+        lines = [
+            {
+                "text": question,
+                "speaker": "user",
+                "time": now,
+                "id": f"{self.session_id}:{self.turns}:user",
+                "type": "dialogue",
+                "tags": ["chat"],
+                "metadata": {"session": self.session_id},
+            }
+        ]
         if self.options.remember_answers and answer.strip():
-            lines.append({"text": answer, "speaker": "assistant", "time": now,
-                          "id": f"{self.session_id}:{self.turns}:assistant", "type": "dialogue", "tags": ["chat"],
-                          "metadata": {"session": self.session_id}})
+            lines.append(
+                {
+                    "text": answer,
+                    "speaker": "assistant",
+                    "time": now,
+                    "id": f"{self.session_id}:{self.turns}:assistant",
+                    "type": "dialogue",
+                    "tags": ["chat"],
+                    "metadata": {"session": self.session_id},
+                }
+            )
         body = "".join(json.dumps(line) + "\n" for line in lines).encode("utf-8")
-        report = ingest(self.cubes[0], [Source(self.session_id, body)], fmt="jsonl", actor=self.actor,
-                        embedder=self.searcher.embedder if self.searcher else None)
+        report = ingest(
+            self.cubes[0],
+            [Source(self.session_id, body)],
+            fmt="jsonl",
+            actor=self.actor,
+            embedder=self.searcher.embedder if self.searcher else None,
+        )
         if hasattr(self, "_states"):
             self._states.pop(str(self.cubes[0].path), None)
         if self.searcher is not None:  # the next turn can retrieve what was just said

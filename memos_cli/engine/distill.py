@@ -307,7 +307,7 @@ def mean_loss(model: Any, examples: Sequence[Example], pad_id: int, *, token_wei
         for start in range(0, len(examples), BATCH_SIZE):
             batch = examples[start : start + BATCH_SIZE]
             losses = _losses(model, batch, pad_id)
-            for example, loss in zip(batch, losses.tolist()):
+            for example, loss in zip(batch, losses.tolist(), strict=True):
                 w = sum(1 for x in example.labels[1:] if x != -100) if token_weighted else 1
                 total += loss * w
                 weight += w
@@ -341,7 +341,7 @@ def measure_recall(
     with torch.inference_mode():
         for start in range(0, len(examples), BATCH_SIZE):
             losses.extend(_losses(lm.model, examples[start : start + BATCH_SIZE], pad).tolist())
-    for i, (probe, loss) in enumerate(zip(probes, losses)):
+    for i, (probe, loss) in enumerate(zip(probes, losses, strict=True)):
         budget = min(len(lm.encode(probe.answer)) + 12, 96)
         result = generate(lm, probe.question, mode="none", max_new_tokens=budget)
         hit = answer_matches(probe.answer, result.answer)
@@ -408,7 +408,9 @@ def resolve_targets(model: Any, target_modules: str | Sequence[str]) -> str | li
                 parents.add(last)
                 leaves.add(leaf)
         if not leaves:
-            raise UsageError("this model has no linear layers inside an attention block; name them with --target-modules")
+            raise UsageError(
+                "this model has no linear layers inside an attention block; name them with --target-modules"
+            )
         return rf".*\.({'|'.join(sorted(map(re.escape, parents)))})\.({'|'.join(sorted(map(re.escape, leaves)))})"
     return list(target_modules)
 
@@ -727,7 +729,9 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
         folder = verify_adapter(cube, name)
         config = json.loads((folder / "adapter_config.json").read_text())
         if config.get("peft_type") != "LORA":
-            raise InvalidCube(cube.path, f"adapter {name} is not a LoRA adapter (peft_type {config.get('peft_type')!r})")
+            raise InvalidCube(
+                cube.path, f"adapter {name} is not a LoRA adapter (peft_type {config.get('peft_type')!r})"
+            )
         folders.append(folder)
     digest = hashlib.sha256(
         "\n".join(f"{n}:{cube.manifest.lora[n]['files']['adapter_model.safetensors']}" for n in names).encode()
@@ -735,7 +739,7 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(folders[0]), adapter_name=names[0])
-        for name, folder in zip(names[1:], folders[1:]):
+        for name, folder in zip(names[1:], folders[1:], strict=True):
             model.load_adapter(str(folder), adapter_name=name)
         merged = model.merge_and_unload(adapter_names=names)
     merged.eval()

@@ -65,8 +65,12 @@ class FuseReport:
 
 def _lineage(cube: Cube) -> dict[str, Any]:
     data = cube.memories_path.read_bytes() if cube.memories_path.exists() else b""
-    return {"id": cube.manifest.id, "name": cube.manifest.name, "format_version": cube.manifest.format_version,
-            "content_sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "id": cube.manifest.id,
+        "name": cube.manifest.name,
+        "format_version": cube.manifest.format_version,
+        "content_sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 def _union_versions(parents: list[list[MemoryRecord]]) -> tuple[dict[str, list[MemoryRecord]], int, int]:
@@ -99,8 +103,11 @@ def _union_versions(parents: list[list[MemoryRecord]]) -> tuple[dict[str, list[M
 
 
 def _provenance(record: MemoryRecord, cube: str) -> dict[str, Any]:
-    return {k: v for k, v in {"cube": cube, "id": record.id, "source": record.source,
-                              "source_id": record.source_id}.items() if v is not None}
+    return {
+        k: v
+        for k, v in {"cube": cube, "id": record.id, "source": record.source, "source_id": record.source_id}.items()
+        if v is not None
+    }
 
 
 def fuse(
@@ -136,8 +143,9 @@ def fuse(
     foreign = {n: f for n, f in prints.items() if f not in (None, ident.fingerprint)}
     if foreign and not reembed:
         name0, fp = next(iter(foreign.items()))
-        raise IncompatibleModel(f"cube {name0}", fp, ident.fingerprint,
-                                hint="pass --reembed to index every memory again with this embedder")
+        raise IncompatibleModel(
+            f"cube {name0}", fp, ident.fingerprint, hint="pass --reembed to index every memory again with this embedder"
+        )
     # --- compatibility: language models of kv/ and lora/
     model_prints = {e.get("model_fingerprint") for p in parents for e in p.manifest.kv.values()}
     model_prints |= {e.get("base_model_fingerprint") for p in parents for e in p.manifest.lora.values()}
@@ -152,7 +160,9 @@ def fuse(
         strangers = model_prints - {target_print}
         if strangers and not drop_incompatible:
             raise IncompatibleModel(
-                "a parent's KV snapshot or adapter", sorted(strangers)[0], target_print,
+                "a parent's KV snapshot or adapter",
+                sorted(strangers)[0],
+                target_print,
                 hint="pass --model with the model they were made for, or --drop-incompatible to leave them out",
             )
 
@@ -163,8 +173,15 @@ def fuse(
     # --- vectors of every current memory, from the parents' indexes (embedding only what is missing)
     vectors: dict[str, np.ndarray] = {}
     for parent, state in zip(parents, states, strict=True):
-        index = open_index(parent, state, embedder.load, dim=ident.dim, embedder_name=ident.fingerprint,
-                           progress=progress, any_embedder=reembed)
+        index = open_index(
+            parent,
+            state,
+            embedder.load,
+            dim=ident.dim,
+            embedder_name=ident.fingerprint,
+            progress=progress,
+            any_embedder=reembed,
+        )
         for row in index.current.values():
             vectors[index.keys[row]] = index.vectors[row]
     origin: dict[str, str] = {}
@@ -210,8 +227,9 @@ def fuse(
         ids.sort(key=lambda i: (current[i].time or "", current[i].created, i))
         for older in ids[:-1]:
             gone = current[older]
-            extra_versions.append(replace(gone, version=gone.version + 1, status="superseded", op="fuse",
-                                          actor=actor, created=now))
+            extra_versions.append(
+                replace(gone, version=gone.version + 1, status="superseded", op="fuse", actor=actor, created=now)
+            )
             superseded.add(older)
             report.superseded_by_key += 1
 
@@ -224,7 +242,7 @@ def fuse(
         parent_of = np.array([names.index(origin[i]) for i in active])
         block = 2048
         for start in range(0, len(active), block):
-            sims = matrix[start:start + block] @ matrix.T
+            sims = matrix[start : start + block] @ matrix.T
             for offset in range(sims.shape[0]):
                 i = start + offset
                 row = sims[offset]
@@ -240,15 +258,30 @@ def fuse(
                     newer, older = (a, b) if (ra.time or ra.created, a) >= (rb.time or rb.created, b) else (b, a)
                     merged_into[older] = newer
                     report.near_duplicates.append(
-                        {"kept": newer, "merged": older, "similarity": round(float(row[j]), 4),
-                         "kept_text": current[newer].text[:120], "merged_text": current[older].text[:120]})
+                        {
+                            "kept": newer,
+                            "merged": older,
+                            "similarity": round(float(row[j]), 4),
+                            "kept_text": current[newer].text[:120],
+                            "merged_text": current[older].text[:120],
+                        }
+                    )
     for older, newer in merged_into.items():
         keep = current[newer]
         merged_from = list(keep.metadata.get("merged_from", [])) + [_provenance(current[older], origin[older])]
         current[newer] = replace(keep, metadata={**keep.metadata, "merged_from": merged_from})
         gone = current[older]
-        extra_versions.append(replace(gone, version=gone.version + 1, status="superseded", op="fuse", actor=actor,
-                                      created=now, metadata={**gone.metadata, "merged_into": newer}))
+        extra_versions.append(
+            replace(
+                gone,
+                version=gone.version + 1,
+                status="superseded",
+                op="fuse",
+                actor=actor,
+                created=now,
+                metadata={**gone.metadata, "merged_into": newer},
+            )
+        )
 
     # --- the fused records: all versions, with the metadata edits applied to each memory's last version
     records: list[MemoryRecord] = []
@@ -286,8 +319,9 @@ def fuse(
     output.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{output.name}.fusing-", dir=output.parent))
     try:
-        _write_fused(building, output, name, actor, parents, records, report, lm, kv_plan, lora_plan, vectors,
-                     embedder, progress)
+        _write_fused(
+            building, output, name, actor, parents, records, report, lm, kv_plan, lora_plan, vectors, embedder, progress
+        )
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -299,13 +333,27 @@ def fuse(
 
 
 def _write_fused(
-    building: Path, output: Path, name: str | None, actor: str | None, parents: list[Cube],
-    records: list[MemoryRecord], report: FuseReport, lm: Any, kv_plan: dict[str, Any], lora_plan: dict[str, Any],
-    vectors: dict[str, np.ndarray], embedder: EmbedderHandle, progress: Callable[[int, int], None] | None,
+    building: Path,
+    output: Path,
+    name: str | None,
+    actor: str | None,
+    parents: list[Cube],
+    records: list[MemoryRecord],
+    report: FuseReport,
+    lm: Any,
+    kv_plan: dict[str, Any],
+    lora_plan: dict[str, Any],
+    vectors: dict[str, np.ndarray],
+    embedder: EmbedderHandle,
+    progress: Callable[[int, int], None] | None,
 ) -> None:
     ident = embedder.identity
-    fused = Cube.init(building, name=name or output.resolve().name, owner=actor,
-                      description="fused from " + ", ".join(p.manifest.name for p in parents))
+    fused = Cube.init(
+        building,
+        name=name or output.resolve().name,
+        owner=actor,
+        description="fused from " + ", ".join(p.manifest.name for p in parents),
+    )
     final = {}
     for record in records:
         if record.id not in final or record.version > final[record.id].version:
@@ -338,15 +386,27 @@ def _write_fused(
             tx.manifest.lora[lora_name] = entry
             report.lora[lora_name] = {k: entry[k] for k in ("method", "memories") if k in entry}
         tx.touch_manifest()
-        tx.log(sorted(final), f"fused {len(parents)} cubes: {report.memories} memories, {report.exact_duplicates} "
-               f"exact and {len(report.near_duplicates)} near duplicates merged", parents=[p["id"] for p in report.parents])
+        tx.log(
+            sorted(final),
+            f"fused {len(parents)} cubes: {report.memories} memories, {report.exact_duplicates} "
+            f"exact and {len(report.near_duplicates)} near duplicates merged",
+            parents=[p["id"] for p in report.parents],
+        )
     # The fused cube's index, from the parents' vectors: nothing indexed is embedded again.
-    open_index(fused, fused.read_state(), embedder.load, dim=ident.dim, embedder_name=ident.fingerprint,
-               known_vectors=vectors, progress=progress)
+    open_index(
+        fused,
+        fused.read_state(),
+        embedder.load,
+        dim=ident.dim,
+        embedder_name=ident.fingerprint,
+        known_vectors=vectors,
+        progress=progress,
+    )
 
 
-def _rebuild_snapshots(lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]]],
-                       final: dict[str, MemoryRecord]) -> dict[str, tuple[Any, dict[str, Any]]]:
+def _rebuild_snapshots(
+    lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]]], final: dict[str, MemoryRecord]
+) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Each snapshot again, from the fused memories; several parents' snapshots of one name are
     prefilled one on top of the other."""
     from memos_cli.engine.activation import build_snapshot, extend_snapshot
@@ -369,12 +429,20 @@ def _rebuild_snapshots(lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]
         if snap is None:
             continue
         first = sources[0][1]
-        out[kv_name] = (snap, {
-            "file": f"{layout.KV_DIR}/{kv_name}.safetensors", "model": lm.name, "model_fingerprint": lm.fingerprint,
-            "dtype": snap.dtype, "tokens": snap.token_count, "memories": list(snap.memory_refs),
-            "skipped": list(snap.skipped_refs), "selection": {"ids": [r.split("@")[0] for r in snap.memory_refs]},
-            "budget": first.get("budget"), "created": utc_now(), "fused_from": [p.manifest.name for p, _ in sources],
-        })
+        out[kv_name] = (
+            snap,
+            {
+                "file": f"{layout.KV_DIR}/{kv_name}.safetensors",
+                "model": lm.name,
+                "model_fingerprint": lm.fingerprint,
+                "dtype": snap.dtype,
+                "tokens": snap.token_count,
+                "memories": list(snap.memory_refs),
+                "skipped": list(snap.skipped_refs),
+                "selection": {"ids": [r.split("@")[0] for r in snap.memory_refs]},
+                "budget": first.get("budget"),
+                "created": utc_now(),
+                "fused_from": [p.manifest.name for p, _ in sources],
+            },
+        )
     return out
-
-

@@ -69,5 +69,7 @@ def merge_driver(ancestor: Path, ours: Path, theirs: Path, name: str) -> None:
         else:
             merged = merge_memories(base, mine, other)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise MemosError(f"cannot merge {name}: {exc}", hint="resolve the conflict by hand, then: memos verify") from None
+        raise MemosError(
+            f"cannot merge {name}: {exc}", hint="resolve the conflict by hand, then: memos verify"
+        ) from None
     atomic_write_bytes(ours, merged)

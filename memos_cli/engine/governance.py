@@ -19,8 +19,14 @@ class PolicyChange:
     frozen: bool | None = None
 
     def empty(self) -> bool:
-        return not (self.owner or self.add_writers or self.remove_writers or self.add_readers
-                    or self.remove_readers or self.frozen is not None)
+        return not (
+            self.owner
+            or self.add_writers
+            or self.remove_writers
+            or self.add_readers
+            or self.remove_readers
+            or self.frozen is not None
+        )
 
 
 def set_policy(cube: Cube, change: PolicyChange, *, actor: str | None = None) -> dict[str, Any]:
@@ -29,8 +35,10 @@ def set_policy(cube: Cube, change: PolicyChange, *, actor: str | None = None) ->
         raise UsageError("nothing to change")
     with cube.transaction(actor=actor, op="policy", action="admin") as tx:
         policy = dict(tx.manifest.policy)
-        for key, add, remove in (("writers", change.add_writers, change.remove_writers),
-                                 ("readers", change.add_readers, change.remove_readers)):
+        for key, add, remove in (
+            ("writers", change.add_writers, change.remove_writers),
+            ("readers", change.add_readers, change.remove_readers),
+        ):
             names = [n for n in (policy.get(key) or []) if n not in remove]
             names += [n for n in add if n not in names]
             policy[key] = names
@@ -46,7 +54,9 @@ def set_policy(cube: Cube, change: PolicyChange, *, actor: str | None = None) ->
     return policy
 
 
-def audit_log(cube: Cube, *, actor: str | None = None, limit: int | None = None, op: str | None = None) -> list[dict[str, Any]]:
+def audit_log(
+    cube: Cube, *, actor: str | None = None, limit: int | None = None, op: str | None = None
+) -> list[dict[str, Any]]:
     cube.check(actor, "read")
     entries = [e for e in cube.read_audit() if op is None or e.get("op") == op]
     return entries[-limit:] if limit else entries

@@ -326,7 +326,9 @@ def open_index(
     expected = cube.manifest.embedder
     if not any_embedder and expected and expected.get("fingerprint") not in (None, embedder_name):
         raise IncompatibleModel(
-            f"cube {cube.path}", str(expected.get("fingerprint")), embedder_name,
+            f"cube {cube.path}",
+            str(expected.get("fingerprint")),
+            embedder_name,
             hint="use the embedder the cube was built with (MEMOS_EMBEDDER), or re-embed it",
         )
     index = CubeIndex(cube, dim, embedder_name)

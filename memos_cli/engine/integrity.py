@@ -28,7 +28,13 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cube": self.cube, "ok": self.ok, "problems": self.problems, "notes": self.notes, "checked": self.checked}
+        return {
+            "cube": self.cube,
+            "ok": self.ok,
+            "problems": self.problems,
+            "notes": self.notes,
+            "checked": self.checked,
+        }
 
 
 def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, dict[str, Any]]]:
@@ -94,12 +100,16 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
             header = read_snapshot_header(path)
             fingerprint = header.get("model_fingerprint")
             if fingerprint and entry.get("model_fingerprint") and fingerprint != entry["model_fingerprint"]:
-                report.problems.append(f"kv {name}: header names model {fingerprint}, manifest {entry['model_fingerprint']}")
+                report.problems.append(
+                    f"kv {name}: header names model {fingerprint}, manifest {entry['model_fingerprint']}"
+                )
         except Exception as exc:  # noqa: BLE001 - any unreadable header is a problem to name, not a crash
             report.problems.append(f"kv {name}: unreadable snapshot header ({exc})")
         stale = [m for m in entry.get("memories", []) if m not in active_refs]
         if stale:
-            report.notes.append(f"kv {name} is stale: {len(stale)} of its memories changed (memos promote --refresh {name})")
+            report.notes.append(
+                f"kv {name} is stale: {len(stale)} of its memories changed (memos promote --refresh {name})"
+            )
     for name, entry in manifest.lora.items():
         folder = entry.get("path", f"{layout.LORA_DIR}/{name}")
         referenced.add(folder)
@@ -146,7 +156,9 @@ def _check_index(cube: Cube, current: dict[str, MemoryRecord], report: VerifyRep
     indexed = set(mapping)
     expected = {i for i, r in current.items() if r.status != "deleted"}
     if indexed - expected:
-        report.problems.append(f"index holds {len(indexed - expected)} memories the cube does not; memos repair rebuilds it")
+        report.problems.append(
+            f"index holds {len(indexed - expected)} memories the cube does not; memos repair rebuilds it"
+        )
     elif expected - indexed or meta.get("records_size") != (cube.memories_path.stat().st_size):
         report.notes.append("index is behind the records (brought up to date by the next query)")
     report.checked["index_rows"] = rows
@@ -188,7 +200,7 @@ def _drop_torn_tail(path: Path) -> str | None:
     cut = data.rfind(b"\n") + 1
     with open(path, "r+b") as handle:
         handle.truncate(cut)
-    return f"removed a torn last line of {path.name} ({len(data) - cut} bytes: {data[cut:cut + 40]!r}...)"
+    return f"removed a torn last line of {path.name} ({len(data) - cut} bytes: {data[cut : cut + 40]!r}...)"
 
 
 def repair(cube_path: Path, *, actor: str | None = None) -> RepairReport:

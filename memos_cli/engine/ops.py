@@ -65,7 +65,9 @@ def show(cube: Cube, ref: str, *, actor: str | None = None) -> MemoryDetail:
     memory_id = resolve_id(state, ref)
     current = state.current[memory_id]
     prefix = memory_id + "@"
-    in_kv = [name for name, e in cube.manifest.kv.items() if any(str(m).startswith(prefix) for m in e.get("memories", []))]
+    in_kv = [
+        name for name, e in cube.manifest.kv.items() if any(str(m).startswith(prefix) for m in e.get("memories", []))
+    ]
     in_lora = [
         name for name, e in cube.manifest.lora.items() if any(str(m).startswith(prefix) for m in e.get("memories", []))
     ]
@@ -101,9 +103,7 @@ def forget(cube: Cube, refs: list[str], *, purge: bool = False, actor: str | Non
         if purge:
             doomed = set(ids)
             tx.rewrite_memories = [r for r in state.versions if r.id not in doomed]
-            tombstones = [
-                {"id": i, "versions": len(state.history(i)), "hash": state.current[i].hash} for i in ids
-            ]
+            tombstones = [{"id": i, "versions": len(state.history(i)), "hash": state.current[i].hash} for i in ids]
             tx.log(ids, f"purged {len(ids)} memories and all their versions", tombstones=tombstones)
             report.purged = ids
             return report
@@ -113,7 +113,9 @@ def forget(cube: Cube, refs: list[str], *, purge: bool = False, actor: str | Non
             if record.status == "archived":
                 report.unchanged.append(memory_id)
                 continue
-            tx.add(replace(record, version=record.version + 1, status="archived", op="forget", actor=actor, created=now))
+            tx.add(
+                replace(record, version=record.version + 1, status="archived", op="forget", actor=actor, created=now)
+            )
             report.archived.append(memory_id)
         if report.archived:
             tx.log(report.archived, f"archived {len(report.archived)} memories")
@@ -147,7 +149,13 @@ def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
     disk = sum(p.stat().st_size for p in cube.path.rglob("*") if p.is_file() and layout.DERIVED_DIR not in p.parts)
     m = cube.manifest
     return {
-        "cube": {"id": m.id, "name": m.name, "owner": m.owner, "format_version": m.format_version, "path": str(cube.path)},
+        "cube": {
+            "id": m.id,
+            "name": m.name,
+            "owner": m.owner,
+            "format_version": m.format_version,
+            "path": str(cube.path),
+        },
         "memories": len(current),
         "versions": len(state.versions),
         "by_status": dict(sorted(by_status.items())),

@@ -51,7 +51,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def check_name(name: str) -> str:
     """Snapshot and adapter names become file names: plain names only (no '/', no '..')."""
     if not _NAME.match(name) or ".." in name:
-        raise UsageError(f"name {name!r} must be 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit")
+        raise UsageError(
+            f"name {name!r} must be 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit"
+        )
     return name
 
 
@@ -107,9 +109,16 @@ def promote_to_activation(
         ids = [ref.split("@")[0] for ref in snap.memory_refs]
         tx.log(ids, f"promoted {len(ids)} memories to activation memory kv/{name} ({snap.token_count} tokens, {dtype})")
     return PromoteReport(
-        name=name, kind="activation", memories=list(snap.memory_refs), skipped=list(snap.skipped_refs),
-        tokens=snap.token_count, dtype=dtype, bytes=os.path.getsize(cube.path / rel), sha256=digest,
-        model=lm.name, seconds=time.perf_counter() - started,
+        name=name,
+        kind="activation",
+        memories=list(snap.memory_refs),
+        skipped=list(snap.skipped_refs),
+        tokens=snap.token_count,
+        dtype=dtype,
+        bytes=os.path.getsize(cube.path / rel),
+        sha256=digest,
+        model=lm.name,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -126,8 +135,14 @@ def refresh(cube: Cube, name: str, *, model: str | None = None, actor: str | Non
     if selection.empty():
         raise UsageError(f"none of the memories of snapshot {name!r} is still active", hint=f"drop it: --drop {name}")
     return promote_to_activation(
-        cube, selection, name=name, model=model, budget=entry.get("budget"), dtype=entry.get("dtype", "float32"),
-        actor=actor, replace=True,
+        cube,
+        selection,
+        name=name,
+        model=model,
+        budget=entry.get("budget"),
+        dtype=entry.get("dtype", "float32"),
+        actor=actor,
+        replace=True,
     )
 
 
@@ -160,5 +175,7 @@ def archive(cube: Cube, selection: Selection, *, actor: str | None = None) -> Pr
 class SnapshotMissing(MemosError):
     def __init__(self, cube: Cube, name: str) -> None:
         names = ", ".join(sorted(cube.manifest.kv)) or "none"
-        super().__init__(f"cube {cube.path} has no KV snapshot {name!r} (it has: {names})",
-                         hint=f"make one: memos promote {cube.path} --to activation --name {name} --all")
+        super().__init__(
+            f"cube {cube.path} has no KV snapshot {name!r} (it has: {names})",
+            hint=f"make one: memos promote {cube.path} --to activation --name {name} --all",
+        )

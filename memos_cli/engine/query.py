@@ -235,7 +235,9 @@ class Searcher:
         self.flush_usage()
 
 
-def query(cube: Cube, text: str, *, k: int = 10, filters: Filters | None = None, mode: str = "hybrid") -> list[QueryHit]:
+def query(
+    cube: Cube, text: str, *, k: int = 10, filters: Filters | None = None, mode: str = "hybrid"
+) -> list[QueryHit]:
     """One query against one cube (the simple Python API; use ``Searcher`` for many queries)."""
     with Searcher([cube], mode=mode) as searcher:
         return searcher.search(text, k=k, filters=filters)

@@ -352,7 +352,7 @@ def parse_chat(text: str, source: str, *, skip_bad: bool = False) -> tuple[list[
         if not isinstance(messages, list):
             raise BadInput(f"{source}:1", "a chat transcript must be a JSON list of messages")
         lines = _line_of_each_item(text, len(messages)) if isinstance(whole, list) else [1] * len(messages)
-        items = list(zip(lines, messages))
+        items = list(zip(lines, messages, strict=True))
     else:
         items = []
         for number, line in enumerate(text.splitlines(), start=1):

@@ -35,8 +35,14 @@ def export_cube(cube: Cube, output: Path, *, actor: str | None = None) -> dict[s
     cube.check(actor, "read")
     with cube.locked():  # a consistent state: no transaction runs while we read
         files = _bundle_files(cube)
-        index = {"format": "memos-export", "version": 1, "cube": cube.manifest.id, "name": cube.manifest.name,
-                 "exported": utc_now(), "files": {rel.as_posix(): sha256_file(cube.path / rel) for rel in files}}
+        index = {
+            "format": "memos-export",
+            "version": 1,
+            "cube": cube.manifest.id,
+            "name": cube.manifest.name,
+            "exported": utc_now(),
+            "files": {rel.as_posix(): sha256_file(cube.path / rel) for rel in files},
+        }
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(output.name + ".tmp")
         with tarfile.open(tmp, "w:gz") as tar:
@@ -65,7 +71,9 @@ def import_cube(archive: Path, output: Path) -> dict[str, Any]:
     try:
         tar = tarfile.open(archive, "r:gz")
     except (OSError, tarfile.TarError) as exc:
-        raise BadInput(str(archive), f"not a memos export ({exc})", hint="make one with: memos export CUBE -o FILE") from None
+        raise BadInput(
+            str(archive), f"not a memos export ({exc})", hint="make one with: memos export CUBE -o FILE"
+        ) from None
     with tar, tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
         members = tar.getmembers()
         if len(members) > MAX_MEMBERS:
@@ -87,7 +95,7 @@ def import_cube(archive: Path, output: Path) -> dict[str, Any]:
                 continue
             if not member.isfile():
                 raise BadInput(f"{archive}:{member.name}", "links and special files are not allowed")
-            rel = name[len("cube/"):]
+            rel = name[len("cube/") :]
             data = tar.extractfile(member).read()  # type: ignore[union-attr]
             if rel not in expected:
                 raise BadInput(f"{archive}:{rel}", "file not listed in the export index")

@@ -69,7 +69,8 @@ def update(cube: Cube, ref: str, change: Update, *, actor: str | None = None) ->
             key=change.key if change.key is not None else old.key,
             status=change.status or old.status,
             hash=content_hash(text, old.source.rsplit("/", 1)[-1] if old.source else None, old.source_id)
-            if change.text is not None else old.hash,
+            if change.text is not None
+            else old.hash,
             op="update",
             actor=tx.actor,
             created=utc_now(),
@@ -108,9 +109,7 @@ def history(cube: Cube, ref: str, *, actor: str | None = None) -> tuple[str, lis
         memory_id = resolve_id(state, ref)
     except Exception:
         memory_id = ref  # purged: only the audit log remembers it
-    versions = [
-        HistoryEntry(r.version, r.created, r.actor, r.op, r.status, r.text) for r in state.history(memory_id)
-    ]
+    versions = [HistoryEntry(r.version, r.created, r.actor, r.op, r.status, r.text) for r in state.history(memory_id)]
     audit = [e for e in cube.read_audit() if memory_id in (e.get("ids") or [])]
     if not versions and not audit:
         from memos_cli.errors import MemoryNotFound
@@ -140,6 +139,7 @@ def merge_memories(base: bytes, ours: bytes, theirs: bytes) -> bytes:
     current. Records are written in a deterministic order: by creation time, then id, then version.
     A version present in the ancestor and removed on one side (a purge) is removed.
     """
+
     def key(record: dict[str, Any]) -> str:
         return MemoryRecord.from_dict(record).content_key()
 

@@ -16,11 +16,17 @@ def chat(
     message: Annotated[Optional[str], typer.Option("-m", "--message", help="One-shot: answer this and exit.")] = None,
     kv: Annotated[Optional[str], typer.Option("--kv", help="Inject this KV snapshot as the prompt's prefix.")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="Apply this adapter (repeatable).")] = None,
-    recompute: Annotated[bool, typer.Option("--recompute", help="Prefill the snapshot's text instead of injecting it.")] = False,
-    no_retrieval: Annotated[bool, typer.Option("--no-retrieval", help="Answer from snapshot/adapter/model alone.")] = False,
+    recompute: Annotated[
+        bool, typer.Option("--recompute", help="Prefill the snapshot's text instead of injecting it.")
+    ] = False,
+    no_retrieval: Annotated[
+        bool, typer.Option("--no-retrieval", help="Answer from snapshot/adapter/model alone.")
+    ] = False,
     k: Annotated[int, typer.Option("-k", help="Memories retrieved per turn.")] = 5,
     no_remember: Annotated[bool, typer.Option("--no-remember", help="Do not store the conversation.")] = False,
-    no_remember_answers: Annotated[bool, typer.Option("--no-remember-answers", help="Store the user's turns only.")] = False,
+    no_remember_answers: Annotated[
+        bool, typer.Option("--no-remember-answers", help="Store the user's turns only.")
+    ] = False,
     greedy: Annotated[bool, typer.Option("--greedy", help="Deterministic decoding (reproducible runs).")] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest answer, in tokens.")] = 128,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed.")] = None,
@@ -54,9 +60,18 @@ def chat(
 
     opened = [Cube.open(Path(c)) for c in cubes]
     options = ChatOptions(
-        kv=kv, loras=list(lora or []), recompute=recompute, retrieval=not no_retrieval, k=k,
-        remember=not no_remember, remember_answers=not no_remember_answers, greedy=greedy,
-        max_new_tokens=max_new_tokens, seed=seed, model=model_spec(model), actor=as_,
+        kv=kv,
+        loras=list(lora or []),
+        recompute=recompute,
+        retrieval=not no_retrieval,
+        k=k,
+        remember=not no_remember,
+        remember_answers=not no_remember_answers,
+        greedy=greedy,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        model=model_spec(model),
+        actor=as_,
     )
     session = ChatSession(opened, options)
     for warning in session.stale:

@@ -16,13 +16,21 @@ from memos_cli.cli.output import console, emit_json, say
 
 def distill(
     cube: CubeArg,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Adapter name: it is saved as lora/NAME/.")] = None,
-    ids: Annotated[Optional[list[str]], typer.Option("--ids", help="Memory ids or unique prefixes (repeatable).")] = None,
-    query: Annotated[Optional[str], typer.Option("--query", "-q", help="Distill the top -k hits of this query.")] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", "-n", help="Adapter name: it is saved as lora/NAME/.")
+    ] = None,
+    ids: Annotated[
+        Optional[list[str]], typer.Option("--ids", help="Memory ids or unique prefixes (repeatable).")
+    ] = None,
+    query: Annotated[
+        Optional[str], typer.Option("--query", "-q", help="Distill the top -k hits of this query.")
+    ] = None,
     k: Annotated[int, typer.Option("-k", help="How many query hits to take.")] = 10,
     tag: TagOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="Every active memory.")] = False,
-    hot: Annotated[Optional[int], typer.Option("--hot", help="The N most used memories (recent uses count most).")] = None,
+    hot: Annotated[
+        Optional[int], typer.Option("--hot", help="The N most used memories (recent uses count most).")
+    ] = None,
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = 8,
     alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha (the update is scaled by alpha/rank).")] = 16,
     target_modules: Annotated[
@@ -37,7 +45,9 @@ def distill(
     replay: Annotated[
         Optional[Path], typer.Option("--replay", help="A text file of general prose to mix in (default: built in).")
     ] = None,
-    drop: Annotated[Optional[str], typer.Option("--drop", help="Remove the adapter NAME from the cube instead.")] = None,
+    drop: Annotated[
+        Optional[str], typer.Option("--drop", help="Remove the adapter NAME from the cube instead.")
+    ] = None,
     as_: AsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -85,8 +95,22 @@ def distill(
     from memos_cli.engine.select import Selection
 
     selection = Selection(ids=list(ids or []), query=query, k=k, tags=list(tag or []), all=all_, hot=hot)
-    run_distill(opened, selection, name=name, model=model, actor=who, json_=json_, rank=rank, alpha=alpha,
-                target_modules=target_modules, steps=steps, epochs=epochs, lr=lr, seed=seed, replay=replay)
+    run_distill(
+        opened,
+        selection,
+        name=name,
+        model=model,
+        actor=who,
+        json_=json_,
+        rank=rank,
+        alpha=alpha,
+        target_modules=target_modules,
+        steps=steps,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        replay=replay,
+    )
 
 
 def run_distill(
@@ -130,12 +154,18 @@ def run_distill(
     if json_:
         emit_json(report.to_dict())
     m = report.metrics()
-    say(f"distilled {len(report.memories)} memories into [bold]{report.path}[/] "
-        f"({report.steps} steps, {report.train_seconds:.0f}s training, {report.adapter_bytes / 1e6:.1f} MB)")
-    say(f"  closed-book recall  {m['recall_before']:.0%} -> {m['recall_after']:.0%}   "
-        f"answer loss {m['answer_loss_before']:.2f} -> {m['answer_loss_after']:.2f}")
-    say(f"  held-out text loss  {m['heldout_loss_before']:.3f} -> {m['heldout_loss_after']:.3f} "
-        f"({m['forgetting_pct']:+.1f}%: forgetting)")
+    say(
+        f"distilled {len(report.memories)} memories into [bold]{report.path}[/] "
+        f"({report.steps} steps, {report.train_seconds:.0f}s training, {report.adapter_bytes / 1e6:.1f} MB)"
+    )
+    say(
+        f"  closed-book recall  {m['recall_before']:.0%} -> {m['recall_after']:.0%}   "
+        f"answer loss {m['answer_loss_before']:.2f} -> {m['answer_loss_after']:.2f}"
+    )
+    say(
+        f"  held-out text loss  {m['heldout_loss_before']:.3f} -> {m['heldout_loss_after']:.3f} "
+        f"({m['forgetting_pct']:+.1f}%: forgetting)"
+    )
     missed = [a for a in report.recall_after.answers if not a["hit"]]
     for answer in missed[:5]:
         say(f"  [yellow]not recalled[/] {answer['question']!r}: {answer['answer'][:80]!r}")
@@ -155,8 +185,13 @@ def _training_bar() -> Iterator[Callable[[str, int, int, Optional[float]], None]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-        TimeRemainingColumn(), console=console(), transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console(),
+        transient=True,
     )
     tasks: dict[str, int] = {}
 

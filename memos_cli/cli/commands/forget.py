@@ -14,7 +14,8 @@ def forget(
     cube: CubeArg,
     ids: Annotated[list[str], typer.Argument(help="Memory ids (or unique prefixes).", show_default=False)],
     purge: Annotated[
-        bool, typer.Option("--purge", help="Delete every version for good (asks first; the audit log keeps a tombstone).")
+        bool,
+        typer.Option("--purge", help="Delete every version for good (asks first; the audit log keeps a tombstone)."),
     ] = False,
     yes: YesOpt = False,
     as_: AsOpt = None,

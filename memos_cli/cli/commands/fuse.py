@@ -43,17 +43,27 @@ def fuse(
 
     with progress("indexing parents") as bar:
         report = run_fuse(
-            list(cubes), output, name=name, dedup_threshold=dedup_threshold, dry_run=dry_run, reembed=reembed,
-            drop_incompatible=drop_incompatible, model=model_spec(model), actor=as_, progress=bar,
+            list(cubes),
+            output,
+            name=name,
+            dedup_threshold=dedup_threshold,
+            dry_run=dry_run,
+            reembed=reembed,
+            drop_incompatible=drop_incompatible,
+            model=model_spec(model),
+            actor=as_,
+            progress=bar,
         )
     if json_:
         emit_json(report.to_dict())
         return
     verb = "would fuse" if dry_run else "fused"
     say(f"{verb} {len(report.parents)} cubes into {output}: {report.memories} memories ({report.versions} versions)")
-    say(f"  exact duplicates stored once: {report.exact_duplicates}; near duplicates merged: "
+    say(
+        f"  exact duplicates stored once: {report.exact_duplicates}; near duplicates merged: "
         f"{len(report.near_duplicates)}; version conflicts kept: {report.version_conflicts}; "
-        f"superseded by key: {report.superseded_by_key}")
+        f"superseded by key: {report.superseded_by_key}"
+    )
     for pair in report.near_duplicates[:10]:
         say(f"  [dim]{pair['similarity']:.3f} kept {pair['kept_text'][:60]!r} <- {pair['merged_text'][:60]!r}[/]")
     for kv_name, info in report.kv.items():

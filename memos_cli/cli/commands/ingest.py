@@ -16,8 +16,12 @@ def ingest(
     format_: Annotated[
         Optional[str], typer.Option("--format", "-f", help="text, markdown, jsonl or chat (default: detected).")
     ] = None,
-    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Add this tag to every memory (repeatable).")] = None,
-    type_: Annotated[Optional[str], typer.Option("--type", help="Type for records that set none (fact, note, ...).")] = None,
+    tag: Annotated[
+        Optional[list[str]], typer.Option("--tag", help="Add this tag to every memory (repeatable).")
+    ] = None,
+    type_: Annotated[
+        Optional[str], typer.Option("--type", help="Type for records that set none (fact, note, ...).")
+    ] = None,
     speaker: Annotated[Optional[str], typer.Option("--speaker", help="Speaker for records that set none.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="Time for records that set none (any date).")] = None,
     skip_bad: Annotated[

@@ -46,8 +46,12 @@ def list_(
 
     check_exclusive(json=json_, jsonl=jsonl)
     filters = Filters(
-        tags=list(tag or []), types=list(type_ or []), speakers=list(speaker or []),
-        since=since, until=until, status=status,
+        tags=list(tag or []),
+        types=list(type_ or []),
+        speakers=list(speaker or []),
+        since=since,
+        until=until,
+        status=status,
     )
     records = list_memories(Cube.open(cube), filters, limit=limit, actor=as_)
     if json_:

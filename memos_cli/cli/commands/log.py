@@ -37,5 +37,7 @@ def log(
     for e in entries:
         ids = e.get("ids") or []
         shown = ", ".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
-        console.print(f"{e.get('time', '?')}  {e.get('actor') or '?':10} {e.get('op', '?'):8} {e.get('summary', '')}"
-                      + (f"  [dim]{shown}[/]" if shown else ""))
+        console.print(
+            f"{e.get('time', '?')}  {e.get('actor') or '?':10} {e.get('op', '?'):8} {e.get('summary', '')}"
+            + (f"  [dim]{shown}[/]" if shown else "")
+        )

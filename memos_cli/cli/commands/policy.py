@@ -15,11 +15,17 @@ Names = Annotated[Optional[list[str]], typer.Option(help="An identity (repeatabl
 def policy(
     cube: CubeArg,
     owner: Annotated[Optional[str], typer.Option("--owner", help="Hand the cube to this owner.")] = None,
-    add_writer: Annotated[Optional[list[str]], typer.Option("--add-writer", help="Allow this identity to write.")] = None,
+    add_writer: Annotated[
+        Optional[list[str]], typer.Option("--add-writer", help="Allow this identity to write.")
+    ] = None,
     remove_writer: Annotated[Optional[list[str]], typer.Option("--remove-writer")] = None,
-    add_reader: Annotated[Optional[list[str]], typer.Option("--add-reader", help="Allow this identity to read.")] = None,
+    add_reader: Annotated[
+        Optional[list[str]], typer.Option("--add-reader", help="Allow this identity to read.")
+    ] = None,
     remove_reader: Annotated[Optional[list[str]], typer.Option("--remove-reader")] = None,
-    freeze: Annotated[Optional[bool], typer.Option("--freeze/--unfreeze", help="Refuse (or allow again) every write.")] = None,
+    freeze: Annotated[
+        Optional[bool], typer.Option("--freeze/--unfreeze", help="Refuse (or allow again) every write.")
+    ] = None,
     as_: AsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -39,8 +45,14 @@ def policy(
     from memos_cli.engine.governance import PolicyChange, set_policy
 
     opened = Cube.open(cube)
-    change = PolicyChange(owner=owner, add_writers=list(add_writer or []), remove_writers=list(remove_writer or []),
-                          add_readers=list(add_reader or []), remove_readers=list(remove_reader or []), frozen=freeze)
+    change = PolicyChange(
+        owner=owner,
+        add_writers=list(add_writer or []),
+        remove_writers=list(remove_writer or []),
+        add_readers=list(add_reader or []),
+        remove_readers=list(remove_reader or []),
+        frozen=freeze,
+    )
     current = opened.manifest.policy if change.empty() else set_policy(opened, change, actor=as_)
     if json_:
         emit_json(current)

@@ -19,7 +19,9 @@ HotOpt = Annotated[Optional[int], typer.Option("--hot", help="Select the N most 
 
 def promote(
     cube: CubeArg,
-    to: Annotated[str, typer.Option("--to", help="activation (KV snapshot), parametric (LoRA) or archive.")] = "activation",
+    to: Annotated[
+        str, typer.Option("--to", help="activation (KV snapshot), parametric (LoRA) or archive.")
+    ] = "activation",
     name: Annotated[Optional[str], typer.Option("--name", help="Name of the snapshot or adapter.")] = None,
     ids: IdsOpt = None,
     query: QueryOpt = None,
@@ -30,7 +32,9 @@ def promote(
     budget: Annotated[Optional[int], typer.Option("--budget", help="Cap the snapshot at this many tokens.")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")] = "float32",
     drop: Annotated[Optional[str], typer.Option("--drop", help="Remove this snapshot or adapter.")] = None,
-    refresh: Annotated[Optional[str], typer.Option("--refresh", help="Rebuild this snapshot from current memories.")] = None,
+    refresh: Annotated[
+        Optional[str], typer.Option("--refresh", help="Rebuild this snapshot from current memories.")
+    ] = None,
     model: ModelOpt = None,
     as_: AsOpt = None,
     json_: JsonOpt = False,
@@ -70,7 +74,9 @@ def promote(
         if not name:
             raise UsageError("--name is required to promote to activation memory")
         say("prefilling the memory preamble ...")
-        report = engine.promote_to_activation(opened, selection, name=name, model=spec, budget=budget, dtype=dtype, actor=as_)
+        report = engine.promote_to_activation(
+            opened, selection, name=name, model=spec, budget=budget, dtype=dtype, actor=as_
+        )
     elif to == "parametric":
         if not name:
             raise UsageError("--name is required to promote to parametric memory")
@@ -84,8 +90,10 @@ def promote(
         emit_json(report.to_dict())
         return
     if report.kind == "activation":
-        say(f"kv/{report.name}.safetensors: {len(report.memories)} memories, {report.tokens} tokens, "
-            f"{report.dtype}, {report.bytes / 1e6:.1f} MB, model {report.model} ({report.seconds:.1f}s)")
+        say(
+            f"kv/{report.name}.safetensors: {len(report.memories)} memories, {report.tokens} tokens, "
+            f"{report.dtype}, {report.bytes / 1e6:.1f} MB, model {report.model} ({report.seconds:.1f}s)"
+        )
         if report.skipped:
             say(f"  {len(report.skipped)} selected memories did not fit in --budget {budget} and were left out")
     elif report.kind == "archive":

@@ -33,7 +33,8 @@ def query(
     until: UntilOpt = None,
     status: StatusOpt = "active",
     batch: Annotated[
-        Optional[str], typer.Option("--batch", help="Read one query per line from FILE ('-' for stdin); print JSON lines.")
+        Optional[str],
+        typer.Option("--batch", help="Read one query per line from FILE ('-' for stdin); print JSON lines."),
     ] = None,
     retrieval: Annotated[str, typer.Option("--retrieval", help="hybrid, dense or lexical.")] = "hybrid",
     json_: JsonOpt = False,
@@ -59,11 +60,18 @@ def query(
     if (text is None) == (batch is None):
         raise UsageError("give a query TEXT or --batch FILE (not both)")
     filters = Filters(
-        tags=list(tag or []), types=list(type_ or []), speakers=list(speaker or []),
-        since=since, until=until, status=status,
+        tags=list(tag or []),
+        types=list(type_ or []),
+        speakers=list(speaker or []),
+        since=since,
+        until=until,
+        status=status,
     )
     opened = Cube.open(cube)
-    with progress("indexing") as bar, Searcher([opened], mode=retrieval, record_usage=not no_usage, progress=bar, actor=as_) as s:
+    with (
+        progress("indexing") as bar,
+        Searcher([opened], mode=retrieval, record_usage=not no_usage, progress=bar, actor=as_) as s,
+    ):
         if batch is not None:
             handle = sys.stdin if batch == "-" else open(batch, encoding="utf-8")
             with handle:

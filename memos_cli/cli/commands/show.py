@@ -32,10 +32,20 @@ def show(
     console.print(f"[bold]{r.id}[/] v{r.version} [{r.status}] {r.type}")
     console.print(r.text)
     fields = {
-        "time": r.time, "speaker": r.speaker, "tags": ", ".join(r.tags) or None, "key": r.key,
-        "source": f"{r.source}" + (f" ({r.source_id})" if r.source_id else "") + (f" lines {r.span[0]}-{r.span[1]}" if r.span else "") if r.source else None,
-        "created": r.created, "supersedes": r.supersedes, "uses": str(detail.uses),
-        "kv snapshots": ", ".join(detail.in_kv) or None, "adapters": ", ".join(detail.in_lora) or None,
+        "time": r.time,
+        "speaker": r.speaker,
+        "tags": ", ".join(r.tags) or None,
+        "key": r.key,
+        "source": f"{r.source}"
+        + (f" ({r.source_id})" if r.source_id else "")
+        + (f" lines {r.span[0]}-{r.span[1]}" if r.span else "")
+        if r.source
+        else None,
+        "created": r.created,
+        "supersedes": r.supersedes,
+        "uses": str(detail.uses),
+        "kv snapshots": ", ".join(detail.in_kv) or None,
+        "adapters": ", ".join(detail.in_lora) or None,
     }
     for name, value in fields.items():
         if value:

@@ -22,7 +22,10 @@ def stats(cube: CubeArg, json_: JsonOpt = False, as_: AsOpt = None) -> None:
     console = out()
     c = data["cube"]
     console.print(f"[bold]{c['name']}[/] ({c['id']}), format {c['format_version']}, owner {c['owner'] or '-'}")
-    console.print(f"  memories: {data['memories']} ({data['versions']} versions) " + ", ".join(f"{k} {v}" for k, v in data["by_status"].items()))
+    console.print(
+        f"  memories: {data['memories']} ({data['versions']} versions) "
+        + ", ".join(f"{k} {v}" for k, v in data["by_status"].items())
+    )
     if data["by_type"]:
         console.print("  types: " + ", ".join(f"{k} {v}" for k, v in data["by_type"].items()))
     if data["speakers"]:

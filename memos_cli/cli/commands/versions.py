@@ -34,8 +34,9 @@ def update(
     from memos_cli.engine.versions import Update
     from memos_cli.engine.versions import update as run_update
 
-    change = Update(text=text, type=type_, time=time, speaker=speaker, add_tags=tag, remove_tags=untag, key=key,
-                    status=status)
+    change = Update(
+        text=text, type=type_, time=time, speaker=speaker, add_tags=tag, remove_tags=untag, key=key, status=status
+    )
     record = run_update(Cube.open(cube), memory_id, change, actor=as_)
     if json_:
         emit_json(record.to_dict())
@@ -64,4 +65,6 @@ def history(cube: CubeArg, memory_id: IdArg, json_: JsonOpt = False, as_: AsOpt 
     if not versions:
         console.print("  (no versions left: purged)")
     for entry in audit:
-        console.print(f"  [dim]{entry.get('time')} {entry.get('op')} by {entry.get('actor')}: {entry.get('summary')}[/]")
+        console.print(
+            f"  [dim]{entry.get('time')} {entry.get('op')} by {entry.get('actor')}: {entry.get('summary')}[/]"
+        )

@@ -176,3 +176,30 @@ def test_chat_with_adapters_and_promote_to_parametric(cube: Cube, llama: str) ->
         ChatSession([Cube.open(cube.path)], ChatOptions(kv="core", loras=["facts"], model=llama, remember=False))
     drop(Cube.open(cube.path), "facts")
     assert "facts" not in Cube.open(cube.path).manifest.lora and verify(cube.path).ok
+
+
+def test_fuse_combines_adapters_of_one_name(tmp_path: Path, llama: str) -> None:
+    from memos_cli.engine.distill import distill, load_adapters
+    from memos_cli.engine.fuse import fuse
+    from memos_cli.models.lm import load_lm
+
+    parents = []
+    for name, text in (("a", "Ana's cat is called Miso"), ("b", "Bob's favourite food is ramen")):
+        parent = Cube.init(tmp_path / name, name=name)
+        ingest(parent, [Source(f"{name}.jsonl", (json.dumps({"text": text}) + "\n").encode())])
+        distill(parent, Selection(all=True), name="facts", model=llama, steps=2)
+        parents.append(parent)
+    plain = fuse([p.path for p in parents], tmp_path / "plain", model=llama)
+    assert plain.lora == {} and any("not combined" in d for d in plain.dropped)
+    report = fuse([p.path for p in parents], tmp_path / "ab", model=llama, combine_adapters=True)
+    assert report.lora["facts"]["method"] == "cat" and len(report.lora["facts"]["memories"]) == 2
+    fused = Cube.open(tmp_path / "ab")
+    assert verify(fused.path).ok
+    adapted = load_adapters(load_lm(llama), fused, ["facts"])  # checks sha256 and the base model
+    assert adapted.fingerprint != load_lm(llama).fingerprint
+    import safetensors.torch
+
+    tensors = safetensors.torch.load_file(str(fused.path / "lora" / "facts" / "adapter_model.safetensors"))
+    one = safetensors.torch.load_file(str(parents[0].path / "lora" / "facts" / "adapter_model.safetensors"))
+    key = next(k for k in one if "lora_A" in k)
+    assert tensors[key].shape[0] == 2 * one[key].shape[0]  # 'cat': the ranks add up

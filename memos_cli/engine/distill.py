@@ -757,3 +757,38 @@ def stale_adapters(cube: Cube) -> dict[str, list[str]]:
     from memos_cli.engine.ops import stale_entries
 
     return stale_entries(cube, cube.read_state())["lora"]
+
+
+def combine_adapters(lm: LanguageModel, folders: Sequence[Path], out: Path, *, method: str = "cat") -> None:
+    """Write one adapter that holds several (for fuse): peft's weighted combination.
+
+    ``cat`` concatenates the parents' LoRA factors (rank adds up), so the fused weight update is exactly
+    the sum of the parents' updates: each parent's facts are kept as they were learned, unlike
+    ``linear`` averaging, which halves each update.
+    """
+    import copy
+    import shutil
+    import tempfile
+    import warnings
+
+    from peft import PeftModel
+
+    names = [f"parent{i}" for i in range(len(folders))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(folders[0]), adapter_name=names[0])
+        for name, folder in zip(names[1:], folders[1:], strict=True):
+            model.load_adapter(str(folder), adapter_name=name)
+        model.add_weighted_adapter(names, [1.0] * len(names), adapter_name="fused", combination_type=method)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp, selected_adapters=["fused"], safe_serialization=True)
+            found = [p.parent for p in Path(tmp).rglob("adapter_config.json")]
+            if len(found) != 1:
+                raise MemosError("peft did not write one combined adapter")
+            out.mkdir(parents=True, exist_ok=True)
+            for name in ADAPTER_FILES:
+                shutil.copy2(found[0] / name, out / name)
+    config_path = out / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = lm.name
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

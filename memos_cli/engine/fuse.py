@@ -11,8 +11,10 @@
 - activation: each parent snapshot made for the fused cube's model is rebuilt from the fused
   memories; snapshots with the same name in several parents are combined by prefilling the next
   parent's memories on top of the first's cache (never by concatenating caches).
-- parametric: not yet: the parents' adapters are left out and named in the report (distill the fused
-  cube again); combining them (peft weighted combination) is the next step.
+- parametric: by default the parents' adapters are left out and named in the report, because the
+  combination measured so far keeps too little: peft's ``cat`` (the sum of the parents' updates)
+  recalled 10% and 25% of each parent's facts (bench/fuse_lora_bench.py). ``combine_adapters=True``
+  (``--combine-adapters``) writes that combination anyway; a single parent's adapter is copied.
 
 Vectors come from the parents' indexes (same embedder), so fusing does not re-embed what is indexed.
 """
@@ -119,6 +121,7 @@ def fuse(
     dry_run: bool = False,
     reembed: bool = False,
     drop_incompatible: bool = False,
+    combine_adapters: bool = False,
     model: str | None = None,
     actor: str | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -319,6 +322,14 @@ def fuse(
     output.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{output.name}.fusing-", dir=output.parent))
     try:
+        if not combine_adapters:
+            for lora_name, sources in lora_plan.items():
+                report.dropped.append(
+                    f"lora {lora_name} of {', '.join(p.manifest.name for p, _ in sources)}: not combined (a "
+                    "combined adapter recalled 10-25% of each parent's facts in bench/fuse_lora_bench.py); "
+                    "distill the fused cube again, or pass --combine-adapters"
+                )
+            lora_plan = {}
         _write_fused(
             building, output, name, actor, parents, records, report, lm, kv_plan, lora_plan, vectors, embedder, progress
         )
@@ -359,14 +370,7 @@ def _write_fused(
         if record.id not in final or record.version > final[record.id].version:
             final[record.id] = record
     snapshots = _rebuild_snapshots(lm, kv_plan, final) if kv_plan else {}
-    # Combining adapters (peft weighted combination) is not implemented yet: they are left out, and
-    # said so, rather than carried over unchanged (one parent's adapter knows only its own facts).
-    adapters: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for lora_name, sources in lora_plan.items():
-        report.dropped.append(
-            f"lora {lora_name} of {', '.join(p.manifest.name for p, _ in sources)}: adapters are not combined "
-            "yet; distill the fused cube again"
-        )
+    adapters = _combine_adapters(lm, lora_plan, final, building) if lora_plan else {}
     with fused.transaction(actor=actor, op="fuse") as tx:
         tx.rewrite_memories = records
         tx.manifest.lineage = report.parents
@@ -392,6 +396,7 @@ def _write_fused(
             f"exact and {len(report.near_duplicates)} near duplicates merged",
             parents=[p["id"] for p in report.parents],
         )
+    shutil.rmtree(building / layout.DERIVED_DIR / "fuse-lora", ignore_errors=True)
     # The fused cube's index, from the parents' vectors: nothing indexed is embedded again.
     open_index(
         fused,
@@ -445,4 +450,44 @@ def _rebuild_snapshots(
                 "fused_from": [p.manifest.name for p, _ in sources],
             },
         )
+    return out
+
+
+def _combine_adapters(
+    lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]]], final: dict[str, MemoryRecord], building: Path
+) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Each adapter name once: a parent's adapter as it is, or several parents' combined (peft ``cat``)."""
+    from memos_cli.cube.io import sha256_file
+    from memos_cli.engine.distill import ADAPTER_FILES, combine_adapters
+
+    work = building / layout.DERIVED_DIR / "fuse-lora"
+    out: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for lora_name, sources in plan.items():
+        folder = work / lora_name
+        parents = [p.committed_path(entry.get("path", f"{layout.LORA_DIR}/{lora_name}")) for p, entry in sources]
+        if len(parents) == 1:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in ADAPTER_FILES:
+                shutil.copy2(parents[0] / name, folder / name)
+            method = "copy"
+        else:
+            combine_adapters(lm, parents, folder)
+            method = "cat"
+        refs = []
+        for _parent, entry in sources:
+            for ref in entry.get("memories", []):
+                record = final.get(str(ref).split("@")[0])
+                if record is not None and record.ref not in refs:
+                    refs.append(record.ref)
+        entry = {
+            "path": f"{layout.LORA_DIR}/{lora_name}",
+            "files": {p.name: sha256_file(p) for p in sorted(folder.iterdir())},
+            "base_model_fingerprint": lm.fingerprint,
+            "model": lm.name,
+            "memories": refs,
+            "method": method,
+            "fused_from": [p.manifest.name for p, _ in sources],
+            "created": utc_now(),
+        }
+        out[lora_name] = (folder, entry)
     return out

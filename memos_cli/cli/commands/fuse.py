@@ -23,6 +23,10 @@ def fuse(
     drop_incompatible: Annotated[
         bool, typer.Option("--drop-incompatible", help="Leave out snapshots/adapters made for another model.")
     ] = False,
+    combine_adapters: Annotated[
+        bool,
+        typer.Option("--combine-adapters", help="Combine same-named LoRA adapters (peft 'cat'; keeps few facts)."),
+    ] = False,
     model: ModelOpt = None,
     as_: AsOpt = None,
     json_: JsonOpt = False,
@@ -30,9 +34,9 @@ def fuse(
     """Fuse cubes into a new one: the union of every memory version, exact duplicates stored once,
     near-duplicates (--dedup-threshold) merged keeping both provenances, conflicts on a key resolved by
     time, lineage recorded in the manifest. KV snapshots are rebuilt for the fused cube by prefilling
-    each parent's memories on top of the other's (never by gluing caches). LoRA adapters are not
-    combined yet: they are left out and named (distill the fused cube again). Parents with another
-    embedder or model are refused with what to do.
+    each parent's memories on top of the other's (never by gluing caches). LoRA adapters are left out
+    and named (distill the fused cube again): --combine-adapters sums them (peft 'cat'), which measured
+    10-25% recall of each parent's facts. Parents with another embedder or model are refused.
 
     Examples:
       memos fuse team-a team-b -o team --dry-run

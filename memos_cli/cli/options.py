@@ -25,3 +25,24 @@ SpeakerOpt = Annotated[Optional[list[str]], typer.Option("--speaker", help="Spea
 SinceOpt = Annotated[Optional[str], typer.Option("--since", help="Only memories whose time is on/after this date.")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Only memories whose time is on/before this date.")]
 StatusOpt = Annotated[str, typer.Option("--status", help="active, archived, superseded, deleted, or all.")]
+
+
+def filters_from(
+    tag: list[str] | None,
+    type_: list[str] | None,
+    speaker: list[str] | None,
+    since: str | None,
+    until: str | None,
+    status: str,
+) -> object:
+    """The engine's Filters from the shared filter options (list and query take the same ones)."""
+    from memos_cli.engine.query import Filters
+
+    return Filters(
+        tags=list(tag or []),
+        types=list(type_ or []),
+        speakers=list(speaker or []),
+        since=since,
+        until=until,
+        status=status,
+    )

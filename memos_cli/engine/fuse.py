@@ -298,20 +298,16 @@ def fuse(
     report.memories = len(versions)
 
     # --- snapshots and adapters to carry over
-    kv_plan: dict[str, list[tuple[Cube, dict[str, Any]]]] = {}
-    for parent in parents:
-        for kv_name, entry in parent.manifest.kv.items():
-            if target_print and entry.get("model_fingerprint") != target_print:
-                report.dropped.append(f"{parent.manifest.name}: kv {kv_name} (another model)")
-                continue
-            kv_plan.setdefault(kv_name, []).append((parent, entry))
-    lora_plan: dict[str, list[tuple[Cube, dict[str, Any]]]] = {}
-    for parent in parents:
-        for lora_name, entry in parent.manifest.lora.items():
-            if target_print and entry.get("base_model_fingerprint") != target_print:
-                report.dropped.append(f"{parent.manifest.name}: lora {lora_name} (another model)")
-                continue
-            lora_plan.setdefault(lora_name, []).append((parent, entry))
+    kv_plan = _plan(parents, "kv", "model_fingerprint", target_print, report)
+    lora_plan = _plan(parents, "lora", "base_model_fingerprint", target_print, report)
+    if lora_plan and not combine_adapters:
+        for lora_name, sources in lora_plan.items():
+            report.dropped.append(
+                f"lora {lora_name} of {', '.join(p.manifest.name for p, _ in sources)}: not combined (a "
+                "combined adapter recalled 10-25% of each parent's facts in bench/fuse_lora_bench.py); "
+                "distill the fused cube again, or pass --combine-adapters"
+            )
+        lora_plan = {}
     if dry_run:
         report.kv = {n: {"from": [p.manifest.name for p, _ in plan]} for n, plan in kv_plan.items()}
         report.lora = {n: {"from": [p.manifest.name for p, _ in plan]} for n, plan in lora_plan.items()}
@@ -322,14 +318,6 @@ def fuse(
     output.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{output.name}.fusing-", dir=output.parent))
     try:
-        if not combine_adapters:
-            for lora_name, sources in lora_plan.items():
-                report.dropped.append(
-                    f"lora {lora_name} of {', '.join(p.manifest.name for p, _ in sources)}: not combined (a "
-                    "combined adapter recalled 10-25% of each parent's facts in bench/fuse_lora_bench.py); "
-                    "distill the fused cube again, or pass --combine-adapters"
-                )
-            lora_plan = {}
         _write_fused(
             building, output, name, actor, parents, records, report, lm, kv_plan, lora_plan, vectors, embedder, progress
         )
@@ -407,6 +395,21 @@ def _write_fused(
         known_vectors=vectors,
         progress=progress,
     )
+
+
+def _plan(
+    parents: list[Cube], kind: str, print_key: str, target_print: str | None, report: FuseReport
+) -> dict[str, list[tuple[Cube, dict[str, Any]]]]:
+    """The snapshots (``kind`` "kv") or adapters ("lora") to carry over, by name, with their parents;
+    those made for another model than ``target_print`` are left out and named in the report."""
+    plan: dict[str, list[tuple[Cube, dict[str, Any]]]] = {}
+    for parent in parents:
+        for entry_name, entry in getattr(parent.manifest, kind).items():
+            if target_print and entry.get(print_key) != target_print:
+                report.dropped.append(f"{parent.manifest.name}: {kind} {entry_name} (another model)")
+                continue
+            plan.setdefault(entry_name, []).append((parent, entry))
+    return plan
 
 
 def _rebuild_snapshots(

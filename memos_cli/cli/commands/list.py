@@ -17,6 +17,7 @@ from memos_cli.cli.options import (
     TagOpt,
     TypeOpt,
     UntilOpt,
+    filters_from,
 )
 from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, say
 
@@ -42,17 +43,9 @@ def list_(
     """
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine.ops import list_memories
-    from memos_cli.engine.query import Filters
 
     check_exclusive(json=json_, jsonl=jsonl)
-    filters = Filters(
-        tags=list(tag or []),
-        types=list(type_ or []),
-        speakers=list(speaker or []),
-        since=since,
-        until=until,
-        status=status,
-    )
+    filters = filters_from(tag, type_, speaker, since, until, status)
     records = list_memories(Cube.open(cube), filters, limit=limit, actor=as_)
     if json_:
         emit_json({"memories": [r.to_dict() for r in records]})

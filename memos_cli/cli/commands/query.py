@@ -18,6 +18,7 @@ from memos_cli.cli.options import (
     TagOpt,
     TypeOpt,
     UntilOpt,
+    filters_from,
 )
 from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, progress, say
 
@@ -53,20 +54,13 @@ def query(
       memos query notes --batch questions.txt > answers.jsonl
     """
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine.query import Filters, Searcher
+    from memos_cli.engine.query import Searcher
     from memos_cli.errors import UsageError
 
     check_exclusive(json=json_, jsonl=jsonl)
     if (text is None) == (batch is None):
         raise UsageError("give a query TEXT or --batch FILE (not both)")
-    filters = Filters(
-        tags=list(tag or []),
-        types=list(type_ or []),
-        speakers=list(speaker or []),
-        since=since,
-        until=until,
-        status=status,
-    )
+    filters = filters_from(tag, type_, speaker, since, until, status)
     opened = Cube.open(cube)
     with (
         progress("indexing") as bar,

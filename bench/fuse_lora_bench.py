@@ -1,6 +1,7 @@
 """Fused adapters keep each parent's facts: distill half the made-up facts into cube A and half into
-cube B (same adapter name), fuse A and B, and measure closed-book recall of each parent's facts with the
-fused adapter (the distill issue's measure), beside each parent adapter's own recall.
+cube B (same adapter name), then compare peft's combination methods side by side on closed-book recall
+of each parent's facts (the distill issue's measure) and on held-out text loss, and run `fuse` end to
+end with its default (peft ``cat``, then one short consolidation pass over the parents' memories).
 
     .venv/bin/python bench/fuse_lora_bench.py [--facts bench/data/facts.jsonl] [--limit 20] [--threads 2]
 """
@@ -11,9 +12,22 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+# peft add_weighted_adapter combination types (with their options) compared against each other
+METHODS = [
+    ("cat", {}),
+    ("linear", {}),
+    ("svd", {"svd_rank": 16}),
+    ("ties_svd", {"density": 0.5, "svd_rank": 16}),
+    ("dare_linear_svd", {"density": 0.5, "svd_rank": 16}),
+    ("magnitude_prune_svd", {"density": 0.5, "svd_rank": 16}),
+]
+# the exact sum, and the best of the others before consolidation, each consolidated
+CONSOLIDATED = [("cat", {}), ("ties_svd", {"density": 0.5, "svd_rank": 16})]
 
 
 def main() -> None:
@@ -26,7 +40,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine.distill import distill, load_adapters, measure_recall, probes_for
+    from memos_cli.engine import distill as D
     from memos_cli.engine.fuse import fuse
     from memos_cli.engine.ingest import Source, ingest
     from memos_cli.engine.select import Selection
@@ -35,38 +49,69 @@ def main() -> None:
     lines = [line for line in args.facts.read_text().splitlines() if line.strip()][: args.limit]
     halves = {"a": lines[: len(lines) // 2], "b": lines[len(lines) // 2 :]}
     lm = load_lm()
+    heldout = D._text_examples(lm, D.read_text_resource("heldout.txt"), D.HELDOUT_TOKENS, "heldout")
+    pad = D._pad_id(lm)
+    heldout_base = D.mean_loss(lm.model, heldout, pad, token_weighted=True)
+    results: dict[str, dict[str, float]] = {}
+
+    def measure(label: str, model: object, probes: dict[str, list[D.Probe]]) -> None:
+        adapted = replace(lm, model=model, fingerprint=f"{lm.fingerprint}+bench-{label}")
+        row = {name: D.measure_recall(adapted, questions).exact for name, questions in probes.items()}
+        row["heldout_pct"] = 100 * (D.mean_loss(model, heldout, pad, token_weighted=True) / heldout_base - 1)
+        results[label] = row
+        print(
+            f"{label:<22} "
+            + "  ".join(f"{name} {row[name]:>4.0%}" for name in probes)
+            + f"  held-out loss {row['heldout_pct']:+.1f}%",
+            flush=True,
+        )
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        own: dict[str, float] = {}
+        probes: dict[str, list[D.Probe]] = {}
         for name, part in halves.items():
             cube = Cube.init(root / name, name=name)
             ingest(cube, [Source(f"{name}.jsonl", ("\n".join(part) + "\n").encode())])
             started = time.perf_counter()
-            report = distill(cube, Selection(all=True), name="facts", model=lm)
-            own[name] = report.recall_after.exact
+            report = D.distill(cube, Selection(all=True), name="facts", model=lm)
+            probes[name] = [p for r in Cube.open(root / name).read_state().current.values() for p in D.probes_for(r)]
+            results[f"own {name}"] = {name: report.recall_after.exact}
             print(
-                f"parent {name}: {len(part)} facts, own recall {report.recall_after.exact:.0%} "
+                f"parent {name}: {len(part)} facts, {len(probes[name])} questions, own adapter's recall "
+                f"{report.recall_after.exact:.0%}, held-out loss {report.metrics()['forgetting_pct']:+.1f}% "
                 f"({time.perf_counter() - started:.0f}s)",
                 flush=True,
             )
-        started = time.perf_counter()
-        fuse([root / "a", root / "b"], root / "ab", combine_adapters=True)
-        fused_seconds = time.perf_counter() - started
-        fused_lm = load_adapters(lm, Cube.open(root / "ab"), ["facts"])
-        print(
-            f"fuse (with adapter combination): {fused_seconds:.1f}s; method "
-            f"{Cube.open(root / 'ab').manifest.lora['facts'].get('method')}"
+        folders = [root / name / "lora" / "facts" for name in halves]
+        print("\npeft combination (weights 1, 1)   recall of each parent's facts")
+        for method, options in METHODS:
+            model = D.combine_adapters(lm, folders, method=method, **options)
+            measure(method + "".join(f" {k}={v}" for k, v in options.items()).replace("svd_rank", "r"), model, probes)
+            del model
+
+        print(f"\nthen consolidated ({D.CONSOLIDATE_EPOCHS:g} passes over both memories, lr {D.CONSOLIDATE_LR:g})")
+        examples, _ = D.build_examples(
+            lm, [r for name in halves for r in Cube.open(root / name).read_state().current.values()]
         )
-        for name in halves:
-            records = [r for r in Cube.open(root / name).read_state().current.values()]
-            probes = [p for r in records for p in probes_for(r)]
-            recall = measure_recall(fused_lm, probes)
-            print(
-                f"fused adapter, parent {name}'s facts: recall {recall.exact:.0%} "
-                f"(parent's own adapter {own[name]:.0%})",
-                flush=True,
-            )
-        print(json.dumps({"facts": len(lines)}))
+        replay = D._text_examples(lm, D.read_text_resource("replay.txt"), D.REPLAY_TOKENS, "replay")
+        for method, options in CONSOLIDATED:
+            model = D.combine_adapters(lm, folders, method=method, **options)
+            D.consolidate_adapter(lm, model, examples, replay)
+            measure(f"{method} + consolidate", model, probes)
+            del model
+
+        started = time.perf_counter()
+        report = fuse([root / "a", root / "b"], root / "ab")
+        fused_seconds = time.perf_counter() - started
+        info = report.lora["facts"]
+        print(
+            f"\nmemos fuse (default --adapters consolidate): {fused_seconds:.0f}s; method {info['method']}; "
+            f"consolidation {info['consolidation']['steps']} steps, {info['consolidation']['seconds']:.0f}s"
+        )
+        print("  fuse's own report:", json.dumps(info["recall"]))
+        fused_lm = D.load_adapters(lm, Cube.open(root / "ab"), ["facts"])  # the adapter as written, reloaded
+        measure("fused cube's adapter", fused_lm.model, probes)
+        print(json.dumps({"facts": len(lines), "results": results, "fuse_seconds": round(fused_seconds, 1)}))
 
 
 if __name__ == "__main__":

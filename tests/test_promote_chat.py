@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from conftest import snapshot_files
@@ -179,6 +180,8 @@ def test_chat_with_adapters_and_promote_to_parametric(cube: Cube, llama: str) ->
 
 
 def test_fuse_combines_adapters_of_one_name(tmp_path: Path, llama: str) -> None:
+    import safetensors.torch
+
     from memos_cli.engine.distill import distill, load_adapters
     from memos_cli.engine.fuse import fuse
     from memos_cli.models.lm import load_lm
@@ -189,17 +192,45 @@ def test_fuse_combines_adapters_of_one_name(tmp_path: Path, llama: str) -> None:
         ingest(parent, [Source(f"{name}.jsonl", (json.dumps({"text": text}) + "\n").encode())])
         distill(parent, Selection(all=True), name="facts", model=llama, steps=2)
         parents.append(parent)
-    plain = fuse([p.path for p in parents], tmp_path / "plain", model=llama)
-    assert plain.lora == {} and any("not combined" in d for d in plain.dropped)
-    report = fuse([p.path for p in parents], tmp_path / "ab", model=llama, combine_adapters=True)
-    assert report.lora["facts"]["method"] == "cat" and len(report.lora["facts"]["memories"]) == 2
+    paths = [p.path for p in parents]
+
+    def tensors(cube_path: Path) -> dict:
+        return safetensors.torch.load_file(str(cube_path / "lora" / "facts" / "adapter_model.safetensors"))
+
+    dropped = fuse(paths, tmp_path / "dropped", model=llama, adapters="drop")
+    assert dropped.lora == {} and any("lora facts of a, b" in d for d in dropped.dropped)
+    with pytest.raises(UsageError, match="--adapters"):
+        fuse(paths, tmp_path / "x", model=llama, adapters="average")
+
+    # peft's combination alone: 'cat' puts the factors side by side, so the update is the parents' sum
+    combined = fuse(paths, tmp_path / "cat", model=llama, adapters="combine")
+    info = combined.lora["facts"]
+    assert info["method"] == "cat" and info["from"] == ["a", "b"] and info["memories"] == 2
+    assert "consolidation" not in info and set(info["recall"]) == {"a", "b"}
+    assert all(
+        0 <= r["combined"] <= 1 and r["probes"] >= 1 and "consolidated" not in r for r in info["recall"].values()
+    )
+    fused_t, one, two = tensors(tmp_path / "cat"), tensors(paths[0]), tensors(paths[1])
+    key_a = next(k for k in one if "lora_A" in k)
+    key_b = key_a.replace("lora_A", "lora_B")
+    assert fused_t[key_a].shape[0] == 2 * one[key_a].shape[0]  # the ranks add up
+    config = json.loads((tmp_path / "cat" / "lora" / "facts" / "adapter_config.json").read_text())
+    parent_config = json.loads((paths[0] / "lora" / "facts" / "adapter_config.json").read_text())
+    fused_delta = fused_t[key_b] @ fused_t[key_a] * (config["lora_alpha"] / config["r"])
+    parent_scale = parent_config["lora_alpha"] / parent_config["r"]
+    summed = (one[key_b] @ one[key_a] + two[key_b] @ two[key_a]) * parent_scale
+    assert torch.allclose(fused_delta, summed, atol=1e-5)
+
+    # the default goes on to train the combination on both parents' memories, and says how it went
+    report = fuse(paths, tmp_path / "ab", model=llama)
+    info = report.lora["facts"]
+    assert info["method"] == "cat+consolidate" and info["consolidation"]["steps"] >= 1
+    assert info["consolidation"]["examples"] >= 2
+    assert all({"own", "combined", "consolidated"} <= set(r) for r in info["recall"].values())
     fused = Cube.open(tmp_path / "ab")
+    entry = fused.manifest.lora["facts"]
+    assert entry["recall"] == info["recall"] and len(entry["memories"]) == 2
+    assert not torch.equal(tensors(tmp_path / "ab")[key_a], fused_t[key_a])  # trained after combining
     assert verify(fused.path).ok
     adapted = load_adapters(load_lm(llama), fused, ["facts"])  # checks sha256 and the base model
     assert adapted.fingerprint != load_lm(llama).fingerprint
-    import safetensors.torch
-
-    tensors = safetensors.torch.load_file(str(fused.path / "lora" / "facts" / "adapter_model.safetensors"))
-    one = safetensors.torch.load_file(str(parents[0].path / "lora" / "facts" / "adapter_model.safetensors"))
-    key = next(k for k in one if "lora_A" in k)
-    assert tensors[key].shape[0] == 2 * one[key].shape[0]  # 'cat': the ranks add up

@@ -85,6 +85,35 @@ def progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
+@contextmanager
+def stage_progress() -> Iterator[Callable[[str, int, int, float | None], None]]:
+    """A ``(stage, done, total, loss)`` callback: a bar per stage (with the training loss while training),
+    on stderr when it is a terminal, else doing nothing."""
+    if not sys.stderr.isatty():
+        yield lambda stage, done, total, loss: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console(),
+        transient=True,
+    )
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int, loss: float | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, loss="")
+        bar.update(tasks[stage], completed=done, total=total, loss=f"loss {loss:.3f}" if loss is not None else "")
+
+    with bar:
+        yield update
+
+
 def confirm(question: str, yes: bool) -> None:
     """Ask before something destructive; a non-interactive run must pass --yes instead."""
     if yes:

@@ -11,10 +11,14 @@
 - activation: each parent snapshot made for the fused cube's model is rebuilt from the fused
   memories; snapshots with the same name in several parents are combined by prefilling the next
   parent's memories on top of the first's cache (never by concatenating caches).
-- parametric: by default the parents' adapters are left out and named in the report, because the
-  combination measured so far keeps too little: peft's ``cat`` (the sum of the parents' updates)
-  recalled 10% and 25% of each parent's facts (bench/fuse_lora_bench.py). ``combine_adapters=True``
-  (``--combine-adapters``) writes that combination anyway; a single parent's adapter is copied.
+- parametric: adapters with the same name in several parents are combined with peft's weighted
+  combination ``cat`` (the fused update is the sum of the parents' updates), the one that kept most of
+  both parents' facts among peft's methods (bench/fuse_lora_bench.py). Summed updates learned apart
+  interfere, so by default (``adapters="consolidate"``) the combined adapter then trains one short pass
+  over the parents' memories, which are in the fused cube; ``adapters="combine"`` stops after peft's
+  combination and ``adapters="drop"`` leaves adapters out. Recall of each parent's facts (closed-book,
+  distill's measure) is measured after each step and recorded in the manifest entry. A single parent's
+  adapter is copied as it is.
 
 Vectors come from the parents' indexes (same embedder), so fusing does not re-embed what is indexed.
 """
@@ -39,6 +43,13 @@ from memos_cli.cube.records import MemoryRecord, normalise_text
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import open_index, row_for, row_key
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
+
+# (stage, done, total, loss): indexing, recall and consolidation stages; loss only while training.
+Progress = Callable[[str, int, int, "float | None"], None]
+
+ADAPTER_MODES = ("consolidate", "combine", "drop")
+COMBINATION = "cat"  # peft combination_type: the best of peft's methods in bench/fuse_lora_bench.py
+RECALL_MEMORIES = 64  # recall of each parent's facts is measured on at most this many of its memories
 
 
 @dataclass
@@ -121,12 +132,14 @@ def fuse(
     dry_run: bool = False,
     reembed: bool = False,
     drop_incompatible: bool = False,
-    combine_adapters: bool = False,
+    adapters: str = "consolidate",
     model: str | None = None,
     actor: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> FuseReport:
     started = time.perf_counter()
+    if adapters not in ADAPTER_MODES:
+        raise UsageError(f"--adapters must be one of {', '.join(ADAPTER_MODES)}")
     if len(cube_paths) < 2:
         raise UsageError("fuse needs at least two cubes")
     if not 0 < dedup_threshold <= 1:
@@ -142,6 +155,7 @@ def fuse(
     # --- compatibility: embedders
     embedder = EmbedderHandle()
     ident = embedder.identity
+    indexing = (lambda done, total: progress("indexing", done, total, None)) if progress else None
     prints = {p.manifest.name: (p.manifest.embedder or {}).get("fingerprint") for p in parents}
     foreign = {n: f for n, f in prints.items() if f not in (None, ident.fingerprint)}
     if foreign and not reembed:
@@ -182,7 +196,7 @@ def fuse(
             embedder.load,
             dim=ident.dim,
             embedder_name=ident.fingerprint,
-            progress=progress,
+            progress=indexing,
             any_embedder=reembed,
         )
         for row in index.current.values():
@@ -199,6 +213,7 @@ def fuse(
     # --- exact duplicates: the same text from different sources, stored once
     by_text: dict[str, str] = {}
     dropped_ids: set[str] = set()
+    moved: dict[str, str] = {}  # a memory stored once or merged -> the memory that now holds it
     rank = {p.manifest.name: n for n, p in enumerate(parents)}
     for memory_id in sorted(current, key=lambda i: (rank[origin[i]], current[i].created, i)):  # first parent wins
         record = current[memory_id]
@@ -213,6 +228,7 @@ def fuse(
         also = list(kept.metadata.get("also_from", [])) + [_provenance(record, origin[memory_id])]
         current[keeper] = replace(kept, metadata={**kept.metadata, "also_from": also})
         dropped_ids.add(memory_id)
+        moved[memory_id] = keeper
         report.exact_duplicates += 1
     for memory_id in dropped_ids:
         del current[memory_id]
@@ -269,6 +285,7 @@ def fuse(
                             "merged_text": current[older].text[:120],
                         }
                     )
+    moved.update(merged_into)
     for older, newer in merged_into.items():
         keep = current[newer]
         merged_from = list(keep.metadata.get("merged_from", [])) + [_provenance(current[older], origin[older])]
@@ -300,17 +317,23 @@ def fuse(
     # --- snapshots and adapters to carry over
     kv_plan = _plan(parents, "kv", "model_fingerprint", target_print, report)
     lora_plan = _plan(parents, "lora", "base_model_fingerprint", target_print, report)
-    if lora_plan and not combine_adapters:
+    if lora_plan and adapters == "drop":
         for lora_name, sources in lora_plan.items():
             report.dropped.append(
-                f"lora {lora_name} of {', '.join(p.manifest.name for p, _ in sources)}: not combined (a "
-                "combined adapter recalled 10-25% of each parent's facts in bench/fuse_lora_bench.py); "
-                "distill the fused cube again, or pass --combine-adapters"
+                f"lora {lora_name} of {', '.join(p.manifest.name for p, _ in sources)} (--adapters drop)"
             )
         lora_plan = {}
     if dry_run:
         report.kv = {n: {"from": [p.manifest.name for p, _ in plan]} for n, plan in kv_plan.items()}
-        report.lora = {n: {"from": [p.manifest.name for p, _ in plan]} for n, plan in lora_plan.items()}
+        report.lora = {
+            n: {
+                "from": [p.manifest.name for p, _ in plan],
+                "method": "copy"
+                if len(plan) == 1
+                else COMBINATION + ("+consolidate" if adapters == "consolidate" else ""),
+            }
+            for n, plan in lora_plan.items()
+        }
         report.seconds = time.perf_counter() - started
         return report
 
@@ -319,7 +342,21 @@ def fuse(
     building = Path(tempfile.mkdtemp(prefix=f".{output.name}.fusing-", dir=output.parent))
     try:
         _write_fused(
-            building, output, name, actor, parents, records, report, lm, kv_plan, lora_plan, vectors, embedder, progress
+            building,
+            output,
+            name,
+            actor,
+            parents,
+            records,
+            report,
+            lm,
+            kv_plan,
+            lora_plan,
+            vectors,
+            embedder,
+            progress,
+            moved,
+            adapters,
         )
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
@@ -344,7 +381,9 @@ def _write_fused(
     lora_plan: dict[str, Any],
     vectors: dict[str, np.ndarray],
     embedder: EmbedderHandle,
-    progress: Callable[[int, int], None] | None,
+    progress: Progress | None,
+    moved: dict[str, str],
+    adapters: str,
 ) -> None:
     ident = embedder.identity
     fused = Cube.init(
@@ -358,12 +397,12 @@ def _write_fused(
         if record.id not in final or record.version > final[record.id].version:
             final[record.id] = record
     snapshots = _rebuild_snapshots(lm, kv_plan, final) if kv_plan else {}
-    adapters = _combine_adapters(lm, lora_plan, final, building) if lora_plan else {}
+    combined = _carry_adapters(lm, lora_plan, final, moved, building, adapters, progress) if lora_plan else {}
     with fused.transaction(actor=actor, op="fuse") as tx:
         tx.rewrite_memories = records
         tx.manifest.lineage = report.parents
         tx.manifest.embedder = {"name": ident.name, "dim": ident.dim, "fingerprint": ident.fingerprint}
-        if lm is not None and (snapshots or adapters):
+        if lm is not None and (snapshots or combined):
             tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
         for kv_name, (snap, entry) in snapshots.items():
             from memos_cli.engine.activation import save_snapshot
@@ -372,11 +411,16 @@ def _write_fused(
             entry["sha256"] = save_snapshot(tx.stage_file(rel), snap)
             tx.manifest.kv[kv_name] = entry
             report.kv[kv_name] = {"tokens": entry["tokens"], "memories": len(entry["memories"])}
-        for lora_name, (folder, entry) in adapters.items():
+        for lora_name, (folder, entry) in combined.items():
             staged = tx.stage_file(f"{layout.LORA_DIR}/{lora_name}")
             shutil.copytree(folder, staged)
             tx.manifest.lora[lora_name] = entry
-            report.lora[lora_name] = {k: entry[k] for k in ("method", "memories") if k in entry}
+            report.lora[lora_name] = {
+                "from": entry["fused_from"],
+                "method": entry["method"],
+                "memories": len(entry["memories"]),
+                **{k: entry[k] for k in ("recall", "consolidation") if k in entry},
+            }
         tx.touch_manifest()
         tx.log(
             sorted(final),
@@ -393,7 +437,7 @@ def _write_fused(
         dim=ident.dim,
         embedder_name=ident.fingerprint,
         known_vectors=vectors,
-        progress=progress,
+        progress=(lambda done, total: progress("indexing", done, total, None)) if progress else None,
     )
 
 
@@ -456,41 +500,131 @@ def _rebuild_snapshots(
     return out
 
 
-def _combine_adapters(
-    lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]]], final: dict[str, MemoryRecord], building: Path
+def _parent_facts(entry: dict[str, Any], final: dict[str, MemoryRecord], moved: dict[str, str]) -> list[MemoryRecord]:
+    """The fused cube's active memories that a parent's adapter was trained on (following memories that
+    fuse stored once or merged into another)."""
+    out: list[MemoryRecord] = []
+    for ref in entry.get("memories", []):
+        memory_id = str(ref).split("@")[0]
+        seen = set()
+        while memory_id in moved and memory_id not in seen:
+            seen.add(memory_id)
+            memory_id = moved[memory_id]
+        record = final.get(memory_id)
+        if record is not None and record.status == "active" and record not in out:
+            out.append(record)
+    return out
+
+
+def _sample(records: list[MemoryRecord], limit: int) -> list[MemoryRecord]:
+    """At most ``limit`` records, evenly spread and deterministic."""
+    if len(records) <= limit:
+        return records
+    return [records[i * len(records) // limit] for i in range(limit)]
+
+
+def _carry_adapters(
+    lm: Any,
+    plan: dict[str, list[tuple[Cube, dict[str, Any]]]],
+    final: dict[str, MemoryRecord],
+    moved: dict[str, str],
+    building: Path,
+    mode: str,
+    progress: Progress | None,
 ) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """Each adapter name once: a parent's adapter as it is, or several parents' combined (peft ``cat``)."""
+    """Each adapter name once: a parent's adapter as it is, or several parents' combined (peft ``cat``)
+    and, in mode "consolidate", trained one short pass on the parents' memories; recall of each
+    parent's facts is measured after each step."""
     from memos_cli.cube.io import sha256_file
-    from memos_cli.engine.distill import ADAPTER_FILES, combine_adapters
+    from memos_cli.engine import distill as D
 
     work = building / layout.DERIVED_DIR / "fuse-lora"
     out: dict[str, tuple[Path, dict[str, Any]]] = {}
     for lora_name, sources in plan.items():
         folder = work / lora_name
-        parents = [p.committed_path(entry.get("path", f"{layout.LORA_DIR}/{lora_name}")) for p, entry in sources]
-        if len(parents) == 1:
-            folder.mkdir(parents=True, exist_ok=True)
-            for name in ADAPTER_FILES:
-                shutil.copy2(parents[0] / name, folder / name)
-            method = "copy"
-        else:
-            combine_adapters(lm, parents, folder)
-            method = "cat"
-        refs = []
-        for _parent, entry in sources:
-            for ref in entry.get("memories", []):
-                record = final.get(str(ref).split("@")[0])
-                if record is not None and record.ref not in refs:
-                    refs.append(record.ref)
-        entry = {
+        folders = [p.committed_path(entry.get("path", f"{layout.LORA_DIR}/{lora_name}")) for p, entry in sources]
+        facts = {p.manifest.name: _parent_facts(entry, final, moved) for p, entry in sources}
+        refs = list(dict.fromkeys(r.ref for records in facts.values() for r in records))
+        entry: dict[str, Any] = {
             "path": f"{layout.LORA_DIR}/{lora_name}",
-            "files": {p.name: sha256_file(p) for p in sorted(folder.iterdir())},
             "base_model_fingerprint": lm.fingerprint,
             "model": lm.name,
             "memories": refs,
-            "method": method,
             "fused_from": [p.manifest.name for p, _ in sources],
             "created": utc_now(),
         }
+        if len(sources) == 1:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in D.ADAPTER_FILES:
+                shutil.copy2(folders[0] / name, folder / name)
+            entry["method"] = "copy"
+            for key in ("hyperparameters", "metrics", "selection"):
+                if key in sources[0][1]:
+                    entry[key] = sources[0][1][key]
+        else:
+            entry.update(_fuse_adapters(lm, folders, sources, facts, folder, mode, progress))
+        entry["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
         out[lora_name] = (folder, entry)
     return out
+
+
+def _fuse_adapters(
+    lm: Any,
+    folders: list[Path],
+    sources: list[tuple[Cube, dict[str, Any]]],
+    facts: dict[str, list[MemoryRecord]],
+    folder: Path,
+    mode: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Combine several parents' adapters into ``folder``; returns the manifest fields that say how, with
+    the recall of each parent's facts after peft's combination (and after consolidation)."""
+    from memos_cli.engine import distill as D
+
+    model = D.combine_adapters(lm, folders, method=COMBINATION)
+    probes = {
+        parent: [p for r in _sample(records, RECALL_MEMORIES) for p in D.probes_for(r)]
+        for parent, records in facts.items()
+    }
+    recall: dict[str, dict[str, Any]] = {
+        p.manifest.name: {"own": (e.get("metrics") or {}).get("recall_after"), "probes": len(probes[p.manifest.name])}
+        for p, e in sources
+    }
+    for parent, score in _recall(lm, model, probes, "combined", progress).items():
+        recall[parent]["combined"] = score
+    fields: dict[str, Any] = {"method": COMBINATION}
+    union = list({r.id: r for records in facts.values() for r in records}.values())
+    examples = D.build_examples(lm, union)[0] if mode == "consolidate" else []
+    if examples:  # none when every memory the parents learned was forgotten or deleted
+        replay = D._text_examples(lm, D.read_text_resource("replay.txt"), D.REPLAY_TOKENS, "replay")
+        started = time.perf_counter()
+        steps, loss = D.consolidate_adapter(lm, model, examples, replay, progress=progress)
+        fields["method"] = f"{COMBINATION}+consolidate"
+        fields["consolidation"] = {
+            "epochs": D.CONSOLIDATE_EPOCHS,
+            "lr": D.CONSOLIDATE_LR,
+            "steps": steps,
+            "examples": len(examples),
+            "final_loss": round(loss, 4),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        for parent, score in _recall(lm, model, probes, "consolidated", progress).items():
+            recall[parent]["consolidated"] = score
+    fields["recall"] = recall
+    D.save_combined(model, folder, lm.name)
+    return fields
+
+
+def _recall(
+    lm: Any, model: Any, probes: dict[str, list[Any]], stage: str, progress: Progress | None
+) -> dict[str, float]:
+    """Closed-book recall of each parent's probes with ``model`` (distill's measure)."""
+    from memos_cli.engine.distill import measure_recall
+
+    adapted = replace(lm, model=model, fingerprint=f"{lm.fingerprint}+fuse-{stage}")
+    return {
+        parent: round(
+            measure_recall(adapted, questions, stage=f"recall {stage} ({parent})", progress=progress).exact, 4
+        )
+        for parent, questions in probes.items()
+    }

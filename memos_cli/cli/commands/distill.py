@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, ModelOpt, TagOpt
-from memos_cli.cli.output import console, emit_json, say
+from memos_cli.cli.output import emit_json, say, stage_progress
 
 
 def distill(
@@ -134,7 +131,7 @@ def run_distill(
     from memos_cli.config import model_spec
     from memos_cli.engine.distill import distill as engine_distill
 
-    with _training_bar() as bar:
+    with stage_progress() as bar:
         report = engine_distill(
             opened,  # type: ignore[arg-type]
             selection,  # type: ignore[arg-type]
@@ -171,34 +168,3 @@ def run_distill(
         say(f"  [yellow]not recalled[/] {answer['question']!r}: {answer['answer'][:80]!r}")
     if len(missed) > 5:
         say(f"  ... and {len(missed) - 5} more (see --json or {report.path}/report.json)")
-
-
-@contextmanager
-def _training_bar() -> Iterator[Callable[[str, int, int, Optional[float]], None]]:
-    """A bar per stage with the training loss, on stderr when it is a terminal (else nothing).
-
-    ``output.progress`` draws a (done, total) bar; this one also shows the loss, hence its own columns.
-    """
-    if not sys.stderr.isatty():
-        yield lambda stage, done, total, loss: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeRemainingColumn(),
-        console=console(),
-        transient=True,
-    )
-    tasks: dict[str, int] = {}
-
-    def update(stage: str, done: int, total: int, loss: float | None) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, loss="")
-        bar.update(tasks[stage], completed=done, total=total, loss=f"loss {loss:.3f}" if loss is not None else "")
-
-    with bar:
-        yield update

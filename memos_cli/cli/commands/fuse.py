@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from memos_cli.cli.options import AsOpt, JsonOpt, ModelOpt
-from memos_cli.cli.output import emit_json, progress, say
+from memos_cli.cli.output import emit_json, say, stage_progress
 
 
 def fuse(
@@ -23,10 +23,14 @@ def fuse(
     drop_incompatible: Annotated[
         bool, typer.Option("--drop-incompatible", help="Leave out snapshots/adapters made for another model.")
     ] = False,
-    combine_adapters: Annotated[
-        bool,
-        typer.Option("--combine-adapters", help="Combine same-named LoRA adapters (peft 'cat'; keeps few facts)."),
-    ] = False,
+    adapters: Annotated[
+        str,
+        typer.Option(
+            "--adapters",
+            help="Same-named LoRA adapters: 'consolidate' (peft 'cat', then one short pass over the parents' "
+            "memories), 'combine' (peft 'cat' only) or 'drop' (leave them out).",
+        ),
+    ] = "consolidate",
     model: ModelOpt = None,
     as_: AsOpt = None,
     json_: JsonOpt = False,
@@ -34,18 +38,21 @@ def fuse(
     """Fuse cubes into a new one: the union of every memory version, exact duplicates stored once,
     near-duplicates (--dedup-threshold) merged keeping both provenances, conflicts on a key resolved by
     time, lineage recorded in the manifest. KV snapshots are rebuilt for the fused cube by prefilling
-    each parent's memories on top of the other's (never by gluing caches). LoRA adapters are left out
-    and named (distill the fused cube again): --combine-adapters sums them (peft 'cat'), which measured
-    10-25% recall of each parent's facts. Parents with another embedder or model are refused.
+    each parent's memories on top of the other's (never by gluing caches). LoRA adapters with the same
+    name are combined with peft's 'cat' (the sum of the parents' updates) and then trained one short pass
+    over the parents' memories, because updates learned apart interfere once summed; recall of each
+    parent's facts is measured and reported after each step. Parents with another embedder or model are
+    refused.
 
     Examples:
       memos fuse team-a team-b -o team --dry-run
       memos fuse team-a team-b -o team --dedup-threshold 0.9
+      memos fuse team-a team-b -o team --adapters combine --json
     """
     from memos_cli.config import model_spec
     from memos_cli.engine.fuse import fuse as run_fuse
 
-    with progress("indexing parents") as bar:
+    with stage_progress() as bar:
         report = run_fuse(
             list(cubes),
             output,
@@ -54,6 +61,7 @@ def fuse(
             dry_run=dry_run,
             reembed=reembed,
             drop_incompatible=drop_incompatible,
+            adapters=adapters,
             model=model_spec(model),
             actor=as_,
             progress=bar,
@@ -73,7 +81,14 @@ def fuse(
     for kv_name, info in report.kv.items():
         say(f"  kv {kv_name}: {info}")
     for lora_name, info in report.lora.items():
-        say(f"  lora {lora_name}: {info}")
+        say(f"  lora {lora_name}: {info['method']} of {', '.join(info['from'])}")
+        for parent, scores in (info.get("recall") or {}).items():
+            steps = [
+                f"{stage} {scores[stage]:.0%}"
+                for stage in ("own", "combined", "consolidated")
+                if scores.get(stage) is not None
+            ]
+            say(f"    recall of {parent}'s facts: {', '.join(steps)} ({scores['probes']} questions)")
     for dropped in report.dropped:
         say(f"  [yellow]left out[/] {dropped}")
     say(f"  ({report.seconds:.1f}s)")

@@ -234,3 +234,21 @@ def test_fuse_combines_adapters_of_one_name(tmp_path: Path, llama: str) -> None:
     assert verify(fused.path).ok
     adapted = load_adapters(load_lm(llama), fused, ["facts"])  # checks sha256 and the base model
     assert adapted.fingerprint != load_lm(llama).fingerprint
+
+    # the command line: a readable summary per parent, or the report as JSON
+    import contextlib
+    import io
+
+    from memos_cli.cli.app import main
+
+    for extra, out in (([], "cli"), (["--json"], "cli-json")):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = ["fuse", *map(str, paths), "-o", str(tmp_path / out), "--model", llama, "--adapters", "combine"]
+            code = main(args + extra)
+        assert code == 0, stderr.getvalue()
+        if extra:
+            assert json.loads(stdout.getvalue())["lora"]["facts"]["method"] == "cat"
+        else:
+            assert "lora facts: cat of a, b" in stdout.getvalue() + stderr.getvalue()
+            assert "recall of a's facts: own" in stdout.getvalue() + stderr.getvalue()

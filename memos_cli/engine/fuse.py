@@ -12,13 +12,14 @@
   memories; snapshots with the same name in several parents are combined by prefilling the next
   parent's memories on top of the first's cache (never by concatenating caches).
 - parametric: adapters with the same name in several parents are combined with peft's weighted
-  combination ``cat`` (the fused update is the sum of the parents' updates), the one that kept most of
-  both parents' facts among peft's methods (bench/fuse_lora_bench.py). Summed updates learned apart
-  interfere, so by default (``adapters="consolidate"``) the combined adapter then trains one short pass
-  over the parents' memories, which are in the fused cube; ``adapters="combine"`` stops after peft's
-  combination and ``adapters="drop"`` leaves adapters out. Recall of each parent's facts (closed-book,
-  distill's measure) is measured after each step and recorded in the manifest entry. A single parent's
-  adapter is copied as it is.
+  combination ``cat`` (the fused update is exactly the sum of the parents' updates). No peft method
+  alone keeps enough: updates learned apart interfere once summed (bench/fuse_lora_bench.py: 0-33% of
+  each parent's facts, ``ties_svd`` the best). So by default (``adapters="consolidate"``) the combined
+  adapter then trains two short passes over the parents' memories, which are in the fused cube (92-96%
+  of each parent's facts; starting from ``cat`` kept more than from ``ties_svd``). ``adapters="combine"``
+  stops after peft's combination and ``adapters="drop"`` leaves adapters out. Recall of each parent's
+  facts (closed-book, distill's measure) is measured after each step and recorded in the manifest
+  entry. A single parent's adapter is copied as it is.
 
 Vectors come from the parents' indexes (same embedder), so fusing does not re-embed what is indexed.
 """
@@ -48,7 +49,7 @@ from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
 Progress = Callable[[str, int, int, "float | None"], None]
 
 ADAPTER_MODES = ("consolidate", "combine", "drop")
-COMBINATION = "cat"  # peft combination_type: the best of peft's methods in bench/fuse_lora_bench.py
+COMBINATION = "cat"  # peft combination_type: the best start for consolidation in bench/fuse_lora_bench.py
 RECALL_MEMORIES = 64  # recall of each parent's facts is measured on at most this many of its memories
 
 
@@ -533,7 +534,7 @@ def _carry_adapters(
     progress: Progress | None,
 ) -> dict[str, tuple[Path, dict[str, Any]]]:
     """Each adapter name once: a parent's adapter as it is, or several parents' combined (peft ``cat``)
-    and, in mode "consolidate", trained one short pass on the parents' memories; recall of each
+    and, in mode "consolidate", trained two short passes on the parents' memories; recall of each
     parent's facts is measured after each step."""
     from memos_cli.cube.io import sha256_file
     from memos_cli.engine import distill as D

@@ -27,7 +27,7 @@ def fuse(
         str,
         typer.Option(
             "--adapters",
-            help="Same-named LoRA adapters: 'consolidate' (peft 'cat', then one short pass over the parents' "
+            help="Same-named LoRA adapters: 'consolidate' (peft 'cat', then two short passes over the parents' "
             "memories), 'combine' (peft 'cat' only) or 'drop' (leave them out).",
         ),
     ] = "consolidate",
@@ -39,7 +39,7 @@ def fuse(
     near-duplicates (--dedup-threshold) merged keeping both provenances, conflicts on a key resolved by
     time, lineage recorded in the manifest. KV snapshots are rebuilt for the fused cube by prefilling
     each parent's memories on top of the other's (never by gluing caches). LoRA adapters with the same
-    name are combined with peft's 'cat' (the sum of the parents' updates) and then trained one short pass
+    name are combined with peft's 'cat' (the sum of the parents' updates) and then trained two short passes
     over the parents' memories, because updates learned apart interfere once summed; recall of each
     parent's facts is measured and reported after each step. Parents with another embedder or model are
     refused.

@@ -475,6 +475,17 @@ def train_adapter(
     return model, final_loss
 
 
+def steps_for(epochs: float, examples: list[Example], replay: list[Example], replay_ratio: float) -> int:
+    """Batches for ``epochs`` passes over ``examples``, replay mixed in at ``replay_ratio`` each."""
+    per_epoch = len(examples) * (1 + (replay_ratio if replay else 0))
+    return max(1, math.ceil(epochs * per_epoch / BATCH_SIZE))
+
+
+def _active_adapter(model: Any) -> str:
+    active = model.active_adapter
+    return active if isinstance(active, str) else active[0]
+
+
 def _fit(
     model: Any,
     params: list[Any],
@@ -590,8 +601,7 @@ def distill(
     heldout = _text_examples(lm, read_text_resource("heldout.txt"), HELDOUT_TOKENS, "heldout")
     steps_given = steps is not None
     if steps is None:
-        per_epoch = len(examples) * (1 + (replay_ratio if replay else 0))
-        steps = max(1, math.ceil((epochs or DEFAULT_EPOCHS) * per_epoch / BATCH_SIZE))
+        steps = steps_for(epochs or DEFAULT_EPOCHS, examples, replay, replay_ratio)
     pad = _pad_id(lm)
     recall_before = measure_recall(lm, probes, stage="recall before", progress=progress)
     heldout_before = mean_loss(lm.model, heldout, pad, token_weighted=True)
@@ -857,7 +867,7 @@ def consolidate_adapter(
     import torch
 
     torch.manual_seed(seed)
-    active = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapter[0]
+    active = _active_adapter(model)
     params = []
     for qualified, param in model.named_parameters():
         param.requires_grad = "lora_" in qualified and f".{active}." in qualified
@@ -865,7 +875,7 @@ def consolidate_adapter(
             params.append(param)
     if not params:
         raise MemosError("the combined adapter has no LoRA weights to train")
-    steps = max(1, math.ceil(epochs * len(examples) * (1 + (REPLAY_RATIO if replay else 0)) / BATCH_SIZE))
+    steps = steps_for(epochs, examples, replay, REPLAY_RATIO)
     loss = _fit(
         model,
         params,
@@ -886,7 +896,7 @@ def consolidate_adapter(
 
 def save_combined(model: Any, out: Path, model_name: str) -> None:
     """Write the active adapter of ``model`` (from ``combine_adapters``) as a plain peft folder."""
-    active = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapter[0]
+    active = _active_adapter(model)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft: "could not find a config file" for a model loaded from a folder
         model.save_pretrained(tmp, selected_adapters=[active], safe_serialization=True)

@@ -108,6 +108,10 @@ def test_exit_codes_and_one_line_errors(tmp_path: Path) -> None:
     assert code == 2 and "--status" in err
     code, _, err = run("query", cube)
     assert code == 2
+    code, _, err = run("query", cube, "x", "--bogus")  # click's usage errors, as typer vendors them
+    assert code == 2 and "No such option: --bogus" in err and "internal error" not in err
+    code, _, err = run("ingest")
+    assert code == 2 and "Missing argument" in err and "internal error" not in err
     code, _, err = run("show", cube, "m-doesnotexist")
     assert code == 1 and "no memory" in err
     code, _, err = run("init", cube)

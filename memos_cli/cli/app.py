@@ -95,14 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, typer.Exit):
             return exc.exit_code
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, _click_errors()):  # a usage error: unknown option, missing argument...
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, typer.Abort):
             sys.stderr.write("memos: aborted\n")
             return 1
         if debug():
@@ -111,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("  hint: rerun with MEMOS_DEBUG=1 for a traceback, and report it\n")
         return 1
     return 0
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """click's ClickException, and typer's vendored copy of it (typer 0.2x ships its own click, whose
+    exceptions are not click's): found through a public typer class rather than a private module."""
+    import click
+
+    vendored = [c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"]
+    return (click.ClickException, *vendored)
 
 
 def run() -> None:

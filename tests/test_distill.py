@@ -142,6 +142,19 @@ def test_training_lowers_the_loss(cube: Cube, lm: LanguageModel) -> None:
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj"}
 
 
+def test_a_few_memories_still_get_enough_steps(cube: Cube, lm: LanguageModel) -> None:
+    memories = list(cube.read_state().current.values())
+    examples, _ = dist.build_examples(lm, memories)
+    replay = dist._text_examples(lm, dist.read_text_resource("replay.txt"), dist.REPLAY_TOKENS, "replay")
+    five_epochs = dist.steps_for(dist.DEFAULT_EPOCHS, examples, replay, dist.REPLAY_RATIO)
+    assert five_epochs < dist.MIN_STEPS  # the fixture's few memories: 5 epochs alone would under-train
+    report = dist.distill(cube, Selection(all=True), name="facts", model=lm, rank=2)
+    assert report.steps == dist.MIN_STEPS and report.hyperparameters["min_steps"] == dist.MIN_STEPS
+    explicit = dist.distill(cube, Selection(all=True), name="once", model=lm, rank=2, epochs=1.0)
+    assert explicit.steps == dist.steps_for(1.0, examples, replay, dist.REPLAY_RATIO) < dist.MIN_STEPS
+    assert explicit.hyperparameters["min_steps"] is None
+
+
 def test_adapters_for_another_model_or_with_changed_bytes_are_refused(
     cube: Cube, lm: LanguageModel, tmp_path: Path
 ) -> None:

@@ -35,7 +35,9 @@ def distill(
         typer.Option("--target-modules", help="all-linear, attention, or module names separated by commas."),
     ] = "all-linear",
     steps: Annotated[Optional[int], typer.Option("--steps", help="Training steps (batches of 8).")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Passes over the memories (default 5).")] = None,
+    epochs: Annotated[
+        Optional[float], typer.Option("--epochs", help="Passes over the memories (default: 5, and at least 20 steps).")
+    ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-3,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the LoRA initialisation and the data order.")] = 0,
     model: ModelOpt = None,

@@ -1,7 +1,7 @@
 """Fused adapters keep each parent's facts: distill half the made-up facts into cube A and half into
 cube B (same adapter name), then compare peft's combination methods side by side on closed-book recall
 of each parent's facts (the distill issue's measure) and on held-out text loss, and run `fuse` end to
-end with its default (peft ``cat``, then one short consolidation pass over the parents' memories).
+end with its default (peft ``cat``, then two short consolidation passes over the parents' memories).
 
     .venv/bin/python bench/fuse_lora_bench.py [--facts bench/data/facts.jsonl] [--limit 20] [--threads 2]
 """
@@ -93,7 +93,7 @@ def main() -> None:
         examples, _ = D.build_examples(
             lm, [r for name in halves for r in Cube.open(root / name).read_state().current.values()]
         )
-        replay = D._text_examples(lm, D.read_text_resource("replay.txt"), D.REPLAY_TOKENS, "replay")
+        replay = D.replay_examples(lm)
         for method, options in CONSOLIDATED:
             model = D.combine_adapters(lm, folders, method=method, **options)
             D.consolidate_adapter(lm, model, examples, replay)

@@ -145,7 +145,7 @@ def test_training_lowers_the_loss(cube: Cube, lm: LanguageModel) -> None:
 def test_a_few_memories_still_get_enough_steps(cube: Cube, lm: LanguageModel) -> None:
     memories = list(cube.read_state().current.values())
     examples, _ = dist.build_examples(lm, memories)
-    replay = dist._text_examples(lm, dist.read_text_resource("replay.txt"), dist.REPLAY_TOKENS, "replay")
+    replay = dist.replay_examples(lm)
     five_epochs = dist.steps_for(dist.DEFAULT_EPOCHS, examples, replay, dist.REPLAY_RATIO)
     assert five_epochs < dist.MIN_STEPS  # the fixture's few memories: 5 epochs alone would under-train
     report = dist.distill(cube, Selection(all=True), name="facts", model=lm, rank=2)

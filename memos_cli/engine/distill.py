@@ -46,8 +46,9 @@ from memos_cli.engine.select import Selection, select
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
 
-# (stage, done, total, loss): stage is "recall before", "training" or "recall after"; loss is the
-# training loss of the last step (None outside training).
+# (stage, done, total, loss): stage names the step ("recall before", "training", "recall after"; fuse
+# adds "indexing", "consolidating" and its recall stages); loss is the training loss of the last step
+# (None outside training).
 Progress = Callable[[str, int, int, "float | None"], None]
 
 TARGETS = ("all-linear", "attention")
@@ -268,6 +269,12 @@ def read_text_resource(name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Losses, recall, training
+
+
+def replay_examples(lm: LanguageModel, text: str | None = None) -> list[Example]:
+    """Replay sequences (general prose mixed into training to limit forgetting): ``text``, or the
+    built-in ``data/replay.txt``."""
+    return _text_examples(lm, read_text_resource("replay.txt") if text is None else text, REPLAY_TOKENS, "replay")
 
 
 def _pad_id(lm: LanguageModel) -> int:
@@ -599,11 +606,11 @@ def distill(
     memories = select(cube, selection)
     lm = model if isinstance(model, LanguageModel) else load_lm(model)
     _check_cube_model(cube, lm, name)
-    replay_text = Path(replay_path).read_text(encoding="utf-8") if replay_path else read_text_resource("replay.txt")
+    replay_text = Path(replay_path).read_text(encoding="utf-8") if replay_path else None
     started = time.perf_counter()
 
     examples, probes = build_examples(lm, memories)
-    replay = _text_examples(lm, replay_text, REPLAY_TOKENS, "replay")
+    replay = replay_examples(lm, replay_text)
     heldout = _text_examples(lm, read_text_resource("heldout.txt"), HELDOUT_TOKENS, "heldout")
     steps_given = steps is not None
     if steps is None:

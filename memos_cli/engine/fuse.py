@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,8 +45,8 @@ from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import open_index, row_for, row_key
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
 
-# (stage, done, total, loss): indexing, recall and consolidation stages; loss only while training.
-Progress = Callable[[str, int, int, "float | None"], None]
+if TYPE_CHECKING:
+    from memos_cli.engine.distill import Progress
 
 ADAPTER_MODES = ("consolidate", "combine", "drop")
 COMBINATION = "cat"  # peft combination_type: the best start for consolidation in bench/fuse_lora_bench.py
@@ -156,7 +156,7 @@ def fuse(
     # --- compatibility: embedders
     embedder = EmbedderHandle()
     ident = embedder.identity
-    indexing = (lambda done, total: progress("indexing", done, total, None)) if progress else None
+    indexing = _indexing(progress)
     prints = {p.manifest.name: (p.manifest.embedder or {}).get("fingerprint") for p in parents}
     foreign = {n: f for n, f in prints.items() if f not in (None, ident.fingerprint)}
     if foreign and not reembed:
@@ -329,9 +329,7 @@ def fuse(
         report.lora = {
             n: {
                 "from": [p.manifest.name for p, _ in plan],
-                "method": "copy"
-                if len(plan) == 1
-                else COMBINATION + ("+consolidate" if adapters == "consolidate" else ""),
+                "method": _method(len(plan), consolidated=adapters == "consolidate"),
             }
             for n, plan in lora_plan.items()
         }
@@ -438,7 +436,7 @@ def _write_fused(
         dim=ident.dim,
         embedder_name=ident.fingerprint,
         known_vectors=vectors,
-        progress=(lambda done, total: progress("indexing", done, total, None)) if progress else None,
+        progress=_indexing(progress),
     )
 
 
@@ -504,17 +502,31 @@ def _rebuild_snapshots(
 def _parent_facts(entry: dict[str, Any], final: dict[str, MemoryRecord], moved: dict[str, str]) -> list[MemoryRecord]:
     """The fused cube's active memories that a parent's adapter was trained on (following memories that
     fuse stored once or merged into another)."""
-    out: list[MemoryRecord] = []
+    out: dict[str, MemoryRecord] = {}
     for ref in entry.get("memories", []):
         memory_id = str(ref).split("@")[0]
-        seen = set()
-        while memory_id in moved and memory_id not in seen:
-            seen.add(memory_id)
+        hops = set()
+        while memory_id in moved and memory_id not in hops:
+            hops.add(memory_id)
             memory_id = moved[memory_id]
         record = final.get(memory_id)
-        if record is not None and record.status == "active" and record not in out:
-            out.append(record)
-    return out
+        if record is not None and record.status == "active":
+            out.setdefault(memory_id, record)
+    return list(out.values())
+
+
+def _method(parents: int, *, consolidated: bool) -> str:
+    """How an adapter of the fused cube was made, as the manifest and the report name it."""
+    if parents == 1:
+        return "copy"
+    return f"{COMBINATION}+consolidate" if consolidated else COMBINATION
+
+
+def _indexing(progress: Progress | None) -> Callable[[int, int], None] | None:
+    """The (done, total) callback the index takes, as the "indexing" stage of ``progress``."""
+    if progress is None:
+        return None
+    return lambda done, total: progress("indexing", done, total, None)
 
 
 def _sample(records: list[MemoryRecord], limit: int) -> list[MemoryRecord]:
@@ -558,7 +570,7 @@ def _carry_adapters(
             folder.mkdir(parents=True, exist_ok=True)
             for name in D.ADAPTER_FILES:
                 shutil.copy2(folders[0] / name, folder / name)
-            entry["method"] = "copy"
+            entry["method"] = _method(1, consolidated=False)
             for key in ("hyperparameters", "metrics", "selection"):
                 if key in sources[0][1]:
                     entry[key] = sources[0][1][key]
@@ -593,14 +605,14 @@ def _fuse_adapters(
     }
     for parent, score in _recall(lm, model, probes, "combined", progress).items():
         recall[parent]["combined"] = score
-    fields: dict[str, Any] = {"method": COMBINATION}
+    fields: dict[str, Any] = {"method": _method(len(folders), consolidated=False)}
     union = list({r.id: r for records in facts.values() for r in records}.values())
     examples = D.build_examples(lm, union)[0] if mode == "consolidate" else []
     if examples:  # none when every memory the parents learned was forgotten or deleted
-        replay = D._text_examples(lm, D.read_text_resource("replay.txt"), D.REPLAY_TOKENS, "replay")
+        replay = D.replay_examples(lm)
         started = time.perf_counter()
         steps, loss = D.consolidate_adapter(lm, model, examples, replay, progress=progress)
-        fields["method"] = f"{COMBINATION}+consolidate"
+        fields["method"] = _method(len(folders), consolidated=True)
         fields["consolidation"] = {
             "epochs": D.CONSOLIDATE_EPOCHS,
             "lr": D.CONSOLIDATE_LR,

@@ -93,3 +93,31 @@ def test_index_follows_a_purge(make_cube) -> None:
     victim = query(cube, "peanuts", k=1)[0]
     forget(cube, [victim.id], purge=True, actor="tester")
     assert all(h.id != victim.id for h in query(cube, "peanuts", k=5, filters=Filters(status="all")))
+
+
+@pytest.mark.parametrize("kill_after", [1, 2])
+def test_a_writer_killed_between_the_index_files_leaves_it_only_behind(make_cube, monkeypatch, kill_after) -> None:
+    from memos_cli.engine import index as index_module
+    from memos_cli.engine.ingest import Source, ingest
+    from memos_cli.engine.integrity import verify
+
+    cube = make_cube(FACTS[:3])
+    query(cube, "cat", k=1)  # the index exists
+    real_write = index_module.atomic_write_text
+    written: list[str] = []
+
+    def killed_after(path, text):  # type: ignore[no-untyped-def]
+        if len(written) == kill_after:
+            raise KeyboardInterrupt("killed between two index files")
+        written.append(path.name)
+        real_write(path, text)
+
+    monkeypatch.setattr(index_module, "atomic_write_text", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(cube, [Source("more.jsonl", "".join(json.dumps(f) + "\n" for f in FACTS[3:]).encode())], actor="tester")
+    monkeypatch.undo()
+    assert len(written) == kill_after  # the kill fell between two of the index's files
+    report = verify(cube.path)
+    assert report.ok, report.problems
+    texts = {r.text for r in cube.read_state().current.values()}
+    assert (query(cube, "peanuts", k=1)[0].text == FACTS[3]["text"]) == (FACTS[3]["text"] in texts)

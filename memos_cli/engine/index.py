@@ -7,8 +7,10 @@ progress bar). The index is kept in step with ``memories.jsonl`` incrementally:
   appended, so vectors and keys are append-only files, and a memory whose text is unchanged by a new
   version (forget, a tag edit) keeps its row and its embedding;
 - ``current.json`` maps each memory id to the row of its current version;
-- ``meta.json`` is written last and names how many rows are valid and which state of
-  ``memories.jsonl`` the index reflects (size, mtime, sha256), so staleness costs one ``stat``;
+- ``meta.json`` names how many rows are valid and which state of ``memories.jsonl`` the index
+  reflects (size, mtime, sha256), so staleness costs one ``stat``. It is written on both sides of
+  ``current.json``: first with the new row count and no claim on the records, last with the claim, so
+  a writer killed at any point leaves an index that is consistent and at worst behind;
 - the hnswlib graph may lag behind the rows: rows past ``hnsw_rows`` are scored exactly, and are
   folded into the graph once the tail grows (saving the graph rewrites it, so it is not done per ingest).
 
@@ -275,8 +277,14 @@ class CubeIndex:
         else:  # the file moved on (or is mid-transaction): record nothing, the next open re-checks
             self.meta.records_size, self.meta.records_mtime_ns = -1, -1
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Three writes, so that a writer killed between any two leaves an index that is at worst behind:
+        # the row count first, claiming no records (current.json may point only into rows that exist),
+        # then the mapping into those rows, then the claim that they match the records.
+        meta = asdict(self.meta)
+        unclaimed = {**meta, "records_size": -1, "records_mtime_ns": -1}
+        atomic_write_text(self.dir / "meta.json", json.dumps(unclaimed, sort_keys=True))
         atomic_write_text(self.dir / "current.json", json.dumps(self.current, sort_keys=True))
-        atomic_write_text(self.dir / "meta.json", json.dumps(asdict(self.meta), sort_keys=True))
+        atomic_write_text(self.dir / "meta.json", json.dumps(meta, sort_keys=True))
 
     # ------------------------------------------------------------------ ranking
     def inputs(self) -> ranking.RankInputs:

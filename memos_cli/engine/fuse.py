@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, normalise_text
@@ -78,7 +79,7 @@ class FuseReport:
 
 
 def _lineage(cube: Cube) -> dict[str, Any]:
-    data = cube.memories_path.read_bytes() if cube.memories_path.exists() else b""
+    data = cube_io.read_bytes(cube.path, layout.MEMORIES, missing_ok=True) or b""
     return {
         "id": cube.manifest.id,
         "name": cube.manifest.name,
@@ -569,7 +570,8 @@ def _carry_adapters(
         if len(sources) == 1:
             folder.mkdir(parents=True, exist_ok=True)
             for name in D.ADAPTER_FILES:
-                shutil.copy2(folders[0] / name, folder / name)
+                data = cube_io.read_bytes(folders[0], name)  # never through a link or special file
+                (folder / name).write_bytes(data or b"")
             entry["method"] = _method(1, consolidated=False)
             for key in ("hyperparameters", "metrics", "selection"):
                 if key in sources[0][1]:

@@ -353,13 +353,14 @@ def remove(root: Path, rel: str) -> bool:
         return False
 
 
-def rename(root: Path, src: str, dst: str) -> None:
-    """Move ``src`` to ``dst`` (both inside the cube; ``dst`` must not be a link or a non-empty folder)."""
+def rename(root: Path, src: str, dst: str, *, any_kind: bool = False) -> None:
+    """Move ``src`` to ``dst`` (both inside the cube; ``dst`` must not be a link or a non-empty folder).
+    ``src`` must be a file or folder, unless ``any_kind`` (repair moving a link or FIFO itself aside)."""
     with _parent(root, src) as (sfd, sname), _parent(root, dst, create=True) as (dfd, dname):
         st = _lstat(sfd, sname)
         if st is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src)
-        if _kind(st) not in ("file", "dir"):
+        if _kind(st) not in ("file", "dir") and not any_kind:
             raise UnsafePath(root, src, "is a symbolic link or special file")
         _refuse_unsafe_target(root, dst, dfd, dname, dir_ok=True)
         os.replace(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)

@@ -30,6 +30,9 @@ def unsafe_entries(root: Path) -> list[tuple[str, str]]:
         rel_top = os.path.relpath(top, root)
         if rel_top == ".":
             dirs[:] = [d for d in dirs if d != ".git"]
+        if rel_top == QUARANTINE_REL:
+            dirs[:] = []
+            continue  # what repair moved aside: inert, never read
         for name in sorted(dirs + files):
             rel = name if rel_top == "." else f"{rel_top}/{name}"
             try:
@@ -285,7 +288,7 @@ def _neutralise(root: Path, report: RepairReport) -> None:
             report.fixed.append(f"gave {rel} a copy of its own (it was hard-linked)")
         else:
             target = f"{QUARANTINE_REL}/{secrets.token_hex(4)}-{rel.replace('/', '__')}"
-            io.rename(root, rel, target)
+            io.rename(root, rel, target, any_kind=True)
             report.fixed.append(f"moved {rel}, which {why}, aside to {target}")
             if rel in (layout.MEMORIES, layout.AUDIT):
                 io.atomic_write(root, rel, b"")

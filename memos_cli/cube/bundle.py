@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ STAGING_REL = f"{layout.DERIVED_DIR}/staging"
 _PAYLOAD = re.compile(
     rf"({re.escape(layout.KV_DIR)}/{layout.NAME_PATTERN}\.safetensors|{re.escape(layout.LORA_DIR)}/{layout.NAME_PATTERN})"
 )
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # io.atomic_write's temporary names
 _JOURNAL_KEYS = {"op", "appends", "backups", "created", "manifest"}
 
 
@@ -344,6 +346,7 @@ class Cube:
             raise LockTimeout(self.path, wait) from None
         try:
             self.recover()
+            self.sweep_temporaries()
             # Another process may have committed since we opened: work on the newest manifest.
             self.reload_manifest()
             yield
@@ -406,6 +409,20 @@ class Cube:
                 io.atomic_write(root, layout.MANIFEST, wanted)
         io.remove(root, JOURNAL_REL)
         return done or ["removed an empty journal"]
+
+    def sweep_temporaries(self) -> list[str]:
+        """Remove temporaries of atomic writes that a killed writer left in the bundle's folders
+        (call with the lock held: no writer of ours is between its write and its rename)."""
+        removed = []
+        for folder in ("", layout.KV_DIR):
+            if folder and io.kind(self.path, folder) != "dir":
+                continue
+            for name in io.listdir(self.path, folder) if folder else sorted(os.listdir(self.path)):
+                if _TEMPORARY.fullmatch(name):
+                    rel = f"{folder}/{name}" if folder else name
+                    io.remove(self.path, rel)
+                    removed.append(rel)
+        return removed
 
     def check(self, actor: str | None, action: str) -> str:
         """Apply the cube's policy to ``actor`` for ``action`` (read, write, admin); returns the actor."""

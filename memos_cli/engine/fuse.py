@@ -26,8 +26,8 @@ Vectors come from the parents' indexes (same embedder), so fusing does not re-em
 
 from __future__ import annotations
 
+import glob
 import hashlib
-import os
 import shutil
 import tempfile
 import time
@@ -339,6 +339,9 @@ def fuse(
 
     # Build next to the output and rename at the end: a killed fuse leaves no half-made cube at OUT.
     output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in output.parent.glob(f".{glob.escape(output.name)}.fusing-*"):
+        if stale.is_dir() and not stale.is_symlink():  # left by a fuse that was killed: never a cube yet
+            cube_io.remove(output.parent, stale.name)
     building = Path(tempfile.mkdtemp(prefix=f".{output.name}.fusing-", dir=output.parent))
     try:
         _write_fused(
@@ -363,7 +366,7 @@ def fuse(
         raise
     if output.exists():
         output.rmdir()  # an empty directory was allowed as the target
-    os.rename(building, output)
+    cube_io.rename(output.parent, building.name, output.name)  # the one step that makes the cube appear
     report.seconds = time.perf_counter() - started
     return report
 

@@ -74,10 +74,10 @@ class VerifyReport:
 
 
 def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, dict[str, Any]]]:
-    if io.kind(cube.path, rel) is None:
-        report.problems.append(f"{rel} is missing")
-        return []
     try:
+        if io.kind(cube.path, cube.committed_rel(rel)) is None:
+            report.problems.append(f"{rel} is missing")
+            return []
         data = cube._read_committed(rel)  # what readers see: an unfinished transaction's bytes excluded
     except InvalidCube as exc:
         report.problems.append(exc.problem)

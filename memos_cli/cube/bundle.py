@@ -227,7 +227,7 @@ class Cube:
         cls, path: str | Path, *, name: str | None = None, owner: str | None = None, description: str = ""
     ) -> Cube:
         path = Path(path)
-        if io.kind(path, layout.MANIFEST) is not None if path.is_dir() else False:
+        if path.is_dir() and io.kind(path, layout.MANIFEST) is not None:
             raise CubeExists(path)
         path.mkdir(parents=True, exist_ok=True)
         now = utc_now()

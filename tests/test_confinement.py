@@ -105,10 +105,11 @@ def _snapshot_bytes(preamble: str = "hello") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, session_home: Path) -> Path:
+def template(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
     """A sound cube with three memories, a built index, and a KV entry 'snap' (no model needed)."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("MEMOS_HOME", str(session_home))
+        env.setenv("MEMOS_HOME", str(tmp_path_factory.mktemp("confine-home")))
+        env.setenv("MEMOS_MODEL_CACHE", str(model_cache))
         env.setenv("MEMOS_USER", "tester")
         return _template(tmp_path_factory)
 

@@ -25,11 +25,6 @@ from memos_cli.cube import io as cube_io
 from memos_cli.cube.bundle import Cube
 from memos_cli.engine.integrity import verify
 
-try:
-    from test_lm import build_tiny_model
-except ImportError:
-    from tests.test_lm import build_tiny_model
-
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 CHILD_TIMEOUT_S = 120
@@ -182,11 +177,6 @@ def harness(name: str, base: Path, work: Path, args_for, *, output: str | None =
     return points
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("kill-model") / "llama", "llama")
-
-
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
     cube = tmp_path / "base" / "cube"
@@ -253,8 +243,10 @@ def _harness_repair(torn: Path, work: Path) -> None:
     COVERED["repair"] = points
 
 
-def test_kill_after_each_write_of_promote_fuse_and_distill(tmp_path: Path, base: Path, models: Path) -> None:
-    model = str(models)
+def test_kill_after_each_write_of_promote_fuse_and_distill(
+    tmp_path: Path, base: Path, tiny_dirs: dict[str, Path]
+) -> None:
+    model = str(tiny_dirs["llama"])
     snap = tmp_path / "snap" / "cube"
     shutil.copytree(base, snap)
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):

@@ -96,6 +96,9 @@ def _run_child(args: list[str], crash_after: int) -> int:
     if pid == 0:  # the child: no cleanup, no return into pytest, whatever happens
         code = 70
         try:
+            os.environ["MEMOS_THREADS"] = "1"
+            if "torch" in sys.modules:  # OpenMP's pool does not survive fork: one thread needs no pool
+                sys.modules["torch"].set_num_threads(1)
             cube_io._crash_after = crash_after
             cube_io._writes = 0
             with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
@@ -175,6 +178,14 @@ def harness(name: str, base: Path, work: Path, args_for, *, output: str | None =
         pytest.fail(f"{name} was still writing after 400 write calls")
     COVERED[name] = points
     return points
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forked children must not need torch's OpenMP pool (it hangs after fork once the parent used it)."""
+    monkeypatch.setenv("MEMOS_THREADS", "1")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 @pytest.fixture

@@ -200,6 +200,8 @@ class WriteFailed(MemosError):
         )
         self.path = path
         self.file = file
+
+
 class SnapshotMissing(MemosError):
     """The cube has no KV snapshot of that name."""
 

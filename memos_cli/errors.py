@@ -155,6 +155,53 @@ class InvalidSnapshot(MemosError):
         self.problem = problem
 
 
+class UnsafePath(InvalidCube):
+    """A bundle path that memos will not follow: a link, a special file, a hard-linked file it would
+    write into, or a name outside its folder (absolute, '..', control characters)."""
+
+    def __init__(self, path: Path, rel: str, why: str) -> None:
+        shown = rel.encode("unicode_escape").decode("ascii")
+        super().__init__(
+            path,
+            f"{shown} {why}; memos never follows links or special files out of a cube",
+            hint=f"run: memos verify {path} (memos repair moves what it can aside)",
+        )
+        self.rel = rel
+        self.why = why
+
+
+class TooLarge(InvalidCube):
+    """A bundle file or field is over its documented size limit (docs/FORMAT.md, "Limits")."""
+
+    def __init__(self, path: Path, what: str, limit: int) -> None:
+        super().__init__(path, f"{what} is larger than the limit of {limit:,} bytes (docs/FORMAT.md, Limits)")
+        self.what = what
+        self.limit = limit
+
+
+class UnsafeJournal(InvalidCube):
+    """``.memos/journal.json`` names something memos would not have written for a transaction."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            path,
+            f".memos/journal.json is not a journal memos wrote ({problem}); it was not acted on",
+            hint=f"run: memos repair {path} (it moves the journal aside without acting on it)",
+        )
+
+
+class WriteFailed(MemosError):
+    """A write inside a transaction failed (disk full, I/O error); everything was rolled back."""
+
+    def __init__(self, path: Path, file: str, strerror: str) -> None:
+        what = "no space left on device" if "space" in strerror.lower() else strerror.lower()
+        super().__init__(
+            f"{what} while writing {file}; the cube is unchanged", hint="free some space, then run the command again"
+        )
+        self.path = path
+        self.file = file
+
+
 class SnapshotMissing(MemosError):
     """The cube has no KV snapshot of that name."""
 

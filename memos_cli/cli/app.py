@@ -24,6 +24,7 @@ from memos_cli.cli.commands.stats import stats
 from memos_cli.cli.commands.transfer import export, import_
 from memos_cli.cli.commands.verify import repair, verify
 from memos_cli.cli.commands.versions import history, update
+from memos_cli.cli.output import escape_controls
 
 app = typer.Typer(
     name="memos",
@@ -85,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except MemosError as exc:
         if debug():
             raise
-        sys.stderr.write(f"memos: error: {exc.message}\n")
+        sys.stderr.write(f"memos: error: {escape_controls(exc.message, newlines=True)}\n")
         if exc.hint:
-            sys.stderr.write(f"  hint: {exc.hint}\n")
+            sys.stderr.write(f"  hint: {escape_controls(exc.hint, newlines=True)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("memos: interrupted\n")

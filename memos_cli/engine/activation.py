@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from memos_cli.cube import io as cube_io
+from memos_cli.cube import layout as cube_layout
 from memos_cli.cube.io import atomic_write_bytes
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.errors import (
@@ -52,7 +55,7 @@ Layout = Literal["system", "user", "plain"]
 Mode = Literal["kv", "recompute", "none"]
 # Used only to probe where a chat template puts things; never part of a real prompt.
 _PROBE = "\u2063memos-probe-{}\u2063"
-_MAX_HEADER_BYTES = 64 * 1024 * 1024
+_MAX_HEADER_BYTES = cube_layout.MAX_SNAPSHOT_HEADER_BYTES
 
 
 @dataclass
@@ -475,9 +478,9 @@ def save_snapshot(path: Path | str, snap: Snapshot) -> str:
 def read_snapshot_header(path: Path | str) -> dict[str, str]:
     """The metadata of a snapshot file, read without loading any tensor (for ``show``/``stats``/``verify``)."""
     path = Path(path)
-    with open(path, "rb") as handle:
+    with cube_io.open_read(path.parent, path.name) as handle:
         head = handle.read(8)
-        size = _header_size(path, head, path.stat().st_size)
+        size = _header_size(path, head, os.fstat(handle.fileno()).st_size)
         raw = handle.read(size)
     return _parse_metadata(path, raw)
 
@@ -499,6 +502,13 @@ def _parse_metadata(path: Path, raw: bytes) -> dict[str, str]:
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InvalidSnapshot(path, "not a memos KV snapshot (no memos-kv metadata)")
+    for key, value in meta.items():
+        if len(str(value)) > cube_layout.MAX_SNAPSHOT_FIELD_CHARS:
+            raise InvalidSnapshot(
+                path,
+                f"header field {str(key)[:40]!r} is longer than the limit of "
+                f"{cube_layout.MAX_SNAPSHOT_FIELD_CHARS:,} characters (docs/FORMAT.md, Limits)",
+            )
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise InvalidSnapshot(
             path, f"format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}", hint="upgrade memos"
@@ -519,7 +529,8 @@ def load_snapshot(path: Path | str, lm: LanguageModel, *, expected_sha256: str |
 
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = cube_io.read_bytes(path.parent, path.name)
+        assert data is not None
     except OSError as exc:
         raise InvalidSnapshot(path, f"cannot read it ({exc.strerror})") from exc
     digest = hashlib.sha256(data).hexdigest()

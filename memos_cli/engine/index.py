@@ -32,13 +32,16 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from memos_cli.config import lock_timeout
-from memos_cli.cube import layout
+from memos_cli.cube import io, layout
 from memos_cli.cube.bundle import Cube, CubeState
 from memos_cli.cube.io import append_bytes, atomic_write_text
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ranking
 from memos_cli.engine.lexical import LexicalIndex
-from memos_cli.errors import IncompatibleModel, LockTimeout
+from memos_cli.errors import IncompatibleModel, InvalidCube, LockTimeout
+
+INDEX_REL = f"{layout.DERIVED_DIR}/{layout.INDEX_DIR}"
+_MAX_META_BYTES = 1 << 20
 
 INDEX_VERSION = 2  # 2: vectors of the bare text (ranking.embed_rows)
 HNSW_MIN_ROWS = 20_000  # below this, exact scoring is as fast as the graph and always exact
@@ -102,36 +105,53 @@ class CubeIndex:
     # ------------------------------------------------------------------ loading
     @property
     def lock(self) -> FileLock:
-        return FileLock(str(self.cube.derived / "index.lock"), timeout=lock_timeout())
+        lock = self.cube.file_lock("index.lock")
+        lock.timeout = lock_timeout()
+        return lock
+
+    def _read(self, name: str, limit: int | None = None) -> bytes:
+        data = io.read_bytes(self.cube.path, f"{INDEX_REL}/{name}", limit=limit)
+        assert data is not None
+        return data
 
     def _load(self) -> bool:
-        """Load what is on disk; False if there is nothing usable (then the caller rebuilds)."""
+        """Load what is on disk; False if there is nothing usable (then the caller rebuilds): a link or
+        special file in the index is unusable too (it is derived data: the rebuild removes it)."""
         try:
-            meta = IndexMeta(**json.loads((self.dir / "meta.json").read_text()))
+            return self._load_checked()
+        except InvalidCube:
+            return False
+
+    def _load_checked(self) -> bool:
+        try:
+            meta = IndexMeta(**json.loads(self._read("meta.json", _MAX_META_BYTES)))
         except (OSError, ValueError, TypeError):
             return False
         if meta.version != INDEX_VERSION or meta.embedder != self.meta.embedder or meta.dim != self.meta.dim:
             return False
         n = meta.rows
         try:
-            vectors = np.fromfile(self.dir / "vectors.f32", dtype=np.float32, count=n * meta.dim)
-            keys = (self.dir / "keys.txt").read_text().split("\n")[:n]
-            with open(self.dir / "rows.jsonl", encoding="utf-8") as handle:
-                rows = [ranking.Row(**json.loads(next(handle))) for _ in range(n)]
-            current = json.loads((self.dir / "current.json").read_text())
-        except (OSError, ValueError, TypeError, StopIteration):
+            with io.open_read(self.cube.path, f"{INDEX_REL}/vectors.f32") as raw:
+                vectors = np.fromfile(raw, dtype=np.float32, count=n * meta.dim)
+            keys = self._read("keys.txt").decode("utf-8").split("\n")[:n]
+            lines = self._read("rows.jsonl").decode("utf-8").split("\n")
+            rows = [ranking.Row(**json.loads(lines[i])) for i in range(n)]
+            current = json.loads(self._read("current.json"))
+        except (OSError, ValueError, TypeError, IndexError):
             return False
         if vectors.size != n * meta.dim or len(keys) != n:
             return False
         self.meta, self.keys, self.rows, self.current = meta, keys, rows, current
         self.vectors = vectors.reshape(n, meta.dim)
         try:
+            self.cube.derived_dir(f"{layout.INDEX_DIR}/lexical")
             lexical = LexicalIndex.load(self.dir / "lexical")
             if len(lexical) != n:
                 raise ValueError("lexical rows differ")
         except (OSError, ValueError, KeyError):
             lexical = LexicalIndex()
             lexical.add([ranking.lexical_text(r) for r in rows])
+            self.cube.derived_dir(f"{layout.INDEX_DIR}/lexical")
             lexical.save(self.dir / "lexical")
         self.lexical = lexical
         self.hnsw = None
@@ -145,6 +165,8 @@ class CubeIndex:
         import hnswlib
 
         graph = hnswlib.Index(space="ip", dim=self.meta.dim)
+        if io.kind(self.cube.path, f"{INDEX_REL}/hnsw.bin") != "file":
+            return None
         try:
             graph.load_index(str(self.dir / "hnsw.bin"), max_elements=max(count, 1))
         except (RuntimeError, OSError):
@@ -223,7 +245,7 @@ class CubeIndex:
         return embedded
 
     def _append_rows(self, rows: list[ranking.Row], keys: list[str], vectors: np.ndarray) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cube.derived_dir(layout.INDEX_DIR)
         n = self.meta.rows
         # Drop anything a crashed writer appended past the valid rows before appending ours.
         _truncate(self.dir / "vectors.f32", n * self.meta.dim * 4)
@@ -239,6 +261,7 @@ class CubeIndex:
         self.keys.extend(keys)
         self.rows.extend(rows)
         self.lexical.add([ranking.lexical_text(r) for r in rows])
+        self.cube.derived_dir(f"{layout.INDEX_DIR}/lexical")
         self.lexical.save(self.dir / "lexical")
         self.meta.rows = len(self.keys)
 
@@ -259,11 +282,13 @@ class CubeIndex:
             start = self.meta.hnsw_rows
         graph.add_items(self.vectors[start:total], np.arange(start, total))
         graph.set_ef(HNSW_EF)
-        tmp = self.dir / "hnsw.bin.tmp"
-        graph.save_index(str(tmp))
-        with open(tmp, "rb") as handle:
+        self.cube.derived_dir(layout.INDEX_DIR)
+        tmp = f"hnsw.bin.{os.getpid()}.tmp"
+        io.remove(self.dir, tmp)  # whatever was there (a link included) goes: hnswlib opens by name
+        graph.save_index(str(self.dir / tmp))
+        with io.open_read(self.dir, tmp) as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, self.dir / "hnsw.bin")
+        io.rename(self.dir, tmp, "hnsw.bin")
         self.hnsw = graph
         self.meta.hnsw_rows = total
 
@@ -276,7 +301,7 @@ class CubeIndex:
             self.meta.records_size, self.meta.records_mtime_ns = stat.st_size, stat.st_mtime_ns
         else:  # the file moved on (or is mid-transaction): record nothing, the next open re-checks
             self.meta.records_size, self.meta.records_mtime_ns = -1, -1
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cube.derived_dir(layout.INDEX_DIR)
         # Three writes, so that a writer killed between any two leaves an index that is at worst behind:
         # the row count first, claiming no records (current.json may point only into rows that exist),
         # then the mapping into those rows, then the claim that they match the records.
@@ -360,15 +385,13 @@ def open_index(
 
 
 def _truncate(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size > size:
-        with open(path, "r+b") as handle:
-            handle.truncate(size)
+    io.truncate(path.parent, path.name, size)
 
 
 def _truncate_lines(path: Path, lines: int) -> None:
-    if not path.exists():
+    data = io.read_bytes(path.parent, path.name, missing_ok=True)
+    if data is None:
         return
-    data = path.read_bytes()
     offset = 0
     for _ in range(lines):
         offset = data.index(b"\n", offset) + 1
@@ -376,11 +399,10 @@ def _truncate_lines(path: Path, lines: int) -> None:
 
 
 def _clear(directory: Path) -> None:
-    if directory.exists():
-        for child in directory.iterdir():
-            if child.is_dir():
-                import shutil
-
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+    """Empty the index folder; a link or file in its place is removed (never followed)."""
+    root, rel = directory.parent.parent, f"{directory.parent.name}/{directory.name}"
+    if io.kind(root, rel) not in (None, "dir"):
+        io.remove(root, rel)
+        return
+    for name in io.listdir(root, rel):
+        io.remove(root, f"{rel}/{name}")

@@ -216,7 +216,10 @@ def ingest(
         added = sum(1 for r in records if id(r) in stored)
         reports.append(SourceReport(source.name, used, len(records), added, len(records) - added, bad))
     if fresh:
-        _update_index(cube, embedder, known, progress)
+        try:
+            _update_index(cube, embedder, known, progress)
+        except OSError:
+            pass  # committed: the index is derived, and the next query brings it up to date
     return IngestReport(
         added=len(fresh),
         duplicates=sum(r.duplicates for r in reports),

@@ -146,7 +146,11 @@ def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
     uses = usage.counts(cube)
     stale = stale_entries(cube, state)
     index_meta = cube.path / layout.DERIVED_DIR / layout.INDEX_DIR / "meta.json"
-    disk = sum(p.stat().st_size for p in cube.path.rglob("*") if p.is_file() and layout.DERIVED_DIR not in p.parts)
+    disk = sum(  # links are not followed (lstat): a link's target is not part of the cube
+        p.lstat().st_size
+        for p in cube.path.rglob("*")
+        if not p.is_symlink() and p.is_file() and layout.DERIVED_DIR not in p.parts
+    )
     m = cube.manifest
     return {
         "cube": {

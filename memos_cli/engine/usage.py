@@ -7,14 +7,17 @@ memory, each use decayed by its age (``half_life_days``), so memories used often
 
 from __future__ import annotations
 
+import io as _io
 import json
 import math
 import time
 from collections import defaultdict
 
-from memos_cli.cube import layout
+from memos_cli.cube import io, layout
 from memos_cli.cube.bundle import Cube
-from memos_cli.cube.io import append_bytes
+from memos_cli.errors import InvalidCube
+
+USAGE_REL = f"{layout.DERIVED_DIR}/{layout.USAGE_FILE}"
 
 DEFAULT_HALF_LIFE_DAYS = 7.0
 
@@ -23,15 +26,19 @@ def record(cube: Cube, batches: list[list[str]], *, now: float | None = None) ->
     stamp = round(now if now is not None else time.time(), 3)
     lines = "".join(json.dumps({"t": stamp, "ids": ids}, separators=(",", ":")) + "\n" for ids in batches if ids)
     if lines:
-        append_bytes(cube.derived / layout.USAGE_FILE, lines.encode("utf-8"))
+        try:
+            io.append(cube.path, USAGE_REL, lines.encode("utf-8"))
+        except InvalidCube:
+            pass  # a link or special file in its place: usage is advisory, and never written through one
 
 
 def _entries(cube: Cube) -> list[tuple[float, list[str]]]:
-    path = cube.path / layout.DERIVED_DIR / layout.USAGE_FILE
-    if not path.exists():
+    try:
+        raw = io.open_read(cube.path, USAGE_REL)
+    except (FileNotFoundError, InvalidCube):
         return []
     entries = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with _io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
                 entry = json.loads(line)

@@ -29,8 +29,8 @@ def show(
         return
     r = detail.current
     console = out()
-    console.print(f"[bold]{r.id}[/] v{r.version} [{r.status}] {r.type}")
-    console.print(r.text)
+    console.print(f"[bold]{r.id}[/] v{r.version} \\[{r.status}] {r.type}")
+    console.print(r.text, markup=False)
     fields = {
         "time": r.time,
         "speaker": r.speaker,

@@ -23,7 +23,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from memos_cli.config import lock_timeout
-from memos_cli.cube import layout, policy
+from memos_cli.cube import layout, policy, records
 from memos_cli.cube.io import (
     TornLine,
     append_bytes,
@@ -31,10 +31,11 @@ from memos_cli.cube.io import (
     atomic_write_text,
     fsync_dir,
     iter_lines,
+    probe_writable,
 )
 from memos_cli.cube.manifest import Manifest, parse_manifest
 from memos_cli.cube.records import MemoryRecord, canonical_json
-from memos_cli.errors import CubeExists, CubeNotFound, InvalidCube, LockTimeout
+from memos_cli.errors import BadInput, CubeExists, CubeNotFound, InvalidCube, LockTimeout
 
 
 def utc_now() -> str:
@@ -74,6 +75,16 @@ class Cube:
     def __init__(self, path: Path, manifest: Manifest) -> None:
         self.path = path
         self.manifest = manifest
+        self._writable: bool | None = None
+
+    def writable(self) -> bool:
+        """Whether memos may write this cube's files (False on read-only media or without permission).
+
+        Reads never need to write: on a read-only cube they take no lock, keep derived data (the
+        index) under MEMOS_HOME's cache, and skip usage logging. Probed once per opened cube."""
+        if self._writable is None:
+            self._writable = probe_writable(self.path / layout.DERIVED_DIR / layout.LOCK_FILE)
+        return self._writable
 
     # ----------------------------------------------------------------- locations
     @property
@@ -185,7 +196,7 @@ class Cube:
         try:
             for number, line in iter_lines(data):
                 try:
-                    versions.append(MemoryRecord.from_json(line.decode("utf-8")))
+                    versions.append(MemoryRecord.from_json(line))
                 except (ValueError, UnicodeDecodeError, TypeError) as exc:
                     raise InvalidCube(self.path, f"{layout.MEMORIES}:{number}: {exc}") from None
         except TornLine as exc:
@@ -203,7 +214,7 @@ class Cube:
         try:
             for number, line in iter_lines(data):
                 try:
-                    entry = json.loads(line.decode("utf-8"))
+                    entry = records.loads_unbounded(line)
                 except (ValueError, UnicodeDecodeError):
                     raise InvalidCube(self.path, f"{layout.AUDIT}:{number}: not a JSON object") from None
                 if not isinstance(entry, dict):
@@ -326,6 +337,11 @@ class Transaction:
         return self.cube.manifest
 
     def add(self, record: MemoryRecord) -> None:
+        """Stage one record version; refused (BadInput) if a reader could not read it back."""
+        try:
+            records.validate(record)
+        except ValueError as exc:
+            raise BadInput(f"memory {record.id}", str(exc), hint="nothing was written; shorten or fix it") from None
         self.records.append(record)
 
     def log(self, ids: list[str], summary: str, **extra: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -83,3 +84,24 @@ def iter_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
             yield number, line
     if tail.strip():
         raise TornLine(f"line {len(lines) + 1} is incomplete (no newline at end of file)")
+
+
+# errno names of a storage that refuses writes: read-only media, or files the user may not write.
+READ_ONLY_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EROFS", "EACCES", "EPERM") if hasattr(errno, name)
+)
+
+
+def probe_writable(path: Path) -> bool:
+    """Whether memos can write the file ``path`` (opened for append, created with its folder if
+    missing; nothing is written): False on read-only media or without permission. Any other failure
+    (disk full, I/O error) is raised: it is not "read-only"."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        if exc.errno in READ_ONLY_ERRNOS:
+            return False
+        raise
+    os.close(fd)
+    return True

@@ -18,6 +18,102 @@ MEMORY_TYPES = ("fact", "event", "preference", "dialogue", "document", "note")
 # Keys every record must carry; everything else is optional and defaulted on read.
 REQUIRED_KEYS = ("id", "version", "text", "status", "created")
 
+# Bounds of one record (docs/FORMAT.md, "memories.jsonl"): every reader and writer applies them, so a
+# record that passes verify is one that list, query and stats can read, in bounded time and memory.
+MAX_RECORD_BYTES = 1 << 20  # one line of memories.jsonl (and one JSONL input line): 1 MiB
+MAX_DEPTH = 32  # nesting of arrays and objects, the record itself counting as 1
+# Optional fields of the known schema and the types they may hold (None means the field is absent).
+_STR_OR_NONE = ("time", "source", "source_id", "speaker", "key", "supersedes", "actor")
+_STR = ("type", "created", "hash", "op")
+
+
+def reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows (only finite numbers are)")
+
+
+def loads(line: str | bytes) -> Any:
+    """Parse one JSON line under the record bounds: size, depth, finite numbers only.
+
+    Raises ValueError naming the problem (never RecursionError, never a value with NaN or Infinity)."""
+    if len(line) > MAX_RECORD_BYTES:
+        raise ValueError(f"line is longer than {MAX_RECORD_BYTES} bytes")
+    return loads_unbounded(line)
+
+
+def loads_unbounded(line: str | bytes) -> Any:
+    """``loads`` without the size bound (audit lines list every id an operation touched)."""
+    try:
+        value = json.loads(line, parse_constant=reject_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    check_value(value)
+    return value
+
+
+def check_value(value: Any) -> None:
+    """Raise ValueError if ``value`` nests deeper than MAX_DEPTH or holds a non-finite number.
+
+    Iterative, so a 100,000-deep value is a clean error rather than a RecursionError."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                raise ValueError("holds a number that is not finite (NaN or Infinity)")
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, float)))
+
+
+def check_fields(data: dict[str, Any]) -> None:
+    """Raise ValueError unless ``data`` is a record every reader can use: required keys, the type of
+    every known field, finite numbers and bounded nesting (sizes are checked on the serialised line)."""
+    if not isinstance(data, dict):
+        raise ValueError("a record must be a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"record lacks {', '.join(missing)}")
+    if not isinstance(data["id"], str) or not data["id"]:
+        raise ValueError("id must be a non-empty string")
+    if not isinstance(data["version"], int) or isinstance(data["version"], bool) or data["version"] < 1:
+        raise ValueError("version must be a positive integer")
+    if not isinstance(data["text"], str):
+        raise ValueError("text must be a string")
+    if data["status"] not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+    for name in _STR:
+        if name in data and not isinstance(data[name], str):
+            raise ValueError(f"{name} must be a string")
+    for name in _STR_OR_NONE:
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise ValueError(f"{name} must be a string or absent")
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ValueError("tags must be a list of strings")
+    span = data.get("span")
+    if span is not None and (
+        not isinstance(span, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in span)
+    ):
+        raise ValueError("span must be a list of integers")
+    if not isinstance(data.get("metadata", {}), dict):
+        raise ValueError("metadata must be an object")
+    check_value(data)
+
+
+def validate(record: MemoryRecord) -> str:
+    """Check a record about to be written; returns its canonical line (without newline).
+
+    The same rules as reading it back (``MemoryRecord.from_json``): ingest, update, merge and import
+    refuse what a reader would refuse, so nothing written can break a later command."""
+    data = record.to_dict()
+    check_fields(data)
+    line = canonical_json(data)
+    if len(line.encode("utf-8")) > MAX_RECORD_BYTES:
+        raise ValueError(f"the record is larger than {MAX_RECORD_BYTES} bytes")
+    return line
+
 
 def canonical_json(obj: Any) -> str:
     """The one JSON spelling used in every bundle file: sorted keys, compact, UTF-8 kept."""
@@ -93,32 +189,16 @@ class MemoryRecord:
         Unknown keys are kept in ``extra`` and written back unchanged, so a newer writer's fields survive
         a rewrite by this reader (docs/FORMAT.md: readers keep what they do not understand).
         """
-        if not isinstance(data, dict):
-            raise ValueError("a record must be a JSON object")
-        missing = [k for k in REQUIRED_KEYS if k not in data]
-        if missing:
-            raise ValueError(f"record lacks {', '.join(missing)}")
-        if not isinstance(data["id"], str) or not data["id"]:
-            raise ValueError("id must be a non-empty string")
-        if not isinstance(data["version"], int) or isinstance(data["version"], bool) or data["version"] < 1:
-            raise ValueError("version must be a positive integer")
-        if not isinstance(data["text"], str):
-            raise ValueError("text must be a string")
-        if data["status"] not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        check_fields(data)
         known = set(cls.__dataclass_fields__) - {"extra"}
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
         kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
-        for name in ("tags",):
-            if name in kwargs and not isinstance(kwargs[name], list):
-                raise ValueError(f"{name} must be a list")
-        if "metadata" in kwargs and not isinstance(kwargs["metadata"], dict):
-            raise ValueError("metadata must be an object")
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, line: str) -> MemoryRecord:
-        return cls.from_dict(json.loads(line))
+    def from_json(cls, line: str | bytes) -> MemoryRecord:
+        """Parse one line of memories.jsonl under the record bounds (``loads``); raises ValueError."""
+        return cls.from_dict(loads(line))
 
     def content_key(self) -> str:
         """This version's content, without when and by whom it was written: two writes of the same

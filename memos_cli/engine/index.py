@@ -34,7 +34,7 @@ from filelock import FileLock, Timeout
 from memos_cli.config import lock_timeout
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, CubeState
-from memos_cli.cube.io import append_bytes, atomic_write_text
+from memos_cli.cube.io import append_bytes, atomic_write_bytes, atomic_write_text
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ranking
 from memos_cli.engine.lexical import LexicalIndex
@@ -89,7 +89,7 @@ class CubeIndex:
 
     def __init__(self, cube: Cube, dim: int, embedder_name: str) -> None:
         self.cube = cube
-        self.dir = cube.derived / layout.INDEX_DIR
+        self.dir, self._lock_path = index_location(cube)
         self.meta = IndexMeta.empty(embedder_name, dim)
         self.keys: list[str] = []
         self.rows: list[ranking.Row] = []
@@ -102,7 +102,7 @@ class CubeIndex:
     # ------------------------------------------------------------------ loading
     @property
     def lock(self) -> FileLock:
-        return FileLock(str(self.cube.derived / "index.lock"), timeout=lock_timeout())
+        return FileLock(str(self._lock_path), timeout=lock_timeout())
 
     def _load(self) -> bool:
         """Load what is on disk; False if there is nothing usable (then the caller rebuilds)."""
@@ -316,6 +316,59 @@ class CubeIndex:
         return candidates
 
 
+def index_location(cube: Cube) -> tuple[Path, Path]:
+    """The folder of ``cube``'s index and its lock file.
+
+    ``.memos/index/`` when the cube is writable. On a read-only cube (read-only media, another user's
+    checkout) a folder under MEMOS_HOME's cache, keyed by the cube's id and the sha256 of its records, so
+    reads never write to the cube; if even that cache cannot be written, a temporary folder for this
+    process (the index is then built in memory and on temporary disk, and dropped at exit)."""
+    if cube.writable():
+        return cube.path / layout.DERIVED_DIR / layout.INDEX_DIR, cube.path / layout.DERIVED_DIR / "index.lock"
+    from memos_cli.cube.io import sha256_file
+
+    try:
+        content = sha256_file(cube.memories_path)[:16]
+    except FileNotFoundError:
+        content = "empty"
+    try:
+        folder = readonly_cache_root() / f"{_safe_id(cube.manifest.id)}-{content}"
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = _process_temp_dir() / content
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / layout.INDEX_DIR, folder / "index.lock"
+
+
+def readonly_cache_root() -> Path:
+    """Where indexes of read-only cubes are kept: ``MEMOS_HOME/readonly-index``."""
+    from memos_cli.config import memos_home
+
+    return memos_home() / "readonly-index"
+
+
+def _safe_id(cube_id: str) -> str:
+    """A cube id as a folder name: a stranger's manifest may hold anything."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", cube_id)[:64] or "cube"
+
+
+_TEMP_DIR: Path | None = None
+
+
+def _process_temp_dir() -> Path:
+    global _TEMP_DIR
+    if _TEMP_DIR is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _TEMP_DIR = Path(tempfile.mkdtemp(prefix="memos-index-"))
+        atexit.register(shutil.rmtree, _TEMP_DIR, True)
+    return _TEMP_DIR
+
+
 def open_index(
     cube: Cube,
     state: CubeState,
@@ -384,3 +437,55 @@ def _clear(directory: Path) -> None:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
+
+
+def scrub(cube: Cube, purged: list[MemoryRecord], kept: list[MemoryRecord]) -> None:
+    """Remove every derived copy of the ``purged`` versions' text from the index (``forget --purge``).
+
+    The rows, vectors and BM25 statistics are rewritten from the rows that stay (no model is needed);
+    the hnswlib graph is dropped (rebuilt when the cube is large enough to need it); indexes of this
+    cube kept in the read-only cache are removed. A row whose text a ``kept`` version still indexes
+    stays (that text is still in the cube). Killed midway, the index is left empty and is rebuilt by
+    the next query; the purged text is gone either way."""
+    import shutil
+
+    for folder in readonly_cache_root().glob(f"{_safe_id(cube.manifest.id)}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+    directory = cube.path / layout.DERIVED_DIR / layout.INDEX_DIR
+    if not directory.exists():
+        return
+    doomed_ids = {r.id for r in purged}
+    doomed = {row_key(row_for(r)) for r in purged} - {row_key(row_for(r)) for r in kept}
+    lock = FileLock(str(cube.path / layout.DERIVED_DIR / "index.lock"), timeout=lock_timeout())
+    try:
+        with lock:
+            try:
+                meta = json.loads((directory / "meta.json").read_text())
+                index = CubeIndex(cube, int(meta["dim"]), str(meta["embedder"]))
+                loaded = index._load()
+            except (OSError, ValueError, TypeError, KeyError):
+                loaded = False
+            _clear(directory)  # every file goes, torn tails and temporary files included
+            if not loaded:
+                return  # nothing usable was there: the next query builds the index afresh
+            keep = [i for i, key in enumerate(index.keys) if key not in doomed]
+            moved = {old: new for new, old in enumerate(keep)}
+            rows = [index.rows[i] for i in keep]
+            meta_out = {**asdict(index.meta), "rows": 0, "hnsw_rows": 0, "records_size": -1, "records_mtime_ns": -1}
+            atomic_write_text(directory / "meta.json", json.dumps(meta_out, sort_keys=True))
+            atomic_write_bytes(directory / "vectors.f32", np.ascontiguousarray(index.vectors[keep]).tobytes())
+            atomic_write_text(directory / "keys.txt", "".join(index.keys[i] + "\n" for i in keep))
+            atomic_write_text(
+                directory / "rows.jsonl",
+                "".join(json.dumps(vars(r), ensure_ascii=False, sort_keys=True) + "\n" for r in rows),
+            )
+            lexical = LexicalIndex()
+            lexical.add([ranking.lexical_text(r) for r in rows])
+            lexical.save(directory / "lexical")
+            current = {m: moved[row] for m, row in index.current.items() if m not in doomed_ids and row in moved}
+            atomic_write_text(directory / "current.json", json.dumps(current, sort_keys=True))
+            # The row count last: until it is written the index reads as empty (rebuilt, never wrong).
+            meta_out["rows"] = len(keep)
+            atomic_write_text(directory / "meta.json", json.dumps(meta_out, sort_keys=True))
+    except Timeout:
+        raise LockTimeout(directory, lock_timeout()) from None

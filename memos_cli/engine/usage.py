@@ -14,7 +14,7 @@ from collections import defaultdict
 
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube
-from memos_cli.cube.io import append_bytes
+from memos_cli.cube.io import append_bytes, atomic_write_bytes
 
 DEFAULT_HALF_LIFE_DAYS = 7.0
 
@@ -22,8 +22,30 @@ DEFAULT_HALF_LIFE_DAYS = 7.0
 def record(cube: Cube, batches: list[list[str]], *, now: float | None = None) -> None:
     stamp = round(now if now is not None else time.time(), 3)
     lines = "".join(json.dumps({"t": stamp, "ids": ids}, separators=(",", ":")) + "\n" for ids in batches if ids)
-    if lines:
-        append_bytes(cube.derived / layout.USAGE_FILE, lines.encode("utf-8"))
+    if not lines or not cube.writable():  # a read-only cube answers queries; its uses go unrecorded
+        return
+    try:
+        append_bytes(cube.path / layout.DERIVED_DIR / layout.USAGE_FILE, lines.encode("utf-8"))
+    except OSError:
+        pass  # usage is advisory: a full disk must not fail the query that was answered
+
+
+def forget_ids(cube: Cube, ids: set[str]) -> bool:
+    """Rewrite the usage log without ``ids`` (purge); returns whether anything was removed."""
+    path = cube.path / layout.DERIVED_DIR / layout.USAGE_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    if not any(memory_id.encode("utf-8") in raw for memory_id in ids):
+        return False
+    kept = [
+        json.dumps({"t": stamp, "ids": left}, separators=(",", ":")) + "\n"
+        for stamp, used in _entries(cube)
+        if (left := [i for i in used if i not in ids])
+    ]
+    atomic_write_bytes(path, "".join(kept).encode("utf-8"))
+    return True
 
 
 def _entries(cube: Cube) -> list[tuple[float, list[str]]]:

@@ -216,3 +216,12 @@ def after_commit(committed: str, pending: str, exc: BaseException) -> PostCommit
     error = PostCommitError(committed, pending, cause)
     error.__cause__ = exc
     return error
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """A name from outside (an archive member, a snapshot name) as a message shows it: at most
+    ``limit`` characters, the rest counted, so a 5,000-character name cannot flood the terminal."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}...({len(text) - limit + 20:,} more characters)"

@@ -87,9 +87,7 @@ def iter_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 # errno names of a storage that refuses writes: read-only media, or files the user may not write.
-READ_ONLY_ERRNOS = frozenset(
-    getattr(errno, name) for name in ("EROFS", "EACCES", "EPERM") if hasattr(errno, name)
-)
+READ_ONLY_ERRNOS = frozenset(getattr(errno, name) for name in ("EROFS", "EACCES", "EPERM") if hasattr(errno, name))
 
 
 def probe_writable(path: Path) -> bool:

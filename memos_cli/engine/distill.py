@@ -43,7 +43,7 @@ from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.select import Selection, select
-from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
+from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError, shorten
 from memos_cli.models.lm import LanguageModel, load_lm
 
 # (stage, done, total, loss): stage names the step ("recall before", "training", "recall after"; fuse
@@ -52,9 +52,8 @@ from memos_cli.models.lm import LanguageModel, load_lm
 Progress = Callable[[str, int, int, "float | None"], None]
 
 TARGETS = ("all-linear", "attention")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-REPORT_FILE = "report.json"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ADAPTER_FILES = layout.ADAPTER_FILES
+REPORT_FILE = layout.ADAPTER_REPORT
 DEFAULT_EPOCHS = 5  # 6 over-trained: same recall (100%) but held-out loss +14.1% vs +5.1% (bench)
 # Floor on the default number of steps: 5 epochs of 3 facts is 9 steps, which recalled 33%; 20 steps
 # recalled 100% (held-out loss -4.4%). An explicit --epochs or --steps is taken as given.
@@ -553,8 +552,8 @@ def _fit(
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise UsageError(f"adapter name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    if not layout.valid_name(name):
+        raise UsageError(f"adapter name {shorten(name)!r}: use letters, digits, '.', '_' and '-' (at most 64)")
     return name
 
 

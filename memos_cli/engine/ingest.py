@@ -234,7 +234,9 @@ def ingest(
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - after the commit, every failure is told as one
             # The records are committed: say so, or a pipeline retries and the user believes nothing was
             # written. The index is derived and brings itself up to date on the next query.
-            raise after_commit(f"{len(fresh):,} memories stored", "the index will be rebuilt by the next query", exc)
+            raise after_commit(
+                f"{len(fresh):,} memories stored", "the index will be rebuilt by the next query", exc
+            ) from exc
     return IngestReport(
         added=len(fresh),
         duplicates=sum(r.duplicates for r in reports),

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memos_cli.cube import layout
+from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube
 from memos_cli.cube.io import TornLine, iter_lines, sha256_file
-from memos_cli.cube import records
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.errors import InvalidCube
 

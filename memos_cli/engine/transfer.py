@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -65,10 +66,10 @@ def export_cube(cube: Cube, output: Path, *, actor: str | None = None) -> dict[s
     return {"output": str(output), "files": len(files), "bytes": output.stat().st_size}
 
 
-def _refuse(where: str, problem: str) -> BadInput:
-    return BadInput(
-        shorten(where), problem, hint="the archive is not a sound memos export; nothing was written (memos export)"
-    )
+def _refuse(archive: Path, member: str | None, problem: str) -> BadInput:
+    """The error for a refused archive: the member's name shortened (it may be 5,000 characters)."""
+    where = f"{archive}:{shorten(member)}" if member is not None else str(archive)
+    return BadInput(where, problem, hint="the archive is not a sound memos export; nothing was written")
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -102,35 +103,35 @@ def _member_rel(archive: Path, member: tarfile.TarInfo) -> str:
     """The bundle path of an archive member, if it is one the bundle format names."""
     name = member.name
     if not name.startswith("cube/") and name != "cube":
-        raise _refuse(f"{archive}:{name}", "unexpected entry (a memos export holds only cube/...)")
+        raise _refuse(archive, name, "unexpected entry (a memos export holds only cube/...)")
     rel = name[len("cube/") :].rstrip("/") if name != "cube" else ""
     kind = layout.bundle_entry(rel)
     if kind is None or "\\" in name or any(p in ("", ".", "..") for p in rel.split("/") if rel):
-        raise _refuse(f"{archive}:{name}", "not a file of the cube format (no .git, .memos or other files)")
+        raise _refuse(archive, name, "not a file of the cube format (no .git, .memos or other files)")
     if member.isdir():
         if kind != "dir":
-            raise _refuse(f"{archive}:{name}", "a folder where the cube format has a file")
+            raise _refuse(archive, name, "a folder where the cube format has a file")
     elif not member.isreg() or member.issparse():
-        raise _refuse(f"{archive}:{name}", "links, devices and sparse files are not allowed")
+        raise _refuse(archive, name, "links, devices and sparse files are not allowed")
     elif kind != "file":
-        raise _refuse(f"{archive}:{name}", "a file where the cube format has a folder")
+        raise _refuse(archive, name, "a file where the cube format has a folder")
     return rel
 
 
 def _read_index(archive: Path, tar: tarfile.TarFile) -> dict[str, Any]:
     first = tar.next()
     if first is None or first.name != INDEX_NAME or not first.isreg() or first.size > MAX_HEADER_BYTES:
-        raise _refuse(str(archive), f"no valid {INDEX_NAME} first in the archive (not a memos export?)")
+        raise _refuse(archive, None, f"no valid {INDEX_NAME} first in the archive (not a memos export?)")
     try:
         index = records.loads_unbounded(tar.extractfile(first).read())  # type: ignore[union-attr]
         expected = index["files"]
     except (KeyError, AttributeError, ValueError, TypeError):
-        raise _refuse(str(archive), f"no valid {INDEX_NAME} (not a memos export?)") from None
+        raise _refuse(archive, None, f"no valid {INDEX_NAME} (not a memos export?)") from None
     if not isinstance(expected, dict) or len(expected) > MAX_MEMBERS:
-        raise _refuse(str(archive), f"{INDEX_NAME} lists no files, or more than {MAX_MEMBERS:,}")
+        raise _refuse(archive, None, f"{INDEX_NAME} lists no files, or more than {MAX_MEMBERS:,}")
     for rel, digest in expected.items():
         if layout.bundle_entry(rel) != "file" or not isinstance(digest, str) or len(digest) != 64:
-            raise _refuse(f"{archive}:{rel}", f"{INDEX_NAME} names a file the cube format does not have")
+            raise _refuse(archive, rel, f"{INDEX_NAME} names a file the cube format does not have")
     return index
 
 
@@ -166,10 +167,12 @@ def import_cube(archive: Path, output: Path) -> dict[str, Any]:
                 index = _read_index(archive, tar)
                 seen = _unpack(archive, tar, index["files"], staged, limit)
         except (tarfile.TarError, EOFError, zlib.error) as exc:
-            raise _refuse(str(archive), f"a damaged or hostile archive ({exc})") from None
+            raise _refuse(archive, None, f"a damaged or hostile archive ({exc})") from None
         missing = set(index["files"]) - seen
         if missing:
-            raise _refuse(str(archive), f"files missing from the archive: {', '.join(sorted(missing)[:5])}")
+            raise _refuse(
+                archive, None, f"files missing from the archive: {', '.join(shorten(m) for m in sorted(missing)[:5])}"
+            )
         _check_unpacked(archive, staged)
         if output.exists():
             output.rmdir()
@@ -186,20 +189,24 @@ def _unpack(archive: Path, tar: tarfile.TarFile, expected: dict[str, str], stage
     while (member := tar.next()) is not None:  # streaming: never TarFile.__iter__ (it restarts at 0)
         count += 1
         if count > MAX_MEMBERS:
-            raise _refuse(str(archive), f"more than {MAX_MEMBERS:,} entries")
+            raise _refuse(archive, None, f"more than {MAX_MEMBERS:,} entries")
         if member.size > limit - total:  # before reading a byte of it
             raise _refuse(
-                f"{archive}:{member.name}",
+                archive,
+                member.name,
                 f"the archive unpacks to more than {limit:,} bytes (raise MEMOS_IMPORT_MAX_BYTES to allow it)",
             )
         rel = _member_rel(archive, member)
         if member.isdir():
             continue
         if rel in seen:
-            raise _refuse(f"{archive}:{rel}", "appears twice in the archive")
+            raise _refuse(archive, rel, "appears twice in the archive")
         if rel not in expected:
-            raise _refuse(f"{archive}:{rel}", "file not listed in the export index")
+            raise _refuse(archive, rel, "file not listed in the export index")
         total += member.size
+        free = shutil.disk_usage(staged).free
+        if member.size > free:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staged.parent))
         target = staged / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -209,7 +216,7 @@ def _unpack(archive: Path, tar: tarfile.TarFile, expected: dict[str, str], stage
                 digest.update(block)
                 handle.write(block)
         if digest.hexdigest() != expected[rel]:
-            raise _refuse(f"{archive}:{rel}", "checksum mismatch: the archive is corrupted or was modified")
+            raise _refuse(archive, rel, "checksum mismatch: the archive is corrupted or was modified")
         seen.add(rel)
     return seen
 
@@ -221,10 +228,10 @@ def _check_unpacked(archive: Path, staged: Path) -> None:
     try:
         Cube.open(staged)
     except MemosError as exc:
-        raise _refuse(str(archive), f"its cube.yaml is not valid ({exc.message})") from None
+        raise _refuse(archive, None, f"its cube.yaml is not valid ({exc.message})") from None
     report = verify(staged)
     if report.problems:
-        raise _refuse(str(archive), f"the cube in it does not verify: {report.problems[0]}")
+        raise _refuse(archive, None, f"the cube in it does not verify: {report.problems[0]}")
 
 
 def check_export_target(path: Path) -> None:

@@ -175,7 +175,7 @@ def test_import_refuses_members_the_format_does_not_name(tmp_path: Path, extra: 
     assert not (tmp_path / "dst").exists() and _strays(tmp_path) == []
     if problem == "cube format":  # refused by the member's own name too, when the index does not list it
         files.pop(extra[5:])
-        with pytest.raises(BadInput, match="not a file of the cube format"):
+        with pytest.raises(BadInput, match="not a file of the cube format|unsafe"):
             import_cube(_archive(tmp_path / "bad2.tar.gz", members, files), tmp_path / "dst")
 
 
@@ -255,3 +255,36 @@ def test_an_empty_cube_path_is_refused(tmp_path: Path) -> None:
     assert code == 2 and "empty" in err
     assert not (Path.cwd() / "cube.yaml").exists()
     assert run("list", "")[0] == 2
+
+
+# ------------------------------------------------------------------------------------------ adapters
+
+
+def test_an_adapter_config_with_a_huge_rank_is_refused_before_peft(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from memos_cli.engine.distill import MAX_LORA_RANK, check_adapter_bounds
+    from memos_cli.errors import InvalidCube
+
+    cube = Cube.init(tmp_path / "c", owner="tester")
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    save_file(
+        {"m.lora_A.weight": torch.zeros(4, 8), "m.lora_B.weight": torch.zeros(8, 4)}, folder / layout.ADAPTER_FILES[1]
+    )
+    for config, problem in [
+        ({"peft_type": "LORA", "r": 200_000}, "rank"),
+        ({"peft_type": "LORA", "r": 4, "rank_pattern": {"x": 10**6}}, "rank"),
+        ({"peft_type": "LORA", "r": 2}, "shape"),
+        ({"peft_type": "PREFIX", "r": 4}, "not a LoRA"),
+    ]:
+        (folder / layout.ADAPTER_FILES[0]).write_text(json.dumps(config))
+        with pytest.raises(InvalidCube, match=problem):
+            check_adapter_bounds(cube, "a", folder)
+    (folder / layout.ADAPTER_FILES[0]).write_text('{"peft_type": "LORA", "r": 4, "lora_alpha": NaN}')
+    with pytest.raises(InvalidCube, match="not valid"):
+        check_adapter_bounds(cube, "a", folder)
+    (folder / layout.ADAPTER_FILES[0]).write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    check_adapter_bounds(cube, "a", folder)
+    assert MAX_LORA_RANK >= 64

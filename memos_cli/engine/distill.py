@@ -38,7 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from memos_cli.cube import layout
+from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
@@ -793,11 +793,7 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
         if expected != lm.fingerprint:
             raise IncompatibleModel(f"adapter {name}", expected, lm.fingerprint)
         folder = verify_adapter(cube, name)
-        config = json.loads((folder / "adapter_config.json").read_text())
-        if config.get("peft_type") != "LORA":
-            raise InvalidCube(
-                cube.path, f"adapter {name} is not a LoRA adapter (peft_type {config.get('peft_type')!r})"
-            )
+        check_adapter_bounds(cube, name, folder)
         folders.append(folder)
     digest = hashlib.sha256(
         "\n".join(f"{n}:{cube.manifest.lora[n]['files']['adapter_model.safetensors']}" for n in names).encode()
@@ -816,6 +812,43 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
         fingerprint=f"{lm.fingerprint}+lora-{digest[:12]}",
         _kv_shapes=None,
     )
+
+
+MAX_LORA_RANK = 256  # peft allocates rank x (in + out) per target module before reading a weight
+
+
+def check_adapter_bounds(cube: Cube, name: str, folder: Path) -> None:
+    """Refuse an adapter whose config would make peft allocate unbounded memory (``r: 200000``), or whose
+    tensors disagree with its rank, before peft reads a byte of it. Raises InvalidCube."""
+    from safetensors import safe_open
+
+    def bad(problem: str) -> InvalidCube:
+        return InvalidCube(cube.path, f"adapter {shorten(name)}: {problem}")
+
+    try:
+        config = records.loads((folder / "adapter_config.json").read_bytes())
+    except ValueError as exc:
+        raise bad(f"adapter_config.json is not valid ({exc})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        found = config.get("peft_type") if isinstance(config, dict) else None
+        raise bad(f"not a LoRA adapter (peft_type {shorten(repr(found))})")
+    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    for rank in ranks:
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_LORA_RANK:
+            raise bad(f"rank {shorten(repr(rank))} is not an integer from 1 to {MAX_LORA_RANK}")
+    largest = max(ranks)
+    try:
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                if "lora_A" in key and (len(shape) != 2 or shape[0] > largest):
+                    raise bad(f"tensor {shorten(key)} has shape {shape}, not rank <= {largest}")
+                if "lora_B" in key and (len(shape) != 2 or shape[1] > largest):
+                    raise bad(f"tensor {shorten(key)} has shape {shape}, not rank <= {largest}")
+    except InvalidCube:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: an unreadable file, named
+        raise bad(f"adapter_model.safetensors is unreadable ({shorten(str(exc))})") from None
 
 
 def stale_adapters(cube: Cube) -> dict[str, list[str]]:

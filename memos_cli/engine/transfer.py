@@ -102,6 +102,8 @@ def import_limit() -> int:
 def _member_rel(archive: Path, member: tarfile.TarInfo) -> str:
     """The bundle path of an archive member, if it is one the bundle format names."""
     name = member.name
+    if name.startswith("/") or "\\" in name or ".." in name.split("/") or ":" in name.split("/")[0]:
+        raise _refuse(archive, name, "unsafe path in the archive (absolute or outside the cube)")
     if not name.startswith("cube/") and name != "cube":
         raise _refuse(archive, name, "unexpected entry (a memos export holds only cube/...)")
     rel = name[len("cube/") :].rstrip("/") if name != "cube" else ""

@@ -23,7 +23,7 @@ from memos_cli.errors import BadInput, CubeExists, MemosError, UsageError, short
 
 INDEX_NAME = "memos-export.json"
 MAX_MEMBERS = 10_000  # entries of an archive (files and folders); a cube has a handful plus 1-3 per kv/lora
-MAX_IMPORT_BYTES = 4 << 30  # what an import may unpack in all, by default (MEMOS_IMPORT_MAX_BYTES)
+MAX_IMPORT_BYTES = 2 << 30  # what an import may unpack in all, by default (MEMOS_IMPORT_MAX_BYTES)
 MAX_HEADER_BYTES = 1 << 20  # the export index, and any one extended tar header (long names, pax)
 
 
@@ -92,7 +92,7 @@ _HEADER_TYPES = (
 
 
 def import_limit() -> int:
-    """The most bytes an import may unpack (MEMOS_IMPORT_MAX_BYTES, default 4 GiB)."""
+    """The most bytes an import may unpack (MEMOS_IMPORT_MAX_BYTES, default 2 GiB)."""
     try:
         return int(os.environ.get("MEMOS_IMPORT_MAX_BYTES", MAX_IMPORT_BYTES))
     except ValueError:

@@ -40,7 +40,7 @@ def import_(
     json_: JsonOpt = False,
 ) -> None:
     """Unpack an export into a new cube directory, streaming: every entry is checked against the cube
-    format (no .git, .memos, links or stray files) and its sha256, sizes before reading (at most 4 GiB
+    format (no .git, .memos, links or stray files) and its sha256, sizes before reading (at most 2 GiB
     in all, or MEMOS_IMPORT_MAX_BYTES). Nothing is written unless the whole archive checks out.
 
     Example:  memos import notes.tar.gz -o restored-notes

@@ -179,7 +179,20 @@ def test_chat_on_a_read_only_cube_answers_without_remembering(tmp_path: Path, ti
     assert snapshot_files(cube.path) == before
 
 
-try:
-    from test_lm import build_tiny_model, tiny_dirs  # noqa: F401,E402
-except ImportError:
-    from tests.test_lm import build_tiny_model, tiny_dirs  # noqa: F401,E402
+def test_ctrl_c_in_a_chat_that_remembered_turns_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from memos_cli.cli.commands.chat import _interactive
+    from memos_cli.errors import PostCommitError
+
+    def ctrl_c(_prompt: str) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("builtins.input", ctrl_c)
+    fresh = SimpleNamespace(options=SimpleNamespace(remember=True), turns=0)
+    with pytest.raises(KeyboardInterrupt):
+        _interactive(fresh, False)
+    talked = SimpleNamespace(options=SimpleNamespace(remember=True), turns=2)
+    with pytest.raises(PostCommitError, match="2 chat turns remembered") as caught:
+        _interactive(talked, False)
+    assert caught.value.exit_code == 5

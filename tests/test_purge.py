@@ -13,11 +13,6 @@ from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import repair, verify
 from memos_cli.engine.query import Searcher
 
-try:
-    from test_lm import build_tiny_model, tiny_dirs  # noqa: F401
-except ImportError:
-    from tests.test_lm import build_tiny_model, tiny_dirs  # noqa: F401
-
 SECRET = "the vault code is XYZZY-7731"
 OTHERS = ["Ana's cat is called Miso", "Bob's favourite food is ramen", "The review moved to Thursday"]
 

@@ -17,9 +17,7 @@ def cube_path(value: str) -> Path:
     return Path(value)
 
 
-CubeArg = Annotated[
-    Path, typer.Argument(help="The cube directory.", show_default=False, parser=cube_path, metavar="CUBE")
-]
+CubeArg = Annotated[Path, typer.Argument(help="The cube directory.", show_default=False, parser=cube_path)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per line on stdout.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]

@@ -14,7 +14,7 @@ from memos_cli.cli.output import emit_json, say
 def init(
     directory: Annotated[
         Path,
-        typer.Argument(help="Where to create the cube (created if missing).", parser=cube_path, metavar="DIRECTORY"),
+        typer.Argument(help="Where to create the cube (created if missing).", parser=cube_path),
     ],
     name: Annotated[Optional[str], typer.Option("--name", help="A name (default: the directory name).")] = None,
     owner: Annotated[Optional[str], typer.Option("--owner", help="The owner (default: the acting identity).")] = None,

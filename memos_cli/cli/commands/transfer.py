@@ -34,9 +34,7 @@ def export(
 
 def import_(
     archive: Annotated[Path, typer.Argument(help="A .tar.gz made by memos export.")],
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="The new cube directory.", parser=cube_path, metavar="DIR")
-    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The new cube directory.", parser=cube_path)],
     json_: JsonOpt = False,
 ) -> None:
     """Unpack an export into a new cube directory, streaming: every entry is checked against the cube

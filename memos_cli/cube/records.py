@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,46 +26,70 @@ MAX_DEPTH = 32  # nesting of arrays and objects, the record itself counting as 1
 # Optional fields of the known schema and the types they may hold (None means the field is absent).
 _STR_OR_NONE = ("time", "source", "source_id", "speaker", "key", "supersedes", "actor")
 _STR = ("type", "created", "hash", "op")
+_KINDS = {
+    **dict.fromkeys(_STR, "str"),
+    **dict.fromkeys(_STR_OR_NONE, "str?"),
+    "tags": "tags",
+    "span": "span",
+    "metadata": "metadata",
+    **dict.fromkeys(("id", "version", "text", "status"), "checked"),  # checked first, above
+}
 
 
 def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows (only finite numbers are)")
 
 
+_DECODER = json.JSONDecoder(parse_constant=reject_constant)  # one decoder: json.loads builds one a call
+
+
 def loads(line: str | bytes) -> Any:
     """Parse one JSON line under the record bounds: size, depth, finite numbers only.
 
     Raises ValueError naming the problem (never RecursionError, never a value with NaN or Infinity)."""
-    if len(line) > MAX_RECORD_BYTES:
-        raise ValueError(f"line is longer than {MAX_RECORD_BYTES} bytes")
-    return loads_unbounded(line)
-
-
-def loads_unbounded(line: str | bytes) -> Any:
-    """``loads`` without the size bound (audit lines list every id an operation touched)."""
-    try:
-        value = json.loads(line, parse_constant=reject_constant)
-    except RecursionError:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    value = _parse(line)
     check_value(value)
     return value
 
 
-def check_value(value: Any) -> None:
-    """Raise ValueError if ``value`` nests deeper than MAX_DEPTH or holds a non-finite number.
+def loads_unbounded(line: str | bytes) -> Any:
+    """``loads`` without the size bound (audit lines list every id an operation touched)."""
+    value = _parse(line, bounded=False)
+    check_value(value)
+    return value
 
-    Iterative, so a 100,000-deep value is a clean error rather than a RecursionError."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, float):
-            if item != item or item in (float("inf"), float("-inf")):
-                raise ValueError("holds a number that is not finite (NaN or Infinity)")
-        elif isinstance(item, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, float)))
+
+def _parse(line: str | bytes, *, bounded: bool = True) -> Any:
+    if bounded and len(line) > MAX_RECORD_BYTES:
+        raise ValueError(f"line is longer than {MAX_RECORD_BYTES} bytes")
+    try:
+        return _DECODER.decode(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+
+
+def check_value(value: Any, depth: int = 1) -> None:
+    """Raise ValueError if ``value`` (found at ``depth``) nests deeper than MAX_DEPTH or holds a
+    non-finite number. Level by level, without recursion: a 100,000-deep value is a clean error."""
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise ValueError("holds a number that is not finite (NaN or Infinity)")
+        return
+    level = [value] if type(value) in (dict, list) else []
+    while level:
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        below = []
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                kind = type(child)
+                if kind is float:
+                    if not math.isfinite(child):
+                        raise ValueError("holds a number that is not finite (NaN or Infinity)")
+                elif kind is dict or kind is list:
+                    below.append(child)
+        level = below
+        depth += 1
 
 
 def check_fields(data: dict[str, Any]) -> None:
@@ -83,23 +108,29 @@ def check_fields(data: dict[str, Any]) -> None:
         raise ValueError("text must be a string")
     if data["status"] not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}")
-    for name in _STR:
-        if name in data and not isinstance(data[name], str):
-            raise ValueError(f"{name} must be a string")
-    for name in _STR_OR_NONE:
-        if data.get(name) is not None and not isinstance(data[name], str):
-            raise ValueError(f"{name} must be a string or absent")
-    tags = data.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ValueError("tags must be a list of strings")
-    span = data.get("span")
-    if span is not None and (
-        not isinstance(span, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in span)
-    ):
-        raise ValueError("span must be a list of integers")
-    if not isinstance(data.get("metadata", {}), dict):
-        raise ValueError("metadata must be an object")
-    check_value(data)
+    # One pass over the keys: known fields by their type, free values (metadata, unknown keys) walked.
+    for name, value in data.items():
+        kind = _KINDS.get(name)
+        if kind is None:  # an unknown key, kept as it is: bounded like metadata
+            if type(value) in (dict, list, float):
+                check_value(value, 2)
+        elif kind == "str":
+            if type(value) is not str:
+                raise ValueError(f"{name} must be a string")
+        elif kind == "str?":
+            if value is not None and type(value) is not str:
+                raise ValueError(f"{name} must be a string or absent")
+        elif kind == "tags":
+            if type(value) is not list or not all(type(t) is str for t in value):
+                raise ValueError("tags must be a list of strings")
+        elif kind == "span":
+            if value is not None and (type(value) is not list or not all(type(n) is int for n in value)):
+                raise ValueError("span must be a list of integers")
+        elif kind == "metadata":
+            if type(value) is not dict:
+                raise ValueError("metadata must be an object")
+            if value:
+                check_value(value, 2)
 
 
 def validate(record: MemoryRecord) -> str:
@@ -198,7 +229,7 @@ class MemoryRecord:
     @classmethod
     def from_json(cls, line: str | bytes) -> MemoryRecord:
         """Parse one line of memories.jsonl under the record bounds (``loads``); raises ValueError."""
-        return cls.from_dict(loads(line))
+        return cls.from_dict(_parse(line))  # from_dict checks depth and numbers where they can occur
 
     def content_key(self) -> str:
         """This version's content, without when and by whom it was written: two writes of the same

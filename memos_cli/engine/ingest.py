@@ -225,9 +225,9 @@ def ingest(
             tx.touch_manifest()
     stored = {id(r) for r in fresh}  # by object: a repeated record has the same memory id as the stored one
     reports = []
-    for source, used, records, bad in parsed:
+    for source, used, records, n_bad in parsed:
         added = sum(1 for r in records if id(r) in stored)
-        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added, bad))
+        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added, n_bad))
     if fresh:
         try:
             _update_index(cube, embedder, known, progress)

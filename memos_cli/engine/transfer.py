@@ -79,7 +79,8 @@ class _BoundedTarInfo(tarfile.TarInfo):
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
             raise tarfile.HeaderError(f"an extended header of {self.size:,} bytes (limit {MAX_HEADER_BYTES:,})")
-        return super()._proc_member(tar)  # type: ignore[misc]
+        member: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
+        return member
 
 
 _HEADER_TYPES = (
@@ -126,6 +127,8 @@ def _read_index(archive: Path, tar: tarfile.TarFile) -> dict[str, Any]:
         raise _refuse(archive, None, f"no valid {INDEX_NAME} first in the archive (not a memos export?)")
     try:
         index = records.loads_unbounded(tar.extractfile(first).read())  # type: ignore[union-attr]
+        if not isinstance(index, dict):
+            raise TypeError("not an object")
         expected = index["files"]
     except (KeyError, AttributeError, ValueError, TypeError):
         raise _refuse(archive, None, f"no valid {INDEX_NAME} (not a memos export?)") from None

@@ -119,7 +119,7 @@ class CubeIndex:
             with open(self.dir / "rows.jsonl", encoding="utf-8") as handle:
                 rows = [ranking.Row(**json.loads(next(handle))) for _ in range(n)]
             current = json.loads((self.dir / "current.json").read_text())
-        except (OSError, ValueError, TypeError, StopIteration):
+        except (OSError, ValueError, TypeError, StopIteration, RecursionError):  # derived: rebuilt
             return False
         if vectors.size != n * meta.dim or len(keys) != n:
             return False

@@ -58,7 +58,7 @@ def _entries(cube: Cube) -> list[tuple[float, list[str]]]:
             try:
                 entry = json.loads(line)
                 entries.append((float(entry["t"]), [str(i) for i in entry["ids"]]))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue  # a torn last line from a killed reader: usage is advisory, skip it
     return entries
 

@@ -24,11 +24,12 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from memos_cli.config import lock_timeout
-from memos_cli.cube import io, layout, policy
-from memos_cli.cube.io import TornLine, iter_lines
+from memos_cli.cube import io, layout, policy, records
+from memos_cli.cube.io import TornLine, iter_lines, probe_writable
 from memos_cli.cube.manifest import Manifest, parse_manifest
 from memos_cli.cube.records import MemoryRecord, canonical_json
 from memos_cli.errors import (
+    BadInput,
     CubeExists,
     CubeNotFound,
     InvalidCube,
@@ -47,6 +48,8 @@ _PAYLOAD = re.compile(
 )
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # io.atomic_write's temporary names
 _JOURNAL_KEYS = {"op", "appends", "backups", "created", "manifest"}
+# ids per audit line, in bytes: well under layout.MAX_RECORD_BYTES (a record id may be long, a summary too)
+_AUDIT_IDS_BYTES = 1024 * 1024
 
 
 def utc_now() -> str:
@@ -162,6 +165,16 @@ class Cube:
         self.path = path
         self.manifest = manifest
         self.ignore_journal = False  # verify only: read past a journal that does not validate
+        self._writable: bool | None = None
+
+    def writable(self) -> bool:
+        """Whether memos may write this cube's files (False on read-only media or without permission).
+
+        Reads never need to write: on a read-only cube they take no lock, keep derived data (the
+        index) under MEMOS_HOME's cache, and skip usage logging. Probed once per opened cube."""
+        if self._writable is None:
+            self._writable = probe_writable(self.path, f"{layout.DERIVED_DIR}/{layout.LOCK_FILE}")
+        return self._writable
 
     # ----------------------------------------------------------------- locations
     @property
@@ -293,7 +306,7 @@ class Cube:
         try:
             for number, line in self._lines(layout.MEMORIES, data):
                 try:
-                    versions.append(MemoryRecord.from_json(line.decode("utf-8")))
+                    versions.append(MemoryRecord.from_json(line))
                 except (ValueError, UnicodeDecodeError, TypeError) as exc:
                     raise InvalidCube(self.path, f"{layout.MEMORIES}:{number}: {exc}") from None
         except TornLine as exc:
@@ -311,7 +324,7 @@ class Cube:
         try:
             for number, line in self._lines(layout.AUDIT, data):
                 try:
-                    entry = json.loads(line.decode("utf-8"))
+                    entry = records.loads_unbounded(line)
                 except (ValueError, UnicodeDecodeError):
                     raise InvalidCube(self.path, f"{layout.AUDIT}:{number}: not a JSON object") from None
                 if not isinstance(entry, dict):
@@ -485,10 +498,29 @@ class Transaction:
         return self.cube.manifest
 
     def add(self, record: MemoryRecord) -> None:
+        """Stage one record version; refused (BadInput) if a reader could not read it back."""
+        try:
+            records.validate(record)
+        except ValueError as exc:
+            raise BadInput(f"memory {record.id}", str(exc), hint="nothing was written; shorten or fix it") from None
         self.records.append(record)
 
     def log(self, ids: list[str], summary: str, **extra: Any) -> None:
-        self.audit.append({"op": self.op, "actor": self.actor, "ids": ids, "summary": summary, **extra})
+        """Stage an audit entry. An operation on very many memories is written as several entries
+        (``part``/``parts``) so that no audit line nears the reader's line limit."""
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for memory_id in ids:
+            size += len(memory_id.encode("utf-8")) + 4
+            if size > _AUDIT_IDS_BYTES and chunks[-1]:
+                chunks.append([])
+                size = len(memory_id.encode("utf-8")) + 4
+            chunks[-1].append(memory_id)
+        for part, chunk in enumerate(chunks, start=1):
+            entry = {"op": self.op, "actor": self.actor, "ids": chunk, "summary": summary, **extra}
+            if len(chunks) > 1:
+                entry.update(part=part, parts=len(chunks))
+            self.audit.append(entry)
 
     def touch_manifest(self) -> None:
         self.manifest_changed = True

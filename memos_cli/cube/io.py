@@ -451,3 +451,22 @@ def iter_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
             yield number, line
     if tail.strip():
         raise TornLine(f"line {len(lines) + 1} is incomplete (no newline at end of file)")
+
+
+# errno names of a storage that refuses writes: read-only media, or files the user may not write.
+READ_ONLY_ERRNOS = frozenset(getattr(errno, name) for name in ("EROFS", "EACCES", "EPERM") if hasattr(errno, name))
+
+
+def probe_writable(root: Path, rel: str) -> bool:
+    """Whether memos can write the file ``rel`` of ``root`` (opened for append, created with its folder if
+    missing, following no link; nothing is written): False on read-only media or without permission.
+    UnsafePath if it is a link or special file; any other failure (disk full, I/O error) is raised: it is
+    not "read-only"."""
+    try:
+        with _parent(root, rel, create=True) as (dfd, name):
+            os.close(_open_file(root, rel, dfd, name, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    except OSError as exc:
+        if exc.errno in READ_ONLY_ERRNOS:
+            return False
+        raise
+    return True

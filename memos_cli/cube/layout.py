@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 FORMAT_VERSION = 1
 
 MANIFEST = "cube.yaml"
@@ -32,3 +34,35 @@ MAX_SNAPSHOT_FIELD_CHARS = 8 * 1024 * 1024  # one metadata value of that header 
 MAX_ADAPTER_CONFIG_BYTES = 1024 * 1024  # lora/<name>/adapter_config.json
 MAX_YAML_ALIASES = 100  # alias (*ref) uses in cube.yaml; memos itself writes none
 MAX_YAML_DEPTH = 64
+
+# Files of an adapter folder lora/<name>/: what peft loads, and distill's report.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_REPORT = "report.json"
+
+# Matched in full (``$`` would also match before a trailing newline).
+_NAME = re.compile(NAME_PATTERN)
+
+
+def valid_name(name: object) -> bool:
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None and ".." not in name
+
+
+# Top-level files a bundle may hold (.gitattributes: written by `memos git-setup` in the cube folder).
+GITATTRIBUTES = ".gitattributes"
+TOP_FILES = (MANIFEST, MEMORIES, AUDIT, GITIGNORE, GITATTRIBUTES)
+
+
+def bundle_entry(rel: str) -> str | None:
+    """What the relative path ``rel`` is in a bundle: "file" for a file the format names, "dir" for a
+    folder that holds them, None for anything else (``.git``, ``.memos``, stray files). export packs only
+    these, and import refuses an archive with anything else."""
+    parts = rel.split("/")
+    if rel in ("", KV_DIR, LORA_DIR) or (len(parts) == 2 and parts[0] == LORA_DIR and valid_name(parts[1])):
+        return "dir"
+    if rel in TOP_FILES:
+        return "file"
+    if len(parts) == 2 and parts[0] == KV_DIR and parts[1].endswith(".safetensors"):
+        return "file" if valid_name(parts[1][: -len(".safetensors")]) else None
+    if len(parts) == 3 and parts[0] == LORA_DIR and valid_name(parts[1]):
+        return "file" if parts[2] in (*ADAPTER_FILES, ADAPTER_REPORT) else None
+    return None

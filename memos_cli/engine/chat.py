@@ -84,12 +84,17 @@ class ChatSession:
         self.actor = default_actor(options.actor)
         for cube in self.cubes:
             cube.check(self.actor, "read")
+        self.stale: list[str] = []
+        if options.remember and not self.cubes[0].writable():
+            # A read-only cube (a mounted release, another user's checkout) still answers; it cannot
+            # remember the conversation, and says so instead of failing.
+            options.remember = False
+            self.stale.append(f"cube {self.cubes[0].path} is read-only: this conversation is not remembered")
         if options.remember:
             self.cubes[0].check(self.actor, "write")
         self.session_id = "chat-" + utc_now().replace(":", "").replace("-", "")[:15] + "-" + secrets.token_hex(2)
         self.history: list[dict[str, str]] = []
         self.turns = 0
-        self.stale: list[str] = []
         self.lm = load_lm(options.model)
         self.snapshot = None
         self.kv_name: str | None = None

@@ -40,12 +40,20 @@ from pathlib import Path
 from typing import Any
 
 from memos_cli.cube import io as cube_io
-from memos_cli.cube import layout
+from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.io import sha256_bytes, sha256_file
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.select import Selection, select
-from memos_cli.errors import AdapterNotFound, IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
+from memos_cli.errors import (
+    AdapterNotFound,
+    IncompatibleModel,
+    IntegrityError,
+    InvalidCube,
+    MemosError,
+    UsageError,
+    shorten,
+)
 from memos_cli.models.lm import LanguageModel, load_lm
 
 # (stage, done, total, loss): stage names the step ("recall before", "training", "recall after"; fuse
@@ -54,9 +62,8 @@ from memos_cli.models.lm import LanguageModel, load_lm
 Progress = Callable[[str, int, int, "float | None"], None]
 
 TARGETS = ("all-linear", "attention")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-REPORT_FILE = "report.json"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ADAPTER_FILES = layout.ADAPTER_FILES
+REPORT_FILE = layout.ADAPTER_REPORT
 DEFAULT_EPOCHS = 5  # 6 over-trained: same recall (100%) but held-out loss +14.1% vs +5.1% (bench)
 # Floor on the default number of steps: 5 epochs of 3 facts is 9 steps, which recalled 33%; 20 steps
 # recalled 100% (held-out loss -4.4%). An explicit --epochs or --steps is taken as given.
@@ -549,8 +556,8 @@ def _fit(
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise UsageError(f"adapter name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    if not layout.valid_name(name):
+        raise UsageError(f"adapter name {shorten(name)!r}: use letters, digits, '.', '_' and '-' (at most 64)")
     return name
 
 
@@ -877,8 +884,9 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
         expected = str(entry.get("base_model_fingerprint"))
         if expected != lm.fingerprint:
             raise IncompatibleModel(f"adapter {name}", expected, lm.fingerprint)
-        verify_adapter(cube, name)
-        folders.append(cube.path / layout.LORA_DIR / name)
+        folder = verify_adapter(cube, name)
+        check_adapter_bounds(cube, name, folder)
+        folders.append(folder)
     digest = hashlib.sha256(
         "\n".join(f"{n}:{cube.manifest.lora[n]['files']['adapter_model.safetensors']}" for n in names).encode()
     ).hexdigest()
@@ -897,6 +905,51 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
         fingerprint=f"{lm.fingerprint}+lora-{digest[:12]}",
         _kv_shapes=None,
     )
+
+
+MAX_LORA_RANK = 256  # peft allocates rank x (in + out) per target module before reading a weight
+
+
+def check_adapter_bounds(cube: Cube, name: str, folder: Path) -> None:
+    """Refuse an adapter whose config would make peft allocate unbounded memory (``r: 200000``), or whose
+    tensors disagree with its rank, before peft reads a byte of it. Raises InvalidCube."""
+    from safetensors import safe_open
+
+    def bad(problem: str) -> InvalidCube:
+        return InvalidCube(cube.path, f"adapter {shorten(name)}: {problem}")
+
+    try:
+        config = records.loads(
+            cube_io.read_bytes(
+                cube.path, f"{layout.LORA_DIR}/{name}/adapter_config.json", limit=layout.MAX_ADAPTER_CONFIG_BYTES
+            )
+            or b""
+        )
+    except ValueError as exc:
+        raise bad(f"adapter_config.json is not valid ({exc})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        found = config.get("peft_type") if isinstance(config, dict) else None
+        raise bad(f"not a LoRA adapter (peft_type {shorten(repr(found))})")
+    rank_pattern = config.get("rank_pattern") or {}
+    if not isinstance(rank_pattern, dict):
+        raise bad("rank_pattern is not a mapping")
+    ranks = [config.get("r"), *rank_pattern.values()]
+    for rank in ranks:
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_LORA_RANK:
+            raise bad(f"rank {shorten(repr(rank))} is not an integer from 1 to {MAX_LORA_RANK}")
+    largest = max(ranks)
+    try:
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                if "lora_A" in key and (len(shape) != 2 or shape[0] > largest):
+                    raise bad(f"tensor {shorten(key)} has shape {shape}, not rank <= {largest}")
+                if "lora_B" in key and (len(shape) != 2 or shape[1] > largest):
+                    raise bad(f"tensor {shorten(key)} has shape {shape}, not rank <= {largest}")
+    except InvalidCube:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: an unreadable file, named
+        raise bad(f"adapter_model.safetensors is unreadable ({shorten(str(exc))})") from None
 
 
 def stale_adapters(cube: Cube) -> dict[str, list[str]]:

@@ -599,6 +599,8 @@ def _fuse_adapters(
     the recall of each parent's facts after peft's combination (and after consolidation)."""
     from memos_cli.engine import distill as D
 
+    for (cube, entry), parent_folder in zip(sources, folders, strict=True):  # bounded before peft allocates
+        D.check_adapter_bounds(cube, str(entry.get("path", parent_folder.name)), parent_folder)
     model = D.combine_adapters(lm, folders, method=COMBINATION)
     probes = {
         parent: [p for r in _sample(records, RECALL_MEMORIES) for p in D.probes_for(r)]

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
-from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for
+from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for, validate
 from memos_cli.engine import index as index_mod
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
-from memos_cli.errors import BadInput, UsageError
+from memos_cli.errors import BadInput, UsageError, after_commit
 
 Progress = Callable[[int, int], None]
 
@@ -191,7 +191,20 @@ def ingest(
             parsed.append((source, fmt or "?", [], 1))
             continue
         rejected.extend(bad)
-        parsed.append((source, used, [_record(d, defaults, used, now, actor) for d in drafts], len(bad)))
+        built = []
+        for draft in drafts:
+            record = _record(draft, defaults, used, now, actor)
+            try:
+                validate(record)  # the one record validator: what a reader of the cube would refuse
+            except ValueError as exc:
+                problem = BadInput(f"{source.name}:{draft.line}", str(exc))
+                if not skip_bad:
+                    raise problem from None
+                rejected.append(Rejected(problem.where, problem.problem))
+                bad.append(rejected[-1])
+                continue
+            built.append(record)
+        parsed.append((source, used, built, len(bad)))
 
     embedder = embedder or EmbedderHandle()
     state = cube.read_state()
@@ -212,14 +225,18 @@ def ingest(
             tx.touch_manifest()
     stored = {id(r) for r in fresh}  # by object: a repeated record has the same memory id as the stored one
     reports = []
-    for source, used, records, bad in parsed:
+    for source, used, records, n_bad in parsed:
         added = sum(1 for r in records if id(r) in stored)
-        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added, bad))
+        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added, n_bad))
     if fresh:
         try:
             _update_index(cube, embedder, known, progress)
-        except OSError:
-            pass  # committed: the index is derived, and the next query brings it up to date
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - after the commit, every failure is told as one
+            # The records are committed: say so, or a pipeline retries and the user believes nothing was
+            # written. The index is derived and brings itself up to date on the next query.
+            raise after_commit(
+                f"{len(fresh):,} memories stored", "the index will be rebuilt by the next query", exc
+            ) from exc
     return IngestReport(
         added=len(fresh),
         duplicates=sum(r.duplicates for r in reports),

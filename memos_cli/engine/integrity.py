@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memos_cli.cube import io, layout
+from memos_cli.cube import io, layout, records
 from memos_cli.cube.bundle import Cube, quarantine_journal, read_journal
 from memos_cli.cube.io import TornLine, iter_lines
 from memos_cli.cube.records import MemoryRecord
@@ -86,9 +86,14 @@ def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, 
     try:
         for number, line in iter_lines(data):
             try:
-                obj = json.loads(line.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
+                # memories.jsonl under the record bounds every reader applies; audit.jsonl (long id lists)
+                # under the same depth and number rules, without the size bound.
+                obj = records.loads(line) if rel == layout.MEMORIES else records.loads_unbounded(line)
+            except json.JSONDecodeError:
                 report.problems.append(f"{rel}:{number}: not valid JSON")
+                continue
+            except (ValueError, UnicodeDecodeError) as exc:
+                report.problems.append(f"{rel}:{number}: {exc}")
                 continue
             if not isinstance(obj, dict):
                 report.problems.append(f"{rel}:{number}: not a JSON object")

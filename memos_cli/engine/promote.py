@@ -14,7 +14,6 @@ finished file into place and records it.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.engine import ops
 from memos_cli.engine.select import Selection, select
-from memos_cli.errors import InvalidCube, UsageError
+from memos_cli.errors import InvalidCube, UsageError, shorten
 
 KV_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -45,14 +44,11 @@ class PromoteReport:
         return {k: v for k, v in vars(self).items()}
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
 def check_name(name: str) -> str:
     """Snapshot and adapter names become file names: plain names only (no '/', no '..')."""
-    if not _NAME.match(name) or ".." in name:
+    if not layout.valid_name(name):
         raise UsageError(
-            f"name {name!r} must be 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit"
+            f"name {shorten(name)!r} must be 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit"
         )
     return name
 

@@ -7,10 +7,10 @@ both kept (renumbered by version, then time), never one lost.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from memos_cli.cube import records
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, canonical_json, content_hash
 from memos_cli.engine.ops import resolve_id
@@ -121,11 +121,13 @@ def history(cube: Cube, ref: str, *, actor: str | None = None) -> tuple[str, lis
 # ------------------------------------------------------------------------------------------- merging
 
 
-def _parse_lines(data: bytes) -> list[dict[str, Any]]:
+def _parse_lines(data: bytes, *, bounded: bool = True) -> list[dict[str, Any]]:
+    """Parse JSONL under the record bounds (cube/records.py); audit lines without the size bound."""
+    parse = records.loads if bounded else records.loads_unbounded
     out = []
     for line in data.decode("utf-8", errors="strict").splitlines():
         if line.strip():
-            out.append(json.loads(line))
+            out.append(parse(line))
     return out
 
 
@@ -160,12 +162,12 @@ def merge_memories(base: bytes, ours: bytes, theirs: bytes) -> bytes:
                 variants[k] = record
     merged: list[dict[str, Any]] = []
     for variants in by_id.values():
-        records = sorted(variants.items(), key=lambda kv: (int(kv[1]["version"]), str(kv[1].get("created", "")), kv[0]))
-        numbers = [int(r["version"]) for _, r in records]
+        ordered = sorted(variants.items(), key=lambda kv: (int(kv[1]["version"]), str(kv[1].get("created", "")), kv[0]))
+        numbers = [int(r["version"]) for _, r in ordered]
         if len(set(numbers)) != len(numbers):  # a conflict: renumber, keeping every record
-            merged.extend({**r, "version": i + 1} for i, (_, r) in enumerate(records))
+            merged.extend({**r, "version": i + 1} for i, (_, r) in enumerate(ordered))
         else:
-            merged.extend(r for _, r in records)
+            merged.extend(r for _, r in ordered)
     merged.sort(key=lambda r: (str(r.get("created", "")), str(r["id"]), int(r["version"])))
     for record in merged:
         MemoryRecord.from_dict(record)  # refuse to write anything a reader would reject
@@ -176,7 +178,7 @@ def merge_audit(base: bytes, ours: bytes, theirs: bytes) -> bytes:
     """Union of both sides' audit lines (append-only: nothing is ever removed), ordered by time."""
     seen: dict[str, dict[str, Any]] = {}
     for data in (base, ours, theirs):
-        for entry in _parse_lines(data) if data else []:
+        for entry in _parse_lines(data, bounded=False) if data else []:
             seen.setdefault(canonical_json(entry), entry)
     ordered = sorted(seen.items(), key=lambda kv: (str(kv[1].get("time", "")), kv[0]))
     return "".join(line + "\n" for line, _ in ordered).encode("utf-8")

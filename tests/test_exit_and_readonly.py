@@ -104,10 +104,13 @@ def read_only(root: Path) -> Iterator[list[str]]:
     real_open, real_os_open = builtins.open, os.open
     patched = {name: getattr(os, name) for name in ("mkdir", "replace", "rename", "unlink", "rmdir", "remove")}
 
-    def inside(path: object) -> bool:
+    def inside(path: object, dir_fd: object = None) -> bool:
         try:
-            return Path(os.fsdecode(path)).resolve().is_relative_to(root)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+            name = Path(os.fsdecode(path))  # type: ignore[arg-type]
+            if isinstance(dir_fd, int) and not name.is_absolute():  # cube.io opens relative to a folder
+                name = Path(os.readlink(f"/proc/self/fd/{dir_fd}")) / name
+            return name.resolve().is_relative_to(root)
+        except (TypeError, ValueError, OSError):
             return False
 
     def deny(path: object) -> None:
@@ -120,7 +123,9 @@ def read_only(root: Path) -> Iterator[list[str]]:
         return real_open(file, mode, *args, **kwargs)  # type: ignore[call-overload]
 
     def fake_os_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC) and inside(path):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC) and inside(
+            path, kwargs.get("dir_fd")
+        ):
             deny(path)
         return real_os_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
@@ -128,7 +133,7 @@ def read_only(root: Path) -> Iterator[list[str]]:
         real = patched[name]
 
         def fake(path: object, *args: object, **kwargs: object) -> object:
-            if inside(path):
+            if inside(path, kwargs.get("dir_fd", kwargs.get("src_dir_fd"))):
                 deny(path)
             return real(path, *args, **kwargs)
 

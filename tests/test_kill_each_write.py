@@ -129,7 +129,7 @@ def _diff(a: object, b: object, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {str(a)[:120]} != {str(b)[:120]}"]
 
 
-def harness(name: str, base: Path, work: Path, args_for, *, output: str | None = None, index_lags: bool = False) -> int:
+def harness(name: str, base: Path, work: Path, args_for, *, output: str | None = None) -> int:
     """Copy ``base`` to ``work``, run the command to the end once (the after state), then once per write
     point N = 1, 2, ... stopped after write N; returns the number of write points."""
     target = work / "cube"
@@ -154,8 +154,6 @@ def harness(name: str, base: Path, work: Path, args_for, *, output: str | None =
         code = _run_child(args_for(target), n)
         if output is None or watched.exists():
             problems = verify(watched).problems
-            if index_lags:  # purge does not scrub the derived index yet: issue #19 (not this harness's subject)
-                problems = [p for p in problems if not p.startswith("index holds")]
             assert not problems, f"{name} stopped after write {n}: {problems}"
         seen = readers_view(watched)
         assert seen in (seen_before, seen_after), (
@@ -224,7 +222,7 @@ def test_kill_after_each_write_of_every_plaintext_command(tmp_path: Path, base: 
     for name, args in commands.items():
         work = tmp_path / name.replace(" ", "_")
         work.mkdir()
-        harness(name, base, work, args, index_lags=name == "forget --purge")
+        harness(name, base, work, args)
     # repair has something to do: a torn last line in audit.jsonl
     torn = tmp_path / "torn" / "cube"
     shutil.copytree(base, torn)

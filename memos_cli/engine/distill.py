@@ -920,10 +920,7 @@ def check_adapter_bounds(cube: Cube, name: str, folder: Path) -> None:
 
     try:
         config = records.loads(
-            cube_io.read_bytes(
-                cube.path, f"{layout.LORA_DIR}/{name}/adapter_config.json", limit=layout.MAX_ADAPTER_CONFIG_BYTES
-            )
-            or b""
+            cube_io.read_bytes(folder, "adapter_config.json", limit=layout.MAX_ADAPTER_CONFIG_BYTES) or b""
         )
     except ValueError as exc:
         raise bad(f"adapter_config.json is not valid ({exc})") from None

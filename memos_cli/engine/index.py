@@ -467,7 +467,9 @@ def _clear(directory: Path) -> None:
     if io.kind(root, rel) not in (None, "dir"):
         io.remove(root, rel)
         return
-    for name in io.listdir(root, rel):
+    # meta.json first: without it there is no index (the loader and verify both say so), whatever else
+    # a stop between two removals leaves behind.
+    for name in sorted(io.listdir(root, rel), key=lambda n: n != "meta.json"):
         io.remove(root, f"{rel}/{name}")
 
 
@@ -507,7 +509,6 @@ def scrub(cube: Cube, purged: list[MemoryRecord], kept: list[MemoryRecord]) -> N
             rows = [index.rows[i] for i in keep]
             meta_out = {**asdict(index.meta), "rows": 0, "hnsw_rows": 0, "records_size": -1, "records_mtime_ns": -1}
             io.mkdirs(cube.path, f"{INDEX_REL}/lexical")
-            atomic_write_text(directory / "meta.json", json.dumps(meta_out, sort_keys=True))
             atomic_write_bytes(directory / "vectors.f32", np.ascontiguousarray(index.vectors[keep]).tobytes())
             atomic_write_text(directory / "keys.txt", "".join(index.keys[i] + "\n" for i in keep))
             atomic_write_text(
@@ -519,7 +520,7 @@ def scrub(cube: Cube, purged: list[MemoryRecord], kept: list[MemoryRecord]) -> N
             lexical.save(directory / "lexical")
             current = {m: moved[row] for m, row in index.current.items() if m not in doomed_ids and row in moved}
             atomic_write_text(directory / "current.json", json.dumps(current, sort_keys=True))
-            # The row count last: until it is written the index reads as empty (rebuilt, never wrong).
+            # meta.json last: until it is written there is no index (the next query builds one, never wrong).
             meta_out["rows"] = len(keep)
             atomic_write_text(directory / "meta.json", json.dumps(meta_out, sort_keys=True))
     except Timeout:

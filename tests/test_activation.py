@@ -35,7 +35,7 @@ try:  # shared builders and fixtures; a conftest.py would be their natural home
     from test_lm import (  # noqa: F401
         FAMILIES,
         _home,
-        _one_torch_thread,
+        _memos_threads,
         build_tiny_model,
         smollm2,
         smollm2_home,
@@ -45,7 +45,7 @@ except ImportError:  # tests/ imported as a package
     from tests.test_lm import (  # noqa: F401
         FAMILIES,
         _home,
-        _one_torch_thread,
+        _memos_threads,
         build_tiny_model,
         smollm2,
         smollm2_home,

@@ -139,14 +139,15 @@ def smollm2(smollm2_home: Path, monkeypatch: pytest.MonkeyPatch) -> LanguageMode
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """These tests check results, not speed, on 2 cores shared with other jobs: there torch's 2 OpenMP
-    threads spin-wait on each other and ran up to 10x slower than one thread (measured: SmolLM2 prefill of
-    51 tokens 7.5 s with 2 threads, 0.5 s with 1, at load average 7)."""
+def _memos_threads() -> Iterator[None]:
+    """Tests run with memos' own thread default (config.configure_threads: one per core less one, or
+    MEMOS_THREADS), the setting users get, restored afterwards for other tests."""
     import torch
 
+    from memos_cli.config import configure_threads
+
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    configure_threads()
     yield
     torch.set_num_threads(before)
 

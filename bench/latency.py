@@ -15,7 +15,7 @@ starts and stops itself (``python -c 'while True: pass'``) takes one core. Figur
 
 Prints a table on stdout; cubes go to a temporary directory that is removed at the end.
 
-    .venv/bin/python bench/latency.py [--repeats 3] [--ingest-n 10000] [--conditions quiet,loaded]
+    .venv/bin/python bench/latency.py [--repeats 3] [--ingest-n 5000] [--conditions quiet,loaded]
 """
 
 from __future__ import annotations
@@ -165,10 +165,18 @@ def thread_figures(lm, snap) -> dict[int, tuple[float, float]]:
     return out
 
 
+def step(condition: str, name: str, work: Callable[[], dict]) -> dict:
+    """Run one part, saying on stderr how long it took (a loaded shared machine can take minutes)."""
+    started = time.perf_counter()
+    out = work()
+    print(f"# {condition} {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ingest-n", type=int, default=10_000)
+    parser.add_argument("--ingest-n", type=int, default=5_000)
     parser.add_argument("--conditions", default="quiet,loaded")
     args = parser.parse_args()
     conditions = [c for c in args.conditions.split(",") if c]
@@ -202,10 +210,12 @@ def main() -> None:
         for condition in conditions:
             with competitor(condition == "loaded"):
                 before = os.getloadavg()[0]
-                figures = chat_figures(example, work, args.repeats)
-                figures |= kv_figures(lm, snap, args.repeats)
-                figures |= ingest_figures(texts_path, texts, work, query_text, args.repeats)
-                threads[condition] = thread_figures(lm, snap)
+                figures = step(condition, "chat", lambda: chat_figures(example, work, args.repeats))
+                figures |= step(condition, "kv", lambda: kv_figures(lm, snap, args.repeats))
+                figures |= step(
+                    condition, "ingest", lambda: ingest_figures(texts_path, texts, work, query_text, args.repeats)
+                )
+                threads[condition] = step(condition, "threads", lambda: thread_figures(lm, snap))
                 loads[condition] = (before, os.getloadavg()[0])
             results[condition] = figures
             print(f"# {condition}: done (load average {loads[condition][0]:.2f} -> {loads[condition][1]:.2f})")

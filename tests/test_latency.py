@@ -21,11 +21,9 @@ from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidSnapshot
 from memos_cli.models import lm as lm_mod
 from memos_cli.models.lm import TextStream, load_lm
+from tiny_models import _tokenizer, build_tiny_model
 
-try:
-    from test_lm import _home, _memos_threads, _tokenizer, build_tiny_model, tiny_dirs  # noqa: F401
-except ImportError:  # tests/ imported as a package
-    from tests.test_lm import _home, _memos_threads, _tokenizer, build_tiny_model, tiny_dirs  # noqa: F401
+pytestmark = pytest.mark.usefixtures("memos_threads")
 
 TEXT = "Héllo wörld 🎉 — the beta opens on 14 March.\n  Done! 日本語, naïve café;  spaces   and\ttabs."
 

@@ -110,8 +110,7 @@ class ChatSession:
 
     def _read_snapshot(self, name: str) -> tuple[Cube, str, Any]:
         from memos_cli.engine.activation import read_snapshot
-        from memos_cli.engine.promote import SnapshotMissing
-        from memos_cli.errors import IncompatibleModel
+        from memos_cli.errors import IncompatibleModel, SnapshotMissing
         from memos_cli.models.lm import model_fingerprint, resolve_model_dir
 
         for cube in self.cubes:
@@ -124,7 +123,7 @@ class ChatSession:
             if made_for != current:
                 raise IncompatibleModel(f"KV snapshot {file.path.name}", made_for, current)
             return cube, name, file
-        raise SnapshotMissing(self.cubes[0], name)
+        raise SnapshotMissing(self.cubes[0].path, name, list(self.cubes[0].manifest.kv))
 
     def _load_snapshot(self, cube: Cube, name: str, file: Any) -> Any:
         from memos_cli.engine.activation import load_snapshot

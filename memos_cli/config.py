@@ -113,9 +113,10 @@ def default_threads() -> int:
 
     The margin is what keeps memos fast next to other work. OpenMP threads spin-wait for each other at
     every parallel step, so when another process takes a core, a pool as wide as the machine stalls on
-    its descheduled thread. Measured on 2 cores with one competing CPU-bound process (bench/latency.py):
-    SmolLM2 decoding at 5.8 tokens/s with 2 threads against 22.9 with 1; without the competitor the two
-    are within noise of each other for decoding (~26 tokens/s), and 2 threads only win on long prefills.
+    its descheduled thread. Measured on 2 cores with one competing CPU-bound process (as bench/latency.py
+    does; see bench/RESULTS.md): SmolLM2 decoding at 5.8 tokens/s with 2 threads against 22.9 with 1;
+    without the competitor 1 thread decoded as fast or faster (~26 tokens/s), and 2 threads only won the
+    prefill (TTFT 94 against 151 ms).
     """
     return max(1, available_cores() - 1)
 

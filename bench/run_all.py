@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["locomo.py", "throughput.py", "fuse_bench.py", "kv_bench.py", "distill_bench.py", "fuse_lora_bench.py"]
+SCRIPTS = [
+    "locomo.py",
+    "throughput.py",
+    "fuse_bench.py",
+    "kv_bench.py",
+    "latency.py",
+    "distill_bench.py",
+    "fuse_lora_bench.py",
+]
 
 if __name__ == "__main__":
     failed = []

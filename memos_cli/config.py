@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -82,12 +83,66 @@ def model_spec(cli_value: str | None) -> str | None:
     return str(value) if value else None
 
 
-def configure_torch(torch: object) -> None:
-    """Apply ``MEMOS_THREADS`` (torch's intra-op threads). On a busy machine fewer threads than cores
-    is much faster (measured here: 1 thread up to 10x faster than 2 under a load of 6 on 2 cores)."""
-    value = os.environ.get("MEMOS_THREADS")
+THREADS_ENV = "MEMOS_THREADS"
+
+
+def available_cores() -> int:
+    """Physical cores this process may run on: the CPU affinity mask, capped by a cgroup CPU quota (a
+    container's ``--cpus``), divided by the hardware threads per core (SMT siblings share one core's
+    arithmetic units, so they add little to torch's dense kernels)."""
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        logical = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" (no limit) or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            logical = min(logical, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    try:
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text()
+        per_core = sum(int(b) - int(a) + 1 for a, _, b in (r.partition("-") for r in siblings.strip().split(",")))
+    except (OSError, ValueError):
+        per_core = 1
+    return max(1, logical // max(1, per_core))
+
+
+def default_threads() -> int:
+    """Threads for torch and BLAS when ``MEMOS_THREADS`` is not set: one per physical core, less one.
+
+    The margin is what keeps memos fast next to other work. OpenMP threads spin-wait for each other at
+    every parallel step, so when another process takes a core, a pool as wide as the machine stalls on
+    its descheduled thread. Measured on 2 cores with one competing CPU-bound process (as bench/latency.py
+    does; see bench/RESULTS.md): SmolLM2 decoding at 5.8 tokens/s with 2 threads against 22.9 with 1;
+    without the competitor 1 thread decoded as fast or faster (~26 tokens/s), and 2 threads only won the
+    prefill (TTFT 94 against 151 ms).
+    """
+    return max(1, available_cores() - 1)
+
+
+def thread_count() -> int:
+    """``MEMOS_THREADS`` if it is a positive integer, else ``default_threads()``."""
+    value = os.environ.get(THREADS_ENV, "").strip()
     if value:
         try:
-            torch.set_num_threads(max(1, int(value)))  # type: ignore[attr-defined]
+            return max(1, int(value))
         except ValueError:
             pass
+    return default_threads()
+
+
+def configure_threads() -> int:
+    """Size torch's intra-op pool (if torch is imported) and the BLAS pools (numpy's OpenBLAS, through
+    threadpoolctl) to ``thread_count()``; return that count. Cheap and idempotent: call it wherever heavy
+    numeric work starts (model loads, bulk embedding)."""
+    import sys
+
+    n = thread_count()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
+    return n

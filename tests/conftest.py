@@ -75,14 +75,15 @@ def smollm2() -> object:
 
 
 @pytest.fixture
-def one_torch_thread() -> Iterator[None]:
-    """For tests that check results, not speed, on 2 cores shared with other jobs: there torch's 2 OpenMP
-    threads spin-wait on each other and ran up to 10x slower than one thread (measured: SmolLM2 prefill of
-    51 tokens 7.5 s with 2 threads, 0.5 s with 1, at load average 7)."""
+def memos_threads() -> Iterator[None]:
+    """Tests run with memos' own thread default (config.configure_threads: one per physical core less
+    one, or MEMOS_THREADS), the setting users get; torch's count is restored afterwards."""
     import torch
 
+    from memos_cli.config import configure_threads
+
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    configure_threads()
     yield
     torch.set_num_threads(before)
 

@@ -32,7 +32,7 @@ from memos_cli.errors import IncompatibleModel, IntegrityError, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
 from tiny_models import FAMILIES, build_tiny_model
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("memos_threads")
 
 FACTS = [
     "Alice lives in Paris and works as a nurse.",

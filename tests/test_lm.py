@@ -18,7 +18,7 @@ from memos_cli.models import lm as lm_mod
 from memos_cli.models.lm import LanguageModel, load_lm, model_fingerprint
 from tiny_models import FAMILIES, TEMPLATES, build_tiny_model
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("memos_threads")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

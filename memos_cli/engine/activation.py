@@ -45,7 +45,7 @@ from memos_cli.errors import (
     InvalidSnapshot,
     UsageError,
 )
-from memos_cli.models.lm import DTYPES, LanguageModel, torch_dtype
+from memos_cli.models.lm import DTYPES, LanguageModel, TextStream, torch_dtype
 
 FORMAT = "memos-kv"
 FORMAT_VERSION = 1
@@ -516,17 +516,23 @@ def _parse_metadata(path: Path, raw: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def load_snapshot(path: Path | str, lm: LanguageModel, *, expected_sha256: str | None = None) -> Snapshot:
-    """Read and check a snapshot file for ``lm``.
+@dataclass
+class SnapshotFile:
+    """A snapshot file's bytes, read and checked without a model: sha256, safetensors header, metadata."""
 
-    Refused, each with its own error: bytes that differ from ``expected_sha256`` (IntegrityError, before
-    anything is parsed), a truncated or malformed file or a header that contradicts its tensors
-    (InvalidSnapshot), a snapshot made for another model (IncompatibleModel). Only safetensors parses the
-    tensors: nothing in the file is executed.
+    path: Path
+    data: bytes
+    sha256: str
+    meta: dict[str, str]
+
+
+def read_snapshot(path: Path | str, *, expected_sha256: str | None = None) -> SnapshotFile:
+    """Read a snapshot file and run the checks that need no model, so that a damaged or foreign file
+    fails in milliseconds, before seconds go into loading the model (``chat --kv`` calls it first).
+
+    Raises IntegrityError when the bytes differ from ``expected_sha256`` (before anything is parsed),
+    InvalidSnapshot for a truncated file or a header that is not a memos snapshot of this format version.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     path = Path(path)
     try:
         data = cube_io.read_bytes(path.parent, path.name)
@@ -538,7 +544,24 @@ def load_snapshot(path: Path | str, lm: LanguageModel, *, expected_sha256: str |
         cube = path.parent.parent if path.parent.name == "kv" else path.parent
         raise IntegrityError(cube, f"{path.parent.name}/{path.name}", expected_sha256, digest)
     size = _header_size(path, data[:8], len(data))
-    meta = _parse_metadata(path, data[8 : 8 + size])
+    return SnapshotFile(path, data, digest, _parse_metadata(path, data[8 : 8 + size]))
+
+
+def load_snapshot(
+    path: Path | str | SnapshotFile, lm: LanguageModel, *, expected_sha256: str | None = None
+) -> Snapshot:
+    """Read and check a snapshot file (or one already read by ``read_snapshot``) for ``lm``.
+
+    Refused, each with its own error: bytes that differ from ``expected_sha256`` (IntegrityError, before
+    anything is parsed), a truncated or malformed file or a header that contradicts its tensors
+    (InvalidSnapshot), a snapshot made for another model (IncompatibleModel). Only safetensors parses the
+    tensors: nothing in the file is executed.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    file = path if isinstance(path, SnapshotFile) else read_snapshot(path, expected_sha256=expected_sha256)
+    path, data, digest, meta = file.path, file.data, file.sha256, file.meta
 
     def field_(name: str) -> str:
         if name not in meta:
@@ -689,6 +712,7 @@ def generate(
     stops = lm.stop_token_ids()
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     out_ids: list[int] = []
+    stream = TextStream(lm.tokenizer) if on_token is not None else None
     emitted = ""
     stop_reason = "length"
     first_at = None
@@ -703,11 +727,11 @@ def generate(
                 stop_reason = "eos"
                 break
             out_ids.append(token)
-            if on_token is not None:
-                text = lm.tokenizer.decode(out_ids, skip_special_tokens=True)
-                if not text.endswith("\ufffd") and len(text) > len(emitted):  # wait for whole characters
-                    on_token(text[len(emitted) :])
-                    emitted = text
+            if stream is not None and on_token is not None:
+                piece = stream.push(token)  # decodes a few tokens, not the whole answer again
+                if piece:
+                    on_token(piece)
+                    emitted += piece
             if step + 1 < max_new_tokens:
                 out = _prefill(lm, [token], out.past_key_values)
     ended = time.perf_counter()

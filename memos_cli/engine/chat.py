@@ -95,11 +95,14 @@ class ChatSession:
         self.session_id = "chat-" + utc_now().replace(":", "").replace("-", "")[:15] + "-" + secrets.token_hex(2)
         self.history: list[dict[str, str]] = []
         self.turns = 0
+        # The snapshot's bytes, header and model fingerprint are checked before the model loads, so a
+        # damaged or foreign snapshot fails in milliseconds rather than after seconds of model loading.
+        found = self._read_snapshot(options.kv) if options.kv else None
         self.lm = load_lm(options.model)
         self.snapshot = None
         self.kv_name: str | None = None
-        if options.kv:
-            self.snapshot = self._load_snapshot(options.kv)
+        if found is not None:
+            self.snapshot = self._load_snapshot(*found)
         if options.loras:
             from memos_cli.engine.distill import load_adapters
 
@@ -110,24 +113,35 @@ class ChatSession:
                     self.stale.append(f"adapter {name}: {len(refs)} of its memories changed since it was trained")
         self.searcher = Searcher(self.cubes, actor=self.actor) if options.retrieval else None
 
-    def _load_snapshot(self, name: str) -> Any:
-        from memos_cli.engine.activation import load_snapshot
-        from memos_cli.errors import SnapshotMissing
+    def _read_snapshot(self, name: str) -> tuple[Cube, str, Any]:
+        from memos_cli.engine.activation import read_snapshot
+        from memos_cli.errors import IncompatibleModel, SnapshotMissing
+        from memos_cli.models.lm import model_fingerprint, resolve_model_dir
 
         for cube in self.cubes:
             entry = cube.manifest.kv.get(name)
             if entry is None:
                 continue
-            snap = load_snapshot(cube.committed_path(entry["file"]), self.lm, expected_sha256=entry.get("sha256"))
-            stale = ops.stale_entries(cube, cube.read_state())["kv"].get(name)
-            if stale:
-                self.stale.append(
-                    f"snapshot {name}: {len(stale)} of its memories changed since it was made "
-                    f"(memos promote {cube.path} --refresh {name})"
-                )
-            self.kv_name = name
-            return snap
+            file = read_snapshot(cube.committed_path(entry["file"]), expected_sha256=entry.get("sha256"))
+            made_for = file.meta.get("model_fingerprint", "unknown")
+            current = model_fingerprint(resolve_model_dir(self.options.model)[1])  # no model load needed
+            if made_for != current:
+                raise IncompatibleModel(f"KV snapshot {file.path.name}", made_for, current)
+            return cube, name, file
         raise SnapshotMissing(self.cubes[0].path, name, list(self.cubes[0].manifest.kv))
+
+    def _load_snapshot(self, cube: Cube, name: str, file: Any) -> Any:
+        from memos_cli.engine.activation import load_snapshot
+
+        snap = load_snapshot(file, self.lm)
+        stale = ops.stale_entries(cube, cube.read_state())["kv"].get(name)
+        if stale:
+            self.stale.append(
+                f"snapshot {name}: {len(stale)} of its memories changed since it was made "
+                f"(memos promote {cube.path} --refresh {name})"
+            )
+        self.kv_name = name
+        return snap
 
     def ask(self, question: str, *, on_token: Callable[[str], None] | None = None) -> TurnResult:
         from memos_cli.engine.activation import generate

@@ -156,6 +156,41 @@ class LanguageModel:
         return self._kv_shapes
 
 
+class TextStream:
+    """The text of generated token ids, piece by piece, in time linear in the number of tokens.
+
+    Each ``push`` decodes a short window only: the tokens since the last piece, plus the ones before them
+    as context (a decoder may drop a leading space or join bytes differently at the start of a sequence),
+    and hands over what the new tokens added. While the window ends inside a character (``\ufffd``,
+    a UTF-8 sequence split across tokens) nothing is handed over, and the window grows until it is
+    whole. The pieces join to the full decode for ordinary tokenizers; ``generate`` still decodes the
+    whole answer once at the end and treats that as the answer.
+
+    Written here rather than taken from ``tokenizers.decoders.DecodeStream`` because it works through
+    ``tokenizer.decode`` and so with every tokenizer transformers loads, fast or not.
+    """
+
+    def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip = skip_special_tokens
+        self._ids: list[int] = []
+        self._prefix = 0  # start of the context window
+        self._read = 0  # tokens up to here have been handed over
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text it completes ('' while a character is still incomplete)."""
+        self._ids.append(token)
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return after[len(before) :]
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=self._skip)) if ids else ""
+
+
 def torch_dtype(name: str) -> Any:
     """The torch dtype for one of DTYPES; a clear error for anything else."""
     import torch
@@ -316,11 +351,11 @@ def load_lm(spec: str | None = None, *, dtype: str = "float32") -> LanguageModel
     Weights are read from safetensors only: a folder that has only ``pytorch_model.bin`` (a pickle) is
     refused rather than unpickled.
     """
-    import torch
+    import torch  # noqa: F401 - imported first, so that configure_threads sizes its pool
 
-    from memos_cli.config import configure_torch
+    from memos_cli.config import configure_threads
 
-    configure_torch(torch)
+    configure_threads()
     name, folder = resolve_model_dir(spec)
     return _load_cached(name, str(folder), dtype)
 

@@ -61,6 +61,9 @@ class MemoryRecord:
     op: str = "ingest"  # the operation that wrote this version
     actor: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # When what it says happened: [{start, end, precision, expr}], resolved from its text against `time`
+    # at ingest (engine/temporal.py); None when no time expression was found.
+    event_time: list[dict[str, str]] | None = None
     # Keys written by a newer memos that this one does not know: kept and written back unchanged.
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -73,7 +76,7 @@ class MemoryRecord:
             data["span"] = list(self.span)
         extra = self.extra
         # Leave out empty optional fields: shorter lines, smaller diffs. Readers default them.
-        for name in ("time", "source", "source_id", "span", "speaker", "key", "supersedes", "actor"):
+        for name in ("time", "source", "source_id", "span", "speaker", "key", "supersedes", "actor", "event_time"):
             if data[name] is None:
                 del data[name]
         for name in ("tags", "metadata"):
@@ -114,6 +117,8 @@ class MemoryRecord:
                 raise ValueError(f"{name} must be a list")
         if "metadata" in kwargs and not isinstance(kwargs["metadata"], dict):
             raise ValueError("metadata must be an object")
+        if kwargs.get("event_time") is not None and not isinstance(kwargs["event_time"], list):
+            raise ValueError("event_time must be a list")
         return cls(**kwargs)
 
     @classmethod

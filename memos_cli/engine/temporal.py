@@ -267,8 +267,8 @@ def resolve(expr: str, base: date) -> Interval | None:
     if re.fullmatch(r"\d+\s+weekends?\s+ago", text):
         return _hand_written(text, base)
     prefer = "future" if re.match(r"(next|coming|in\s+\d|tomorrow|this\s+(?!past))", text) else "past"
-    if re.fullmatch(rf"in\s+({_MONTH_FULL}|{_YEAR})|{_MONTH_FULL}", text):
-        prefer = "past"
+    if re.fullmatch(rf"(?:in\s+)?{_MONTH_FULL}", text):  # "in June": June of the year it was said
+        prefer = "current_period"
     got = _dateparser(text, base, prefer)
     if got is None:
         return None
@@ -400,8 +400,11 @@ _RELATIVE_TIME = re.compile(
 
 
 def is_relative_time(value: str) -> bool:
-    """Whether a record's ``time`` string depends on when it is read ("next tuesday", "8 May")."""
-    return bool(_RELATIVE_TIME.search(value)) or not re.search(r"\b\d{4}\b", value)
+    """Whether a record's ``time`` string depends on when it is read ("next tuesday", "8 May", "10:30"):
+    a relative word, or a date or time of day with no year."""
+    if _RELATIVE_TIME.search(value):
+        return True
+    return not re.search(r"\b\d{4}\b", value) and bool(re.search(rf"\d|\b{_MONTH_FULL}\b", value, re.IGNORECASE))
 
 
 def resolve_time_value(value: str, base: str | date) -> str | None:

@@ -231,3 +231,31 @@ def test_cli_time_base_time_field_and_json_event_time(tmp_path) -> None:
     assert hits[0]["time"] == "2024-03-14" and hits[0]["event_time"][0]["start"] == "2024-03-13"
     assert json.loads(run(*args, "--time-field", "said")[1])["hits"] == []
     assert run(*args, "--time-field", "when")[0] == 2
+
+
+def test_months_without_a_year_in_questions_are_the_latest_before_the_cube_ends() -> None:
+    periods, _ = temporal.query_plan("Which country was Tim visiting in the second week of November?", "2024-01-10")
+    assert periods == [("2023-11-08", "2023-11-14")]
+    assert temporal.query_plan("what did she do in June?", "2024-01-10")[0] == [("2023-06-01", "2023-06-30")]
+    # in a memory, "in June" said in April is the coming June
+    assert spans("the offsite will be held in June", date(2023, 4, 2)) == [("2023-06-01", "2023-06-30", "month")]
+
+
+def test_questions_asking_when_favour_rows_that_date_something() -> None:
+    assert temporal.asks_when("When did Nate get his turtles?")
+    assert temporal.asks_when("How long has Nate had his turtles?")
+    assert temporal.asks_when("Which year did they meet?")
+    assert not temporal.asks_when("What did Nate get when he was young?")
+    dated = [{"start": "2019-01-01", "end": "2019-12-31", "precision": "year", "expr": "for 3 years"}]
+    rows = [Row(text="Nate has turtles", time="2022-01-23"), Row(text="Nate has had turtles", event=dated)]
+    vectors = np.tile(np.eye(4, dtype=np.float32)[0], (2, 1))
+    lex = LexicalIndex()
+    lex.add([lexical_text(r) for r in rows])
+    inputs = RankInputs(vectors=vectors, lexical=lex, rows=rows, structure=structure(rows))
+    off = RankSettings(dated=0.0, episode=0.0, window=0.0)
+    on = RankSettings(dated=1.0, episode=0.0, window=0.0)
+    for question in ("When did Nate get turtles?", "Does Nate have turtles?"):
+        before = dict(rank(inputs, question, vectors[0], k=2, settings=off))
+        after = dict(rank(inputs, question, vectors[0], k=2, settings=on))
+        lift = 1.0 if question.startswith("When") else 0.0
+        assert [round(after[r] - before[r], 5) for r in (0, 1)] == [0.0, lift]

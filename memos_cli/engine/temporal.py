@@ -62,6 +62,7 @@ _SPAN = re.compile(
     rf"|{_NUMBER}\s+{_UNIT}\s+ago"
     rf"|(?:in|within)\s+{_NUMBER}\s+(?:days?|weeks?|months?|years?)"
     rf"|for\s+(?:about\s+|almost\s+|nearly\s+|over\s+|the\s+(?:past|last)\s+)?{_NUMBER}\s+(?:weeks?|months?|years?)"
+    rf"|(?:early|mid|late|the\s+(?:first|second|third|last)\s+week\s+of)\s+{_MONTH_FULL}\b"
     r"|yesterday|tomorrow|today|tonight|last\s+night|the\s+other\s+day|the\s+day\s+before\s+yesterday"
     rf"|(?:on|this|last)\s+{_WEEKDAY}\b"
     rf"|(?:{_MONTH_FULL}\s+{_DAY}|{_DAY}\s+(?:of\s+)?{_MONTH_FULL})\b"
@@ -258,8 +259,20 @@ def _normalise(expr: str) -> tuple[str, bool]:
     return low, duration
 
 
-def resolve(expr: str, base: date) -> Interval | None:
-    """The interval one time expression denotes, said on ``base``; None if it cannot be resolved."""
+def resolve(expr: str, base: date, *, past: bool = False) -> Interval | None:
+    """The interval one time expression denotes, said on ``base``; None if it cannot be resolved.
+
+    ``past``: a month named without a year is the latest one up to ``base`` (for questions, asked
+    after the fact), not the one in the year of ``base`` ("in June", said in April, is coming)."""
+    interval = _resolve(expr, base)
+    if past and interval is not None and interval.start > base and not re.search(_YEAR, expr):
+        if interval.precision in ("month", "week", "day") and re.search(_MONTH_FULL, expr, re.IGNORECASE):
+            shifted = _resolve(expr, base.replace(year=base.year - 1) if base.month != 2 or base.day < 29 else base)
+            return shifted if shifted is not None and shifted.start <= base else interval
+    return interval
+
+
+def _resolve(expr: str, base: date) -> Interval | None:
     hand = _hand_written(expr, base)
     if hand is not None:
         return hand
@@ -290,9 +303,9 @@ def _base_day(when: str | None) -> date | None:
         return None
 
 
-def find(text: str, said: str | date | None) -> list[Interval]:
+def find(text: str, said: str | date | None, *, past: bool = False) -> list[Interval]:
     """Time expressions in ``text`` resolved against ``said`` (when it was said); [] without a base
-    for relative expressions. Absolute dates need no base."""
+    for relative expressions. Absolute dates need no base. ``past``: see :func:`resolve`."""
     base = said if isinstance(said, date) else _base_day(said)
     found: list[Interval] = []
     seen: set[tuple[date, date]] = set()
@@ -304,7 +317,7 @@ def find(text: str, said: str | date | None) -> list[Interval]:
                 continue  # relative to an unknown "now": never guess the clock
             anchor = date(int(re.search(_YEAR, expr).group(0)), 1, 1)  # type: ignore[union-attr]
         try:
-            interval = resolve(expr, anchor)
+            interval = resolve(expr, anchor, past=past)
         except (ValueError, OverflowError):
             interval = None
         if interval is None or (interval.start, interval.end) in seen:
@@ -353,12 +366,12 @@ def query_intervals(query: str, latest: str | date | None) -> list[Interval]:
         year = re.search(_YEAR, right_text)
         if year and not re.search(_YEAR, left_text):
             left_text = f"{left_text} {year.group(0)}"
-        left = find(left_text, base)
-        right = find(right_text, base)
+        left = find(left_text, base, past=True)
+        right = find(right_text, base, past=True)
         if left and right:
             out.append(Interval(left[0].start, right[-1].end, "day", between.group(0)))
             query = query[: between.start()] + query[between.end() :]
-    out.extend(find(query, base))
+    out.extend(find(query, base, past=True))
     return out
 
 
@@ -387,6 +400,18 @@ def readable(interval: Interval) -> str:
         months.append(f"{_MONTH_NAMES[cursor.month - 1].title()} {cursor.year}")
         cursor = _month_span(cursor.year, cursor.month)[1] + timedelta(days=1)
     return " ".join(months)
+
+
+_ASKS_WHEN = re.compile(
+    r"^\W*(?:when\b|how\s+long\b|since\s+when\b|(?:in\s+)?(?:what|which)\s+(?:year|month|day|date|week)\b)",
+    re.IGNORECASE,
+)
+
+
+def asks_when(query: str) -> bool:
+    """Whether a question asks for a time ("When did ...", "How long ...", "Which year ..."): the
+    answer is then more likely in a memory that dates something."""
+    return _ASKS_WHEN.search(query) is not None
 
 
 def has_cue(text: str) -> bool:

@@ -259,3 +259,16 @@ def test_questions_asking_when_favour_rows_that_date_something() -> None:
         after = dict(rank(inputs, question, vectors[0], k=2, settings=on))
         lift = 1.0 if question.startswith("When") else 0.0
         assert [round(after[r] - before[r], 5) for r in (0, 1)] == [0.0, lift]
+
+
+def test_update_of_text_or_time_resolves_event_time_again(make_cube) -> None:
+    from memos_cli.engine.versions import Update, update
+
+    cube = make_cube(RECORDS[:1])
+    memory = next(iter(cube.read_state().current.values()))
+    moved = update(cube, memory.id, Update(time="2022-04-01"), actor="tester")
+    assert moved.event_time[0]["start"] == "2022-03-31"
+    retold = update(cube, memory.id, Update(text="I went bowling with my team"), actor="tester")
+    assert retold.event_time is None
+    tagged = update(cube, memory.id, Update(add_tags=["fun"]), actor="tester")
+    assert tagged.event_time is None and tagged.version == 4

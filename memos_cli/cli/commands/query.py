@@ -108,5 +108,10 @@ def _table(text: str, hits: list) -> None:
         table.add_column(column, overflow="fold")
     for hit in hits:
         snippet = hit.text if len(hit.text) <= 160 else hit.text[:157] + "..."
-        table.add_row(f"{hit.score:.2f}", hit.id, (hit.time or "")[:10], hit.speaker or "", snippet)
+        when = (hit.time or "")[:10]
+        if hit.event_time:  # when what it says happened, if the text dates it
+            first = hit.event_time[0]
+            span = first["start"] if first["start"] == first["end"] else f"{first['start']}..{first['end']}"
+            when = f"{when} (event {span})".strip()
+        table.add_row(f"{hit.score:.2f}", hit.id, when, hit.speaker or "", snippet)
     out().print(table)

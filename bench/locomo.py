@@ -3,7 +3,9 @@
 For each conversation of the development split: `memos init`, `memos ingest` of one JSONL record per turn
 (source_id = dia_id, speaker, the session date as time; image turns carry their photo caption), then all
 category 1-4 questions in one `memos query --batch` per retrieval mode. Scored with recall_any@k and
-recall_all@k for k = 5, 10, 20, overall and per category (rules: the data folder's README).
+recall_all@k for k = 5, 10, 20, overall, per category and for the temporal questions whose evidence dates
+the event relative to when it was said ("2-relative": yesterday, last week, three years ago, ...; rules:
+the data folder's README).
 
     .venv/bin/python bench/locomo.py [--data PATH] [--modes hybrid,dense,lexical]
 """
@@ -40,8 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     modes = args.modes.split(",")
     conversations = load_locomo(args.data)
-    # per mode: list of (category, evidence, ranked source_ids)
-    results: dict[str, list[tuple[int, set[str], list[str]]]] = {m: [] for m in modes}
+    # per mode: list of (category, evidence, ranked source_ids, evidence dated relatively)
+    results: dict[str, list[tuple[int, set[str], list[str], bool]]] = {m: [] for m in modes}
     timings: dict[str, float] = {}
     ingest_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +76,7 @@ def main() -> None:
                 assert len(lines) == len(questions), (len(lines), len(questions))
                 for q, line in zip(questions, lines, strict=True):
                     ranked = [h["source_id"] for h in json.loads(line)["hits"]]
-                    results[mode].append((q.category, q.evidence, ranked))
+                    results[mode].append((q.category, q.evidence, ranked, q.relative))
             print(f"{conv.name}: {len(conv.rows)} turns, {len(questions)} questions", file=sys.stderr)
     n_questions = len(results[modes[0]])
     print(f"LoCoMo dev, categories 1-4, {len(conversations)} conversations, {n_questions} questions, via the CLI")
@@ -85,12 +87,14 @@ def main() -> None:
     print(header)
     for mode in modes:
         subsets = [("overall", None)] + [(f"{c}-{name}", c) for c, name in CATEGORIES.items()]
+        # temporal questions whose evidence dates the event relative to when it was said
+        subsets.append(("2-relative", -2))
         for label, cat in subsets:
-            rows = [r for r in results[mode] if cat is None or r[0] == cat]
+            rows = [r for r in results[mode] if cat is None or r[0] == cat or (cat == -2 and r[0] == 2 and r[3])]
             cells = []
             for k in KS:
-                anyk = sum(bool(ev & set(ranked[:k])) for _, ev, ranked in rows) / len(rows)
-                allk = sum(ev <= set(ranked[:k]) for _, ev, ranked in rows) / len(rows)
+                anyk = sum(bool(ev & set(ranked[:k])) for _, ev, ranked, _ in rows) / len(rows)
+                allk = sum(ev <= set(ranked[:k]) for _, ev, ranked, _ in rows) / len(rows)
                 cells.append(f"{anyk:7.3f} {allk:7.3f}")
             print(f"{mode:8} {label:12} {len(rows):5d} " + " ".join(cells))
 

@@ -35,6 +35,13 @@ SpeakerOpt = Annotated[Optional[list[str]], typer.Option("--speaker", help="Spea
 SinceOpt = Annotated[Optional[str], typer.Option("--since", help="Only memories whose time is on/after this date.")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Only memories whose time is on/before this date.")]
 StatusOpt = Annotated[str, typer.Option("--status", help="active, archived, superseded, deleted, or all.")]
+TimeFieldOpt = Annotated[
+    str,
+    typer.Option(
+        "--time-field",
+        help="What --since/--until match: 'event' (when it happened), 'said' (the memory's time) or 'either'.",
+    ),
+]
 
 
 def filters_from(
@@ -44,6 +51,7 @@ def filters_from(
     since: str | None,
     until: str | None,
     status: str,
+    time_field: str = "either",
 ) -> object:
     """The engine's Filters from the shared filter options (list and query take the same ones)."""
     from memos_cli.engine.query import Filters
@@ -55,4 +63,5 @@ def filters_from(
         since=since,
         until=until,
         status=status,
+        time_field=time_field,
     )

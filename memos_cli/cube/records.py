@@ -32,6 +32,7 @@ _KINDS = {
     "tags": "tags",
     "span": "span",
     "metadata": "metadata",
+    "event_time": "event_time",
     **dict.fromkeys(("id", "version", "text", "status"), "checked"),  # checked first, above
 }
 
@@ -126,6 +127,11 @@ def check_fields(data: dict[str, Any]) -> None:
         elif kind == "span":
             if value is not None and (type(value) is not list or not all(type(n) is int for n in value)):
                 raise ValueError("span must be a list of integers")
+        elif kind == "event_time":  # periods the text dates (engine/temporal.py); a bad item is skipped by queries
+            if value is not None and type(value) is not list:
+                raise ValueError("event_time must be a list")
+            if value:
+                check_value(value, 2)
         elif kind == "metadata":
             if type(value) is not dict:
                 raise ValueError("metadata must be an object")
@@ -188,6 +194,9 @@ class MemoryRecord:
     op: str = "ingest"  # the operation that wrote this version
     actor: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # When what it says happened: [{start, end, precision, expr}], resolved from its text against `time`
+    # at ingest (engine/temporal.py); None when no time expression was found.
+    event_time: list[dict[str, str]] | None = None
     # Keys written by a newer memos that this one does not know: kept and written back unchanged.
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -200,7 +209,7 @@ class MemoryRecord:
             data["span"] = list(self.span)
         extra = self.extra
         # Leave out empty optional fields: shorter lines, smaller diffs. Readers default them.
-        for name in ("time", "source", "source_id", "span", "speaker", "key", "supersedes", "actor"):
+        for name in ("time", "source", "source_id", "span", "speaker", "key", "supersedes", "actor", "event_time"):
             if data[name] is None:
                 del data[name]
         for name in ("tags", "metadata"):

@@ -74,6 +74,7 @@ def row_for(record: MemoryRecord) -> ranking.Row:
         source_id=record.source_id,
         type=record.type,
         tags=list(record.tags),
+        event=record.event_time,
     )
 
 

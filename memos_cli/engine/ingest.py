@@ -17,6 +17,7 @@ import numpy as np
 from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
 from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for, validate
 from memos_cli.engine import index as index_mod
+from memos_cli.engine import temporal
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
 from memos_cli.errors import BadInput, UsageError, after_commit
@@ -63,12 +64,14 @@ def display_name(file: Path) -> str:
 
 @dataclass
 class Defaults:
-    """Values for fields a record does not set itself (``--tag``, ``--type``, ``--speaker``, ``--time``)."""
+    """Values for fields a record does not set itself (``--tag``, ``--type``, ``--speaker``, ``--time``),
+    and the date relative times are read against (``--time-base``)."""
 
     tags: list[str] = field(default_factory=list)
     type: str | None = None
     speaker: str | None = None
     time: str | None = None
+    time_base: str | None = None
 
 
 @dataclass
@@ -174,8 +177,10 @@ def ingest(
     started = time.perf_counter()
     actor = cube.check(actor, "write")  # fail before the expensive work, not after it
     defaults = defaults or Defaults()
+    if defaults.time_base is not None:
+        defaults.time_base = parse_time(defaults.time_base, "--time-base")
     if defaults.time is not None:
-        defaults.time = parse_time(defaults.time, "--time")
+        defaults.time = parse_time(defaults.time, "--time", defaults.time_base)
     if not sources:
         raise UsageError("nothing to ingest: name files, or pipe text into 'memos ingest CUBE -'")
     now = utc_now()
@@ -183,7 +188,9 @@ def ingest(
     parsed: list[tuple[Source, str, list[MemoryRecord], int]] = []
     for source in sources:
         try:
-            drafts, bad, used = parse_source(source.data, source.name, fmt=fmt, skip_bad=skip_bad)
+            drafts, bad, used = parse_source(
+                source.data, source.name, fmt=fmt, skip_bad=skip_bad, time_base=defaults.time_base
+            )
         except BadInput as exc:
             if not skip_bad:
                 raise
@@ -191,9 +198,10 @@ def ingest(
             parsed.append((source, fmt or "?", [], 1))
             continue
         rejected.extend(bad)
+        records = [_record(draft, defaults, used, now, actor) for draft in drafts]
+        temporal.annotate(records)  # event time from the text, resolved against each record's time
         built = []
-        for draft in drafts:
-            record = _record(draft, defaults, used, now, actor)
+        for draft, record in zip(drafts, records, strict=True):
             try:
                 validate(record)  # the one record validator: what a reader of the cube would refuse
             except ValueError as exc:

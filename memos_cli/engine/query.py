@@ -15,13 +15,14 @@ import numpy as np
 
 from memos_cli.cube.bundle import Cube, CubeState
 from memos_cli.cube.records import STATUSES, MemoryRecord
-from memos_cli.engine import ranking, usage
+from memos_cli.engine import ranking, temporal, usage
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import CubeIndex, open_index
 from memos_cli.engine.sources import parse_time
 from memos_cli.errors import BadInput, UsageError
 
 MODES = ("hybrid", "dense", "lexical")
+TIME_FIELDS = ("either", "event", "said")
 
 
 @dataclass
@@ -32,10 +33,13 @@ class Filters:
     since: str | None = None  # ISO date/time, inclusive
     until: str | None = None  # ISO date/time, inclusive
     status: str = "active"  # a status, or "all"
+    time_field: str = "either"  # what --since/--until match: event time, said time (`time`), or either
 
     def __post_init__(self) -> None:
         if self.status != "all" and self.status not in STATUSES:
             raise UsageError(f"--status must be one of {', '.join(STATUSES)} or all")
+        if self.time_field not in TIME_FIELDS:
+            raise UsageError(f"--time-field must be one of {', '.join(TIME_FIELDS)}")
         try:
             self.since = parse_time(self.since, "--since") if self.since else None
             self.until = parse_time(self.until, "--until") if self.until else None
@@ -64,14 +68,25 @@ class Filters:
         if self.tags and not set(self.tags).issubset(record.tags):
             return False
         if self._since is not None or self._until is not None:
-            when = _epoch(record.time)
-            if when != when:  # NaN: no time, so outside any time window
-                return False
-            if self._since is not None and when < self._since:
-                return False
-            if self._until is not None and when > self._until:
+            said = self.time_field != "event" and self._said_in_window(record)
+            if not said and not (self.time_field != "said" and self._event_in_window(record)):
                 return False
         return True
+
+    def _said_in_window(self, record: MemoryRecord) -> bool:
+        when = _epoch(record.time)
+        if when != when:  # NaN: no time, so outside any time window
+            return False
+        if self._since is not None and when < self._since:
+            return False
+        return not (self._until is not None and when > self._until)
+
+    def _event_in_window(self, record: MemoryRecord) -> bool:
+        """Whether an event interval of the record overlaps the window (compared by day)."""
+        since = self.since[:10] if self.since else "0000-01-01"
+        until = self.until[:10] if self.until else "9999-12-31"
+        events = temporal.intervals_of(record.event_time)
+        return any(i.start.isoformat() <= until and i.end.isoformat() >= since for i in events)
 
 
 @dataclass
@@ -88,6 +103,7 @@ class QueryHit:
     source_id: str | None
     status: str
     cube: str
+    event_time: list[dict[str, str]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +119,7 @@ class QueryHit:
             "source_id": self.source_id,
             "status": self.status,
             "cube": self.cube,
+            "event_time": self.event_time,
         }
 
 
@@ -137,6 +154,14 @@ class _CubeView:
             for status in STATUSES
         }
         self.status_mask["all"] = present & ~self.status_mask["deleted"]
+        # Relative periods in a query ("last summer") are read against the cube's latest time.
+        times = [r.time for r in self.records if r is not None and r.time]
+        self.latest = max(times) if times else None
+
+    def periods(self, query: str) -> tuple[list[tuple[str, str]], str]:
+        """The periods ``query`` names, as inclusive ISO dates, and the query's lexical text with the
+        dates a relative period resolves to ("last summer" -> "June 2023 July 2023 August 2023")."""
+        return temporal.query_plan(query, self.latest)
 
     def mask(self, filters: Filters) -> np.ndarray:
         mask = self.status_mask[filters.status].copy()
@@ -191,8 +216,16 @@ class Searcher:
             mask = view.mask(filters)
             if not mask.any():
                 continue
+            periods, lexical = view.periods(text)
             ranked = ranking.rank(
-                view.index.inputs(), text, query_vec, k=k, mode=self.mode, mask=mask, ann=view.index.ann()
+                view.index.inputs(),
+                lexical,
+                query_vec,
+                k=k,
+                mode=self.mode,
+                mask=mask,
+                ann=view.index.ann(),
+                periods=periods,
             )
             for row, score in ranked:
                 record = view.records[row]
@@ -212,6 +245,7 @@ class Searcher:
                         source_id=record.source_id,
                         status=record.status,
                         cube=view.cube.manifest.name,
+                        event_time=record.event_time,
                     )
                 )
             if self.record_usage and ranked:

@@ -12,6 +12,12 @@ Why this shape (measured on LoCoMo, see ``bench/locomo_proto.py``):
   episode's best score.
 * When the query names someone who speaks in the cube, their memories get a fixed boost.
 * The speaker and date are part of the text that is embedded and indexed: questions say who and when.
+* Time (issue 15): a memory's event time (``Row.event``, resolved at ingest from "yesterday", "three
+  years ago", ...) joins its said date in the BM25 unit; rows whose event or said time falls in a
+  period the query names get ``time``; when the question asks "when/how long/which year", rows that
+  date something get ``dated``. LOO on LoCoMo dev chose ``dated`` 1.0 in 4 of 5 folds (temporal
+  recall_any@10 0.949 -> 0.955); ``time`` is neutral on dev (its questions rarely name a date; folds
+  chose 0 or 2) and is set to 1.0 for the questions that do ("what did Jon do in January 2023?").
 
 Everything here is plain numpy so that a query does not pay for importing torch. The few settings are
 in :class:`RankSettings`; their defaults were chosen by leave-one-conversation-out validation.
@@ -45,6 +51,7 @@ class Row:
     source_id: str | None = None  # e.g. a dialogue turn id "D3:12"
     type: str = "note"
     tags: list[str] = field(default_factory=list)
+    event: list[dict[str, str]] | None = None  # the record's event_time intervals (engine/temporal.py)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class RankSettings:
     episode: float = 1.0  # share of its episode's best score a row receives
     speaker: float = 1.0  # boost for rows whose speaker the query names
     lexical_weight: float = 1.0  # weight of the BM25 leg relative to the dense leg
+    time: float = 1.0  # boost for rows whose event or said time falls in a period the query names
+    dated: float = 1.0  # boost for rows with an event time when the query asks "when ...?"
     pool: int = 200  # candidates taken from each leg on the approximate path
     exact_limit: int = 20_000  # up to this many allowed rows, score every one exactly
 
@@ -86,7 +95,13 @@ def embed_text(row: Row) -> str:
 
 def _head(row: Row) -> str:
     date = _readable_date(row.time)
-    return " ".join(part for part in (row.speaker, f"({date})" if date else None) if part)
+    when = date
+    if row.event:  # when what it says happened, in the words a question would use
+        from memos_cli.engine.temporal import intervals_of, readable
+
+        events = " ".join(dict.fromkeys(readable(i) for i in intervals_of(row.event)))
+        when = f"{date}; {events}" if date and events else date or events
+    return " ".join(part for part in (row.speaker, f"({when})" if when else None) if part)
 
 
 def embed_rows(rows: list[Row], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
@@ -236,6 +251,78 @@ def _dense_moments(inputs: RankInputs, size: int = 4096) -> tuple[np.ndarray, np
     return mu, cov
 
 
+@dataclass
+class _Times:
+    """Per-row days (since 1970-01-01) for the time prior: when said, and the event intervals flat."""
+
+    n_rows: int
+    said: np.ndarray  # int32 [n], a sentinel far outside any period when unknown
+    ev_row: np.ndarray  # int32 [m]
+    ev_start: np.ndarray  # int32 [m]
+    ev_end: np.ndarray  # int32 [m]
+
+
+_NO_DAY = -(10**8)
+_EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
+
+
+def _asks_when(query: str) -> bool:
+    from memos_cli.engine.temporal import asks_when
+
+    return asks_when(query)
+
+
+def _day_number(value: str | None) -> int:
+    if not value:
+        return _NO_DAY
+    try:
+        return datetime.fromisoformat(value.strip()[:10]).toordinal() - _EPOCH_ORDINAL
+    except ValueError:
+        return _NO_DAY
+
+
+def _times(inputs: RankInputs) -> _Times:
+    n = len(inputs.rows)
+    cached = inputs._cache.get("times")
+    if isinstance(cached, _Times) and cached.n_rows == n:
+        return cached
+    said = np.fromiter((_day_number(r.time) for r in inputs.rows), dtype=np.int32, count=n)
+    ev_row, ev_start, ev_end = [], [], []
+    for i, row in enumerate(inputs.rows):
+        for item in row.event or ():
+            if not isinstance(item, dict):
+                continue
+            start, end = _day_number(item.get("start")), _day_number(item.get("end"))
+            if start != _NO_DAY and end != _NO_DAY:
+                ev_row.append(i)
+                ev_start.append(start)
+                ev_end.append(end)
+    table = _Times(
+        n,
+        said,
+        np.asarray(ev_row, dtype=np.int32),
+        np.asarray(ev_start, dtype=np.int32),
+        np.asarray(ev_end, dtype=np.int32),
+    )
+    inputs._cache["times"] = table
+    return table
+
+
+def in_periods(inputs: RankInputs, periods: list[tuple[str, str]], field: str = "either") -> np.ndarray:
+    """Rows whose said time (``field`` said), event time (event) or either falls in one of the
+    inclusive ISO-date ``periods``: a boolean array over all rows."""
+    table = _times(inputs)
+    hit = np.zeros(table.n_rows, dtype=bool)
+    for start_iso, end_iso in periods:
+        start, end = _day_number(start_iso), _day_number(end_iso)
+        if field in ("said", "either"):
+            hit |= (table.said >= start) & (table.said <= end)
+        if field in ("event", "either") and len(table.ev_row):
+            overlap = (table.ev_start <= end) & (table.ev_end >= start)
+            hit[table.ev_row[overlap]] = True
+    return hit
+
+
 def rank(
     inputs: RankInputs,
     query: str,
@@ -246,13 +333,16 @@ def rank(
     mask: np.ndarray | None = None,
     ann: Callable[[np.ndarray, int], np.ndarray] | None = None,
     settings: RankSettings = DEFAULT_SETTINGS,
+    periods: list[tuple[str, str]] | None = None,
 ) -> list[tuple[int, float]]:
     """The best ``k`` rows for ``query`` as ``(row, score)``, best first; rows outside ``mask`` never
     appear. ``ann(query_vec, n)`` returns approximate nearest rows; it is used instead of scoring every
     vector when more than ``settings.exact_limit`` rows are allowed.
 
     Scores are comparable within one call only: cosine in ``dense`` mode, BM25 in ``lexical`` mode, the
-    fused score (in standard deviations) in ``hybrid`` mode.
+    fused score (in standard deviations) in ``hybrid`` mode. ``periods`` (inclusive ISO-date pairs,
+    from :func:`memos_cli.engine.temporal.query_intervals`) add ``settings.time`` to rows whose event
+    or said time falls in one of them (hybrid mode).
     """
     if mode not in MODES:
         raise ValueError(f"unknown ranking mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -299,6 +389,13 @@ def rank(
         named = _named_speakers(inputs, query)
         if len(named):
             score = score + settings.speaker * np.isin(_speakers(inputs).ids[idx], named)
+    if settings.time and periods:
+        score = score + settings.time * in_periods(inputs, periods)[idx]
+    if settings.dated and _asks_when(query):
+        table = _times(inputs)
+        dated = np.zeros(table.n_rows, dtype=bool)
+        dated[table.ev_row] = True
+        score = score + settings.dated * dated[idx]
     return _top(idx, score, k)
 
 

@@ -49,10 +49,13 @@ class Rejected:
     problem: str
 
 
-def parse_time(value: Any, where: str) -> str:
+def parse_time(value: Any, where: str, base: str | None = None) -> str:
     """ISO-8601 from ISO or common date strings ("1:56 pm on 8 May, 2023", "2023/05/08", epoch seconds).
 
     A date alone stays a date ("2023-05-08"); a time of day keeps its time and any timezone.
+    A relative value ("next tuesday", "yesterday", "8 May" without a year) is read against ``base``
+    (an ISO date: ``--time-base`` or the record's ``time_base``) and refused without one: it is never
+    silently read against the clock of the machine that ingests it.
     """
     if isinstance(value, bool):
         raise BadInput(where, f"time {value!r} is not a date")
@@ -68,6 +71,19 @@ def parse_time(value: Any, where: str) -> str:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         has_time = "T" in text or " " in text
     except ValueError:
+        from memos_cli.engine import temporal
+
+        if temporal.is_relative_time(text):
+            if base is None:
+                raise BadInput(
+                    where,
+                    f"time {value!r} is relative (it depends on when it is read); give an absolute date, "
+                    "or a base date to read it against (ingest: --time-base DATE or a 'time_base' field)",
+                ) from None
+            resolved = temporal.resolve_time_value(text, base)
+            if resolved is None:
+                raise BadInput(where, f"cannot read {value!r} as a date or time (base {base})") from None
+            return resolved
         try:
             parsed = date_parser.parse(text.replace(" on ", " "), fuzzy=True)
         except (ValueError, OverflowError):
@@ -209,10 +225,17 @@ def parse_markdown(text: str, source: str) -> list[Draft]:
 
 # ---------------------------------------------------------------------------- JSONL records and chats
 
-_RECORD_KEYS = {"text", "id", "source_id", "speaker", "time", "tags", "type", "key", "metadata"}
+_RECORD_KEYS = {"text", "id", "source_id", "speaker", "time", "time_base", "tags", "type", "key", "metadata"}
 
 
-def _record_draft(obj: Any, source: str, line: int) -> Draft:
+def _time_of(obj: dict[str, Any], where: str, base: str | None) -> str | None:
+    """A record's or message's ``time``; a relative one is read against its own ``time_base`` or ``base``."""
+    if obj.get("time_base") is not None:
+        base = parse_time(obj["time_base"], f"{where} (time_base)")
+    return parse_time(obj["time"], where, base) if obj.get("time") is not None else None
+
+
+def _record_draft(obj: Any, source: str, line: int, base: str | None = None) -> Draft:
     where = f"{source}:{line}"
     if not isinstance(obj, dict):
         raise BadInput(where, "a record must be a JSON object")
@@ -249,7 +272,7 @@ def _record_draft(obj: Any, source: str, line: int) -> Draft:
         end_line=line,
         source_id=None if source_id is None else str(source_id),
         speaker=speaker,
-        time=parse_time(obj["time"], where) if obj.get("time") is not None else None,
+        time=_time_of(obj, where, base),
         type=kind,
         tags=list(tags),
         key=key,
@@ -269,14 +292,16 @@ def _load_line(line: str, where: str) -> Any:
         raise BadInput(where, str(exc)) from None
 
 
-def parse_jsonl(text: str, source: str, *, skip_bad: bool = False) -> tuple[list[Draft], list[Rejected]]:
+def parse_jsonl(
+    text: str, source: str, *, skip_bad: bool = False, time_base: str | None = None
+) -> tuple[list[Draft], list[Rejected]]:
     drafts: list[Draft] = []
     rejected: list[Rejected] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            drafts.append(_record_draft(_load_line(line, f"{source}:{number}"), source, number))
+            drafts.append(_record_draft(_load_line(line, f"{source}:{number}"), source, number, time_base))
         except BadInput as exc:
             if not skip_bad:
                 raise
@@ -284,7 +309,7 @@ def parse_jsonl(text: str, source: str, *, skip_bad: bool = False) -> tuple[list
     return drafts, rejected
 
 
-def _message_draft(obj: Any, source: str, line: int, index: int) -> Draft:
+def _message_draft(obj: Any, source: str, line: int, index: int, base: str | None = None) -> Draft:
     where = f"{source}:{line}"
     if not isinstance(obj, dict):
         raise BadInput(where, "a chat message must be a JSON object")
@@ -305,7 +330,7 @@ def _message_draft(obj: Any, source: str, line: int, index: int) -> Draft:
         end_line=line,
         source_id=str(msg_id) if msg_id is not None else f"msg-{index + 1}",
         speaker=speaker,
-        time=parse_time(obj["time"], where) if obj.get("time") is not None else None,
+        time=_time_of(obj, where, base),
         type="dialogue",
         tags=list(tags),
     )
@@ -339,7 +364,9 @@ def _line_of_each_item(text: str, count: int) -> list[int]:
     return (lines + [1] * count)[:count]
 
 
-def parse_chat(text: str, source: str, *, skip_bad: bool = False) -> tuple[list[Draft], list[Rejected]]:
+def parse_chat(
+    text: str, source: str, *, skip_bad: bool = False, time_base: str | None = None
+) -> tuple[list[Draft], list[Rejected]]:
     """A chat transcript: a JSON list of messages, ``{"messages": [...]}``, or JSONL of messages."""
     stripped = text.lstrip()
     items: list[tuple[int, Any]]
@@ -374,7 +401,7 @@ def parse_chat(text: str, source: str, *, skip_bad: bool = False) -> tuple[list[
         try:
             if isinstance(obj, BadInput):
                 raise obj
-            drafts.append(_message_draft(obj, source, line, index))
+            drafts.append(_message_draft(obj, source, line, index, time_base))
         except BadInput as exc:
             if not skip_bad:
                 raise
@@ -394,7 +421,7 @@ def _looks_like_jsonl(text: str) -> bool:
 
 
 def parse_source(
-    data: bytes, source: str, *, fmt: str | None = None, skip_bad: bool = False
+    data: bytes, source: str, *, fmt: str | None = None, skip_bad: bool = False, time_base: str | None = None
 ) -> tuple[list[Draft], list[Rejected], str]:
     """Parse one source; returns drafts, rejected records (only with ``skip_bad``) and the format used."""
     text = decode(data, source)
@@ -404,9 +431,9 @@ def parse_source(
     if fmt == "markdown":
         return parse_markdown(text, source), [], fmt
     if fmt == "jsonl":
-        drafts, rejected = parse_jsonl(text, source, skip_bad=skip_bad)
+        drafts, rejected = parse_jsonl(text, source, skip_bad=skip_bad, time_base=time_base)
     elif fmt == "chat":
-        drafts, rejected = parse_chat(text, source, skip_bad=skip_bad)
+        drafts, rejected = parse_chat(text, source, skip_bad=skip_bad, time_base=time_base)
     else:
         raise BadInput(source, f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if not drafts and not rejected:

@@ -13,6 +13,7 @@ from typing import Any
 from memos_cli.cube import records
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, canonical_json, content_hash
+from memos_cli.engine import temporal
 from memos_cli.engine.ops import resolve_id
 from memos_cli.engine.sources import parse_time
 from memos_cli.errors import BadInput, UsageError
@@ -75,6 +76,9 @@ def update(cube: Cube, ref: str, change: Update, *, actor: str | None = None) ->
             actor=tx.actor,
             created=utc_now(),
         )
+        if new.text != old.text or new.time != old.time:  # what it says, or when, changed: re-resolve
+            new.event_time = None
+            temporal.annotate([new])
         volatile = {"version", "created", "actor", "op"}
         if {k: v for k, v in new.to_dict().items() if k not in volatile} == {
             k: v for k, v in old.to_dict().items() if k not in volatile

@@ -24,6 +24,13 @@ def ingest(
     ] = None,
     speaker: Annotated[Optional[str], typer.Option("--speaker", help="Speaker for records that set none.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="Time for records that set none (any date).")] = None,
+    time_base: Annotated[
+        Optional[str],
+        typer.Option(
+            "--time-base",
+            help="Date to read relative times against ('next tuesday'); without it they are refused.",
+        ),
+    ] = None,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Store the good records and report the bad ones instead of failing.")
     ] = False,
@@ -37,12 +44,18 @@ def ingest(
     "text" and may carry id/source_id, speaker, time, tags, type, key, metadata; chat transcripts
     are a JSON list (or JSONL) of messages with role/speaker and content/text.
 
+    Event time: time expressions in each memory ("yesterday", "three years ago", "next month",
+    "for three years", "16 March 2022") are resolved against the memory's own time and stored as
+    its `event_time`. A relative `time` value ("next tuesday") is read against --time-base or the
+    record's `time_base`, and refused without one (never against today's clock).
+
     Bad input (malformed JSON, a record without text, invalid UTF-8, a binary or empty file) stops
     the ingest with the file and line, and the cube is left unchanged.
 
     Examples:
       memos ingest notes README.md meeting.md --tag work
       cat facts.jsonl | memos ingest notes - --format jsonl
+      memos ingest diary notes.jsonl --time-base 2024-03-17   # "time": "yesterday" -> 2024-03-16
     """
     from memos_cli.config import actor
     from memos_cli.cube.bundle import Cube
@@ -51,7 +64,7 @@ def ingest(
 
     opened = Cube.open(cube)
     inputs = [Source.from_path(s) for s in (sources or ["-"])]
-    defaults = Defaults(tags=list(tag or []), type=type_, speaker=speaker, time=time)
+    defaults = Defaults(tags=list(tag or []), type=type_, speaker=speaker, time=time, time_base=time_base)
     with progress("embedding") as bar:
         report = run_ingest(
             opened, inputs, fmt=format_, defaults=defaults, skip_bad=skip_bad, actor=actor(as_), progress=bar

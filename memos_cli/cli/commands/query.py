@@ -16,6 +16,7 @@ from memos_cli.cli.options import (
     SpeakerOpt,
     StatusOpt,
     TagOpt,
+    TimeFieldOpt,
     TypeOpt,
     UntilOpt,
     filters_from,
@@ -33,6 +34,7 @@ def query(
     since: SinceOpt = None,
     until: UntilOpt = None,
     status: StatusOpt = "active",
+    time_field: TimeFieldOpt = "either",
     batch: Annotated[
         Optional[str],
         typer.Option("--batch", help="Read one query per line from FILE ('-' for stdin); print JSON lines."),
@@ -48,10 +50,19 @@ def query(
     Each hit counts as a use of its memory (for 'memos promote --hot'). Archived and superseded
     memories are left out unless --status says otherwise.
 
+    Time: a memory has the time it was said (its `time`) and event times found in its text at ingest
+    ("yesterday", "three years ago", "next month", resolved against when it was said). Periods named
+    in TEXT ("on 16 March 2022", "in January 2023", "the last week of August 2023", "last summer",
+    read against the cube's latest time) favour memories whose event or said time falls in them.
+    --since/--until keep memories whose event time or said time is in the window (--time-field
+    event|said|either). --json hits carry `event_time`.
+
     Examples:
       memos query notes "when is the launch?" -k 5
       memos query notes "budget" --tag finance --since 2024-01-01 --json
       memos query notes --batch questions.txt > answers.jsonl
+      memos query chats "what did Jon do in January 2023?" --json
+      memos query chats "trip" --since 2023-01-01 --until 2023-03-31 --time-field event
     """
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine.query import Searcher
@@ -60,7 +71,7 @@ def query(
     check_exclusive(json=json_, jsonl=jsonl)
     if (text is None) == (batch is None):
         raise UsageError("give a query TEXT or --batch FILE (not both)")
-    filters = filters_from(tag, type_, speaker, since, until, status)
+    filters = filters_from(tag, type_, speaker, since, until, status, time_field)
     opened = Cube.open(cube)
     with (
         progress("indexing") as bar,
@@ -97,5 +108,10 @@ def _table(text: str, hits: list) -> None:
         table.add_column(column, overflow="fold")
     for hit in hits:
         snippet = hit.text if len(hit.text) <= 160 else hit.text[:157] + "..."
-        table.add_row(f"{hit.score:.2f}", hit.id, (hit.time or "")[:10], hit.speaker or "", snippet)
+        when = (hit.time or "")[:10]
+        if hit.event_time:  # when what it says happened, if the text dates it
+            first = hit.event_time[0]
+            span = first["start"] if first["start"] == first["end"] else f"{first['start']}..{first['end']}"
+            when = f"{when} (event {span})".strip()
+        table.add_row(f"{hit.score:.2f}", hit.id, when, hit.speaker or "", snippet)
     out().print(table)

@@ -176,3 +176,15 @@ class AdapterNotFound(MemosError):
         super().__init__(f"no adapter named {name!r} in {path}", hint=f"see the adapters with: memos stats {path}")
         self.path = path
         self.name = name
+
+
+class ScheduleFailed(MemosError):
+    """One or more steps of a scheduled run failed (the others ran; each is reported)."""
+
+    def __init__(self, path: Path, failed: list[str], total: int) -> None:
+        super().__init__(
+            f"{len(failed)} of {total} schedule steps failed on {path}: {'; '.join(failed)}",
+            hint=f"fix the cause and rerun: memos schedule {path} (done steps are not repeated)",
+        )
+        self.path = path
+        self.failed = failed

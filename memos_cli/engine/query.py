@@ -19,6 +19,7 @@ from memos_cli.engine import ranking, usage
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import CubeIndex, open_index
 from memos_cli.engine.sources import parse_time
+from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG, demoted_score, is_answer, is_working
 from memos_cli.errors import BadInput, UsageError
 
 MODES = ("hybrid", "dense", "lexical")
@@ -32,6 +33,9 @@ class Filters:
     since: str | None = None  # ISO date/time, inclusive
     until: str | None = None  # ISO date/time, inclusive
     status: str = "active"  # a status, or "all"
+    # The working tier (engine/working.py): left out of retrieval unless asked, and then ranked below
+    # long-term memories; the model's own answers only when asked for by their tag.
+    include_working: bool = False
 
     def __post_init__(self) -> None:
         if self.status != "all" and self.status not in STATUSES:
@@ -137,9 +141,15 @@ class _CubeView:
             for status in STATUSES
         }
         self.status_mask["all"] = present & ~self.status_mask["deleted"]
+        self.working = np.array([r is not None and is_working(r) for r in self.records], dtype=bool)
+        self.answer = np.array([r is not None and is_answer(r) for r in self.records], dtype=bool)
 
     def mask(self, filters: Filters) -> np.ndarray:
         mask = self.status_mask[filters.status].copy()
+        if ANSWER_TAG not in filters.tags:
+            mask &= ~self.answer
+        if not filters.include_working and WORKING_TAG not in filters.tags:
+            mask &= ~self.working
         if filters.narrows():
             mask &= np.array([r is not None and filters.matches(r, check_status=False) for r in self.records])
         return mask
@@ -191,9 +201,21 @@ class Searcher:
             mask = view.mask(filters)
             if not mask.any():
                 continue
+            demote = filters.include_working and bool((mask & view.working).any())
             ranked = ranking.rank(
-                view.index.inputs(), text, query_vec, k=k, mode=self.mode, mask=mask, ann=view.index.ann()
+                view.index.inputs(),
+                text,
+                query_vec,
+                k=2 * k if demote else k,
+                mode=self.mode,
+                mask=mask,
+                ann=view.index.ann(),
             )
+            if demote:
+                ranked = sorted(
+                    ((row, demoted_score(score, self.mode) if view.working[row] else score) for row, score in ranked),
+                    key=lambda pair: -pair[1],
+                )[:k]
             for row, score in ranked:
                 record = view.records[row]
                 if record is None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube
@@ -20,10 +23,25 @@ DEFAULT_HALF_LIFE_DAYS = 7.0
 
 
 def record(cube: Cube, batches: list[list[str]], *, now: float | None = None) -> None:
+    """Append one line per batch. Readers run concurrently: each call is one write of whole lines to a
+    file opened with O_APPEND, so lines of two processes never interleave; a line torn by a killed
+    process is ended first, so it spoils only itself, and readers skip it."""
     stamp = round(now if now is not None else time.time(), 3)
     lines = "".join(json.dumps({"t": stamp, "ids": ids}, separators=(",", ":")) + "\n" for ids in batches if ids)
     if lines:
-        append_bytes(cube.derived / layout.USAGE_FILE, lines.encode("utf-8"))
+        path = cube.derived / layout.USAGE_FILE
+        if _torn_tail(path):
+            lines = "\n" + lines
+        append_bytes(path, lines.encode("utf-8"))
+
+
+def _torn_tail(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:  # missing or empty
+        return False
 
 
 def _entries(cube: Cube) -> list[tuple[float, list[str]]]:
@@ -55,6 +73,36 @@ def scores(cube: Cube, *, half_life_days: float = DEFAULT_HALF_LIFE_DAYS, now: f
         for memory_id in ids:
             totals[memory_id] += weight
     return dict(totals)
+
+
+@dataclass
+class Uses:
+    """One memory's use: how often, first and last (epoch seconds), and the decayed score at a time."""
+
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    score: float = 0.0
+
+
+def profile(cube: Cube, *, now: float, half_life_days: float = DEFAULT_HALF_LIFE_DAYS) -> dict[str, Uses]:
+    """Every used memory's ``Uses`` as of ``now`` (uses after ``now`` are left out: time injection)."""
+    rate = math.log(2) / (half_life_days * 86400.0)
+    out: dict[str, Uses] = {}
+    for stamp, ids in _entries(cube):
+        if stamp - now > 1e-3:  # stamps are rounded to the millisecond
+            continue
+        weight = math.exp(-rate * max(0.0, now - stamp))
+        for memory_id in ids:
+            held = out.get(memory_id)
+            if held is None:
+                out[memory_id] = Uses(1, stamp, stamp, weight)
+                continue
+            held.count += 1
+            held.first = min(held.first, stamp)
+            held.last = max(held.last, stamp)
+            held.score += weight
+    return out
 
 
 def counts(cube: Cube) -> dict[str, int]:

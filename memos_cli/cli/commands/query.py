@@ -41,12 +41,17 @@ def query(
     json_: JsonOpt = False,
     jsonl: JsonlOpt = False,
     no_usage: Annotated[bool, typer.Option("--no-usage", help="Do not count the hits as uses.")] = False,
+    include_working: Annotated[
+        bool,
+        typer.Option("--include-working", help="Also search chat turns (the working tier), ranked below the rest."),
+    ] = False,
     as_: AsOpt = None,
 ) -> None:
     """Find the memories that best match TEXT (dense MiniLM and BM25 scores, fused).
 
-    Each hit counts as a use of its memory (for 'memos promote --hot'). Archived and superseded
-    memories are left out unless --status says otherwise.
+    Each hit counts as a use of its memory (for 'memos promote --hot' and 'memos schedule'). Archived
+    and superseded memories are left out unless --status says otherwise; chat turns (the working
+    tier) unless --include-working, and the model's own answers unless --tag model-answer.
 
     Examples:
       memos query notes "when is the launch?" -k 5
@@ -61,6 +66,7 @@ def query(
     if (text is None) == (batch is None):
         raise UsageError("give a query TEXT or --batch FILE (not both)")
     filters = filters_from(tag, type_, speaker, since, until, status)
+    filters.include_working = include_working  # type: ignore[attr-defined]
     opened = Cube.open(cube)
     with (
         progress("indexing") as bar,

@@ -56,6 +56,11 @@ schedule:
 """
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread: None) -> None:
+    """Results, not speed: one torch thread (see conftest)."""
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("schedule-model") / "llama", "llama"))
@@ -390,7 +395,7 @@ def _run_killed_at(template: Path, work: Path, llama: str, now: float, n: int) -
     return code == 137
 
 
-def test_a_kill_at_any_write_point_leaves_a_sound_cube(tmp_path: Path, llama: str, one_torch_thread: None) -> None:
+def test_a_kill_at_any_write_point_leaves_a_sound_cube(tmp_path: Path, llama: str) -> None:
     from memos_cli.models.lm import load_lm
 
     load_lm(llama)  # loaded once, inherited by every forked child
@@ -417,3 +422,18 @@ def test_a_kill_at_any_write_point_leaves_a_sound_cube(tmp_path: Path, llama: st
         assert _kv_ids(work, "hot") == {ids["Alpha:"], ids["Bravo:"]} == _lora_ids(work, "stable")
         assert verify(work).ok
     assert killed >= 10  # archive, snapshot and adapter transactions each have several write points
+
+
+def test_the_planner_rows_follow_appends_and_rewrites(tmp_path: Path) -> None:
+    cube, ids = _cube(tmp_path, [{"text": "Alpha: one"}, {"text": "Bravo: two", "expires": "2001-01-01"}], None)
+    rows = schedule.scan(cube)
+    assert {r.id: r.status for r in rows.values()} == {ids["Alpha:"]: "active", ids["Bravo:"]: "active"}
+    assert rows[ids["Bravo:"]].expires == "2001-01-01" and (cube.derived / schedule.ROWS_CACHE).exists()
+    ops.forget(cube, [ids["Alpha:"]], actor="tester")  # an append: read on top of the cached rows
+    rows = schedule.scan(Cube.open(cube.path))
+    assert rows[ids["Alpha:"]].status == "archived" and rows[ids["Alpha:"]].version == 2
+    ops.forget(Cube.open(cube.path), [ids["Bravo:"]], purge=True, actor="tester")  # a rewrite
+    assert set(schedule.scan(Cube.open(cube.path))) == {ids["Alpha:"]}
+    (cube.path / "memories.jsonl").write_bytes(b'{"id": "broken"\n')
+    with pytest.raises(InvalidCube, match="memories.jsonl:1"):
+        schedule.scan(Cube.open(cube.path))

@@ -22,7 +22,9 @@ right after the first finds nothing to do.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,14 +32,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from memos_cli.cube import layout
-from memos_cli.cube.bundle import Cube, CubeState, utc_now
-from memos_cli.cube.records import MemoryRecord
+from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.io import TornLine
 from memos_cli.engine import usage
-from memos_cli.engine.ops import resolve_id
-from memos_cli.engine.working import is_answer, is_working
+from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG, is_answer, is_working
 from memos_cli.errors import InvalidCube, LockTimeout, MemosError, UsageError
 
 DAY = 86400.0
+# promote.check_name's rule, spelt here too: importing promote pulls in numpy (a third of a run's time)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SECTION = "schedule"
 
 # kind of each key: "bool", "name", "int", "num" (>= 0), "share" (0..1), "tags", "ttl", "dtype";
@@ -152,12 +155,7 @@ def _check(cube: Cube, where: str, kind: str, value: Any) -> Any:
         "dtype": value in ("float32", "float16", "bfloat16"),
     }[kind]
     if kind == "name" and ok:
-        from memos_cli.engine.promote import check_name
-
-        try:
-            check_name(value)
-        except UsageError:
-            ok = False
+        ok = bool(_NAME.match(value))
     if not ok:
         expected = {
             "bool": "true or false",
@@ -254,13 +252,6 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def expires_of(record: MemoryRecord) -> str | None:
-    """A record's ``expires`` time: the top-level key, or ``metadata.expires`` (where ingest keeps
-    top-level keys it has no field for)."""
-    value = record.extra.get("expires", (record.metadata or {}).get("expires"))
-    return value if isinstance(value, str) else None
-
-
 @dataclass
 class Step:
     kind: str  # archive, activation, parametric
@@ -302,62 +293,151 @@ class Plan:
         }
 
 
+@dataclass(slots=True)
+class Row:
+    """What planning needs of one memory's current version (read without building full records)."""
+
+    id: str
+    version: int
+    status: str
+    type: str
+    tags: list[str]
+    created: str  # of its first version: when it entered the cube
+    expires: str | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.id}@{self.version}"
+
+
+ROWS_CACHE = "schedule-rows.json"  # derived, in .memos/: the rows as of a prefix of memories.jsonl
+
+
+def scan(cube: Cube) -> dict[str, Row]:
+    """Every memory's current version as a ``Row``, read with plain JSON parsing (building and
+    validating 100,000 full records took seconds). ``memories.jsonl`` only grows between rewrites, so
+    the rows of the prefix read last time are kept in ``.memos/schedule-rows.json`` (with that prefix's
+    sha256) and only what was appended since is parsed. A line this cannot read is left to
+    ``read_state``, which names it."""
+    data = cube.committed_bytes(layout.MEMORIES)
+    rows, offset = _load_rows(cube, data)
+    try:
+        _parse_rows(rows, data[offset:])
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, TornLine):
+        cube.read_state()  # raises InvalidCube naming the line
+        raise
+    if offset != len(data):
+        _save_rows(cube, rows, data)
+    return rows
+
+
+def _parse_rows(rows: dict[str, Row], data: bytes) -> None:
+    lines = data.decode("utf-8").split("\n")
+    if lines.pop().strip():
+        raise TornLine("the last line is incomplete")
+    # One parse of all lines as a JSON array, much cheaper than a loads() per line. (A line is one
+    # object and JSON strings escape newlines, so the lines are the array's elements.)
+    for record in json.loads("[" + ",".join(line for line in lines if line.strip()) + "]"):
+        memory_id, version, created = record["id"], record["version"], record.get("created") or ""
+        held = rows.get(memory_id)
+        if held is not None and held.version > version:
+            if created and created < held.created:
+                held.created = created
+            continue
+        first = created if held is None or (created and created < held.created) else held.created
+        metadata = record.get("metadata")
+        expires = record.get("expires") or (metadata.get("expires") if isinstance(metadata, dict) else None)
+        rows[memory_id] = Row(
+            memory_id,
+            version,
+            record["status"],
+            record.get("type", "note"),
+            record.get("tags") or [],
+            first,
+            expires if isinstance(expires, str) else None,
+        )
+
+
+def _load_rows(cube: Cube, data: bytes) -> tuple[dict[str, Row], int]:
+    path = cube.path / layout.DERIVED_DIR / ROWS_CACHE
+    try:
+        cached = json.loads(path.read_bytes())
+        offset = cached["offset"]
+        if not isinstance(offset, int) or not 0 < offset <= len(data) or data[offset - 1 : offset] != b"\n":
+            return {}, 0
+        if hashlib.sha256(data[:offset]).hexdigest() != cached["sha256"]:
+            return {}, 0  # rewritten (purge, merge, checkout): read it all again
+        return {r[0]: Row(*r) for r in cached["rows"]}, offset
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}, 0
+
+
+def _save_rows(cube: Cube, rows: dict[str, Row], data: bytes) -> None:
+    from memos_cli.cube.io import atomic_write_bytes
+
+    body = {
+        "offset": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "rows": [[r.id, r.version, r.status, r.type, r.tags, r.created, r.expires] for r in rows.values()],
+    }
+    try:
+        atomic_write_bytes(cube.derived / ROWS_CACHE, json.dumps(body, separators=(",", ":")).encode("utf-8"))
+    except OSError:
+        pass  # a read-only cube: derived state is an optimisation only
+
+
 @dataclass
 class _Context:
     """What planning needs, read once."""
 
     cube: Cube
-    state: CubeState
+    rows: dict[str, Row]
     policy: dict[str, dict[str, Any]]
     now: float
     uses: dict[str, usage.Uses]
-    _first: dict[str, float] | None = None
+    _epochs: dict[str, float | None] = field(default_factory=dict)
 
-    def first_written(self, memory_id: str) -> float | None:
-        """When the memory entered the cube: the ``created`` of its first version."""
-        if self._first is None:
-            first: dict[str, str] = {}
-            for record in self.state.versions:
-                held = first.get(record.id)
-                if record.created and (held is None or record.created < held):
-                    first[record.id] = record.created
-            self._first = {i: t for i, c in first.items() if (t := _epoch(c)) is not None}
-        return self._first.get(memory_id)
+    def epoch(self, value: str | None) -> float | None:
+        """``_epoch``, memoised: a batch of memories shares one ``created`` string."""
+        if not value:
+            return None
+        if value not in self._epochs:
+            self._epochs[value] = _epoch(value)
+        return self._epochs[value]
 
-    def last_active(self, record: MemoryRecord) -> float | None:
+    def last_active(self, row: Row) -> float | None:
         """The later of its first write and its last use."""
-        written = self.first_written(record.id)
-        used = self.uses[record.id].last if record.id in self.uses else None
+        written = self.epoch(row.created)
+        used = self.uses[row.id].last if row.id in self.uses else None
         known = [t for t in (written, used) if t is not None]
         return max(known) if known else None
 
 
-def _archive_reason(ctx: _Context, record: MemoryRecord) -> tuple[str, str] | None:
+def _archive_reason(ctx: _Context, row: Row) -> tuple[str, str] | None:
     """Why the scheduler archives this active memory now, as (rule, words), or None to keep it."""
     archive, working = ctx.policy["archive"], ctx.policy["working"]
-    if set(archive["keep_tags"]) & set(record.tags):
+    if row.tags and set(archive["keep_tags"]) & set(row.tags):
         return None
-    if is_working(record):
+    if WORKING_TAG in row.tags:
         if not working["enabled"]:
             return None
-        last = ctx.last_active(record)
+        last = ctx.last_active(row)
         if last is not None and ctx.now - last > working["idle_days"] * DAY:
             return "working", f"working memory idle {(ctx.now - last) / DAY:.0f} days (> {working['idle_days']:g})"
         return None
     if not archive["enabled"]:
         return None
-    if archive["expires"]:
-        expires = expires_of(record)
-        when = _epoch(expires)
+    if archive["expires"] and row.expires:
+        when = ctx.epoch(row.expires)
         if when is not None and when <= ctx.now:
-            return "expired", f"expired on {expires}"
-    ttl = archive["ttl_days"].get(record.type)
+            return "expired", f"expired on {row.expires}"
+    ttl = archive["ttl_days"].get(row.type)
     if ttl is not None:
-        written = ctx.first_written(record.id)
+        written = ctx.epoch(row.created)
         if written is not None and ctx.now - written > ttl * DAY:
-            return "ttl", f"{record.type} older than its time-to-live ({(ctx.now - written) / DAY:.0f} > {ttl:g} days)"
+            return "ttl", f"{row.type} older than its time-to-live ({(ctx.now - written) / DAY:.0f} > {ttl:g} days)"
     if archive["unused_days"] is not None:
-        last = ctx.last_active(record)
+        last = ctx.last_active(row)
         if last is not None and ctx.now - last > archive["unused_days"] * DAY:
             return "unused", f"unused for {(ctx.now - last) / DAY:.0f} days (> {archive['unused_days']:g})"
     return None
@@ -370,8 +450,8 @@ def _rule_counts(reasons: Any) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _long_term(record: MemoryRecord) -> bool:
-    return not (is_working(record) or is_answer(record))
+def _long_term(row: Row) -> bool:
+    return not (WORKING_TAG in row.tags or ANSWER_TAG in row.tags)
 
 
 def _entry_ids(entry: dict[str, Any]) -> list[str]:
@@ -398,7 +478,7 @@ def _context(cube: Cube, now: float | None) -> _Context:
     policy = load_policy(cube)
     when = time.time() if now is None else now
     uses = usage.profile(cube, now=when, half_life_days=policy["activation"]["half_life_days"])
-    return _Context(cube=cube, state=cube.read_state(), policy=policy, now=when, uses=uses)
+    return _Context(cube=cube, rows=scan(cube), policy=policy, now=when, uses=uses)
 
 
 def make_plan(cube: Cube, *, now: float | None = None) -> Plan:
@@ -409,13 +489,13 @@ def make_plan(cube: Cube, *, now: float | None = None) -> Plan:
 def _plan(ctx: _Context) -> Plan:
     cube, policy = ctx.cube, ctx.policy
     plan = Plan(now=ctx.now, policy=policy)
-    active = {i: r for i, r in ctx.state.current.items() if r.status == "active"}
+    rows = ctx.rows
 
     # 1. archive
-    for memory_id in sorted(active):
-        why = _archive_reason(ctx, active[memory_id])
-        if why is not None:
+    for memory_id, row in rows.items():
+        if row.status == "active" and (why := _archive_reason(ctx, row)) is not None:
             plan.archive_reasons[memory_id] = why
+    plan.archive_reasons = dict(sorted(plan.archive_reasons.items()))
     if plan.archive_reasons:
         kinds = _rule_counts(plan.archive_reasons.values())
         plan.steps.append(
@@ -425,21 +505,28 @@ def _plan(ctx: _Context) -> Plan:
                 None,
                 sorted(plan.archive_reasons),
                 f"{len(plan.archive_reasons)} memories due: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
-                {"versions": {i: active[i].version for i in sorted(plan.archive_reasons)}},
+                {"versions": {i: rows[i].version for i in plan.archive_reasons}},
             )
         )
-    remaining = {i: r for i, r in active.items() if i not in plan.archive_reasons}
-    remaining_refs = {r.ref for r in remaining.values()}
+
+    def remains(memory_id: str) -> bool:
+        row = rows.get(memory_id)
+        return row is not None and row.status == "active" and memory_id not in plan.archive_reasons
+
     for kind, entries in (("kv", cube.manifest.kv), ("lora", cube.manifest.lora)):
         for name, entry in entries.items():
-            changed = [str(ref) for ref in entry.get("memories") or [] if str(ref) not in remaining_refs]
+            changed = []
+            for ref in entry.get("memories") or []:
+                memory_id, _, version = str(ref).partition("@")
+                if not remains(memory_id) or str(rows[memory_id].version) != version:
+                    changed.append(str(ref))
             if changed:
                 plan.stale[f"{kind} {name}"] = changed
 
     # 2. activation
     act = policy["activation"]
     scored = sorted(
-        ((u.score, i) for i, u in ctx.uses.items() if i in remaining and _long_term(remaining[i])),
+        ((u.score, i) for i, u in ctx.uses.items() if remains(i) and _long_term(rows[i])),
         key=lambda pair: (-pair[0], pair[1]),
     )
     plan.hot = [i for score, i in scored if score >= act["min_score"]][: act["max_memories"]]
@@ -471,25 +558,27 @@ def _plan(ctx: _Context) -> Plan:
     # 3. parametric
     par = policy["parametric"]
     tags = set(par["tags"])
-    for memory_id in sorted(remaining):
-        record = remaining[memory_id]
-        if not _long_term(record):
+    candidates = set(ctx.uses)
+    if tags:
+        candidates |= {i for i, row in rows.items() if row.tags and tags & set(row.tags)}
+    for memory_id in sorted(candidates):
+        if not remains(memory_id) or not _long_term(rows[memory_id]):
             continue
         u = ctx.uses.get(memory_id)
         used = u is not None and u.count >= par["min_uses"] and (u.last - u.first) >= par["min_days"] * DAY
-        if used or tags & set(record.tags):
+        if used or tags & set(rows[memory_id].tags):
             plan.qualifying.append(memory_id)
     if par["enabled"]:
         name = par["name"]
         entry = cube.manifest.lora.get(name) or {}
         have = {str(ref) for ref in entry.get("memories") or []}
-        new = [i for i in plan.qualifying if remaining[i].ref not in have]
+        new = [i for i in plan.qualifying if rows[i].ref not in have]
         if len(new) < max(par["min_new"], 1):
             plan.notes.append(f"parametric: {len(new)} new memories qualify, {par['min_new']} needed")
         else:
-            kept = [i for i in _entry_ids(entry) if i in remaining and i not in plan.qualifying]
+            kept = [i for i in _entry_ids(entry) if remains(i) and i not in plan.qualifying]
             ids = plan.qualifying + kept
-            digest = _digest([remaining[i].ref for i in ids])
+            digest = _digest([rows[i].ref for i in ids])
             rejected = _last_rejection(cube, name)
             if rejected is not None and rejected.get("rejected") == digest:
                 plan.notes.append(
@@ -517,11 +606,15 @@ def _plan(ctx: _Context) -> Plan:
 def explain(cube: Cube, ref: str, *, now: float | None = None, actor: str | None = None) -> dict[str, Any]:
     """Why one memory is where it is: tier, status, uses, snapshots and adapters, and what the policy
     says about it now."""
+    from memos_cli.engine.ops import resolve_id
+
     cube.check(actor, "read")
     ctx = _context(cube, now)
     plan = _plan(ctx)
-    memory_id = resolve_id(ctx.state, ref)
-    record = ctx.state.current[memory_id]
+    state = cube.read_state()
+    memory_id = resolve_id(state, ref)
+    record = state.current[memory_id]
+    row = ctx.rows[memory_id]
     u = ctx.uses.get(memory_id)
     lines: list[str] = []
     tier = "working (a chat turn)" if is_working(record) else "long-term"
@@ -529,7 +622,7 @@ def explain(cube: Cube, ref: str, *, now: float | None = None, actor: str | None
         tier += ", the model's own answer (never retrieved as a fact)"
     lines.append(f"{memory_id} v{record.version} is {record.status}, {tier}, type {record.type}")
     if record.status != "active":
-        last = ctx.state.history(memory_id)[-1]
+        last = state.history(memory_id)[-1]
         lines.append(f"  made {record.status} by {last.op} ({last.actor or 'unknown'}) at {last.created}")
     if u is None:
         lines.append("  never used by a query or chat")
@@ -545,14 +638,14 @@ def explain(cube: Cube, ref: str, *, now: float | None = None, actor: str | None
     act, par = ctx.policy["activation"], ctx.policy["parametric"]
     if memory_id in plan.hot:
         lines.append(f"  hot: rank {plan.hot.index(memory_id) + 1} of {len(plan.hot)} (activation {act['name']})")
-    elif record.status == "active" and _long_term(record):
+    elif record.status == "active" and _long_term(row):
         lines.append(
             f"  not hot: score {u.score if u else 0:.2f} (needs {act['min_score']:g} and a place in the top "
             f"{act['max_memories']})"
         )
     if memory_id in plan.qualifying:
         lines.append(f"  qualifies for parametric memory ({par['name']})")
-    elif record.status == "active" and _long_term(record):
+    elif record.status == "active" and _long_term(row):
         span = (u.last - u.first) / DAY if u else 0.0
         lines.append(
             f"  does not qualify for parametric memory: {u.count if u else 0} uses over {span:.1f} days "

@@ -48,14 +48,21 @@ def _entries(cube: Cube) -> list[tuple[float, list[str]]]:
     path = cube.path / layout.DERIVED_DIR / layout.USAGE_FILE
     if not path.exists():
         return []
-    entries = []
     with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-                entries.append((float(entry["t"]), [str(i) for i in entry["ids"]]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line from a killed reader: usage is advisory, skip it
+        lines = handle.read().split("\n")
+    try:  # the common case, every line whole: one parse as a JSON array (much cheaper than per line)
+        return [
+            (float(e["t"]), [str(i) for i in e["ids"]]) for e in json.loads("[" + ",".join(filter(None, lines)) + "]")
+        ]
+    except (ValueError, KeyError, TypeError):
+        pass
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            entries.append((float(entry["t"]), [str(i) for i in entry["ids"]]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn line from a killed reader: usage is advisory, skip it
     return entries
 
 

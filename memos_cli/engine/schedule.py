@@ -532,16 +532,16 @@ def _plan(ctx: _Context) -> Plan:
     plan.hot = [i for score, i in scored if score >= act["min_score"]][: act["max_memories"]]
     if act["enabled"]:
         name = act["name"]
-        entry = cube.manifest.kv.get(name)
+        snapshot = cube.manifest.kv.get(name)
         detail = {"budget": act["budget"], "dtype": act["dtype"]}
         if not plan.hot:
             plan.notes.append(f"activation: no memory has a use score of {act['min_score']:g} yet")
-        elif entry is None:
+        elif snapshot is None:
             plan.steps.append(
                 Step("activation", "build", name, plan.hot, f"{len(plan.hot)} hot memories, no snapshot yet", detail)
             )
         else:
-            held = _entry_ids(entry)
+            held = _entry_ids(snapshot)
             union = set(plan.hot) | set(held)
             share = len(set(plan.hot) ^ set(held)) / len(union) if union else 0.0
             stale = plan.stale.get(f"kv {name}")

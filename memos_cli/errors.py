@@ -295,3 +295,15 @@ def shorten(value: object, limit: int = 80) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 20]}...({len(text) - limit + 20:,} more characters)"
+
+
+class ScheduleFailed(MemosError):
+    """One or more steps of a scheduled run failed (the others ran; each is reported)."""
+
+    def __init__(self, path: Path, failed: list[str], total: int) -> None:
+        super().__init__(
+            f"{len(failed)} of {total} schedule steps failed on {path}: {'; '.join(failed)}",
+            hint=f"fix the cause and rerun: memos schedule {path} (done steps are not repeated)",
+        )
+        self.path = path
+        self.failed = failed

@@ -20,6 +20,7 @@ from memos_cli.cli.commands.log import log
 from memos_cli.cli.commands.policy import policy
 from memos_cli.cli.commands.promote import promote
 from memos_cli.cli.commands.query import query
+from memos_cli.cli.commands.schedule import schedule
 from memos_cli.cli.commands.show import show
 from memos_cli.cli.commands.stats import stats
 from memos_cli.cli.commands.transfer import export, import_
@@ -54,6 +55,7 @@ app.command("promote")(promote)
 app.command("distill")(distill)
 app.command("chat")(chat)
 app.command("fuse")(fuse)
+app.command("schedule")(schedule)
 app.command("stats")(stats)
 app.command("update")(update)
 app.command("history")(history)

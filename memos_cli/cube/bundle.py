@@ -299,6 +299,11 @@ class Cube:
                 )
             yield number, line
 
+    def committed_bytes(self, rel: str) -> bytes:
+        """A bundle file's bytes as of the last committed transaction (for readers that parse it their
+        own way, such as the scheduler's planner)."""
+        return self._read_committed(rel)
+
     def read_state(self) -> CubeState:
         """Parse every memory version. Raises InvalidCube naming the first bad line."""
         data = self._read_committed(layout.MEMORIES)

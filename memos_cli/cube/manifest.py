@@ -19,6 +19,24 @@ from memos_cli.errors import InvalidCube, UnsupportedFormat
 # Upgrades: MIGRATIONS[n] turns a version-n manifest dict into a version-(n+1) one.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
+# Top-level sections people write by hand, with comments (the ``schedule:`` policy): a re-dump writes
+# their text back verbatim, comments included, for as long as their value is unchanged.
+VERBATIM_SECTIONS = ("schedule",)
+
+
+def top_level_block(text: str, key: str) -> str | None:
+    """The text of the top-level ``key:`` block of a YAML mapping (through the line before the next
+    top-level key), or None. Comment lines inside and after it belong to it."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"{key}:")), None)
+    if start is None:
+        return None
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t#"):
+        end += 1
+    block = "".join(lines[start:end])
+    return block if block.endswith("\n") else block + "\n"
+
 
 def safe_relpath(value: str, *, cube: Path, what: str) -> str:
     """A path inside the bundle: relative, no '..', no drive or backslash tricks."""
@@ -131,6 +149,8 @@ class Manifest:
     kv: dict[str, dict[str, Any]] = field(default_factory=dict)
     lora: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, written back unchanged
+    # VERBATIM_SECTIONS as written in the file: {key: text of its block}; not part of to_dict
+    verbatim: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -153,9 +173,18 @@ class Manifest:
         return data
 
     def dump(self) -> str:
-        return yaml.dump(
-            self.to_dict(), Dumper=_PlainDumper, sort_keys=True, allow_unicode=True, default_flow_style=False
-        )
+        data = self.to_dict()
+        kept = {}
+        for key, block in self.verbatim.items():
+            try:
+                same = (load_yaml(block) or {}).get(key) == data.get(key)
+            except (yaml.YAMLError, AttributeError):
+                same = False
+            if key in data and same:
+                kept[key] = block
+        rest = {k: v for k, v in data.items() if k not in kept}
+        body = yaml.dump(rest, Dumper=_PlainDumper, sort_keys=True, allow_unicode=True, default_flow_style=False)
+        return body + "".join(kept[key] for key in sorted(kept))
 
 
 def parse_manifest(text: str, cube: Path) -> Manifest:
@@ -190,9 +219,10 @@ def parse_manifest(text: str, cube: Path) -> Manifest:
             if not isinstance(entry, dict):
                 raise InvalidCube(cube, f"cube.yaml {section}.{str(name)[:80]} must be a mapping")
             check_entry_paths(section, name, entry, cube)
-    known = set(Manifest.__dataclass_fields__) - {"extra"}
+    known = set(Manifest.__dataclass_fields__) - {"extra", "verbatim"}
     kwargs = {k: v for k, v in data.items() if k in known}
     kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
+    kwargs["verbatim"] = {k: b for k in VERBATIM_SECTIONS if k in data and (b := top_level_block(text, k)) is not None}
     for key in ("embedder", "model"):
         if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
             raise InvalidCube(cube, f"cube.yaml '{key}' must be a mapping")

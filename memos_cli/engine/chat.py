@@ -1,5 +1,5 @@
 """chat: a local model answers with retrieved memories, an injected KV snapshot and LoRA adapters,
-and remembers the conversation as dialogue memories.
+and remembers the conversation as dialogue memories in the working tier (``engine/working.py``).
 
 Each turn: retrieve plaintext memories (hybrid, from every cube given), render one prompt through the
 model's chat template (snapshot preamble, history, retrieved memories + question), generate, then store
@@ -19,6 +19,7 @@ from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ops
 from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.query import Filters, Searcher
+from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG
 from memos_cli.errors import UsageError
 
 
@@ -151,7 +152,8 @@ class ChatSession:
         retrieved: list[MemoryRecord] = []
         if self.searcher is not None:
             in_snapshot = set(self.snapshot.memory_refs) if self.snapshot is not None else set()
-            hits = self.searcher.search(question, k=self.options.k, filters=Filters())
+            # earlier turns (the working tier) come in below long-term memories; answers never as facts
+            hits = self.searcher.search(question, k=self.options.k, filters=Filters(include_working=True))
             by_cube = {c.manifest.name: c for c in self.cubes}
             for hit in hits:
                 if f"{hit.id}@{hit.version}" in in_snapshot:
@@ -212,7 +214,7 @@ class ChatSession:
                 "time": now,
                 "id": f"{self.session_id}:{self.turns}:user",
                 "type": "dialogue",
-                "tags": ["chat"],
+                "tags": ["chat", WORKING_TAG],
                 "metadata": {"session": self.session_id},
             }
         ]
@@ -224,7 +226,7 @@ class ChatSession:
                     "time": now,
                     "id": f"{self.session_id}:{self.turns}:assistant",
                     "type": "dialogue",
-                    "tags": ["chat"],
+                    "tags": ["chat", WORKING_TAG, ANSWER_TAG],
                     "metadata": {"session": self.session_id},
                 }
             )

@@ -125,6 +125,7 @@ class DistillReport:
     created: str
     adapter_bytes: int = 0
     files: dict[str, str] = field(default_factory=dict)
+    rejected: str | None = None  # why ``accept`` refused it (nothing was written)
 
     @property
     def forgetting_pct(self) -> float:
@@ -591,8 +592,14 @@ def distill(
     replay_ratio: float = REPLAY_RATIO,
     actor: str | None = None,
     progress: Progress | None = None,
+    accept: Callable[[DistillReport], str | None] | None = None,
+    op: str = "distill",
 ) -> DistillReport:
     """Train the selected memories into ``lora/<name>/`` and record it in the manifest.
+
+    ``accept`` (the scheduler's thresholds) sees the measured report before anything is written; when it
+    returns a reason, the cube is left as it was (an older adapter of that name stays) and the report
+    carries the reason in ``rejected``.
 
     Without ``steps``, training runs ``epochs`` passes (default 5) over the memory examples, with replay
     mixed in. Raises before anything is written if the selection, the options or the model are wrong;
@@ -681,15 +688,25 @@ def distill(
         eval_seconds=eval_seconds,
         created=utc_now(),
     )
-    _commit_adapter(cube, lm, trained, report, who, selection)
+    if accept is not None and (why := accept(report)) is not None:
+        report.rejected = why
+        return report
+    _commit_adapter(cube, lm, trained, report, who, selection, op=op)
     return report
 
 
 def _commit_adapter(
-    cube: Cube, lm: LanguageModel, trained: Any, report: DistillReport, actor: str, selection: Selection
+    cube: Cube,
+    lm: LanguageModel,
+    trained: Any,
+    report: DistillReport,
+    actor: str,
+    selection: Selection,
+    *,
+    op: str = "distill",
 ) -> None:
     rel = report.path
-    with cube.transaction(actor=actor, op="distill") as tx:
+    with cube.transaction(actor=actor, op=op) as tx:
         _check_cube_model(cube, lm, report.name)  # the manifest may have changed while we trained
         staged = tx.stage_file(rel)
         _save_peft_folder(trained, staged, lm.name)

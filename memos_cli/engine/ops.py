@@ -228,8 +228,15 @@ def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
         "uses": sum(uses.values()),
         "most_used": [{"id": i, "uses": n} for i, n in sorted(uses.items(), key=lambda kv: (-kv[1], kv[0]))[:5]],
         "index": "present" if index_meta.exists() else "not built (the next query builds it)",
+        "schedule": _schedule_summary(cube),
         "bytes_on_disk": disk,
     }
+
+
+def _schedule_summary(cube: Cube) -> dict[str, Any]:
+    from memos_cli.engine.schedule import summary  # the scheduler builds on these operations
+
+    return summary(cube)
 
 
 def _brief(entry: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def promote_to_activation(
     dtype: str = "float32",
     actor: str | None = None,
     replace: bool = False,
+    op: str = "promote",
 ) -> PromoteReport:
     from memos_cli.engine.activation import build_snapshot, save_snapshot
     from memos_cli.models.lm import load_lm
@@ -83,7 +84,7 @@ def promote_to_activation(
     snap = build_snapshot(lm, memories, dtype=dtype, budget=budget)
     if not snap.memory_refs:
         raise UsageError(f"not even the first memory fits in --budget {budget} tokens")
-    with cube.transaction(actor=actor, op="promote") as tx:
+    with cube.transaction(actor=actor, op=op) as tx:
         staged = tx.stage_file(rel)
         digest = save_snapshot(staged, snap)
         tx.manifest.kv[name] = {

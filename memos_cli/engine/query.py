@@ -19,6 +19,7 @@ from memos_cli.engine import ranking, temporal, usage
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import CubeIndex, open_index
 from memos_cli.engine.sources import parse_time
+from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG, demoted_score, is_answer, is_working
 from memos_cli.errors import BadInput, UsageError
 
 MODES = ("hybrid", "dense", "lexical")
@@ -34,6 +35,10 @@ class Filters:
     until: str | None = None  # ISO date/time, inclusive
     status: str = "active"  # a status, or "all"
     time_field: str = "either"  # what --since/--until match: event time, said time (`time`), or either
+
+    # The working tier (engine/working.py): left out of retrieval unless asked, and then ranked below
+    # long-term memories; the model's own answers only when asked for by their tag.
+    include_working: bool = False
 
     def __post_init__(self) -> None:
         if self.status != "all" and self.status not in STATUSES:
@@ -157,6 +162,8 @@ class _CubeView:
         # Relative periods in a query ("last summer") are read against the cube's latest time.
         times = [r.time for r in self.records if r is not None and r.time]
         self.latest = max(times) if times else None
+        self.working = np.array([r is not None and is_working(r) for r in self.records], dtype=bool)
+        self.answer = np.array([r is not None and is_answer(r) for r in self.records], dtype=bool)
 
     def periods(self, query: str) -> tuple[list[tuple[str, str]], str]:
         """The periods ``query`` names, as inclusive ISO dates, and the query's lexical text with the
@@ -165,6 +172,10 @@ class _CubeView:
 
     def mask(self, filters: Filters) -> np.ndarray:
         mask = self.status_mask[filters.status].copy()
+        if ANSWER_TAG not in filters.tags:
+            mask &= ~self.answer
+        if not filters.include_working and WORKING_TAG not in filters.tags:
+            mask &= ~self.working
         if filters.narrows():
             mask &= np.array([r is not None and filters.matches(r, check_status=False) for r in self.records])
         return mask
@@ -217,16 +228,22 @@ class Searcher:
             if not mask.any():
                 continue
             periods, lexical = view.periods(text)
+            demote = filters.include_working and bool((mask & view.working).any())
             ranked = ranking.rank(
                 view.index.inputs(),
                 lexical,
                 query_vec,
-                k=k,
+                k=2 * k if demote else k,
                 mode=self.mode,
                 mask=mask,
                 ann=view.index.ann(),
                 periods=periods,
             )
+            if demote:
+                ranked = sorted(
+                    ((row, demoted_score(score, self.mode) if view.working[row] else score) for row, score in ranked),
+                    key=lambda pair: -pair[1],
+                )[:k]
             for row, score in ranked:
                 record = view.records[row]
                 if record is None:

@@ -43,12 +43,17 @@ def query(
     json_: JsonOpt = False,
     jsonl: JsonlOpt = False,
     no_usage: Annotated[bool, typer.Option("--no-usage", help="Do not count the hits as uses.")] = False,
+    include_working: Annotated[
+        bool,
+        typer.Option("--include-working", help="Also search chat turns (the working tier), ranked below the rest."),
+    ] = False,
     as_: AsOpt = None,
 ) -> None:
     """Find the memories that best match TEXT (dense MiniLM and BM25 scores, fused).
 
-    Each hit counts as a use of its memory (for 'memos promote --hot'). Archived and superseded
-    memories are left out unless --status says otherwise.
+    Each hit counts as a use of its memory (for 'memos promote --hot' and 'memos schedule'). Archived
+    and superseded memories are left out unless --status says otherwise; chat turns (the working
+    tier) unless --include-working, and the model's own answers unless --tag model-answer.
 
     Time: a memory has the time it was said (its `time`) and event times found in its text at ingest
     ("yesterday", "three years ago", "next month", resolved against when it was said). Periods named
@@ -72,6 +77,7 @@ def query(
     if (text is None) == (batch is None):
         raise UsageError("give a query TEXT or --batch FILE (not both)")
     filters = filters_from(tag, type_, speaker, since, until, status, time_field)
+    filters.include_working = include_working
     opened = Cube.open(cube)
     with (
         progress("indexing") as bar,

@@ -8,7 +8,8 @@ from memos_cli.cli.output import emit_json, out
 
 def stats(cube: CubeArg, json_: JsonOpt = False, as_: AsOpt = None) -> None:
     """Counts by status and type, speakers, sources, time range, uses, snapshots and adapters
-    (stale ones flagged), and the size on disk.
+    (stale ones flagged), the size on disk, and the scheduler's view: the hot set, what is stale,
+    what is due (what 'memos schedule' would do now).
 
     Example:  memos stats notes --json
     """
@@ -37,3 +38,12 @@ def stats(cube: CubeArg, json_: JsonOpt = False, as_: AsOpt = None) -> None:
         for name, entry in data[kind].items():
             flag = " [red]STALE[/]" if entry["stale"] else ""
             console.print(f"  {kind} {name}: {entry['memories']} memories{flag}")
+    plan = data["schedule"]
+    if "error" in plan:
+        console.print(f"  schedule: policy error: {plan['error']}", markup=False)
+        return
+    console.print(f"  hot: {', '.join(plan['hot'][:10]) or '-'}" + (" ..." if len(plan["hot"]) > 10 else ""))
+    for name, refs in plan["stale"].items():
+        console.print(f"  stale: {name} ({len(refs)} memories changed or due for the archive)")
+    for line in plan["due"] or ["nothing (memos schedule would do nothing now)"]:
+        console.print(f"  due: {line}", markup=False)

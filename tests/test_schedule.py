@@ -57,7 +57,7 @@ schedule:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread: None) -> None:
+def _one_thread(memos_threads: None) -> None:
     """Results, not speed: one torch thread (see conftest)."""
 
 
@@ -346,42 +346,19 @@ def test_usage_survives_a_torn_line_from_a_killed_reader(tmp_path: Path) -> None
 # ---------------------------------------------------------------------------------------------------------
 # Kill at every write point
 
-# Every call that changes a file on disk, as the storage layer makes them.
-_WRITES = (
-    ("memos_cli.cube.bundle", "atomic_write_text"),
-    ("memos_cli.cube.bundle", "atomic_write_bytes"),
-    ("memos_cli.cube.bundle", "append_bytes"),
-    ("os", "replace"),
-    ("os", "unlink"),
-    ("shutil", "copy2"),
-    ("shutil", "copytree"),
-    ("shutil", "rmtree"),
-)
-
 
 def _run_killed_at(template: Path, work: Path, llama: str, now: float, n: int) -> bool:
     """Run the scheduler on a copy of ``template`` in a child process that dies (os._exit, as SIGKILL
-    would: no cleanup, no finally) just before its ``n``-th write. Returns whether it got that far."""
-    import importlib
+    would: no cleanup, no finally) right after its ``n``-th write. Returns whether it got that far."""
 
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(template, work)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            count = 0
-            for module_name, attr in _WRITES:
-                module = importlib.import_module(module_name)
-                real = getattr(module, attr)
+            from memos_cli.cube import io as cube_io
 
-                def wrapper(*args, _real=real, **kwargs):  # type: ignore[no-untyped-def]
-                    nonlocal count
-                    count += 1
-                    if count == n:
-                        os._exit(137)
-                    return _real(*args, **kwargs)
-
-                setattr(module, attr, wrapper)
+            cube_io._crash_after = cube_io.write_count() + n  # the storage layer's own kill point (docs/FORMAT.md)
             schedule.run(Cube.open(work), now=now, model=llama, actor="tester")
         except BaseException:
             import traceback

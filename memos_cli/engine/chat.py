@@ -19,7 +19,7 @@ from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ops
 from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.query import Filters, Searcher
-from memos_cli.errors import UsageError
+from memos_cli.errors import IncompatibleModel, UsageError
 
 
 @dataclass
@@ -74,11 +74,6 @@ class ChatSession:
 
         if not cubes:
             raise UsageError("name at least one cube")
-        if options.kv and options.loras:
-            raise UsageError(
-                "a KV snapshot holds the base model's cache, which does not match an adapter's weights",
-                hint="use --kv or --lora, not both (retrieval still brings plaintext memories to either)",
-            )
         self.cubes = list(cubes)
         self.options = options
         self.actor = default_actor(options.actor)
@@ -93,8 +88,6 @@ class ChatSession:
         self.lm = load_lm(options.model)
         self.snapshot = None
         self.kv_name: str | None = None
-        if options.kv:
-            self.snapshot = self._load_snapshot(options.kv)
         if options.loras:
             from memos_cli.engine.distill import load_adapters
 
@@ -103,6 +96,8 @@ class ChatSession:
             for name, refs in ops.stale_entries(self.cubes[0], state)["lora"].items():
                 if name in options.loras:
                     self.stale.append(f"adapter {name}: {len(refs)} of its memories changed since it was trained")
+        if options.kv:  # after the adapters: a snapshot holds the cache of the model it was made with
+            self.snapshot = self._load_snapshot(options.kv)
         self.searcher = Searcher(self.cubes, actor=self.actor) if options.retrieval else None
 
     def _load_snapshot(self, name: str) -> Any:
@@ -113,6 +108,19 @@ class ChatSession:
             entry = cube.manifest.kv.get(name)
             if entry is None:
                 continue
+            made_with = list(entry.get("adapters") or {})
+            if made_with != list(dict.fromkeys(self.options.loras)):
+                raise IncompatibleModel(
+                    f"KV snapshot {name}",
+                    "the base model + " + ", ".join(made_with) if made_with else "the base model alone",
+                    "the base model + " + ", ".join(self.options.loras)
+                    if self.options.loras
+                    else "the base model alone",
+                    hint=f"chat with --kv {name}"
+                    + "".join(f" --lora {a}" for a in made_with)
+                    + f", or make a snapshot for these adapters: memos promote {cube.path} --to activation"
+                    + "".join(f" --lora {a}" for a in self.options.loras),
+                )
             snap = load_snapshot(cube.committed_path(entry["file"]), self.lm, expected_sha256=entry.get("sha256"))
             stale = ops.stale_entries(cube, cube.read_state())["kv"].get(name)
             if stale:

@@ -63,6 +63,7 @@ MIN_STEPS = 20
 CHECK_EVERY = 10
 MAX_CHECKS = 96
 MAX_EPOCHS = 12
+WARMUP_STEPS = 10  # at most; a tenth of the steps when fewer
 DEFAULT_MAX_MINUTES = 30.0
 BATCH_SIZE = 8
 REPLAY_RATIO = 0.5  # replay sequences per memory example
@@ -570,7 +571,7 @@ def _fit(
     import torch
 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 10)
+    warmup = max(1, min(steps // 10, WARMUP_STEPS))
 
     def schedule(step: int) -> float:
         if step < warmup:
@@ -581,7 +582,7 @@ def _fit(
     recent: list[float] = []
     trace: list[dict[str, Any]] = []
     stopped = "steps given" if until is None else "step limit"
-    best, stale = -1.0, 0
+    best, best_loss, stale = -1.0, math.inf, 0
     started = time.perf_counter()
     model.train()
     try:
@@ -616,8 +617,10 @@ def _fit(
             if recall >= until.target:
                 stopped = "learned"
                 break
-            stale = 0 if recall > best else stale + 1
-            best = max(best, recall)
+            # a plateau: neither the recall nor the loss (by 3%) got better for `patience` checks
+            improved = recall > best or trace[-1]["loss"] < 0.97 * best_loss
+            stale = 0 if improved else stale + 1
+            best, best_loss = max(best, recall), min(best_loss, trace[-1]["loss"])
             if stale >= until.patience:
                 stopped = "plateau"
                 break
@@ -667,6 +670,7 @@ def distill(
     replay_path: Path | None = None,
     replay_ratio: float = REPLAY_RATIO,
     max_minutes: float | None = DEFAULT_MAX_MINUTES,
+    max_probes: int | None = None,
     actor: str | None = None,
     progress: Progress | None = None,
 ) -> DistillReport:
@@ -675,17 +679,18 @@ def distill(
     Without ``steps`` or ``epochs``, training runs until the memories are learned: every few steps the
     model answers its training questions (``Until``), and training stops when it gets them all right, when
     that stops improving, after ``max_minutes`` or after ``MAX_EPOCHS`` passes; the report says which.
-    ``steps`` or ``epochs`` fix the length instead. Replay text is mixed in. Raises before anything is
-    written if the selection, the options or the model are wrong; an interruption before the final
-    transaction leaves the cube unchanged.
+    ``steps`` or ``epochs`` fix the length instead. ``max_probes`` measures recall on a seeded sample of
+    the held-out questions (for large selections, where asking every one costs more than training).
+    Replay text is mixed in. Raises before anything is written if the selection, the options or the model
+    are wrong; an interruption before the final transaction leaves the cube unchanged.
     """
     check_name(name)
     if steps is not None and epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
     if rank < 1 or alpha <= 0 or lr <= 0 or (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
         raise UsageError("--rank, --alpha, --lr, --steps and --epochs must be positive")
-    if max_minutes is not None and max_minutes <= 0:
-        raise UsageError("--max-minutes must be positive")
+    if (max_minutes is not None and max_minutes <= 0) or (max_probes is not None and max_probes < 1):
+        raise UsageError("--max-minutes and --max-probes must be positive")
     if isinstance(target_modules, str) and target_modules not in TARGETS and not target_modules.strip():
         raise UsageError("--target-modules is empty")
     who = cube.check(actor, "write")
@@ -697,6 +702,8 @@ def distill(
 
     data = training_set(lm, memories)
     examples, probes = data.examples, data.probes
+    if max_probes is not None and len(probes) > max_probes:  # a seeded sample, recorded in the report
+        probes = random.Random(seed).sample(probes, max_probes)
     replay = replay_examples(lm, replay_text)
     heldout = _text_examples(lm, read_text_resource("heldout.txt"), HELDOUT_TOKENS, "heldout")
     until = None
@@ -753,6 +760,7 @@ def distill(
         "epochs": epochs,
         "min_steps": MIN_STEPS if until is not None else None,
         "until": "learned" if until is not None else None,
+        "probes": f"{len(probes)} of {len(data.probes)}",
         "lr": lr,
         "batch_size": BATCH_SIZE,
         "seed": seed,

@@ -41,6 +41,10 @@ def distill(
     max_minutes: Annotated[
         float, typer.Option("--max-minutes", help="Stop training after this many minutes, learned or not.")
     ] = 30.0,
+    max_probes: Annotated[
+        Optional[int],
+        typer.Option("--max-probes", help="Measure recall on a sample of this many held-out questions (default: all)."),
+    ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-3,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the LoRA initialisation and the data order.")] = 0,
     model: ModelOpt = None,
@@ -117,6 +121,7 @@ def distill(
         seed=seed,
         replay=replay,
         max_minutes=max_minutes,
+        max_probes=max_probes,
     )
 
 
@@ -137,6 +142,7 @@ def run_distill(
     seed: int = 0,
     replay: Path | None = None,
     max_minutes: float | None = 30.0,
+    max_probes: int | None = None,
 ) -> None:
     """Train, measure and report: shared by `memos distill` and `memos promote --to parametric`."""
     from memos_cli.config import model_spec
@@ -157,6 +163,7 @@ def run_distill(
             seed=seed,
             replay_path=replay,
             max_minutes=max_minutes,
+            max_probes=max_probes,
             actor=actor,
             progress=bar,
         )

@@ -6,13 +6,15 @@ file on disk equals what the code prints, so the reference never drifts from the
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 import typer.core
 
 WIDTH = 100
 
 
-def _context(command: typer.core.TyperCommand | typer.core.TyperGroup, name: str, parent: typer.Context | None):
+def _context(command: Any, name: str, parent: typer.Context | None) -> typer.Context:
     # typer vendors its own click: its Context class, not click's, goes with its commands.
     return typer.Context(
         command,

@@ -27,11 +27,11 @@ FACTS = [
 ]
 
 
-def make(tmp_path: Path, model: str | object, adapters: tuple[str, ...] = ("facts",)) -> Cube:
+def make(tmp_path: Path, model: str | object, adapters: tuple[str, ...] = ("facts",), lr: float = 1e-2) -> Cube:
     cube = Cube.init(tmp_path / "c", owner="tester")
     ingest(cube, [Source("f.jsonl", "".join(json.dumps(f) + "\n" for f in FACTS).encode())])
     for i, name in enumerate(adapters):
-        distill(Cube.open(cube.path), Selection(all=True), name=name, model=model, steps=2, lr=1e-2, seed=i)
+        distill(Cube.open(cube.path), Selection(all=True), name=name, model=model, steps=2, lr=lr, seed=i)
     return Cube.open(cube.path)
 
 
@@ -116,7 +116,7 @@ def test_cli_promote_with_lora_then_chat(tmp_path: Path, tiny_dirs: dict[str, Pa
 def test_smollm2_snapshot_with_adapter_is_token_identical(
     tmp_path: Path, smollm2: object, one_torch_thread: None
 ) -> None:
-    cube = make(tmp_path, smollm2)
+    cube = make(tmp_path, smollm2, lr=1e-4)  # a gentle update: the model still answers, with other weights
     promote_to_activation(cube, Selection(tags=["core"]), name="core", loras=["facts"])
     kv, recomputed = answers(Cube.open(cube.path), None, ["facts"], "What is Ana's cat called?")
     assert kv.mode == "kv" and kv.answer == recomputed.answer and kv.new_tokens > 0

@@ -59,16 +59,17 @@ def test_probes_and_examples_come_from_the_memory_fields(lm: LanguageModel) -> N
     meta = MemoryRecord(
         "m-1", 2, "Alice lives in Paris.", key="alice.home", metadata={"question": "Where?", "answer": "Paris"}
     )
-    probes = dist.probes_for(meta)
+    probes = dist.probes_for(meta)  # measured on: the memory's own question, then the held-out family
     assert [(p.source, p.question, p.answer) for p in probes] == [
         ("metadata", "Where?", "Paris"),
-        ("key", "What do you remember about alice home?", "Alice lives in Paris."),
+        ("heldout", "I can't recall who lives in Paris. Can you tell me?", "Alice"),
+        ("heldout", "Remind me where Alice lives, please.", "Paris"),
     ]
     assert probes[0].ref == "m-1@2"
-    spoken = dist.probes_for(MemoryRecord("m-2", 1, "The cat is called Miso.", speaker="bob", time="2024-05-01T10:00"))
-    assert [p.source for p in spoken] == ["cue", "speaker"]
-    assert spoken[0].question == 'Complete this memory: "The cat ..."'
-    assert spoken[1].question == "What did bob tell you on 2024-05-01?"
+    data = dist.training_set(lm, [meta])
+    trained = {lm.tokenizer.decode(e.ids) for e in data.examples}
+    assert not any("Remind me where" in text for text in trained)  # held-out forms never train
+    assert any("Where does Alice live?" in text for text in trained) and data.checks
 
     example = dist.qa_example(lm, "Where does Alice live?", "Paris")
     prompt = render_prompt(lm, "Where does Alice live?")
@@ -88,7 +89,8 @@ def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: 
     )
     # the shared model is never modified
     assert all((before[k] == v).all() for k, v in lm.model.state_dict().items())
-    assert ("training", 4, 4) in seen and ("recall before", 3, 3) in seen and ("recall after", 3, 3) in seen
+    n = len([p for r in cube.read_state().current.values() for p in dist.probes_for(r)])
+    assert ("training", 4, 4) in seen and ("recall before", n, n) in seen and ("recall after", n, n) in seen
 
     cube = Cube.open(cube.path)
     entry = cube.manifest.lora["facts"]
@@ -109,8 +111,10 @@ def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: 
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == lm.name  # no absolute path in the bundle
     stored = json.loads((folder / "report.json").read_text())
-    assert stored["metrics"] == report.metrics() and len(stored["recall_after"]["answers"]) == 3
-    assert report.examples["qa"] == 5 and report.examples["statement"] == 3
+    probes = [p for r in state.current.values() for p in dist.probes_for(r)]
+    assert stored["metrics"] == report.metrics() and len(stored["recall_after"]["answers"]) == len(probes)
+    assert report.examples["statement"] == 4  # three memories, and bob's turn quoted
+    assert report.examples["wh"] >= 2 and report.examples["cloze"] >= 3 and report.stopped == "steps given"
     assert cube.read_audit()[-1]["op"] == "distill"
 
     # plain peft loads it, and the trained update is not zero
@@ -137,17 +141,41 @@ def test_training_lowers_the_loss(cube: Cube, lm: LanguageModel) -> None:
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj"}
 
 
-def test_a_few_memories_still_get_enough_steps(cube: Cube, lm: LanguageModel) -> None:
-    memories = list(cube.read_state().current.values())
-    examples, _ = dist.build_examples(lm, memories)
-    replay = dist.replay_examples(lm)
-    five_epochs = dist.steps_for(dist.DEFAULT_EPOCHS, examples, replay, dist.REPLAY_RATIO)
-    assert five_epochs < dist.MIN_STEPS  # the fixture's few memories: 5 epochs alone would under-train
-    report = dist.distill(cube, Selection(all=True), name="facts", model=lm, rank=2)
-    assert report.steps == dist.MIN_STEPS and report.hyperparameters["min_steps"] == dist.MIN_STEPS
-    explicit = dist.distill(cube, Selection(all=True), name="once", model=lm, rank=2, epochs=1.0)
-    assert explicit.steps == dist.steps_for(1.0, examples, replay, dist.REPLAY_RATIO) < dist.MIN_STEPS
-    assert explicit.hyperparameters["min_steps"] is None
+def test_training_runs_until_the_training_questions_are_recalled(
+    cube: Cube, lm: LanguageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, int, int]] = []
+    # a random tiny model never learns: training stops on a plateau (or its cap), and says so
+    report = dist.distill(
+        cube, Selection(all=True), name="facts", model=lm, rank=2, progress=lambda s, d, t, x: seen.append((s, d, t))
+    )
+    assert report.stopped in ("plateau", "step limit") and report.steps >= dist.MIN_STEPS
+    assert report.trace and all(t["step"] % dist.CHECK_EVERY == 0 for t in report.trace)
+    assert any(stage == "recall of training questions" for stage, _, _ in seen)
+    assert report.hyperparameters["until"] == "learned" and report.metrics()["stopped"] == report.stopped
+    # once the model answers every training question, training stops at the first check
+    monkeypatch.setattr(dist, "greedy_recalled", lambda model, examples, pad: [True] * len(examples))
+    learned = dist.distill(cube, Selection(all=True), name="facts", model=lm, rank=2)
+    assert learned.stopped == "learned" and learned.steps == dist.MIN_STEPS
+    timed = dist.distill(cube, Selection(all=True), name="facts", model=lm, rank=2, max_minutes=1e-6)
+    assert timed.stopped == "time limit" and timed.steps == 1
+    fixed = dist.distill(cube, Selection(all=True), name="once", model=lm, rank=2, epochs=1.0)
+    assert fixed.stopped == "steps given" and not fixed.trace
+    with pytest.raises(UsageError, match="max-minutes"):
+        dist.distill(cube, Selection(all=True), name="x", model=lm, max_minutes=0)
+
+
+def test_greedy_recalled_agrees_with_generation(lm: LanguageModel) -> None:
+    from memos_cli.engine.activation import generate
+
+    stop = lm.tokenizer.eos_token_id
+    for question in ["Where does Alice live?", "Who is Miso?"]:
+        said = generate(lm, question, mode="none", max_new_tokens=4).token_ids
+        prompt = render_prompt(lm, question).token_ids
+        right = dist.Example(prompt + said + [stop], [-100] * len(prompt) + said + [stop], "qa")
+        other = [(said[0] + 1) % lm.vocab_size, *said[1:]]
+        wrong = dist.Example(prompt + other + [stop], [-100] * len(prompt) + other + [stop], "qa")
+        assert dist.greedy_recalled(lm.model, [right, wrong], 0) == [True, False]
 
 
 def test_adapters_for_another_model_or_with_changed_bytes_are_refused(

@@ -169,7 +169,7 @@ def test_chat_with_adapters_and_promote_to_parametric(cube: Cube, llama: str) ->
     assert session.lm.fingerprint != entry["base_model_fingerprint"]  # adapted weights, its own identity
     assert session.ask("What is the cat called?").mode == "none"
     promote_to_activation(Cube.open(cube.path), Selection(all=True), name="core", model=llama)
-    with pytest.raises(UsageError, match="does not match an adapter"):
+    with pytest.raises(IncompatibleModel, match="base model alone"):  # made without the adapter
         ChatSession([Cube.open(cube.path)], ChatOptions(kv="core", loras=["facts"], model=llama, remember=False))
     drop(Cube.open(cube.path), "facts")
     assert "facts" not in Cube.open(cube.path).manifest.lora and verify(cube.path).ok

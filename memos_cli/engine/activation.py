@@ -77,6 +77,9 @@ class Snapshot:
     dtype: str
     skipped_refs: list[str] = field(default_factory=list)
     sha256: str | None = None
+    # LoRA adapters applied to the model the cache was computed with: {name: sha256 of its weights}.
+    # The fingerprint is then the adapted model's (distill.load_adapters), so no other combination loads it.
+    adapters: dict[str, str] = field(default_factory=dict)
 
     @property
     def token_count(self) -> int:
@@ -468,6 +471,8 @@ def save_snapshot(path: Path | str, snap: Snapshot) -> str:
         "layout": snap.layout,
         "preamble": snap.preamble,
     }
+    if snap.adapters:
+        metadata["adapters"] = json.dumps(snap.adapters, separators=(",", ":"))
     data = save(tensors, metadata=metadata)
     atomic_write_bytes(path, data)
     digest = hashlib.sha256(data).hexdigest()
@@ -604,6 +609,15 @@ def load_snapshot(
     if _prefix_ids(lm, layout, preamble)[1] != token_ids:  # type: ignore[arg-type]
         raise InvalidSnapshot(path, "the token ids do not match the preamble text in the header")
 
+    adapters: dict[str, str] = {}
+    if "adapters" in meta:
+        try:
+            adapters = json.loads(meta["adapters"])
+        except ValueError as exc:
+            raise InvalidSnapshot(path, "adapters is not valid JSON") from exc
+        if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
+            raise InvalidSnapshot(path, "adapters must map adapter names to sha256 strings")
+
     try:
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -640,6 +654,7 @@ def load_snapshot(
         model_family=field_("model_family"),
         dtype=dtype,
         sha256=digest,
+        adapters=adapters,
     )
 
 

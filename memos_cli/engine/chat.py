@@ -20,7 +20,7 @@ from memos_cli.engine import ops
 from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.query import Filters, Searcher
 from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG
-from memos_cli.errors import UsageError
+from memos_cli.errors import IncompatibleModel, UsageError
 
 
 @dataclass
@@ -75,11 +75,6 @@ class ChatSession:
 
         if not cubes:
             raise UsageError("name at least one cube")
-        if options.kv and options.loras:
-            raise UsageError(
-                "a KV snapshot holds the base model's cache, which does not match an adapter's weights",
-                hint="use --kv or --lora, not both (retrieval still brings plaintext memories to either)",
-            )
         self.cubes = list(cubes)
         self.options = options
         self.actor = default_actor(options.actor)
@@ -102,8 +97,6 @@ class ChatSession:
         self.lm = load_lm(options.model)
         self.snapshot = None
         self.kv_name: str | None = None
-        if found is not None:
-            self.snapshot = self._load_snapshot(*found)
         if options.loras:
             from memos_cli.engine.distill import load_adapters
 
@@ -112,22 +105,38 @@ class ChatSession:
             for name, refs in ops.stale_entries(self.cubes[0], state)["lora"].items():
                 if name in options.loras:
                     self.stale.append(f"adapter {name}: {len(refs)} of its memories changed since it was trained")
+        if found is not None:  # after the adapters: a snapshot holds the cache of the model it was made with
+            self.snapshot = self._load_snapshot(*found)
         self.searcher = Searcher(self.cubes, actor=self.actor) if options.retrieval else None
 
     def _read_snapshot(self, name: str) -> tuple[Cube, str, Any]:
         from memos_cli.engine.activation import read_snapshot
-        from memos_cli.errors import IncompatibleModel, SnapshotMissing
+        from memos_cli.errors import SnapshotMissing
         from memos_cli.models.lm import model_fingerprint, resolve_model_dir
 
         for cube in self.cubes:
             entry = cube.manifest.kv.get(name)
             if entry is None:
                 continue
+            made_with = list(entry.get("adapters") or {})
+            if made_with != list(dict.fromkeys(self.options.loras)):
+                raise IncompatibleModel(
+                    f"KV snapshot {name}",
+                    "the base model + " + ", ".join(made_with) if made_with else "the base model alone",
+                    "the base model + " + ", ".join(self.options.loras)
+                    if self.options.loras
+                    else "the base model alone",
+                    hint=f"chat with --kv {name}"
+                    + "".join(f" --lora {a}" for a in made_with)
+                    + f", or make a snapshot for these adapters: memos promote {cube.path} --to activation"
+                    + "".join(f" --lora {a}" for a in self.options.loras),
+                )
             file = read_snapshot(cube.committed_path(entry["file"]), expected_sha256=entry.get("sha256"))
-            made_for = file.meta.get("model_fingerprint", "unknown")
-            current = model_fingerprint(resolve_model_dir(self.options.model)[1])  # no model load needed
-            if made_for != current:
-                raise IncompatibleModel(f"KV snapshot {file.path.name}", made_for, current)
+            if not made_with:  # an adapted model's fingerprint is known once the adapters load (load_snapshot)
+                made_for = file.meta.get("model_fingerprint", "unknown")
+                current = model_fingerprint(resolve_model_dir(self.options.model)[1])  # no model load needed
+                if made_for != current:
+                    raise IncompatibleModel(f"KV snapshot {file.path.name}", made_for, current)
             return cube, name, file
         raise SnapshotMissing(self.cubes[0].path, name, list(self.cubes[0].manifest.kv))
 

@@ -44,6 +44,7 @@ from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.io import sha256_bytes, sha256_file
 from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine.distill_data import memory_data
 from memos_cli.engine.select import Selection, select
 from memos_cli.errors import (
     AdapterNotFound,
@@ -64,10 +65,15 @@ Progress = Callable[[str, int, int, "float | None"], None]
 TARGETS = ("all-linear", "attention")
 ADAPTER_FILES = layout.ADAPTER_FILES
 REPORT_FILE = layout.ADAPTER_REPORT
-DEFAULT_EPOCHS = 5  # 6 over-trained: same recall (100%) but held-out loss +14.1% vs +5.1% (bench)
-# Floor on the default number of steps: 5 epochs of 3 facts is 9 steps, which recalled 33%; 20 steps
-# recalled 100% (held-out loss -4.4%). An explicit --epochs or --steps is taken as given.
+# Training until learned (no --steps/--epochs): the model's greedy recall of at most MAX_CHECKS training
+# questions is measured every CHECK_EVERY steps, never before MIN_STEPS; MAX_EPOCHS passes and
+# DEFAULT_MAX_MINUTES are the caps. (3 facts: 9 steps recalled 33%, 20 steps 100%.)
 MIN_STEPS = 20
+CHECK_EVERY = 10
+MAX_CHECKS = 96
+MAX_EPOCHS = 12
+WARMUP_STEPS = 10  # at most; a tenth of the steps when fewer
+DEFAULT_MAX_MINUTES = 30.0
 BATCH_SIZE = 8
 REPLAY_RATIO = 0.5  # replay sequences per memory example
 REPLAY_TOKENS = 48  # longest replay sequence
@@ -126,6 +132,8 @@ class DistillReport:
     adapter_bytes: int = 0
     files: dict[str, str] = field(default_factory=dict)
     rejected: str | None = None  # why ``accept`` refused it (nothing was written)
+    stopped: str = "steps given"  # why training stopped: learned, plateau, time limit, step limit, steps given
+    trace: list[dict[str, Any]] = field(default_factory=list)  # {step, loss, recall} at every check
 
     @property
     def forgetting_pct(self) -> float:
@@ -144,6 +152,7 @@ class DistillReport:
             "forgetting_pct": round(self.forgetting_pct, 2),
             "final_loss": round(self.final_loss, 4),
             "steps": self.steps,
+            "stopped": self.stopped,
             "train_seconds": round(self.train_seconds, 1),
         }
 
@@ -158,6 +167,7 @@ class DistillReport:
             "metrics": self.metrics(),
             "recall_before": self.recall_before.to_dict(),
             "recall_after": self.recall_after.to_dict(),
+            "trace": self.trace,
             "eval_seconds": round(self.eval_seconds, 1),
             "adapter_bytes": self.adapter_bytes,
             "files": self.files,
@@ -178,41 +188,11 @@ class Example:
 # Training data, built from the memories without any LLM
 
 
-def _humanise(key: str) -> str:
-    return " ".join(re.sub(r"[._/:-]+", " ", key).split())
-
-
 def probes_for(record: MemoryRecord) -> list[Probe]:
-    """The questions a memory answers, from its fields; the first one is the one recall is measured on.
-
-    ``metadata.question`` (a string or a list of paraphrases) with ``metadata.answer`` comes first; then
-    the key ("What do you remember about <key>?"), the speaker and the time, each answered by the whole
-    statement. A memory with none of these gets a cue instead: its first words, to be completed.
-    """
-    text = " ".join(record.text.split())
-    meta = record.metadata or {}
-    probes: list[Probe] = []
-    answer = meta.get("answer")
-    questions = meta.get("question")
-    if isinstance(questions, str):
-        questions = [questions]
-    if isinstance(answer, (str, int, float)) and not isinstance(answer, bool) and str(answer).strip():
-        for question in questions if isinstance(questions, list) else []:
-            if isinstance(question, str) and question.strip():
-                probes.append(Probe(record.ref, question.strip(), str(answer).strip(), "metadata"))
-    if record.key and _humanise(record.key):
-        probes.append(Probe(record.ref, f"What do you remember about {_humanise(record.key)}?", text, "key"))
-    if not probes:
-        words = text.split()
-        cue = " ".join(words[: max(2, min(8, len(words) // 3))])
-        probes.append(Probe(record.ref, f'Complete this memory: "{cue} ..."', text, "cue"))
-    date = (record.time or "")[:10]
-    if record.speaker:
-        when = f" on {date}" if date else ""
-        probes.append(Probe(record.ref, f"What did {record.speaker} tell you{when}?", text, "speaker"))
-    elif date:
-        probes.append(Probe(record.ref, f"What happened on {date}?", text, "time"))
-    return probes
+    """The questions recall is measured on: the memory's own ``metadata.question`` first when it has one,
+    then one held-out question per salient span, in a template family training never uses
+    (``engine.distill_data``)."""
+    return [Probe(record.ref, p.question, p.answer, p.form) for p in memory_data(record).heldout]
 
 
 def _answer_tokens(lm: LanguageModel, prompt_text: str, question: str, answer: str) -> list[int]:
@@ -231,14 +211,14 @@ def _answer_tokens(lm: LanguageModel, prompt_text: str, question: str, answer: s
     return lm.encode(f"{lead}{answer}{eos}")
 
 
-def qa_example(lm: LanguageModel, question: str, answer: str) -> Example:
+def qa_example(lm: LanguageModel, question: str, answer: str, *, kind: str = "qa") -> Example:
     """Question in the chat template (no loss) followed by the answer turn (loss): exactly the prompt
     that closed-book ``chat`` and the recall measurement give the model."""
     from memos_cli.engine.activation import render_prompt
 
     prompt = render_prompt(lm, question)
     target = _answer_tokens(lm, prompt.text, question, answer)
-    return Example(prompt.token_ids + target, [-100] * len(prompt.token_ids) + target, "qa")
+    return Example(prompt.token_ids + target, [-100] * len(prompt.token_ids) + target, kind)
 
 
 def _text_examples(lm: LanguageModel, text: str, max_tokens: int, kind: str) -> list[Example]:
@@ -253,18 +233,36 @@ def _text_examples(lm: LanguageModel, text: str, max_tokens: int, kind: str) -> 
     return out
 
 
-def build_examples(lm: LanguageModel, memories: Sequence[MemoryRecord]) -> tuple[list[Example], list[Probe]]:
-    """Training examples for ``memories`` and the probes (one per memory) that recall is measured on."""
-    examples: list[Example] = []
-    measured: list[Probe] = []
+@dataclass
+class TrainingSet:
+    """What distill trains and measures: ``examples`` (statements and question-answer turns), ``checks``
+    (short-answer training questions whose recall stops training) and ``probes`` (held-out questions,
+    never trained on, that the report's recall is measured on)."""
+
+    examples: list[Example]
+    checks: list[Probe]
+    probes: list[Probe]
+
+
+def training_set(lm: LanguageModel, memories: Sequence[MemoryRecord]) -> TrainingSet:
+    """The training examples, stopping checks and held-out probes of ``memories`` (``engine.distill_data``
+    builds them from the text, speaker, time and metadata of each memory, with no model)."""
+    out = TrainingSet([], [], [])
     for record in memories:
-        probes = probes_for(record)
-        measured.append(probes[0])
-        statement = " ".join(record.text.split())
-        ids = lm.encode(statement)
-        examples.append(Example(ids, list(ids), "statement"))
-        examples.extend(qa_example(lm, p.question, p.answer) for p in probes)
-    return examples, measured
+        data = memory_data(record)
+        for statement in data.statements:
+            ids = lm.encode(statement)
+            out.examples.append(Example(ids, list(ids), "statement"))
+        out.examples.extend(qa_example(lm, p.question, p.answer, kind=p.form) for p in data.pairs)
+        out.checks.extend(Probe(record.ref, p.question, p.answer, p.form) for p in data.checks)
+        out.probes.extend(Probe(record.ref, p.question, p.answer, p.form) for p in data.heldout)
+    return out
+
+
+def build_examples(lm: LanguageModel, memories: Sequence[MemoryRecord]) -> tuple[list[Example], list[Probe]]:
+    """Training examples for ``memories`` and the held-out probes recall is measured on."""
+    data = training_set(lm, memories)
+    return data.examples, data.probes
 
 
 def read_text_resource(name: str) -> str:
@@ -288,10 +286,9 @@ def _pad_id(lm: LanguageModel) -> int:
     return 0
 
 
-def _losses(model: Any, batch: Sequence[Example], pad_id: int) -> Any:
-    """Mean loss per example (each example counts the same, whatever its length), as a tensor."""
+def _scored(model: Any, batch: Sequence[Example], pad_id: int) -> tuple[Any, Any, Any]:
+    """(logits where a loss is taken, their targets, the [batch, width-1] mask of those positions)."""
     import torch
-    import torch.nn.functional as F
 
     width = max(len(e.ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -313,10 +310,40 @@ def _losses(model: Any, batch: Sequence[Example], pad_id: int) -> Any:
         # few answer tokens, and the vocabulary projection is a fifth of a small model's compute.
         hidden = causal.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         logits = causal.get_output_embeddings()(hidden[:, :-1][keep])
-    nll = F.cross_entropy(logits.float(), target[keep], reduction="none")
+    return logits, target[keep], keep
+
+
+def _losses(model: Any, batch: Sequence[Example], pad_id: int) -> Any:
+    """Mean loss per example (each example counts the same, whatever its length), as a tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    logits, target, keep = _scored(model, batch, pad_id)
+    nll = F.cross_entropy(logits.float(), target, reduction="none")
     rows = keep.nonzero()[:, 0]
     sums = torch.zeros(len(batch), dtype=nll.dtype).index_add(0, rows, nll)
     return sums / keep.sum(dim=1).clamp(min=1)
+
+
+def greedy_recalled(model: Any, examples: Sequence[Example], pad_id: int) -> list[bool]:
+    """For each question-answer example: would greedy decoding write its answer? (Teacher-forced: the
+    most likely next token is the answer's at every answer position but the closing stop token, which is
+    exactly when greedy generation starts with the answer.) One batched forward pass, no generation."""
+    import torch
+
+    out: list[bool] = []
+    with torch.inference_mode():
+        for start in range(0, len(examples), BATCH_SIZE):
+            batch = examples[start : start + BATCH_SIZE]
+            logits, target, keep = _scored(model, batch, pad_id)
+            right = (logits.argmax(dim=-1) == target).tolist()
+            at = 0
+            for row in range(len(batch)):
+                n = int(keep[row].sum())
+                tokens = right[at : at + n]
+                at += n
+                out.append(bool(tokens) and all(tokens[: max(1, n - 1)]))
+    return out
 
 
 def mean_loss(model: Any, examples: Sequence[Example], pad_id: int, *, token_weighted: bool = False) -> float:
@@ -449,9 +476,10 @@ def train_adapter(
     seed: int,
     replay_ratio: float = REPLAY_RATIO,
     progress: Progress | None = None,
-) -> tuple[Any, float]:
-    """A peft model (over a private copy of ``lm.model``) with a freshly trained LoRA; and the mean loss
-    of the last 10% of the steps. ``lm.model`` itself is never modified."""
+    until: Until | None = None,
+) -> tuple[Any, Fit]:
+    """A peft model (over a private copy of ``lm.model``) with a freshly trained LoRA, and how the
+    training went (``Fit``). ``lm.model`` itself is never modified."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -473,7 +501,7 @@ def train_adapter(
     except ValueError as exc:  # peft: target modules not found
         raise UsageError(f"--target-modules: {exc}") from exc
     params = [p for p in model.parameters() if p.requires_grad]
-    final_loss = _fit(
+    fit = _fit(
         model,
         params,
         examples,
@@ -485,8 +513,9 @@ def train_adapter(
         replay_ratio=replay_ratio,
         stage="training",
         progress=progress,
+        until=until,
     )
-    return model, final_loss
+    return model, fit
 
 
 def steps_for(
@@ -503,6 +532,28 @@ def _active_adapter(model: Any) -> str:
     return active if isinstance(active, str) else active[0]
 
 
+@dataclass
+class Until:
+    """When training stops without a fixed ``--steps``/``--epochs``: every ``every`` steps the model's own
+    greedy recall of ``checks`` (short-answer training questions, ``greedy_recalled``) is measured; it
+    stops once that reaches ``target`` (learned), or fails to improve for ``patience`` checks in a row
+    (plateau), or at ``max_seconds`` (time limit); the step count passed to ``_fit`` is the last cap."""
+
+    checks: list[Example]
+    every: int
+    target: float = 1.0
+    patience: int = 4
+    max_seconds: float | None = None
+
+
+@dataclass
+class Fit:
+    steps: int
+    final_loss: float
+    stopped: str  # learned, plateau, time limit, step limit, steps given
+    trace: list[dict[str, Any]] = field(default_factory=list)  # {step, loss, recall} at every check
+
+
 def _fit(
     model: Any,
     params: list[Any],
@@ -516,13 +567,15 @@ def _fit(
     replay_ratio: float,
     stage: str,
     progress: Progress | None,
-) -> float:
-    """AdamW over ``params`` for ``steps`` batches (linear warm-up, then linear decay to 10%, gradients
-    clipped at 1); returns the mean loss of the last 10% of the steps. Leaves ``model`` in eval mode."""
+    until: Until | None = None,
+) -> Fit:
+    """AdamW over ``params`` for at most ``steps`` batches (linear warm-up, then linear decay to 10%,
+    gradients clipped at 1), stopping early as ``until`` says; the final loss is the mean of the last 10%
+    of the steps taken. Leaves ``model`` in eval mode."""
     import torch
 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 10)
+    warmup = max(1, min(steps // 10, WARMUP_STEPS))
 
     def schedule(step: int) -> float:
         if step < warmup:
@@ -531,6 +584,10 @@ def _fit(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     recent: list[float] = []
+    trace: list[dict[str, Any]] = []
+    stopped = "steps given" if until is None else "step limit"
+    best, best_loss, stale = -1.0, math.inf, 0
+    started = time.perf_counter()
     model.train()
     try:
         for step, batch in enumerate(_batches(examples, replay, steps, replay_ratio, rng)):
@@ -546,10 +603,36 @@ def _fit(
             recent.append(value)
             if progress is not None:
                 progress(stage, step + 1, steps, value)
+            if until is None or step + 1 == steps:
+                continue
+            if until.max_seconds is not None and time.perf_counter() - started > until.max_seconds:
+                stopped = "time limit"
+                break
+            if (step + 1) % until.every or step + 1 < MIN_STEPS:
+                continue
+            model.eval()
+            hits = sum(greedy_recalled(model, until.checks, pad))
+            model.train()
+            recall = hits / max(1, len(until.checks))
+            window = recent[-until.every :]
+            trace.append({"step": step + 1, "loss": round(sum(window) / len(window), 4), "recall": round(recall, 4)})
+            if progress is not None:
+                progress("recall of training questions", hits, len(until.checks), None)
+            if recall >= until.target:
+                stopped = "learned"
+                break
+            # a plateau: neither the recall nor the loss (by 3%) got better for `patience` checks
+            improved = recall > best or trace[-1]["loss"] < 0.97 * best_loss
+            stale = 0 if improved else stale + 1
+            best, best_loss = max(best, recall), min(best_loss, trace[-1]["loss"])
+            if stale >= until.patience:
+                stopped = "plateau"
+                break
     finally:
         model.eval()
-    tail = recent[-max(1, steps // 10) :]
-    return sum(tail) / len(tail)
+    taken = len(recent)
+    tail = recent[-max(1, taken // 10) :]
+    return Fit(taken, sum(tail) / len(tail), stopped, trace)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -590,6 +673,8 @@ def distill(
     seed: int = 0,
     replay_path: Path | None = None,
     replay_ratio: float = REPLAY_RATIO,
+    max_minutes: float | None = DEFAULT_MAX_MINUTES,
+    max_probes: int | None = None,
     actor: str | None = None,
     progress: Progress | None = None,
     accept: Callable[[DistillReport], str | None] | None = None,
@@ -601,15 +686,21 @@ def distill(
     returns a reason, the cube is left as it was (an older adapter of that name stays) and the report
     carries the reason in ``rejected``.
 
-    Without ``steps``, training runs ``epochs`` passes (default 5) over the memory examples, with replay
-    mixed in. Raises before anything is written if the selection, the options or the model are wrong;
-    an interruption before the final transaction leaves the cube unchanged.
+    Without ``steps`` or ``epochs``, training runs until the memories are learned: every few steps the
+    model answers its training questions (``Until``), and training stops when it gets them all right, when
+    that stops improving, after ``max_minutes`` or after ``MAX_EPOCHS`` passes; the report says which.
+    ``steps`` or ``epochs`` fix the length instead. ``max_probes`` measures recall on a seeded sample of
+    the held-out questions (for large selections, where asking every one costs more than training).
+    Replay text is mixed in. Raises before anything is written if the selection, the options or the model
+    are wrong; an interruption before the final transaction leaves the cube unchanged.
     """
     check_name(name)
     if steps is not None and epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
     if rank < 1 or alpha <= 0 or lr <= 0 or (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
         raise UsageError("--rank, --alpha, --lr, --steps and --epochs must be positive")
+    if (max_minutes is not None and max_minutes <= 0) or (max_probes is not None and max_probes < 1):
+        raise UsageError("--max-minutes and --max-probes must be positive")
     if isinstance(target_modules, str) and target_modules not in TARGETS and not target_modules.strip():
         raise UsageError("--target-modules is empty")
     who = cube.check(actor, "write")
@@ -619,20 +710,30 @@ def distill(
     replay_text = Path(replay_path).read_text(encoding="utf-8") if replay_path else None
     started = time.perf_counter()
 
-    examples, probes = build_examples(lm, memories)
+    data = training_set(lm, memories)
+    examples, probes = data.examples, data.probes
+    if max_probes is not None and len(probes) > max_probes:  # a seeded sample, recorded in the report
+        probes = random.Random(seed).sample(probes, max_probes)
     replay = replay_examples(lm, replay_text)
     heldout = _text_examples(lm, read_text_resource("heldout.txt"), HELDOUT_TOKENS, "heldout")
-    steps_given = steps is not None
-    if steps is None:
-        floor = MIN_STEPS if epochs is None else 1
-        steps = steps_for(epochs or DEFAULT_EPOCHS, examples, replay, replay_ratio, floor=floor)
+    until = None
+    if steps is None and epochs is None:
+        steps = steps_for(MAX_EPOCHS, examples, replay, replay_ratio, floor=MIN_STEPS)
+        checks = random.Random(seed).sample(data.checks, min(MAX_CHECKS, len(data.checks)))
+        until = Until(
+            [qa_example(lm, c.question, c.answer) for c in checks],
+            every=CHECK_EVERY,
+            max_seconds=None if max_minutes is None else 60.0 * max_minutes,
+        )
+    elif steps is None:
+        steps = steps_for(epochs or 1, examples, replay, replay_ratio, floor=1)
     pad = _pad_id(lm)
     recall_before = measure_recall(lm, probes, stage="recall before", progress=progress)
     heldout_before = mean_loss(lm.model, heldout, pad, token_weighted=True)
     eval_seconds = time.perf_counter() - started
 
     train_started = time.perf_counter()
-    trained, final_loss = train_adapter(
+    trained, fit = train_adapter(
         lm,
         examples,
         replay,
@@ -644,6 +745,7 @@ def distill(
         seed=seed,
         replay_ratio=replay_ratio,
         progress=progress,
+        until=until,
     )
     train_seconds = time.perf_counter() - train_started
 
@@ -662,9 +764,13 @@ def distill(
         "alpha": alpha,
         "dropout": 0.0,
         "target_modules": target_modules if isinstance(target_modules, str) else list(target_modules),
-        "steps": steps,
-        "epochs": None if steps_given else (epochs or DEFAULT_EPOCHS),
-        "min_steps": None if steps_given or epochs is not None else MIN_STEPS,
+        "steps": steps if until is None else None,
+        "max_steps": steps if until is not None else None,
+        "max_minutes": max_minutes if until is not None else None,
+        "epochs": epochs,
+        "min_steps": MIN_STEPS if until is not None else None,
+        "until": "learned" if until is not None else None,
+        "probes": f"{len(probes)} of {len(data.probes)}",
         "lr": lr,
         "batch_size": BATCH_SIZE,
         "seed": seed,
@@ -682,8 +788,10 @@ def distill(
         recall_after=recall_after,
         heldout_loss_before=heldout_before,
         heldout_loss_after=heldout_after,
-        steps=steps,
-        final_loss=final_loss,
+        steps=fit.steps,
+        final_loss=fit.final_loss,
+        stopped=fit.stopped,
+        trace=fit.trace,
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
         created=utc_now(),
@@ -879,6 +987,17 @@ def private_adapters(folders: Sequence[Path], expected: Sequence[dict[str, str]]
         yield copies
 
 
+def adapter_digests(cube: Cube, names: Sequence[str]) -> dict[str, str]:
+    """{name: sha256 of its adapter_model.safetensors}, in the given order, as the manifest records it."""
+    out = {}
+    for name in dict.fromkeys(names):
+        entry = cube.manifest.lora.get(name)
+        if entry is None:
+            raise AdapterNotFound(cube.path, name)
+        out[name] = str((entry.get("files") or {}).get("adapter_model.safetensors"))
+    return out
+
+
 def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> LanguageModel:
     """``lm`` with the named adapters merged into a private copy of its weights (``lm`` is unchanged).
 
@@ -1039,7 +1158,7 @@ def consolidate_adapter(
     if not params:
         raise MemosError("the combined adapter has no LoRA weights to train")
     steps = steps_for(epochs, examples, replay, REPLAY_RATIO, floor=MIN_STEPS)
-    loss = _fit(
+    fit = _fit(
         model,
         params,
         examples,
@@ -1054,7 +1173,7 @@ def consolidate_adapter(
     )
     for param in params:
         param.requires_grad = False
-    return steps, loss
+    return fit.steps, fit.final_loss
 
 
 def save_combined(model: Any, out: Path, model_name: str) -> None:

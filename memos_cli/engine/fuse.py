@@ -166,7 +166,10 @@ def fuse(
             f"cube {name0}", fp, ident.fingerprint, hint="pass --reembed to index every memory again with this embedder"
         )
     # --- compatibility: language models of kv/ and lora/
-    model_prints = {e.get("model_fingerprint") for p in parents for e in p.manifest.kv.values()}
+    # a snapshot made with adapters applied records its base model apart (promote --lora)
+    model_prints = {
+        e.get("base_model_fingerprint") or e.get("model_fingerprint") for p in parents for e in p.manifest.kv.values()
+    }
     model_prints |= {e.get("base_model_fingerprint") for p in parents for e in p.manifest.lora.values()}
     model_prints.discard(None)
     target_print: str | None = None

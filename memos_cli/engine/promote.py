@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class PromoteReport:
     sha256: str | None = None
     model: str | None = None
     seconds: float = 0.0
+    adapters: dict[str, str] = field(default_factory=dict)  # name -> sha256 of the adapter's weights
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -68,7 +70,12 @@ def promote_to_activation(
     actor: str | None = None,
     replace: bool = False,
     op: str = "promote",
+    loras: Sequence[str] = (),
 ) -> PromoteReport:
+    """Prefill the selected memories into ``kv/<name>.safetensors``. With ``loras``, the model is the one
+    chat uses with those adapters (``distill.load_adapters``): the snapshot's header and manifest entry
+    record each adapter's sha256, and it is refused for any other combination (its fingerprint is the
+    adapted model's)."""
     from memos_cli.engine.activation import build_snapshot, save_snapshot
     from memos_cli.models.lm import load_lm
 
@@ -80,8 +87,15 @@ def promote_to_activation(
     if name in cube.manifest.kv and not replace:
         raise UsageError(f"snapshot {name!r} exists", hint=f"rebuild it with --refresh {name}, or --drop it first")
     memories = select(cube, selection)
-    lm = load_lm(model)
+    lm = base = load_lm(model)
+    adapters: dict[str, str] = {}
+    if loras:
+        from memos_cli.engine.distill import adapter_digests, load_adapters
+
+        lm = load_adapters(base, cube, loras)
+        adapters = adapter_digests(cube, loras)
     snap = build_snapshot(lm, memories, dtype=dtype, budget=budget)
+    snap.adapters = adapters
     if not snap.memory_refs:
         raise UsageError(f"not even the first memory fits in --budget {budget} tokens")
     with cube.transaction(actor=actor, op=op) as tx:
@@ -93,6 +107,7 @@ def promote_to_activation(
             "model": lm.name,
             "model_fingerprint": lm.fingerprint,
             "dtype": dtype,
+            **({"adapters": adapters, "base_model_fingerprint": base.fingerprint} if adapters else {}),
             "tokens": snap.token_count,
             "memories": list(snap.memory_refs),
             "skipped": list(snap.skipped_refs),
@@ -101,10 +116,15 @@ def promote_to_activation(
             "created": utc_now(),
         }
         if tx.manifest.model is None:
-            tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+            tx.manifest.model = {"name": base.name, "fingerprint": base.fingerprint}
         tx.touch_manifest()
         ids = [ref.split("@")[0] for ref in snap.memory_refs]
-        tx.log(ids, f"promoted {len(ids)} memories to activation memory kv/{name} ({snap.token_count} tokens, {dtype})")
+        with_adapters = f", with adapters {', '.join(adapters)}" if adapters else ""
+        tx.log(
+            ids,
+            f"promoted {len(ids)} memories to activation memory kv/{name} ({snap.token_count} tokens, {dtype}"
+            f"{with_adapters})",
+        )
     return PromoteReport(
         name=name,
         kind="activation",
@@ -112,6 +132,7 @@ def promote_to_activation(
         skipped=list(snap.skipped_refs),
         tokens=snap.token_count,
         dtype=dtype,
+        adapters=adapters,
         bytes=os.path.getsize(cube.path / rel),
         sha256=digest,
         model=lm.name,
@@ -143,6 +164,7 @@ def refresh(cube: Cube, name: str, *, model: str | None = None, actor: str | Non
         dtype=entry.get("dtype", "float32"),
         actor=actor,
         replace=True,
+        loras=list(entry.get("adapters") or {}),
     )
 
 

@@ -36,7 +36,14 @@ def distill(
     ] = "all-linear",
     steps: Annotated[Optional[int], typer.Option("--steps", help="Training steps (batches of 8).")] = None,
     epochs: Annotated[
-        Optional[float], typer.Option("--epochs", help="Passes over the memories (default: 5, and at least 20 steps).")
+        Optional[float], typer.Option("--epochs", help="Fixed passes over the training data (default: until learned).")
+    ] = None,
+    max_minutes: Annotated[
+        float, typer.Option("--max-minutes", help="Stop training after this many minutes, learned or not.")
+    ] = 30.0,
+    max_probes: Annotated[
+        Optional[int],
+        typer.Option("--max-probes", help="Measure recall on a sample of this many held-out questions (default: all)."),
     ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-3,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the LoRA initialisation and the data order.")] = 0,
@@ -52,13 +59,17 @@ def distill(
 ) -> None:
     """Train memories into a LoRA adapter (parametric memory) stored in the cube as lora/NAME/.
 
-    The training data comes from the memories alone, with no LLM call: each statement as plain text,
-    and question-and-answer turns in the model's chat template built from the memory's
-    metadata.question/metadata.answer, its key, speaker and time. General replay text is mixed in to
-    limit forgetting.
+    The training data comes from the memories alone, with no LLM call: each statement (and, for a
+    dialogue turn, the speaker's words in the third person) as plain text, and question-and-answer turns
+    in the model's chat template about the subject and every name, place, date, number and object in it,
+    cloze completions, who/when questions from the speaker and time, and metadata.question when present.
+    General replay text is mixed in to limit forgetting. Training runs until the model answers its
+    training questions (checked every few steps), stops improving, or hits --max-minutes; the report says
+    which. --steps or --epochs fix the length instead.
 
-    The report is measured, not assumed: closed-book recall (the model answers the questions with no
-    retrieval and no KV snapshot) before and after, as exact-answer matches and mean answer loss, and
+    The report is measured, not assumed: closed-book recall on held-out questions (a template family
+    training never uses, plus each memory's own metadata.question), with no retrieval and no KV
+    snapshot, before and after, listing every miss, as exact-answer matches and mean answer loss, and
     forgetting as the change of loss on held-out general text that training never sees. It is printed,
     stored in lora/NAME/report.json, and summarised in cube.yaml with the base model's fingerprint, the
     memory ids and versions, the hyperparameters and the sha256 of every file.
@@ -109,6 +120,8 @@ def distill(
         lr=lr,
         seed=seed,
         replay=replay,
+        max_minutes=max_minutes,
+        max_probes=max_probes,
     )
 
 
@@ -128,6 +141,8 @@ def run_distill(
     lr: float = 2e-3,
     seed: int = 0,
     replay: Path | None = None,
+    max_minutes: float | None = 30.0,
+    max_probes: int | None = None,
 ) -> None:
     """Train, measure and report: shared by `memos distill` and `memos promote --to parametric`."""
     from memos_cli.config import model_spec
@@ -147,6 +162,8 @@ def run_distill(
             lr=lr,
             seed=seed,
             replay_path=replay,
+            max_minutes=max_minutes,
+            max_probes=max_probes,
             actor=actor,
             progress=bar,
         )
@@ -157,6 +174,14 @@ def run_distill(
         f"distilled {len(report.memories)} memories into [bold]{report.path}[/] "
         f"({report.steps} steps, {report.train_seconds:.0f}s training, {report.adapter_bytes / 1e6:.1f} MB)"
     )
+    if report.trace:
+        last = report.trace[-1]
+        say(
+            f"  training stopped: {report.stopped} "
+            f"(recall of training questions {last['recall']:.0%} at step {last['step']})"
+        )
+    else:
+        say(f"  training stopped: {report.stopped}")
     say(
         f"  closed-book recall  {m['recall_before']:.0%} -> {m['recall_after']:.0%}   "
         f"answer loss {m['answer_loss_before']:.2f} -> {m['answer_loss_after']:.2f}"
@@ -166,7 +191,8 @@ def run_distill(
         f"({m['forgetting_pct']:+.1f}%: forgetting)"
     )
     missed = [a for a in report.recall_after.answers if not a["hit"]]
-    for answer in missed[:5]:
-        say(f"  [yellow]not recalled[/] {answer['question']!r}: {answer['answer'][:80]!r}")
-    if len(missed) > 5:
-        say(f"  ... and {len(missed) - 5} more (see --json or {report.path}/report.json)")
+    if missed:
+        say(f"  held-out questions not recalled: {len(missed)} of {len(report.recall_after.answers)}")
+    for answer in missed:
+        expected = answer["expected"]
+        say(f"  [yellow]not recalled[/] {answer['question']!r} (expected {expected!r}): {answer['answer'][:80]!r}")

@@ -35,6 +35,10 @@ def promote(
     refresh: Annotated[
         Optional[str], typer.Option("--refresh", help="Rebuild this snapshot from current memories.")
     ] = None,
+    lora: Annotated[
+        Optional[list[str]],
+        typer.Option("--lora", help="Build the snapshot for the model with this adapter applied (repeatable)."),
+    ] = None,
     model: ModelOpt = None,
     as_: AsOpt = None,
     json_: JsonOpt = False,
@@ -47,9 +51,14 @@ def promote(
     (its fingerprint is recorded) and is refused by any other; one whose memories changed is
     reported stale by stats, show and chat: --refresh NAME rebuilds it, --drop NAME removes it.
 
+    With --lora A [--lora B], the snapshot is prefilled by the model with those adapters applied, as
+    'memos chat --kv NAME --lora A' uses it: all three kinds of memory in one answer. Its header and
+    manifest entry record each adapter's sha256, and chat refuses it with any other adapters.
+
     Examples:
       memos promote notes --to activation --name core --hot 20 --budget 1500
       memos promote notes --name team --tag people --dtype float16
+      memos promote notes --to activation --name core --hot 20 --lora facts
       memos promote notes --refresh core
       memos promote notes --drop core
       memos promote notes --to archive --tag obsolete
@@ -63,6 +72,8 @@ def promote(
     opened = Cube.open(cube)
     selection = Selection(ids=list(ids or []), query=query, k=k, tags=list(tag or []), all=all_, hot=hot)
     spec = model_spec(model)
+    if lora and to != "activation":
+        raise UsageError("--lora applies to --to activation (a snapshot built with the adapters applied)")
     if drop:
         report = engine.drop(opened, drop, actor=as_)
     elif refresh:
@@ -75,7 +86,7 @@ def promote(
             raise UsageError("--name is required to promote to activation memory")
         say("prefilling the memory preamble ...")
         report = engine.promote_to_activation(
-            opened, selection, name=name, model=spec, budget=budget, dtype=dtype, actor=as_
+            opened, selection, name=name, model=spec, budget=budget, dtype=dtype, actor=as_, loras=list(lora or [])
         )
     elif to == "parametric":
         if not name:
@@ -94,6 +105,11 @@ def promote(
             f"kv/{report.name}.safetensors: {len(report.memories)} memories, {report.tokens} tokens, "
             f"{report.dtype}, {report.bytes / 1e6:.1f} MB, model {report.model} ({report.seconds:.1f}s)"
         )
+        if report.adapters:
+            say(
+                f"  made with adapters {', '.join(report.adapters)}: use it with chat --kv {report.name}"
+                + "".join(f" --lora {a}" for a in report.adapters)
+            )
         if report.skipped:
             say(f"  {len(report.skipped)} selected memories did not fit in --budget {budget} and were left out")
     elif report.kind == "archive":

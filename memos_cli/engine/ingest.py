@@ -17,6 +17,7 @@ import numpy as np
 from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
 from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for
 from memos_cli.engine import index as index_mod
+from memos_cli.engine.distributed import STAGE_DIR
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
 from memos_cli.errors import BadInput, UsageError
@@ -91,6 +92,7 @@ class IngestReport:
     superseded: list[str]
     embedded: int
     seconds: float
+    engine: dict[str, object] | None = None  # --engine ray: nodes, actors, fixed seconds, rate
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -102,6 +104,7 @@ class IngestReport:
             "superseded": self.superseded,
             "embedded": self.embedded,
             "seconds": round(self.seconds, 3),
+            **({"engine": self.engine} if self.engine is not None else {}),
         }
 
 
@@ -194,6 +197,8 @@ def ingest(
         parsed.append((source, used, [_record(d, defaults, used, now, actor) for d in drafts], len(bad)))
 
     embedder = embedder or EmbedderHandle()
+    if embedder.engine is not None:  # finished chunks are staged here, so a rerun after a crash skips them
+        embedder.engine.stage_dir = cube.derived / STAGE_DIR
     state = cube.read_state()
     candidates = _new_records(parsed, state)
     known = _embed(candidates, embedder, progress)
@@ -217,6 +222,8 @@ def ingest(
         reports.append(SourceReport(source.name, used, len(records), added, len(records) - added, bad))
     if fresh:
         _update_index(cube, embedder, known, progress)
+    if embedder.engine is not None:
+        embedder.engine.clear_stage()  # committed and indexed: the staged chunks are no longer needed
     return IngestReport(
         added=len(fresh),
         duplicates=sum(r.duplicates for r in reports),
@@ -226,6 +233,7 @@ def ingest(
         superseded=superseded,
         embedded=len(known),
         seconds=time.perf_counter() - started,
+        engine=embedder.engine.stats.to_dict() if embedder.engine is not None else None,
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from memos_cli.cube.bundle import Cube, CubeState
 from memos_cli.cube.records import STATUSES, MemoryRecord
 from memos_cli.engine import ranking, usage
+from memos_cli.engine.distributed import STAGE_DIR
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import CubeIndex, open_index
 from memos_cli.engine.sources import parse_time
@@ -169,6 +170,8 @@ class Searcher:
         for cube in cubes:
             cube.check(actor, "read")
             state = cube.read_state()
+            if self.embedder.engine is not None:  # an index rebuild runs on the cluster, staged per cube
+                self.embedder.engine.stage_dir = cube.derived / STAGE_DIR
             index = open_index(
                 cube, state, self.embedder.load, dim=ident.dim, embedder_name=ident.fingerprint, progress=progress
             )
@@ -184,16 +187,44 @@ class Searcher:
             raise UsageError("-k must be at least 1")
         filters = filters or Filters()
         query_vec = self._query_vector(text)
-        hits: list[QueryHit] = []
-        for view in self.views:
-            if not view.records:
+        masks = self._masks(filters)
+        ranked = []
+        for view, mask in zip(self.views, masks, strict=True):
+            if mask is None:
+                ranked.append([])
                 continue
-            mask = view.mask(filters)
-            if not mask.any():
-                continue
-            ranked = ranking.rank(
-                view.index.inputs(), text, query_vec, k=k, mode=self.mode, mask=mask, ann=view.index.ann()
+            ranked.append(
+                ranking.rank(view.index.inputs(), text, query_vec, k=k, mode=self.mode, mask=mask, ann=view.index.ann())
             )
+        return self._hits(ranked, k)
+
+    def search_batch(self, texts: list[str], *, k: int = 10, filters: Filters | None = None) -> list[list[QueryHit]]:
+        """Many queries at once; with ``--engine ray`` the cluster embeds and ranks them (same results)."""
+        if k < 1:
+            raise UsageError("-k must be at least 1")
+        filters = filters or Filters()
+        engine = self.embedder.engine
+        if engine is None or not texts:
+            return [self.search(text, k=k, filters=filters) for text in texts]
+        masks = self._masks(filters)
+        payload = [
+            (None, None, None) if mask is None else (view.index.inputs(), view.index.ann(), mask)
+            for view, mask in zip(self.views, masks, strict=True)
+        ]
+        ranked = engine.rank_batch(payload, texts, k=k, mode=self.mode)
+        return [self._hits(per_view, k) for per_view in ranked]
+
+    def _masks(self, filters: Filters) -> list[np.ndarray | None]:
+        """Each view's allowed rows, or None when none are."""
+        masks: list[np.ndarray | None] = []
+        for view in self.views:
+            mask = view.mask(filters) if view.records else None
+            masks.append(mask if mask is not None and mask.any() else None)
+        return masks
+
+    def _hits(self, ranked_per_view: list[list[tuple[int, float]]], k: int) -> list[QueryHit]:
+        hits: list[QueryHit] = []
+        for view, ranked in zip(self.views, ranked_per_view, strict=True):
             for row, score in ranked:
                 record = view.records[row]
                 if record is None:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+TOKEN = secrets.token_hex(16)
 sys.path.insert(0, str(REPO))
 
 
@@ -53,7 +54,7 @@ class LocalCluster:
     def __init__(self, nodes: int) -> None:
         self.temp = Path("/tmp") / f"memos-rb-{secrets.token_hex(4)}"
         self.temp.mkdir()
-        self.token = secrets.token_hex(16)
+        self.token = TOKEN  # one per process: Ray reads RAY_AUTH_TOKEN once
         self.env = dict(
             os.environ,
             RAY_AUTH_MODE="token",

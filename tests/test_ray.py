@@ -149,7 +149,16 @@ def _engine(address: str, actors: int = 2):  # type: ignore[no-untyped-def]
 
 def _texts(n: int) -> list[str]:
     topics = ("the launch", "a budget review", "Caroline's adoption plans", "the hiking trip", "a bug in the parser")
-    return [f"Note {i}: we talked about {topics[i % 5]} " + "and more detail " * (i % 13) for i in range(n)]
+    return [f"Note {i}: we talked about {topics[i % 5]}" + " in detail" * (i % 4) for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def reference() -> tuple[list[str], np.ndarray]:
+    """560 texts (two chunks of the plan: 512 + 48) and their vectors from the local engine, computed once."""
+    from memos_cli.models.embedder import load_embedder
+
+    texts = _texts(560)
+    return texts, load_embedder().encode(texts)
 
 
 def _main(*args: str) -> tuple[int, str]:
@@ -177,25 +186,22 @@ def test_missing_ray_is_a_usage_error_with_the_install_hint(tmp_path: Path, monk
     assert code == 2 and "memos-cli[ray]" in err, err
 
 
-def test_vectors_are_byte_identical_and_both_nodes_work(ray_cluster: str) -> None:
-    from memos_cli.models.embedder import load_embedder
-
-    texts = _texts(700)  # two chunks of the plan: 512 + 188
+def test_vectors_are_byte_identical_and_both_nodes_work(ray_cluster: str, reference) -> None:  # type: ignore[no-untyped-def]
+    texts, local = reference
     engine = _engine(ray_cluster)
     try:
         distributed = engine.encode(texts)
     finally:
         engine.close()
-    local = load_embedder().encode(texts)
     assert distributed.tobytes() == local.tobytes()
     assert engine.stats.nodes == 2 and engine.stats.nodes_used == 2, engine.stats.to_dict()
-    assert engine.stats.chunks == 2 and engine.stats.items == 700
+    assert engine.stats.chunks == 2 and engine.stats.items == len(texts)
 
 
 def test_ingest_and_batch_query_match_the_local_engine(ray_cluster: str, tmp_path: Path) -> None:
     records = tmp_path / "records.jsonl"
     records.write_text(
-        "".join(json.dumps({"text": t, "speaker": "Ann" if i % 3 else "Bo"}) + "\n" for i, t in enumerate(_texts(600)))
+        "".join(json.dumps({"text": t, "speaker": "Ann" if i % 3 else "Bo"}) + "\n" for i, t in enumerate(_texts(530)))
     )
     questions = tmp_path / "questions.txt"
     questions.write_text("what about the launch?\nBo on the budget\nhiking\n\nparser bug detail\n")
@@ -207,7 +213,7 @@ def test_ingest_and_batch_query_match_the_local_engine(ray_cluster: str, tmp_pat
         result = runner.invoke(app, ["ingest", str(cube), str(records), "--json", *extra])
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
-        assert report["added"] == 600
+        assert report["added"] == 530
         if engine == "ray":
             assert report["engine"]["nodes"] == 2 and report["engine"]["actors"] >= 1
             assert not any((cube / ".memos" / "stage").glob("*.f32"))  # committed: the stage is emptied
@@ -224,8 +230,8 @@ def test_ingest_and_batch_query_match_the_local_engine(ray_cluster: str, tmp_pat
     assert outputs["local"] == outputs["ray"]
 
 
-def test_staged_chunks_are_reused_and_a_damaged_one_is_recomputed(ray_cluster: str, tmp_path: Path) -> None:
-    texts = _texts(600)
+def test_staged_chunks_are_reused_and_a_damaged_one_is_recomputed(ray_cluster: str, tmp_path: Path, reference) -> None:  # type: ignore[no-untyped-def]
+    texts, local = reference
     engine = _engine(ray_cluster, actors=1)
     engine.stage_dir = tmp_path / "stage"
     try:
@@ -237,13 +243,13 @@ def test_staged_chunks_are_reused_and_a_damaged_one_is_recomputed(ray_cluster: s
     finally:
         engine.close()
     assert engine.stats.staged_reused == 1 and engine.stats.chunks == 3
-    assert first.tobytes() == second.tobytes()
+    assert first.tobytes() == second.tobytes() == local.tobytes()
 
 
-def test_a_killed_worker_s_chunk_is_retried(ray_cluster: str) -> None:
+def test_a_killed_worker_s_chunk_is_retried(ray_cluster: str, reference) -> None:  # type: ignore[no-untyped-def]
     import ray
 
-    texts = _texts(600)
+    texts, local = reference
     engine = _engine(ray_cluster, actors=2)
     try:
         engine.start()
@@ -251,10 +257,8 @@ def test_a_killed_worker_s_chunk_is_retried(ray_cluster: str) -> None:
         vectors = engine.encode(texts)
     finally:
         engine.close()
-    from memos_cli.models.embedder import load_embedder
-
     assert engine.stats.retried >= 1
-    assert vectors.tobytes() == load_embedder().encode(texts).tobytes()
+    assert vectors.tobytes() == local.tobytes()
 
 
 def test_a_killed_driver_loses_nothing(ray_cluster: str, tmp_path: Path) -> None:
@@ -262,7 +266,7 @@ def test_a_killed_driver_loses_nothing(ray_cluster: str, tmp_path: Path) -> None
     cube = tmp_path / "cube"
     assert runner.invoke(app, ["init", str(cube)]).exit_code == 0
     records = tmp_path / "records.jsonl"
-    records.write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(1100)))
+    records.write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(1030)))
     before = (cube / "memories.jsonl").read_bytes() if (cube / "memories.jsonl").exists() else b""
     cmd = [sys.executable, "-m", "memos_cli", "ingest", str(cube), str(records), "--engine", "ray"]
     proc = subprocess.Popen(
@@ -283,7 +287,7 @@ def test_a_killed_driver_loses_nothing(ray_cluster: str, tmp_path: Path) -> None
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["added"] == 1100 and report["engine"]["staged_reused"] >= staged
+    assert report["added"] == 1030 and report["engine"]["staged_reused"] >= staged
     assert runner.invoke(app, ["verify", str(cube)]).exit_code == 0
     vectors = np.fromfile(cube / ".memos" / "index" / "vectors.f32", dtype=np.float32)
-    assert vectors.size == 1100 * 384
+    assert vectors.size == 1030 * 384

@@ -139,7 +139,7 @@ class _Worker:
             vec = (
                 np.zeros(self.embedder.dim, dtype=np.float32) if mode == "lexical" else self.embedder.encode([text])[0]
             )
-            per_view = []
+            per_view: list[list[tuple[int, float]]] = []
             for inputs, ann, mask in payload:
                 if inputs is None:
                     per_view.append([])
@@ -255,7 +255,8 @@ class RayEngine:
         if not texts:
             return out
         if len(texts) <= NUMPY_MAX_TEXTS:  # one query: a round trip costs more than it; same code path
-            return self._local_embedder().encode(texts, batch_size=batch_size, progress=progress)
+            vectors: np.ndarray = self._local_embedder().encode(texts, batch_size=batch_size, progress=progress)
+            return vectors
         starts = list(range(0, len(texts), PLAN_CHUNK))
         jobs: list[tuple[int, Callable[[Any], Any]]] = []
         keys: dict[int, str] = {}
@@ -269,7 +270,7 @@ class RayEngine:
                 if progress is not None:
                     progress(len(chunk))
                 continue
-            jobs.append((start, lambda actor, c=chunk: actor.encode.remote(c)))
+            jobs.append((start, _call("encode", chunk)))
         if not jobs:
             return out
         self.start()
@@ -346,7 +347,7 @@ class RayEngine:
         ref = ray.put(payload)  # shipped to each node once
         results: dict[int, list[Any]] = {}
         jobs = [
-            (start, lambda actor, qs=queries[start : start + per_task]: actor.rank.remote(ref, qs, k, mode))
+            (start, _call("rank", ref, queries[start : start + per_task], k, mode))
             for start in range(0, len(queries), per_task)
         ]
 
@@ -368,6 +369,11 @@ class RayEngine:
                 except Exception:  # noqa: BLE001 - an actor that is already gone is fine
                     pass
         self._actors = []
+
+
+def _call(method: str, *args: Any) -> Callable[[Any], Any]:
+    """Submit ``method(*args)`` on whichever actor the pool picks."""
+    return lambda actor: getattr(actor, method).remote(*args)
 
 
 def _alive(ray: Any, actor: Any) -> bool:

@@ -176,11 +176,14 @@ class Searcher:
                 cube, state, self.embedder.load, dim=ident.dim, embedder_name=ident.fingerprint, progress=progress
             )
             self.views.append(_CubeView(cube, state, index))
+            if self.embedder.engine is not None:
+                self.embedder.engine.clear_stage()  # the index holds the vectors now
 
     def _query_vector(self, text: str) -> np.ndarray:
         if self.mode == "lexical":
             return np.zeros(self.embedder.identity.dim, dtype=np.float32)  # unused: no torch needed
-        return self.embedder.load().encode([text])[0]
+        vec: np.ndarray = self.embedder.load().encode([text])[0]
+        return vec
 
     def search(self, text: str, *, k: int = 10, filters: Filters | None = None) -> list[QueryHit]:
         if k < 1:
@@ -188,7 +191,7 @@ class Searcher:
         filters = filters or Filters()
         query_vec = self._query_vector(text)
         masks = self._masks(filters)
-        ranked = []
+        ranked: list[list[tuple[int, float]]] = []
         for view, mask in zip(self.views, masks, strict=True):
             if mask is None:
                 ranked.append([])

@@ -136,7 +136,8 @@ class ShardedIndex:
     def __init__(self, rows: list[ranking.Row], shards: list[Shard]) -> None:
         self.rows = rows
         self.shards = shards
-        n_docs, length, df = 0, 0, {}
+        n_docs, length = 0, 0
+        df: dict[str, int] = {}
         for shard in shards:
             n, total, counts = shard.term_counts()
             n_docs, length = n_docs + n, length + total

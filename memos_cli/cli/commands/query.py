@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -116,7 +116,7 @@ def _batch(searcher: object, batch: str, k: int, filters: object, whole: bool) -
             emit_jsonl([{"query": question, "hits": [h.to_dict() for h in hits]}])
 
 
-def _table(text: str, hits: list) -> None:
+def _table(text: str, hits: list[Any]) -> None:
     from rich.table import Table
 
     if not hits:

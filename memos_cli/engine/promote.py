@@ -23,7 +23,7 @@ from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.engine import ops
 from memos_cli.engine.select import Selection, select
-from memos_cli.errors import InvalidCube, MemosError, UsageError
+from memos_cli.errors import InvalidCube, UsageError
 
 KV_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -173,12 +173,3 @@ def archive(cube: Cube, selection: Selection, *, actor: str | None = None) -> Pr
     memories = select(cube, selection)
     report = ops.forget(cube, [m.id for m in memories], actor=actor)
     return PromoteReport(name="archive", kind="archive", memories=report.archived)
-
-
-class SnapshotMissing(MemosError):
-    def __init__(self, cube: Cube, name: str) -> None:
-        names = ", ".join(sorted(cube.manifest.kv)) or "none"
-        super().__init__(
-            f"cube {cube.path} has no KV snapshot {name!r} (it has: {names})",
-            hint=f"make one: memos promote {cube.path} --to activation --name {name} --all",
-        )

@@ -132,3 +132,16 @@ def test_weights_not_matching_config_are_refused(folder: Path, tmp_path: Path) -
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 1024}))
     with pytest.raises(ModelUnavailable, match="intermediate.dense.weight"):
         load_encoder(tmp_path)
+
+
+def test_the_batching_plan_makes_vectors_independent_of_the_split(
+    encoder: MiniLMEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text's vector depends only on its chunk of the plan: any split at a chunk boundary (one process or
+    many Ray workers) gives the same bytes. A small chunk keeps the test fast; the rule is the same."""
+    monkeypatch.setattr(minilm, "PLAN_CHUNK", 40)
+    texts = [f"note {i} " + "about the launch " * (i % 7) for i in range(100)]  # chunks 40 + 40 + 20
+    whole = encoder.encode(texts, batch_size=16)
+    parts = [encoder.encode(texts[a : a + 40], batch_size=16) for a in (0, 40, 80)]
+    assert whole.tobytes() == np.concatenate(parts).tobytes()
+    assert encoder.encode(texts[40:], batch_size=16).tobytes() == whole[40:].tobytes()

@@ -113,9 +113,7 @@ def test_cli_promote_with_lora_then_chat(tmp_path: Path, tiny_dirs: dict[str, Pa
     assert code == 2 and "--lora" in err
 
 
-def test_smollm2_snapshot_with_adapter_is_token_identical(
-    tmp_path: Path, smollm2: object, memos_threads: None
-) -> None:
+def test_smollm2_snapshot_with_adapter_is_token_identical(tmp_path: Path, smollm2: object, memos_threads: None) -> None:
     cube = make(tmp_path, smollm2, lr=1e-4)  # a gentle update: the model still answers, with other weights
     promote_to_activation(cube, Selection(tags=["core"]), name="core", loras=["facts"])
     kv, recomputed = answers(Cube.open(cube.path), None, ["facts"], "What is Ana's cat called?")

@@ -34,6 +34,19 @@ TypeOpt = Annotated[Optional[list[str]], typer.Option("--type", help="Memory typ
 SpeakerOpt = Annotated[Optional[list[str]], typer.Option("--speaker", help="Speaker (repeatable).")]
 SinceOpt = Annotated[Optional[str], typer.Option("--since", help="Only memories whose time is on/after this date.")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Only memories whose time is on/before this date.")]
+EngineOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--engine",
+        help="Where embedding and batch ranking run: local or ray (a Ray cluster; same results). "
+        "Default: $MEMOS_ENGINE, else local.",
+    ),
+]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option("--address", help="Ray cluster address (default: $MEMOS_RAY_ADDRESS, else a new local instance)."),
+]
+ActorsOpt = Annotated[Optional[int], typer.Option("--actors", help="Ray actors (default: one per CPU of the cluster).")]
 StatusOpt = Annotated[str, typer.Option("--status", help="active, archived, superseded, deleted, or all.")]
 TimeFieldOpt = Annotated[
     str,
@@ -65,3 +78,10 @@ def filters_from(
         status=status,
         time_field=time_field,
     )
+
+
+def engine_from(engine: str | None, address: str | None, actors: int | None) -> object:
+    """The Ray engine for ``--engine ray`` (None for local); exits 2 with the install hint without Ray."""
+    from memos_cli.engine.distributed import EngineOptions, make_engine
+
+    return make_engine(EngineOptions.resolve(engine, address, actors))

@@ -42,6 +42,7 @@ from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, normalise_text
+from memos_cli.engine.distributed import STAGE_DIR, RayEngine
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import open_index, row_for, row_key
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
@@ -70,6 +71,7 @@ class FuseReport:
     dropped: list[str] = field(default_factory=list)
     dry_run: bool = False
     seconds: float = 0.0
+    engine: dict[str, Any] | None = None  # --engine ray: nodes, actors, fixed seconds, rate
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(vars(self))
@@ -138,6 +140,7 @@ def fuse(
     model: str | None = None,
     actor: str | None = None,
     progress: Progress | None = None,
+    engine: RayEngine | None = None,
 ) -> FuseReport:
     started = time.perf_counter()
     if adapters not in ADAPTER_MODES:
@@ -155,7 +158,7 @@ def fuse(
         raise UsageError("the same cube is named twice")
 
     # --- compatibility: embedders
-    embedder = EmbedderHandle()
+    embedder = EmbedderHandle(engine=engine)  # --engine ray: re-embedding runs on the cluster
     ident = embedder.identity
     indexing = _indexing(progress)
     prints = {p.manifest.name: (p.manifest.embedder or {}).get("fingerprint") for p in parents}
@@ -195,6 +198,8 @@ def fuse(
     # --- vectors of every current memory, from the parents' indexes (embedding only what is missing)
     vectors: dict[str, np.ndarray] = {}
     for parent, state in zip(parents, states, strict=True):
+        if engine is not None:
+            engine.stage_dir = parent.derived / STAGE_DIR
         index = open_index(
             parent,
             state,
@@ -338,6 +343,7 @@ def fuse(
             for n, plan in lora_plan.items()
         }
         report.seconds = time.perf_counter() - started
+        report.engine = engine.stats.to_dict() if engine is not None else None
         return report
 
     # Build next to the output and rename at the end: a killed fuse leaves no half-made cube at OUT.
@@ -371,6 +377,9 @@ def fuse(
         output.rmdir()  # an empty directory was allowed as the target
     cube_io.rename(output.parent, building.name, output.name)  # the one step that makes the cube appear
     report.seconds = time.perf_counter() - started
+    if engine is not None:
+        engine.clear_stage()
+        report.engine = engine.stats.to_dict()
     return report
 
 

@@ -94,6 +94,7 @@ class IngestReport:
     superseded: list[str]
     embedded: int
     seconds: float
+    engine: dict[str, object] | None = None  # --engine ray: nodes, actors, fixed seconds, rate
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -105,6 +106,7 @@ class IngestReport:
             "superseded": self.superseded,
             "embedded": self.embedded,
             "seconds": round(self.seconds, 3),
+            **({"engine": self.engine} if self.engine is not None else {}),
         }
 
 
@@ -215,6 +217,8 @@ def ingest(
         parsed.append((source, used, built, len(bad)))
 
     embedder = embedder or EmbedderHandle()
+    if embedder.engine is not None:  # finished chunks are staged here, so a rerun after a crash skips them
+        embedder.engine.stage_in(cube.path)
     state = cube.read_state()
     candidates = _new_records(parsed, state)
     known = _embed(candidates, embedder, progress)
@@ -245,6 +249,8 @@ def ingest(
             raise after_commit(
                 f"{len(fresh):,} memories stored", "the index will be rebuilt by the next query", exc
             ) from exc
+    if embedder.engine is not None:
+        embedder.engine.clear_stage()  # committed and indexed: the staged chunks are no longer needed
     return IngestReport(
         added=len(fresh),
         duplicates=sum(r.duplicates for r in reports),
@@ -254,6 +260,7 @@ def ingest(
         superseded=superseded,
         embedded=len(known),
         seconds=time.perf_counter() - started,
+        engine=embedder.engine.stats.to_dict() if embedder.engine is not None else None,
     )
 
 

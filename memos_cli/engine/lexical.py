@@ -229,9 +229,10 @@ class LexicalIndex:
         if mask is not None:
             s = np.where(mask, s, 0.0).astype(np.float32)
         hits = np.flatnonzero(s > 0)
-        if len(hits) > n:
-            hits = hits[np.argpartition(-s[hits], n - 1)[:n]]
-        order = np.lexsort((hits, -s[hits]))  # score desc, then earlier row first: deterministic
+        if len(hits) > n:  # keep every row tied with the n-th, so the tie goes to the earlier row
+            kth = np.partition(s[hits], len(hits) - n)[len(hits) - n]
+            hits = hits[s[hits] >= kth]
+        order = np.lexsort((hits, -s[hits]))[:n]  # score desc, then earlier row first: deterministic
         hits = hits[order]
         return hits.astype(np.int64), s[hits]
 

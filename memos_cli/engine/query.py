@@ -205,31 +205,34 @@ class Searcher:
         for cube in cubes:
             cube.check(actor, "read")
             state = cube.read_state()
+            if self.embedder.engine is not None:  # an index rebuild runs on the cluster, staged per cube
+                self.embedder.engine.stage_in(cube.path)
             index = open_index(
                 cube, state, self.embedder.load, dim=ident.dim, embedder_name=ident.fingerprint, progress=progress
             )
             self.views.append(_CubeView(cube, state, index))
+            if self.embedder.engine is not None:
+                self.embedder.engine.clear_stage()  # the index holds the vectors now
 
     def _query_vector(self, text: str) -> np.ndarray:
         if self.mode == "lexical":
             return np.zeros(self.embedder.identity.dim, dtype=np.float32)  # unused: no torch needed
-        return self.embedder.load().encode([text])[0]
+        vec: np.ndarray = self.embedder.load().encode([text])[0]
+        return vec
 
     def search(self, text: str, *, k: int = 10, filters: Filters | None = None) -> list[QueryHit]:
         if k < 1:
             raise UsageError("-k must be at least 1")
         filters = filters or Filters()
         query_vec = self._query_vector(text)
-        hits: list[QueryHit] = []
-        for view in self.views:
-            if not view.records:
+        masks = self._masks(filters)
+        ranked: list[list[tuple[int, float]]] = []
+        for view, mask in zip(self.views, masks, strict=True):
+            if mask is None:
+                ranked.append([])
                 continue
-            mask = view.mask(filters)
-            if not mask.any():
-                continue
-            periods, lexical = view.periods(text)
-            demote = filters.include_working and bool((mask & view.working).any())
-            ranked = ranking.rank(
+            lexical, periods, demote = self._plan(view, mask, text, filters)
+            rows = ranking.rank(
                 view.index.inputs(),
                 lexical,
                 query_vec,
@@ -239,11 +242,69 @@ class Searcher:
                 ann=view.index.ann(),
                 periods=periods,
             )
-            if demote:
-                ranked = sorted(
-                    ((row, demoted_score(score, self.mode) if view.working[row] else score) for row, score in ranked),
-                    key=lambda pair: -pair[1],
-                )[:k]
+            ranked.append(self._demoted(view, rows, k) if demote else rows)
+        return self._hits(ranked, k)
+
+    def _plan(
+        self, view: _CubeView, mask: np.ndarray, text: str, filters: Filters
+    ) -> tuple[str, list[tuple[str, str]], bool]:
+        """What one view ranks for ``text``: the lexical text (relative periods spelled out), the periods
+        the query names, and whether working-tier rows are demoted (asked for, and some are allowed)."""
+        periods, lexical = view.periods(text)
+        return lexical, periods, filters.include_working and bool((mask & view.working).any())
+
+    def _demoted(self, view: _CubeView, rows: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+        return sorted(
+            ((row, demoted_score(score, self.mode) if view.working[row] else score) for row, score in rows),
+            key=lambda pair: -pair[1],
+        )[:k]
+
+    def search_batch(self, texts: list[str], *, k: int = 10, filters: Filters | None = None) -> list[list[QueryHit]]:
+        """Many queries at once; with ``--engine ray`` the cluster embeds and ranks them (same results:
+        the same lexical text, periods and k per view are shipped, and demotion is applied here)."""
+        if k < 1:
+            raise UsageError("-k must be at least 1")
+        filters = filters or Filters()
+        engine = self.embedder.engine
+        if engine is None or not texts:
+            return [self.search(text, k=k, filters=filters) for text in texts]
+        masks = self._masks(filters)
+        payload = [
+            (None, None, None) if mask is None else (view.index.inputs(), view.index.ann(), mask)
+            for view, mask in zip(self.views, masks, strict=True)
+        ]
+        plans = [
+            [
+                None if mask is None else self._plan(view, mask, text, filters)
+                for view, mask in zip(self.views, masks, strict=True)
+            ]
+            for text in texts
+        ]
+        specs = [
+            (text, [None if plan is None else (plan[0], plan[1], 2 * k if plan[2] else k) for plan in per_view])
+            for text, per_view in zip(texts, plans, strict=True)
+        ]
+        ranked = engine.rank_batch(payload, specs, k=k, mode=self.mode)
+        out = []
+        for per_view, per_plan in zip(ranked, plans, strict=True):
+            rows = [
+                self._demoted(view, view_rows, k) if plan is not None and plan[2] else view_rows
+                for view, view_rows, plan in zip(self.views, per_view, per_plan, strict=True)
+            ]
+            out.append(self._hits(rows, k))
+        return out
+
+    def _masks(self, filters: Filters) -> list[np.ndarray | None]:
+        """Each view's allowed rows, or None when none are."""
+        masks: list[np.ndarray | None] = []
+        for view in self.views:
+            mask = view.mask(filters) if view.records else None
+            masks.append(mask if mask is not None and mask.any() else None)
+        return masks
+
+    def _hits(self, ranked_per_view: list[list[tuple[int, float]]], k: int) -> list[QueryHit]:
+        hits: list[QueryHit] = []
+        for view, ranked in zip(self.views, ranked_per_view, strict=True):
             for row, score in ranked:
                 record = view.records[row]
                 if record is None:

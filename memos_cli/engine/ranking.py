@@ -211,23 +211,39 @@ def _named_speakers(inputs: RankInputs, query: str) -> np.ndarray:
     return np.asarray([i for i, toks in enumerate(table.tokens) if toks & q], dtype=np.int32)
 
 
-def _zscore(x: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
-    """Standardise ``x`` by the mean and spread of ``ref`` (default: of ``x`` itself)."""
-    ref = x if ref is None else ref
-    if ref.size == 0:
+# --- shared with engine/shards.py (the sharded index): z-score statistics from float64 partial sums, so a
+# sharded ranking can combine per-shard partials into the same statistics; ties broken by row id.
+def moments(x: np.ndarray) -> tuple[int, float, float]:
+    """``(count, sum, sum of squares)`` of ``x`` in float64: partials that add up across shards."""
+    x64 = np.asarray(x, dtype=np.float64)
+    return len(x64), float(x64.sum()), float(np.dot(x64, x64))
+
+
+def zscore_from(x: np.ndarray, stats: tuple[int, float, float]) -> np.ndarray:
+    """Standardise ``x`` by the mean and spread that ``stats`` (summed ``moments``) describe."""
+    n, total, squares = stats
+    if n == 0:
         return np.zeros_like(x)
-    sd = float(ref.std())
+    mean = total / n
+    sd = float(np.sqrt(max(squares / n - mean * mean, 0.0)))
     if sd < 1e-9:
         return np.zeros_like(x)
-    return (x - float(ref.mean())) / sd
+    return (x - mean) / sd
+
+
+def _zscore(x: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
+    """Standardise ``x`` by the mean and spread of ``ref`` (default: of ``x`` itself)."""
+    return zscore_from(x, moments(x if ref is None else ref))
 
 
 def _top(idx: np.ndarray, score: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """Best ``k`` of ``idx`` by ``score``; ties go to the earlier row, so results are deterministic."""
+    """Best ``k`` of ``idx`` by ``score``; ties go to the earlier row, so results are deterministic
+    (also at the k-th place: every row tied with the k-th is kept before the final sort)."""
     if len(idx) > k:
-        keep = np.argpartition(-score, k - 1)[:k]
+        kth = np.partition(score, len(score) - k)[len(score) - k]
+        keep = np.flatnonzero(score >= kth)
         idx, score = idx[keep], score[keep]
-    order = np.lexsort((idx, -score))
+    order = np.lexsort((idx, -score))[:k]
     return [(int(idx[i]), float(score[i])) for i in order]
 
 
@@ -431,8 +447,9 @@ def _hybrid_candidates(
         dense_hits = np.flatnonzero(allowed)  # exact fallback: score all allowed rows
     lex = np.where(allowed, lex_all, 0.0)
     lex_hits = np.flatnonzero(lex > 0)
-    if len(lex_hits) > pool:
-        lex_hits = lex_hits[np.argpartition(-lex[lex_hits], pool - 1)[:pool]]
+    if len(lex_hits) > pool:  # rows tied with the pool's last are kept: the candidates never depend on luck
+        kth = np.partition(lex[lex_hits], len(lex_hits) - pool)[len(lex_hits) - pool]
+        lex_hits = lex_hits[lex[lex_hits] >= kth]
     cand = np.union1d(dense_hits, lex_hits)
     st = inputs.structure
     nbrs = np.concatenate([st.prev[cand], st.next[cand]]).astype(np.int64)

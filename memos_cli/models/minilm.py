@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256-token inputs; longer text is truncated
 # Up to this many texts use numpy: one small batch costs well under the ~1.5 s a torch import would.
 NUMPY_MAX_TEXTS = 32
+# The batching plan: texts are cut, in input order, into chunks of PLAN_CHUNK; each chunk is sorted by token
+# count (stably) and cut into batches. Which texts share a batch (so the exact floats of each vector) then
+# depends only on a text's chunk, never on the rest of the input: any split at a multiple of PLAN_CHUNK
+# (one process, or many Ray workers) gives byte-identical vectors. 512 texts keep padding low (sorting
+# within 512 short texts pads nearly as little as a global sort) and are ~2 s of work per chunk.
+PLAN_CHUNK = 512
 
 # Abramowitz & Stegun 7.1.26 for erfc, max abs error 1.5e-7 (float32 rounding is ~6e-8): the formula ATen's
 # vectorised float erf uses. Halved here so that t * poly(t) * exp(-x^2/2) is Phi(-|x|) with no extra pass.
@@ -351,15 +357,27 @@ class MiniLMEncoder:
     ) -> np.ndarray:
         """Embed ``texts`` into an ``[n, dim]`` float32 array of unit vectors.
 
-        Texts are batched in order of token count, which keeps padding (wasted compute) small.
-        ``progress`` is called with the number of texts finished after each batch.
+        Texts follow the batching plan (``PLAN_CHUNK``): within each chunk of the input they are batched
+        in order of token count, which keeps padding (wasted compute) small, and a text's vector depends
+        only on its chunk, so ``encode(texts)[a:b] == encode(texts[a:b])`` whenever ``a`` is a multiple of
+        ``PLAN_CHUNK`` (and ``b`` is too, or the end). ``progress`` is called with the number of texts
+        finished after each batch.
         """
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
+        for start in range(0, len(texts), PLAN_CHUNK):
+            chunk = texts[start : start + PLAN_CHUNK]
+            out[start : start + len(chunk)] = self._encode_chunk(chunk, batch_size, progress)
+        return out
+
+    def _encode_chunk(
+        self, texts: Sequence[str], batch_size: int, progress: Callable[[int], None] | None
+    ) -> np.ndarray:
+        """One chunk of the plan: a stable sort by token count, then fixed-size batches; the backend
+        depends only on the chunk's size."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         forward = self._forward_for(len(texts))
         ids = self.tokenize(texts)
-        order = sorted(range(len(ids)), key=lambda n: len(ids[n]))
+        order = sorted(range(len(ids)), key=lambda n: len(ids[n]))  # sorted() is stable
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             seq = max(len(ids[n]) for n in idx)

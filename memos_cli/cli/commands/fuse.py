@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from memos_cli.cli.options import AsOpt, JsonOpt, ModelOpt
+from memos_cli.cli.options import ActorsOpt, AddressOpt, AsOpt, EngineOpt, JsonOpt, ModelOpt, engine_from
 from memos_cli.cli.output import emit_json, say, stage_progress
 
 
@@ -34,6 +34,9 @@ def fuse(
     model: ModelOpt = None,
     as_: AsOpt = None,
     json_: JsonOpt = False,
+    engine: EngineOpt = None,
+    address: AddressOpt = None,
+    actors: ActorsOpt = None,
 ) -> None:
     """Fuse cubes into a new one: the union of every memory version, exact duplicates stored once,
     near-duplicates (--dedup-threshold) merged keeping both provenances, conflicts on a key resolved by
@@ -48,10 +51,12 @@ def fuse(
       memos fuse team-a team-b -o team --dry-run
       memos fuse team-a team-b -o team --dedup-threshold 0.9
       memos fuse team-a team-b -o team --adapters combine --json
+      memos fuse old-a new-b -o team --reembed --engine ray
     """
     from memos_cli.config import model_spec
     from memos_cli.engine.fuse import fuse as run_fuse
 
+    ray_engine = engine_from(engine, address, actors)
     with stage_progress() as bar:
         report = run_fuse(
             list(cubes),
@@ -65,7 +70,12 @@ def fuse(
             model=model_spec(model),
             actor=as_,
             progress=bar,
+            engine=ray_engine,  # type: ignore[arg-type]
         )
+    if ray_engine is not None:
+        ray_engine.close()  # type: ignore[attr-defined]
+        if ray_engine.stats.chunks:  # type: ignore[attr-defined]
+            say(ray_engine.stats.line())  # type: ignore[attr-defined]
     if json_:
         emit_json(report.to_dict())
         return

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt
+from memos_cli.cli.options import ActorsOpt, AddressOpt, AsOpt, CubeArg, EngineOpt, JsonOpt, engine_from
 from memos_cli.cli.output import emit_json, progress, say
 
 
@@ -36,6 +36,9 @@ def ingest(
     ] = False,
     as_: AsOpt = None,
     json_: JsonOpt = False,
+    engine: EngineOpt = None,
+    address: AddressOpt = None,
+    actors: ActorsOpt = None,
 ) -> None:
     """Store memories from files or stdin: no LLM call, embedded in batches, never stored twice.
 
@@ -56,19 +59,35 @@ def ingest(
       memos ingest notes README.md meeting.md --tag work
       cat facts.jsonl | memos ingest notes - --format jsonl
       memos ingest diary notes.jsonl --time-base 2024-03-17   # "time": "yesterday" -> 2024-03-16
+      memos ingest notes logs/*.jsonl --engine ray --address head:6379
     """
     from memos_cli.config import actor
     from memos_cli.cube.bundle import Cube
+    from memos_cli.engine.embedding import EmbedderHandle
     from memos_cli.engine.ingest import Defaults, Source
     from memos_cli.engine.ingest import ingest as run_ingest
 
+    ray_engine = engine_from(engine, address, actors)
     opened = Cube.open(cube)
     inputs = [Source.from_path(s) for s in (sources or ["-"])]
     defaults = Defaults(tags=list(tag or []), type=type_, speaker=speaker, time=time, time_base=time_base)
-    with progress("embedding") as bar:
-        report = run_ingest(
-            opened, inputs, fmt=format_, defaults=defaults, skip_bad=skip_bad, actor=actor(as_), progress=bar
-        )
+    try:
+        with progress("embedding") as bar:
+            report = run_ingest(
+                opened,
+                inputs,
+                fmt=format_,
+                defaults=defaults,
+                skip_bad=skip_bad,
+                actor=actor(as_),
+                embedder=EmbedderHandle(engine=ray_engine),  # type: ignore[arg-type]
+                progress=bar,
+            )
+    finally:
+        if ray_engine is not None:
+            ray_engine.close()  # type: ignore[attr-defined]
+    if ray_engine is not None and ray_engine.stats.chunks + ray_engine.stats.staged_reused:  # type: ignore[attr-defined]
+        say(ray_engine.stats.line())  # type: ignore[attr-defined]
     if json_:
         emit_json(report.to_dict())
     summary = f"added {report.added}, duplicates {report.duplicates}, rejected {len(report.rejected)}"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from memos_cli.cli.options import (
+    ActorsOpt,
+    AddressOpt,
     AsOpt,
     CubeArg,
+    EngineOpt,
     JsonlOpt,
     JsonOpt,
     SinceOpt,
@@ -19,6 +22,7 @@ from memos_cli.cli.options import (
     TimeFieldOpt,
     TypeOpt,
     UntilOpt,
+    engine_from,
     filters_from,
 )
 from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, progress, say
@@ -48,6 +52,9 @@ def query(
         typer.Option("--include-working", help="Also search chat turns (the working tier), ranked below the rest."),
     ] = False,
     as_: AsOpt = None,
+    engine: EngineOpt = None,
+    address: AddressOpt = None,
+    actors: ActorsOpt = None,
 ) -> None:
     """Find the memories that best match TEXT (dense MiniLM and BM25 scores, fused).
 
@@ -68,8 +75,13 @@ def query(
       memos query notes --batch questions.txt > answers.jsonl
       memos query chats "what did Jon do in January 2023?" --json
       memos query chats "trip" --since 2023-01-01 --until 2023-03-31 --time-field event
+      memos query notes --batch questions.txt --engine ray > answers.jsonl
+
+    With --engine ray, --batch queries are embedded and ranked on the cluster (the cube stays here);
+    the output is the same as with the local engine.
     """
     from memos_cli.cube.bundle import Cube
+    from memos_cli.engine.embedding import EmbedderHandle
     from memos_cli.engine.query import Searcher
     from memos_cli.errors import UsageError
 
@@ -78,23 +90,25 @@ def query(
         raise UsageError("give a query TEXT or --batch FILE (not both)")
     filters = filters_from(tag, type_, speaker, since, until, status, time_field)
     filters.include_working = include_working
+    ray_engine = engine_from(engine, address, actors)
     opened = Cube.open(cube)
-    with (
-        progress("indexing") as bar,
-        Searcher([opened], mode=retrieval, record_usage=not no_usage, progress=bar, actor=as_) as s,
-    ):
-        if batch is not None:
-            handle = sys.stdin if batch == "-" else open(batch, encoding="utf-8")
-            with handle:
-                for line in handle:
-                    question = line.rstrip("\n")
-                    if not question.strip():
-                        continue
-                    hits = s.search(question, k=k, filters=filters)
-                    emit_jsonl([{"query": question, "hits": [h.to_dict() for h in hits]}])
-            return
-        assert text is not None
-        hits = s.search(text, k=k, filters=filters)
+    embedder = EmbedderHandle(engine=ray_engine)  # type: ignore[arg-type]
+    usage = not no_usage
+    try:
+        with (
+            progress("indexing") as bar,
+            Searcher([opened], mode=retrieval, record_usage=usage, progress=bar, actor=as_, embedder=embedder) as s,
+        ):
+            if batch is not None:
+                _batch(s, batch, k, filters, ray_engine is not None)
+                return
+            assert text is not None
+            hits = s.search(text, k=k, filters=filters)
+    finally:
+        if ray_engine is not None:
+            if ray_engine.stats.chunks:  # type: ignore[attr-defined]
+                say(ray_engine.stats.line())  # type: ignore[attr-defined]
+            ray_engine.close()  # type: ignore[attr-defined]
     if json_:
         emit_json({"query": text, "hits": [h.to_dict() for h in hits]})
     elif jsonl:
@@ -103,7 +117,23 @@ def query(
         _table(text, hits)
 
 
-def _table(text: str, hits: list) -> None:
+def _batch(searcher: object, batch: str, k: int, filters: object, whole: bool) -> None:
+    """One JSON line per query, in order: streamed locally, in one distributed job with --engine ray."""
+    handle = sys.stdin if batch == "-" else open(batch, encoding="utf-8")
+    with handle:
+        questions = (line.rstrip("\n") for line in handle)
+        questions = (q for q in questions if q.strip())
+        if whole:
+            texts = list(questions)
+            for question, hits in zip(texts, searcher.search_batch(texts, k=k, filters=filters), strict=True):  # type: ignore[attr-defined]
+                emit_jsonl([{"query": question, "hits": [h.to_dict() for h in hits]}])
+            return
+        for question in questions:
+            hits = searcher.search(question, k=k, filters=filters)  # type: ignore[attr-defined]
+            emit_jsonl([{"query": question, "hits": [h.to_dict() for h in hits]}])
+
+
+def _table(text: str, hits: list[Any]) -> None:
     from rich.table import Table
 
     if not hits:

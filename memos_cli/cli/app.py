@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, typer.Exit):
             return exc.exit_code
         if isinstance(exc, _click_errors()):  # a usage error: unknown option, missing argument...
-            exc.show()
-            return exc.exit_code
+            exc.show()  # type: ignore[attr-defined]  # a ClickException (the tuple's types are found at run time)
+            usage_code: int = exc.exit_code  # type: ignore[attr-defined]
+            return usage_code
         if isinstance(exc, typer.Abort):
             if isinstance(exc.__context__, KeyboardInterrupt):
                 return _interrupted()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from memos_cli.engine.query import Filters
 
 
 def cube_path(value: str) -> Path:
@@ -65,7 +68,7 @@ def filters_from(
     until: str | None,
     status: str,
     time_field: str = "either",
-) -> object:
+) -> Filters:
     """The engine's Filters from the shared filter options (list and query take the same ones)."""
     from memos_cli.engine.query import Filters
 

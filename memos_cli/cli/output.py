@@ -47,7 +47,7 @@ def _safe_console(**options: Any) -> Any:
     from rich.console import Console
 
     class SafeConsole(Console):
-        def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        def print(self, *objects: Any, **kwargs: Any) -> None:
             super().print(*(_safe(o) for o in objects), **kwargs)
 
     return SafeConsole(**options)
@@ -131,7 +131,7 @@ def stage_progress() -> Iterator[Callable[[str, int, int, float | None], None]]:
     if not sys.stderr.isatty():
         yield lambda stage, done, total, loss: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     bar = Progress(
         TextColumn("{task.description}"),
@@ -142,7 +142,7 @@ def stage_progress() -> Iterator[Callable[[str, int, int, float | None], None]]:
         console=console(),
         transient=True,
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(stage: str, done: int, total: int, loss: float | None) -> None:
         if stage not in tasks:

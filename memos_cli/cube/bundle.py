@@ -218,7 +218,7 @@ class Cube:
         except (FileNotFoundError, NotADirectoryError):
             raise CubeNotFound(path) from None
         try:
-            text = raw.decode("utf-8")
+            text = (raw or b"").decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidCube(path, "cube.yaml is not UTF-8 text") from None
         # A transaction in flight (or cut off) may have replaced the manifest already: readers see the
@@ -563,7 +563,9 @@ class Transaction:
             return
         journal: dict[str, Any] = {"op": self.op, "appends": {}, "backups": {}, "created": []}
         if self.manifest_changed:
-            journal["manifest"] = io.read_bytes(root, layout.MANIFEST, limit=layout.MAX_MANIFEST_BYTES).decode("utf-8")
+            journal["manifest"] = (io.read_bytes(root, layout.MANIFEST, limit=layout.MAX_MANIFEST_BYTES) or b"").decode(
+                "utf-8"
+            )
         for rel in (layout.MEMORIES, layout.AUDIT):
             st = io.lstat(root, rel)
             journal["appends"][rel] = st.st_size if st is not None else 0

@@ -69,7 +69,7 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             self._aliases += 1
             target = self.anchors.get(event.anchor)
             if self._aliases > layout.MAX_YAML_ALIASES or (

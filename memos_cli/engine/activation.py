@@ -194,15 +194,15 @@ def detect_layout(lm: LanguageModel) -> Layout:
         history = [{"role": "user", "content": _PROBE.format(1)}, {"role": "assistant", "content": _PROBE.format(2)}]
         for candidate in ("system", "user"):
             try:
-                prefix = _prefix_text(lm, candidate, preamble)  # type: ignore[arg-type]
+                prefix = _prefix_text(lm, candidate, preamble)
                 renders = [
-                    _render(lm, candidate, preamble, (), _PROBE.format(3)),  # type: ignore[arg-type]
-                    _render(lm, candidate, preamble, history, _PROBE.format(4)),  # type: ignore[arg-type]
+                    _render(lm, candidate, preamble, (), _PROBE.format(3)),
+                    _render(lm, candidate, preamble, history, _PROBE.format(4)),
                 ]
             except Exception:  # noqa: BLE001 - a template may raise anything (jinja errors) for a role it refuses
                 continue
             if all(r.startswith(prefix) for r in renders):
-                layout = candidate  # type: ignore[assignment]
+                layout = candidate
                 break
         else:
             raise ActivationError(

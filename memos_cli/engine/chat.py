@@ -212,7 +212,8 @@ class ChatSession:
         key = str(cube.path)
         if key not in self._states:
             self._states[key] = cube.read_state()
-        return self._states[key].current.get(memory_id)
+        record: MemoryRecord | None = self._states[key].current.get(memory_id)
+        return record
 
     def _remember(self, question: str, answer: str) -> list[str]:
         now = utc_now()

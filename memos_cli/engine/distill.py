@@ -488,7 +488,7 @@ def train_adapter(
     base = copy.deepcopy(lm.model)
     config = LoraConfig(
         r=rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; a float scale is what it computes with
         lora_dropout=0.0,
         target_modules=resolve_targets(base, target_modules),
         bias="none",
@@ -952,7 +952,8 @@ def safe_adapter_config(config: Any, where: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise refuse(f"{key} must be a mapping")
         names(key, list(value))
-    return config
+    checked: dict[str, Any] = config
+    return checked
 
 
 @contextlib.contextmanager
@@ -1026,8 +1027,8 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
     digest = hashlib.sha256(
         "\n".join(f"{n}:{cube.manifest.lora[n]['files']['adapter_model.safetensors']}" for n in names).encode()
     ).hexdigest()
-    expected = [cube.manifest.lora[n]["files"] for n in names]
-    with warnings.catch_warnings(), private_adapters(folders, expected) as copies:
+    expected_files = [cube.manifest.lora[n]["files"] for n in names]
+    with warnings.catch_warnings(), private_adapters(folders, expected_files) as copies:
         warnings.simplefilter("ignore")
         model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(copies[0]), adapter_name=names[0])
         for name, folder in zip(names[1:], copies[1:], strict=True):

@@ -162,7 +162,7 @@ def fuse(
     ident = embedder.identity
     indexing = _indexing(progress)
     prints = {p.manifest.name: (p.manifest.embedder or {}).get("fingerprint") for p in parents}
-    foreign = {n: f for n, f in prints.items() if f not in (None, ident.fingerprint)}
+    foreign = {n: str(f) for n, f in prints.items() if f not in (None, ident.fingerprint)}
     if foreign and not reembed:
         name0, fp = next(iter(foreign.items()))
         raise IncompatibleModel(
@@ -170,11 +170,11 @@ def fuse(
         )
     # --- compatibility: language models of kv/ and lora/
     # a snapshot made with adapters applied records its base model apart (promote --lora)
-    model_prints = {
+    found_prints = {
         e.get("base_model_fingerprint") or e.get("model_fingerprint") for p in parents for e in p.manifest.kv.values()
     }
-    model_prints |= {e.get("base_model_fingerprint") for p in parents for e in p.manifest.lora.values()}
-    model_prints.discard(None)
+    found_prints |= {e.get("base_model_fingerprint") for p in parents for e in p.manifest.lora.values()}
+    model_prints = {str(fp) for fp in found_prints if fp is not None}
     target_print: str | None = None
     lm = None
     if model_prints:
@@ -407,7 +407,7 @@ def _write_fused(
         owner=actor,
         description="fused from " + ", ".join(p.manifest.name for p in parents),
     )
-    final = {}
+    final: dict[str, MemoryRecord] = {}
     for record in records:
         if record.id not in final or record.version > final[record.id].version:
             final[record.id] = record

@@ -347,7 +347,7 @@ class CubeIndex:
                 take = min(n, len(tail))
                 best = np.argpartition(-tail, take - 1)[:take] + start
                 found = np.concatenate([found, best])
-            return found
+            return np.asarray(found)
 
         return candidates
 

@@ -17,7 +17,7 @@ import numpy as np
 from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
 from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for, validate
 from memos_cli.engine import index as index_mod
-from memos_cli.engine import temporal
+from memos_cli.engine import ranking, temporal
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
 from memos_cli.errors import BadInput, UsageError, after_commit
@@ -295,7 +295,7 @@ def _embed(records: list[MemoryRecord], embedder: EmbedderHandle, progress: Prog
             progress(min(done, len(unique)), len(unique))
 
     model = embedder.load()
-    vectors = index_mod.ranking.embed_rows(list(unique.values()), lambda texts: model.encode(texts, progress=tick))
+    vectors = ranking.embed_rows(list(unique.values()), lambda texts: model.encode(texts, progress=tick))
     return dict(zip(unique.keys(), vectors, strict=True))
 
 

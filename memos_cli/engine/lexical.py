@@ -68,7 +68,8 @@ def tokenize(text: str) -> list[str]:
     Underscores split words (``\\w`` matches them, but ``foo_bar`` is two words in prose and in ids).
     """
     words = [w for w in _WORD.findall(text.lower().replace("_", " ")) if w not in STOPWORDS]
-    return _stemmer().stemWords(words)
+    stems: list[str] = _stemmer().stemWords(words)
+    return stems
 
 
 @dataclass

@@ -171,7 +171,7 @@ class _CubeView:
         return temporal.query_plan(query, self.latest)
 
     def mask(self, filters: Filters) -> np.ndarray:
-        mask = self.status_mask[filters.status].copy()
+        mask: np.ndarray = self.status_mask[filters.status].copy()
         if ANSWER_TAG not in filters.tags:
             mask &= ~self.answer
         if not filters.include_working and WORKING_TAG not in filters.tags:

@@ -377,7 +377,9 @@ def rank(
 
     exact = ann is None or n_allowed <= settings.exact_limit
     if mode == "dense":
-        idx = np.flatnonzero(allowed) if exact else _ann_candidates(ann, q, allowed, max(k, settings.pool))
+        idx = (
+            np.flatnonzero(allowed) if exact or ann is None else _ann_candidates(ann, q, allowed, max(k, settings.pool))
+        )
         if idx is None:
             idx = np.flatnonzero(allowed)
         return _top(idx, _dense(inputs.vectors, idx, q), k)
@@ -417,9 +419,8 @@ def rank(
 
 def _dense(vectors: np.ndarray, idx: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Cosine of the rows ``idx``: gathering most of a large matrix costs more than scoring it all."""
-    if len(idx) * 4 > len(vectors):
-        return (vectors @ q)[idx]
-    return vectors[idx] @ q
+    scores: np.ndarray = (vectors @ q)[idx] if len(idx) * 4 > len(vectors) else vectors[idx] @ q
+    return scores
 
 
 def _ann_candidates(

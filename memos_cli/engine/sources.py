@@ -386,11 +386,11 @@ def parse_chat(
         items = list(zip(lines, messages, strict=True))
     else:
         items = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        for number, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
                 continue
             try:
-                items.append((number, _load_line(line, f"{source}:{number}")))
+                items.append((number, _load_line(raw, f"{source}:{number}")))
             except BadInput as exc:
                 if not skip_bad:
                     raise

@@ -172,7 +172,7 @@ def _count(word: str) -> int:
 
 @lru_cache(maxsize=1)
 def _parser_class() -> Any:
-    from dateparser.date import DateDataParser  # imported on first use: ~50 ms, and only cued texts pay it
+    from dateparser.date import DateDataParser  # type: ignore[import-untyped]  # imported on first use: ~50 ms, and only cued texts pay it
 
     return DateDataParser
 
@@ -415,7 +415,7 @@ def readable(interval: Interval) -> str:
         return f"{start.day} {_MONTH_NAMES[start.month - 1].title()} {start.year}"
     if interval.precision == "year":
         return str(start.year)
-    months = []
+    months: list[str] = []
     cursor = start.replace(day=1)
     while cursor <= end and len(months) < 4:
         months.append(f"{_MONTH_NAMES[cursor.month - 1].title()} {cursor.year}")
@@ -467,7 +467,7 @@ def resolve_time_value(value: str, base: str | date) -> str | None:
     parsed = _parser(day, prefer).get_date_data(norm)
     if parsed is None or parsed.date_obj is None:
         return None
-    got = parsed.date_obj
+    got: datetime = parsed.date_obj
     if parsed.period == "time" or re.search(r"\d:\d\d|\d\s*(am|pm)\b", text, re.IGNORECASE):
         return got.replace(tzinfo=None).isoformat(timespec="seconds")
     return got.date().isoformat()

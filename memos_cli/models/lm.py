@@ -211,8 +211,8 @@ def quiet_transformers() -> Iterator[None]:
 
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -220,7 +220,7 @@ def quiet_transformers() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def default_gguf() -> Path:
@@ -286,7 +286,7 @@ def convert_gguf(gguf: Path, name: str) -> Path:
                 model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
                 # The loaded weights are already de-quantised float tensors; transformers only refuses to
                 # save them because the GGUF "quantizer" stays attached. Detach it to save plain safetensors.
-                model.hf_quantizer = None
+                model.hf_quantizer = None  # type: ignore[assignment]
                 if hasattr(model.config, "quantization_config"):
                     del model.config.quantization_config
                 model.save_pretrained(str(tmp), safe_serialization=True)
@@ -374,7 +374,7 @@ def _load_cached(name: str, folder: str, dtype: str) -> LanguageModel:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_type, use_safetensors=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelUnavailable(name, f"could not load {folder}: {exc}") from exc
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     return LanguageModel(
         name=name,
         path=path,

@@ -286,7 +286,8 @@ def _forward_numpy_unthreaded(w: _Weights, cfg: EncoderConfig, ids: np.ndarray, 
         x = _layer_norm(down, layer.ln2_w, layer.ln2_b, eps)
     m = mask.astype(np.float32)[:, :, None]
     pooled = (x.reshape(batch, seq, -1) * m).sum(1) / np.maximum(m.sum(1), np.float32(1e-9))
-    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
+    unit: np.ndarray = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
+    return unit
 
 
 class _TorchForward:
@@ -326,7 +327,8 @@ class _TorchForward:
                 x = F.layer_norm(down, (hidden,), p["ln2_w"], p["ln2_b"], cfg.eps)
             m = mask_t.to(x.dtype).unsqueeze(-1)
             pooled = (x.view(batch, seq, hidden) * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return F.normalize(pooled, p=2, dim=1).numpy()
+            unit: np.ndarray = F.normalize(pooled, p=2, dim=1).numpy()
+            return unit
 
 
 @dataclass

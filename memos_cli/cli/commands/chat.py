@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from memos_cli.cli.options import AsOpt, JsonOpt, ModelOpt
 from memos_cli.cli.output import emit_json, say
+
+if TYPE_CHECKING:
+    from memos_cli.engine.chat import ChatSession, TurnResult
 
 
 def chat(
@@ -96,7 +100,7 @@ def chat(
         session.close()
 
 
-def _printer():
+def _printer() -> Callable[[str], None]:
     """Stream the answer: ``generate`` hands over each new piece of text as it is decoded."""
 
     def on_token(piece: str) -> None:
@@ -106,7 +110,7 @@ def _printer():
     return on_token
 
 
-def _show(result) -> None:
+def _show(result: TurnResult) -> None:
     if not result.retrieved and not result.kv:
         say("[dim](no memories used)[/]")
     if result.kv:
@@ -115,7 +119,7 @@ def _show(result) -> None:
         say(f"[dim]- {record.id} {record.text[:100]}[/]")
 
 
-def _interactive(session, show_memories: bool) -> None:
+def _interactive(session: ChatSession, show_memories: bool) -> None:
     try:
         _converse(session, show_memories)
     except KeyboardInterrupt as exc:
@@ -128,7 +132,7 @@ def _interactive(session, show_memories: bool) -> None:
         raise after_commit(f"{session.turns} chat turns remembered", "the turn in progress was not", exc) from exc
 
 
-def _converse(session, show_memories: bool) -> None:
+def _converse(session: ChatSession, show_memories: bool) -> None:
     say("memos chat: '/memories' shows what the last answer used, '/quit' or Ctrl-D ends.")
     last = None
     while True:

@@ -8,6 +8,7 @@ import typer
 
 from memos_cli import __version__
 from memos_cli.cli.commands.chat import chat
+from memos_cli.cli.commands.conflicts import conflicts
 from memos_cli.cli.commands.distill import distill
 from memos_cli.cli.commands.forget import forget
 from memos_cli.cli.commands.fuse import fuse
@@ -52,6 +53,7 @@ app.command("fuse")(fuse)
 app.command("stats")(stats)
 app.command("update")(update)
 app.command("history")(history)
+app.command("conflicts")(conflicts)
 app.command("log")(log)
 app.command("verify")(verify)
 app.command("repair")(repair)

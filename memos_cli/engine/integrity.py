@@ -12,7 +12,8 @@ from typing import Any
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube
 from memos_cli.cube.io import TornLine, iter_lines, sha256_file
-from memos_cli.cube.records import MemoryRecord
+from memos_cli.cube.records import MemoryRecord, content_hash
+from memos_cli.engine.merge import conflicts_of
 from memos_cli.errors import InvalidCube
 
 
@@ -60,6 +61,11 @@ def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, 
     return objects
 
 
+def _source_name(record: MemoryRecord) -> str | None:
+    """The source as the content hash names it: the file name alone (see ingest)."""
+    return record.source.rsplit("/", 1)[-1] if record.source else None
+
+
 def _check_records(cube: Cube, report: VerifyReport) -> dict[str, MemoryRecord]:
     seen: Counter[tuple[str, int]] = Counter()
     current: dict[str, MemoryRecord] = {}
@@ -70,11 +76,21 @@ def _check_records(cube: Cube, report: VerifyReport) -> dict[str, MemoryRecord]:
             report.problems.append(f"{layout.MEMORIES}:{number}: {exc}")
             continue
         seen[(record.id, record.version)] += 1
+        if record.hash and record.hash != content_hash(record.text, _source_name(record), record.source_id):
+            report.problems.append(
+                f"{layout.MEMORIES}:{number}: {record.id} version {record.version} does not match its content "
+                "hash (its text was edited outside memos; restore it, or record the change with memos update)"
+            )
         if record.id not in current or record.version > current[record.id].version:
             current[record.id] = record
     for (memory_id, version), count in seen.items():
         if count > 1:
             report.problems.append(f"{layout.MEMORIES}: {memory_id} version {version} appears {count} times")
+    for record in conflicts_of(current.values()):
+        fields = ", ".join(record.metadata["conflict"].get("fields", []))
+        report.problems.append(
+            f"{record.id}: a merge left {fields} changed two ways (see: memos conflicts {cube.path})"
+        )
     report.checked["memory_versions"] = sum(seen.values())
     report.checked["memories"] = len(current)
     return current

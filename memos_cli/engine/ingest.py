@@ -19,6 +19,7 @@ from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for
 from memos_cli.engine import index as index_mod
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
+from memos_cli.engine.sync import SyncPlan, plan_sync
 from memos_cli.errors import BadInput, UsageError
 
 Progress = Callable[[int, int], None]
@@ -91,9 +92,17 @@ class IngestReport:
     superseded: list[str]
     embedded: int
     seconds: float
+    updated: list[str] = field(default_factory=list)  # memories whose passage changed: a new version
+    vanished: list[str] = field(default_factory=list)  # memories whose passage left its source
+    archived: list[str] = field(default_factory=list)  # the vanished ones archived (--sync)
+    dry_run: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "updated": self.updated,
+            "vanished": self.vanished,
+            "archived": self.archived,
+            "dry_run": self.dry_run,
             "added": self.added,
             "duplicates": self.duplicates,
             "rejected": [{"where": r.where, "problem": r.problem} for r in self.rejected],
@@ -169,8 +178,14 @@ def ingest(
     actor: str | None = None,
     embedder: EmbedderHandle | None = None,
     progress: Progress | None = None,
+    sync: bool = False,
+    dry_run: bool = False,
 ) -> IngestReport:
-    """Parse, deduplicate, embed and append ``sources`` to ``cube``; the cube is unchanged on error."""
+    """Parse, deduplicate, embed and append ``sources`` to ``cube``; the cube is unchanged on error.
+
+    A source ingested before is synced (engine/sync.py): changed passages become new versions of their
+    memories; passages gone from it are reported, and archived with ``sync``. ``dry_run`` writes nothing
+    and embeds nothing: the report says what would change."""
     started = time.perf_counter()
     actor = cube.check(actor, "write")  # fail before the expensive work, not after it
     defaults = defaults or Defaults()
@@ -195,53 +210,79 @@ def ingest(
 
     embedder = embedder or EmbedderHandle()
     state = cube.read_state()
-    candidates = _new_records(parsed, state)
-    known = _embed(candidates, embedder, progress)
+    planned = _plan(parsed, state, now)
+    if dry_run:
+        report = _report(parsed, planned, [], [], {}, dry_run=True, sync=sync, started=started)
+        report.rejected = rejected
+        return report
+    known = _embed(planned.fresh + planned.changed, embedder, progress)
 
     with cube.transaction(actor=actor, op="ingest") as tx:
         state = cube.read_state()  # another writer may have committed while we embedded
-        fresh = _new_records(parsed, state)
+        planned = _plan(parsed, state, now)
+        fresh = planned.fresh
         superseded = _supersede(tx, state, fresh, now)
         for record in fresh:
             tx.add(record)
+        for record in planned.changed:
+            tx.add(record)
+        archived = planned.vanished_versions(actor=tx.actor, now=now) if sync else []
+        for record in archived:
+            tx.add(record)
         if fresh:
             tx.log([r.id for r in fresh], f"ingested {len(fresh)} memories from {len(sources)} source(s)")
+        if planned.changed or archived:
+            tx.log(
+                [r.id for r in planned.changed + archived],
+                f"synced {len(planned.changed)} changed and archived {len(archived)} vanished passages",
+            )
         if fresh and tx.manifest.embedder is None:
             ident = embedder.identity
             tx.manifest.embedder = {"name": ident.name, "dim": ident.dim, "fingerprint": ident.fingerprint}
             tx.touch_manifest()
-    stored = {id(r) for r in fresh}  # by object: a repeated record has the same memory id as the stored one
+    if fresh or planned.changed or archived:
+        _update_index(cube, embedder, known, progress)
+    report = _report(parsed, planned, superseded, archived, known, dry_run=False, sync=sync, started=started)
+    report.rejected = rejected
+    return report
+
+
+def _plan(parsed: list[tuple[Source, str, list[MemoryRecord], int]], state: CubeState, now: str) -> SyncPlan:
+    return plan_sync([(source.name, records) for source, _fmt, records, _bad in parsed], state, now)
+
+
+def _report(
+    parsed: list[tuple[Source, str, list[MemoryRecord], int]],
+    planned: SyncPlan,
+    superseded: list[str],
+    archived: list[MemoryRecord],
+    known: dict[str, np.ndarray],
+    *,
+    dry_run: bool,
+    sync: bool,
+    started: float,
+) -> IngestReport:
+    stored = {id(r) for r in planned.fresh}  # by object: a repeated record has the stored one's memory id
+    changed_hashes = {r.hash for r in planned.changed}
     reports = []
     for source, used, records, bad in parsed:
         added = sum(1 for r in records if id(r) in stored)
-        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added, bad))
-    if fresh:
-        _update_index(cube, embedder, known, progress)
+        updated = sum(1 for r in records if r.hash in changed_hashes)
+        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added - updated, bad))
     return IngestReport(
-        added=len(fresh),
+        added=len(planned.fresh),
         duplicates=sum(r.duplicates for r in reports),
-        rejected=rejected,
+        rejected=[],
         sources=reports,
-        ids=[r.id for r in fresh],
+        ids=[r.id for r in planned.fresh],
         superseded=superseded,
         embedded=len(known),
         seconds=time.perf_counter() - started,
+        updated=[r.id for r in planned.changed],
+        vanished=[r.id for r in planned.vanished],
+        archived=[r.id for r in archived] if not dry_run else ([r.id for r in planned.vanished] if sync else []),
+        dry_run=dry_run,
     )
-
-
-def _new_records(parsed: list[tuple[Source, str, list[MemoryRecord], int]], state: CubeState) -> list[MemoryRecord]:
-    """Records whose content is not in the cube yet (nor earlier in this same ingest)."""
-    seen = {r.hash for r in state.versions if r.hash}
-    seen.update(state.current.keys())
-    fresh = []
-    for _source, _fmt, records, _bad in parsed:
-        for record in records:
-            if record.hash in seen or record.id in seen:
-                continue
-            seen.add(record.hash)
-            seen.add(record.id)
-            fresh.append(record)
-    return fresh
 
 
 def _embed(records: list[MemoryRecord], embedder: EmbedderHandle, progress: Progress | None) -> dict[str, np.ndarray]:

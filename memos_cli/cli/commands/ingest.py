@@ -27,6 +27,10 @@ def ingest(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Store the good records and report the bad ones instead of failing.")
     ] = False,
+    sync: Annotated[
+        bool, typer.Option("--sync", help="Archive memories whose passage is gone from a file ingested again.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
     as_: AsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -37,12 +41,17 @@ def ingest(
     "text" and may carry id/source_id, speaker, time, tags, type, key, metadata; chat transcripts
     are a JSON list (or JSONL) of messages with role/speaker and content/text.
 
+    A file ingested again is synced: a changed passage becomes a new version of its memory (the same
+    file, the same heading or record id); passages gone from the file are listed, and archived with
+    --sync. --dry-run shows all of this without writing.
+
     Bad input (malformed JSON, a record without text, invalid UTF-8, a binary or empty file) stops
     the ingest with the file and line, and the cube is left unchanged.
 
     Examples:
       memos ingest notes README.md meeting.md --tag work
       cat facts.jsonl | memos ingest notes - --format jsonl
+      memos ingest notes meeting.md --sync --dry-run
     """
     from memos_cli.config import actor
     from memos_cli.cube.bundle import Cube
@@ -54,16 +63,36 @@ def ingest(
     defaults = Defaults(tags=list(tag or []), type=type_, speaker=speaker, time=time)
     with progress("embedding") as bar:
         report = run_ingest(
-            opened, inputs, fmt=format_, defaults=defaults, skip_bad=skip_bad, actor=actor(as_), progress=bar
+            opened,
+            inputs,
+            fmt=format_,
+            defaults=defaults,
+            skip_bad=skip_bad,
+            actor=actor(as_),
+            progress=bar,
+            sync=sync,
+            dry_run=dry_run,
         )
     if json_:
         emit_json(report.to_dict())
     summary = f"added {report.added}, duplicates {report.duplicates}, rejected {len(report.rejected)}"
-    if report.added == 0 and report.duplicates and not report.rejected:
+    if report.updated:
+        summary += f", updated {len(report.updated)} (changed in their source: new versions)"
+    if report.dry_run:
+        summary = "dry run, nothing written: would have " + summary
+    if report.added == 0 and report.duplicates and not report.rejected and not report.updated:
         summary += " (nothing new: everything was already in the cube)"
     if report.superseded:
         summary += f"; superseded {len(report.superseded)} older memories with the same key"
     say(f"{summary} [dim]({report.seconds:.2f}s)[/]")
+    if report.archived:
+        verb = "would archive" if report.dry_run else "archived"
+        say(f"{verb} {len(report.archived)} memories whose passage is gone from its file")
+    elif report.vanished:
+        say(
+            f"{len(report.vanished)} memories' passages are gone from their file "
+            "(still active; archive them with --sync): " + " ".join(report.vanished[:10])
+        )
     for bad in report.rejected[:20]:
         say(f"  [red]rejected[/] {bad.where}: {bad.problem}")
     if len(report.rejected) > 20:

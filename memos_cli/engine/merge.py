@@ -160,6 +160,7 @@ def merge_histories(
     *,
     base: list[MemoryRecord] | None = None,
     actor: str | None = None,
+    key_rules: bool = True,
 ) -> tuple[list[MemoryRecord], dict[str, list[str]]]:
     """Merge several histories of one cube (a list of all versions each). A version of ``base`` missing
     from any side was purged there and stays purged. Returns all versions, in a deterministic order
@@ -191,7 +192,7 @@ def merge_histories(
             if found:
                 conflicts[memory_id] = sorted(set(conflicts.get(memory_id, [])) | set(found))
         merged[memory_id] = acc or []
-    extra = apply_key_rules({i: recs[-1] for i, recs in merged.items() if recs}, actor=actor)
+    extra = apply_key_rules({i: recs[-1] for i, recs in merged.items() if recs}, actor=actor) if key_rules else []
     for record in extra:
         merged[record.id].append(record)
     out = [r for recs in merged.values() for r in recs]

@@ -15,7 +15,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,14 @@ class Cube:
         return data
 
     def read_state(self) -> CubeState:
-        """Parse every memory version. Raises InvalidCube naming the first bad line."""
+        """Parse every memory version. Raises InvalidCube naming the first bad line, or a missing file
+        (``init`` writes it before the manifest: a cube without it lost its memories, it is not empty)."""
+        if not self.memories_path.exists() and layout.MEMORIES not in self.pending_created():
+            raise InvalidCube(
+                self.path,
+                f"{layout.MEMORIES} is missing",
+                hint=f"restore it from version control (git checkout -- {layout.MEMORIES}), then: memos verify",
+            )
         data = self._read_committed(layout.MEMORIES)
         versions: list[MemoryRecord] = []
         try:
@@ -326,6 +333,9 @@ class Transaction:
         return self.cube.manifest
 
     def add(self, record: MemoryRecord) -> None:
+        """Stage a new version; its actor is the transaction's (resolved once, here, for every write)."""
+        if record.actor != self.actor:
+            record = replace(record, actor=self.actor)
         self.records.append(record)
 
     def log(self, ids: list[str], summary: str, **extra: Any) -> None:

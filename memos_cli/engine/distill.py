@@ -42,6 +42,7 @@ from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
@@ -559,16 +560,10 @@ def check_name(name: str) -> str:
 
 
 def _check_cube_model(cube: Cube, lm: LanguageModel, replacing: str | None) -> None:
-    """A cube's kv/ and lora/ are made for one model (the manifest's ``model``)."""
-    held = cube.manifest.model or {}
-    others = [n for n in cube.manifest.lora if n != replacing] + list(cube.manifest.kv)
-    if held.get("fingerprint") and held["fingerprint"] != lm.fingerprint and others:
-        raise IncompatibleModel(
-            f"cube {cube.path} (its KV snapshots and adapters)",
-            f"{held.get('name')} ({held['fingerprint']})",
-            f"{lm.name} ({lm.fingerprint})",
-            hint="distill with the cube's model (--model), or drop its snapshots and adapters first",
-        )
+    """A cube's kv/ and lora/ are made for one model (engine/claim.py, the one place that checks it)."""
+    import copy
+
+    claim_model(copy.copy(cube.manifest), lm, replacing=("lora", replacing or ""), what=f"cube {cube.path}")
 
 
 def distill(
@@ -704,8 +699,7 @@ def _commit_adapter(
             "metrics": report.metrics(),
             "created": report.created,
         }
-        if not tx.manifest.model or not (tx.manifest.kv or set(tx.manifest.lora) - {report.name}):
-            tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+        claim_model(tx.manifest, lm, replacing=("lora", report.name), what=f"cube {cube.path}")
         tx.touch_manifest()
         m = report.metrics()
         tx.log(

@@ -42,6 +42,7 @@ from memos_cli.config import actor as resolve_actor
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, normalise_text
+from memos_cli.engine.claim import claim_model
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import open_index, row_for, row_key
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
@@ -398,7 +399,7 @@ def _write_fused(
         tx.manifest.lineage = report.parents
         tx.manifest.embedder = {"name": ident.name, "dim": ident.dim, "fingerprint": ident.fingerprint}
         if lm is not None and (snapshots or combined):
-            tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+            claim_model(tx.manifest, lm, what=f"cube {output}")
         for kv_name, (snap, entry) in snapshots.items():
             from memos_cli.engine.activation import save_snapshot
 

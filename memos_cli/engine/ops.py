@@ -114,7 +114,7 @@ def forget(cube: Cube, refs: list[str], *, purge: bool = False, actor: str | Non
                 report.unchanged.append(memory_id)
                 continue
             tx.add(
-                replace(record, version=record.version + 1, status="archived", op="forget", actor=actor, created=now)
+                replace(record, version=record.version + 1, status="archived", op="forget", actor=tx.actor, created=now)
             )
             report.archived.append(memory_id)
         if report.archived:

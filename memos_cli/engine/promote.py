@@ -13,6 +13,7 @@ finished file into place and records it.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import time
@@ -22,6 +23,7 @@ from typing import Any
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.engine import ops
+from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
 from memos_cli.errors import MemosError, UsageError
 
@@ -84,6 +86,7 @@ def promote_to_activation(
         raise UsageError(f"snapshot {name!r} exists", hint=f"rebuild it with --refresh {name}, or --drop it first")
     memories = select(cube, selection)
     lm = load_lm(model)
+    claim_model(copy.copy(cube.manifest), lm, replacing=("kv", name), what=f"cube {cube.path}")  # fail early
     snap = build_snapshot(lm, memories, dtype=dtype, budget=budget)
     if not snap.memory_refs:
         raise UsageError(f"not even the first memory fits in --budget {budget} tokens")
@@ -103,8 +106,7 @@ def promote_to_activation(
             "budget": budget,
             "created": utc_now(),
         }
-        if tx.manifest.model is None:
-            tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+        claim_model(tx.manifest, lm, replacing=("kv", name), what=f"cube {cube.path}")
         tx.touch_manifest()
         ids = [ref.split("@")[0] for ref in snap.memory_refs]
         tx.log(ids, f"promoted {len(ids)} memories to activation memory kv/{name} ({snap.token_count} tokens, {dtype})")

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from dateutil import parser as date_parser
@@ -57,7 +57,9 @@ def parse_time(value: Any, where: str) -> str:
         raise BadInput(where, f"time {value!r} is not a date")
     if isinstance(value, (int, float)):
         try:
-            return datetime.fromtimestamp(float(value)).isoformat(timespec="seconds")
+            # epoch seconds are UTC by definition; filters read naive times as UTC too
+            stamp = datetime.fromtimestamp(float(value), UTC).isoformat(timespec="seconds")
+            return stamp.replace("+00:00", "Z")
         except (OverflowError, OSError, ValueError):
             raise BadInput(where, f"time {value!r} is not a valid epoch timestamp") from None
     if not isinstance(value, str) or not value.strip():

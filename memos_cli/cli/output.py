@@ -36,6 +36,13 @@ def out() -> Any:
     return _out
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 memory``, ``2 memories``: a count with its noun in the right number."""
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {many or (word[:-1] + 'ies' if word.endswith('y') else word + 's')}"
+
+
 def say(message: str) -> None:
     console().print(message)
 

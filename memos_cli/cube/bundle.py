@@ -34,7 +34,7 @@ from memos_cli.cube.io import (
 )
 from memos_cli.cube.manifest import Manifest, parse_manifest
 from memos_cli.cube.records import MemoryRecord, canonical_json
-from memos_cli.errors import CubeExists, CubeNotFound, InvalidCube, LockTimeout
+from memos_cli.errors import CubeExists, CubeNotFound, InvalidCube, LockTimeout, UsageError
 
 
 def utc_now() -> str:
@@ -122,6 +122,8 @@ class Cube:
         cls, path: str | Path, *, name: str | None = None, owner: str | None = None, description: str = ""
     ) -> Cube:
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{path} exists and is not a directory", hint="choose another path for the cube")
         if (path / layout.MANIFEST).exists():
             raise CubeExists(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -482,6 +482,37 @@ def read_snapshot_header(path: Path | str) -> dict[str, str]:
     return _parse_metadata(path, raw)
 
 
+def snapshot_problem(path: Path | str, *, expected_sha256: str | None = None) -> str | None:
+    """Why a snapshot file cannot be used, without a model or its tensors: missing, bytes that differ
+    from ``expected_sha256``, a torn or malformed header, or tensors that run past the end of the file
+    (truncated). None when it looks whole. Cheap enough for ``stats`` and for ``chat`` before it loads
+    the model."""
+    path = Path(path)
+    if not path.is_file():
+        return "the file is missing"
+    if expected_sha256 is not None:
+        from memos_cli.cube.io import sha256_file
+
+        if sha256_file(path) != expected_sha256:
+            return "its bytes do not match the recorded sha256 (modified or corrupted)"
+    try:
+        total = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            size = _header_size(path, head, total)
+            raw = handle.read(size)
+        _parse_metadata(path, raw)
+        header = json.loads(raw)
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    except InvalidSnapshot as exc:
+        return exc.problem
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        return f"unreadable ({type(exc).__name__})"
+    if 8 + size + max(ends, default=0) > total:
+        return "the file is truncated (its tensors run past the end)"
+    return None
+
+
 def _header_size(path: Path, head: bytes, total: int) -> int:
     if len(head) < 8:
         raise InvalidSnapshot(path, "the file is truncated (no safetensors header)")

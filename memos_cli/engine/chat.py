@@ -19,7 +19,7 @@ from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ops
 from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.query import Filters, Searcher
-from memos_cli.errors import UsageError
+from memos_cli.errors import InvalidSnapshot, UsageError
 
 
 @dataclass
@@ -90,6 +90,8 @@ class ChatSession:
         self.history: list[dict[str, str]] = []
         self.turns = 0
         self.stale: list[str] = []
+        if options.kv:
+            self._check_snapshot_file(options.kv)  # a broken file is refused before the model loads
         self.lm = load_lm(options.model)
         self.snapshot = None
         self.kv_name: str | None = None
@@ -104,6 +106,20 @@ class ChatSession:
                 if name in options.loras:
                     self.stale.append(f"adapter {name}: {len(refs)} of its memories changed since it was trained")
         self.searcher = Searcher(self.cubes, actor=self.actor) if options.retrieval else None
+
+    def _check_snapshot_file(self, name: str) -> None:
+        from memos_cli.engine.activation import snapshot_problem
+
+        for cube in self.cubes:
+            entry = cube.manifest.kv.get(name)
+            if entry is None:
+                continue
+            problem = snapshot_problem(cube.committed_path(entry["file"]), expected_sha256=entry.get("sha256"))
+            if problem:
+                raise InvalidSnapshot(
+                    entry["file"], problem, hint=f"rebuild it with: memos promote {cube.path} --refresh {name}"
+                )
+            return
 
     def _load_snapshot(self, name: str) -> Any:
         from memos_cli.engine.activation import load_snapshot

@@ -20,7 +20,7 @@ from memos_cli.engine import index as index_mod
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
 from memos_cli.engine.sync import SyncPlan, plan_sync
-from memos_cli.errors import BadInput, UsageError
+from memos_cli.errors import SKIP_BAD_HINT, BadInput, UsageError
 
 Progress = Callable[[int, int], None]
 
@@ -201,6 +201,8 @@ def ingest(
             drafts, bad, used = parse_source(source.data, source.name, fmt=fmt, skip_bad=skip_bad)
         except BadInput as exc:
             if not skip_bad:
+                if exc.hint == "fix the input":
+                    exc.hint = SKIP_BAD_HINT
                 raise
             rejected.append(Rejected(exc.where, exc.problem))
             parsed.append((source, fmt or "?", [], 1))

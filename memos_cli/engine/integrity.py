@@ -16,6 +16,12 @@ from memos_cli.cube.records import MemoryRecord, content_hash
 from memos_cli.engine.merge import conflicts_of
 from memos_cli.errors import InvalidCube
 
+QUARANTINE_FIX = f"memos repair moves it to {layout.DERIVED_DIR}/quarantine/"
+
+
+def _refresh(cube: Cube, name: str) -> str:
+    return f"rebuild it: memos promote {cube.path} --refresh {name}"
+
 
 @dataclass
 class VerifyReport:
@@ -41,7 +47,8 @@ class VerifyReport:
 def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, dict[str, Any]]]:
     path = cube.path / rel
     if not path.exists():
-        report.problems.append(f"{rel} is missing")
+        fix = "memos repair recreates it empty" if rel == layout.AUDIT else f"restore it: git checkout -- {rel}"
+        report.problems.append(f"{rel} is missing ({fix})")
         return []
     data = cube._read_committed(rel)  # what readers see: an unfinished transaction's bytes excluded
     objects: list[tuple[int, dict[str, Any]]] = []
@@ -50,10 +57,10 @@ def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, 
             try:
                 obj = json.loads(line.decode("utf-8"))
             except (ValueError, UnicodeDecodeError):
-                report.problems.append(f"{rel}:{number}: not valid JSON")
+                report.problems.append(f"{rel}:{number}: not valid JSON ({QUARANTINE_FIX})")
                 continue
             if not isinstance(obj, dict):
-                report.problems.append(f"{rel}:{number}: not a JSON object")
+                report.problems.append(f"{rel}:{number}: not a JSON object ({QUARANTINE_FIX})")
                 continue
             objects.append((number, obj))
     except TornLine as exc:
@@ -73,7 +80,7 @@ def _check_records(cube: Cube, report: VerifyReport) -> dict[str, MemoryRecord]:
         try:
             record = MemoryRecord.from_dict(obj)
         except (ValueError, TypeError) as exc:
-            report.problems.append(f"{layout.MEMORIES}:{number}: {exc}")
+            report.problems.append(f"{layout.MEMORIES}:{number}: {exc} ({QUARANTINE_FIX})")
             continue
         seen[(record.id, record.version)] += 1
         if record.hash and record.hash != content_hash(record.text, _source_name(record), record.source_id):
@@ -105,10 +112,12 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
         referenced.add(rel)
         path = cube.committed_path(rel)
         if not path.is_file():
-            report.problems.append(f"kv {name}: {rel} is missing")
+            report.problems.append(f"kv {name}: {rel} is missing ({_refresh(cube, name)})")
             continue
         if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
-            report.problems.append(f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted)")
+            report.problems.append(
+                f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted; {_refresh(cube, name)})"
+            )
             continue
         try:
             from memos_cli.engine.activation import read_snapshot_header
@@ -120,7 +129,7 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
                     f"kv {name}: header names model {fingerprint}, manifest {entry['model_fingerprint']}"
                 )
         except Exception as exc:  # noqa: BLE001 - any unreadable header is a problem to name, not a crash
-            report.problems.append(f"kv {name}: unreadable snapshot header ({exc})")
+            report.problems.append(f"kv {name}: unreadable snapshot header ({exc}; {_refresh(cube, name)})")
         stale = [m for m in entry.get("memories", []) if m not in active_refs]
         if stale:
             report.notes.append(
@@ -146,7 +155,9 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
             for child in sorted(base.iterdir()):
                 rel = f"{directory}/{child.name}"
                 if rel not in referenced and rel not in pending:
-                    report.problems.append(f"{rel} is not named in cube.yaml (left by an interrupted command?)")
+                    report.problems.append(
+                        f"{rel} is not named in cube.yaml (left by an interrupted command? {QUARANTINE_FIX})"
+                    )
     report.checked["kv"] = len(manifest.kv)
     report.checked["lora"] = len(manifest.lora)
 
@@ -219,6 +230,76 @@ def _drop_torn_tail(path: Path) -> str | None:
     return f"removed a torn last line of {path.name} ({len(data) - cut} bytes: {data[cut : cut + 40]!r}...)"
 
 
+def _quarantine(cube: Cube, name: str, data: bytes) -> str:
+    """Keep bytes repair takes out of the bundle under .memos/quarantine/ (nothing is lost)."""
+    from memos_cli.cube.bundle import utc_now
+    from memos_cli.cube.io import atomic_write_bytes
+
+    folder = cube.path / layout.DERIVED_DIR / "quarantine"
+    target = folder / f"{utc_now().replace(':', '')}-{name.replace('/', '__')}"
+    atomic_write_bytes(target, data)
+    return f"{layout.DERIVED_DIR}/quarantine/{target.name}"
+
+
+def _bad_lines(rel: str, data: bytes) -> tuple[bytes, bytes]:
+    """``data`` split into its good lines and its unreadable ones (complete lines only)."""
+    good: list[bytes] = []
+    bad: list[bytes] = []
+    for line in data.splitlines(keepends=True):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+            if rel == layout.MEMORIES:
+                MemoryRecord.from_dict(obj)
+        except (ValueError, UnicodeDecodeError, TypeError):
+            bad.append(line)
+            continue
+        good.append(line)
+    return b"".join(good), b"".join(bad)
+
+
+def _repair_files(cube: Cube) -> list[str]:
+    """Bundle files repair can fix without losing data: unreadable lines in the middle of a JSONL file
+    and files not named in cube.yaml go to .memos/quarantine/; a missing audit.jsonl is recreated."""
+    from memos_cli.cube.io import atomic_write_bytes
+
+    fixed = []
+    for rel in (layout.MEMORIES, layout.AUDIT):
+        path = cube.path / rel
+        if not path.exists():
+            if rel == layout.AUDIT:
+                atomic_write_bytes(path, b"")
+                fixed.append(f"recreated an empty {rel} (its history is gone: restore it from git if you have it)")
+            continue
+        data = path.read_bytes()
+        good, bad = _bad_lines(rel, data)
+        if bad:
+            where = _quarantine(cube, rel, bad)
+            atomic_write_bytes(path, good)
+            fixed.append(f"moved {len(bad.splitlines())} unreadable line(s) of {rel} to {where}")
+    named = {e.get("file", f"{layout.KV_DIR}/{n}.safetensors") for n, e in cube.manifest.kv.items()}
+    named |= {e.get("path", f"{layout.LORA_DIR}/{n}") for n, e in cube.manifest.lora.items()}
+    for directory in (layout.KV_DIR, layout.LORA_DIR):
+        base = cube.path / directory
+        if not base.is_dir() or base.is_symlink():
+            continue
+        for child in sorted(base.iterdir()):
+            rel = f"{directory}/{child.name}"
+            if rel in named:
+                continue
+            folder = cube.path / layout.DERIVED_DIR / "quarantine"
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{rel.replace('/', '__')}"
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            shutil.move(str(child), str(target))
+            fixed.append(f"moved {rel} (not named in cube.yaml) to {layout.DERIVED_DIR}/quarantine/{target.name}")
+    return fixed
+
+
 def repair(cube_path: Path, *, actor: str | None = None) -> RepairReport:
     """Fix what can be fixed without losing data: roll back an interrupted transaction, drop a torn
     last line (it was never acknowledged), clear leftovers, rebuild the index. Says what it could not."""
@@ -234,6 +315,7 @@ def repair(cube_path: Path, *, actor: str | None = None) -> RepairReport:
                 message = _drop_torn_tail(path)
                 if message:
                     report.fixed.append(message)
+        report.fixed.extend(_repair_files(cube))
         for leftover in ("staging", "backups"):
             folder = cube.path / layout.DERIVED_DIR / leftover
             if folder.exists() and any(folder.iterdir()):

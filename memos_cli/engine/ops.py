@@ -33,6 +33,8 @@ def resolve_id(state: CubeState, ref: str) -> str:
     """A full memory id, from an id or a unique prefix of one (as git does with commits)."""
     if ref in state.current:
         return ref
+    if len(ref) < 4:
+        raise UsageError(f"id prefix {ref!r} is too short: prefixes need 4 characters (for example m-6a3f)")
     matches = [i for i in state.current if i.startswith(ref)] if len(ref) >= 4 else []
     if len(matches) == 1:
         return matches[0]
@@ -165,13 +167,24 @@ def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
         "time_range": [times[0], times[-1]] if times else None,
         "embedder": m.embedder,
         "model": m.model,
-        "kv": {name: {**_brief(e), "stale": name in stale["kv"]} for name, e in sorted(m.kv.items())},
+        "kv": {
+            name: {**_brief(e), "stale": name in stale["kv"], "problem": _kv_problem(cube, e)}
+            for name, e in sorted(m.kv.items())
+        },
         "lora": {name: {**_brief(e), "stale": name in stale["lora"]} for name, e in sorted(m.lora.items())},
         "uses": sum(uses.values()),
         "most_used": [{"id": i, "uses": n} for i, n in sorted(uses.items(), key=lambda kv: (-kv[1], kv[0]))[:5]],
         "index": "present" if index_meta.exists() else "not built (the next query builds it)",
         "bytes_on_disk": disk,
     }
+
+
+def _kv_problem(cube: Cube, entry: dict[str, Any]) -> str | None:
+    """Why a snapshot cannot be used (missing, truncated, corrupt header), or None: no sha256, no model."""
+    from memos_cli.engine.activation import snapshot_problem
+
+    file = entry.get("file")
+    return snapshot_problem(cube.committed_path(file)) if isinstance(file, str) else "no file named"
 
 
 def _brief(entry: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class PromoteReport:
     sha256: str | None = None
     model: str | None = None
     seconds: float = 0.0
+    budget: int | None = None  # the token budget the snapshot was built with (refresh reuses the old one)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -121,6 +122,7 @@ def promote_to_activation(
         sha256=digest,
         model=lm.name,
         seconds=time.perf_counter() - started,
+        budget=budget,
     )
 
 

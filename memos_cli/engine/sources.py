@@ -15,7 +15,7 @@ from typing import Any
 
 from dateutil import parser as date_parser
 
-from memos_cli.errors import BadInput
+from memos_cli.errors import BadInput, UsageError
 
 FORMATS = ("text", "markdown", "jsonl", "chat")
 MAX_PASSAGE_CHARS = 1200  # size cap of a text/markdown passage; longer paragraphs are split at sentences
@@ -175,7 +175,8 @@ def _cap(text: str, start: int, end: int) -> Iterator[tuple[str, int, int]]:
 
 def parse_text(text: str, source: str) -> list[Draft]:
     lines = text.splitlines()
-    return [Draft(text=t, source=source, line=a, end_line=b, type="document") for t, a, b in _passages(lines, 1)]
+    # no type of their own: --type applies, else ingest's default for the format ("document")
+    return [Draft(text=t, source=source, line=a, end_line=b) for t, a, b in _passages(lines, 1)]
 
 
 def parse_markdown(text: str, source: str) -> list[Draft]:
@@ -189,7 +190,7 @@ def parse_markdown(text: str, source: str) -> list[Draft]:
     def flush() -> None:
         for passage, a, b in _passages(block, block_start):
             meta = {"heading": " > ".join(headings)} if headings else {}
-            drafts.append(Draft(text=passage, source=source, line=a, end_line=b, type="document", metadata=meta))
+            drafts.append(Draft(text=passage, source=source, line=a, end_line=b, metadata=meta))
 
     for number, line in enumerate(text.splitlines(), start=1):
         if line.lstrip().startswith(("```", "~~~")):
@@ -395,6 +396,8 @@ def parse_source(
     data: bytes, source: str, *, fmt: str | None = None, skip_bad: bool = False
 ) -> tuple[list[Draft], list[Rejected], str]:
     """Parse one source; returns drafts, rejected records (only with ``skip_bad``) and the format used."""
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r} for --format (choose from {', '.join(FORMATS)})")
     text = decode(data, source)
     fmt = fmt or detect_format(source, text)
     if fmt == "text":

@@ -15,7 +15,7 @@ from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, canonical_json, content_hash
 from memos_cli.engine.ops import resolve_id
 from memos_cli.engine.sources import parse_time
-from memos_cli.errors import BadInput, UsageError
+from memos_cli.errors import BadInput, MemoryNotFound, UsageError
 
 EDITABLE = ("text", "type", "time", "speaker", "tags", "key", "status", "metadata")
 
@@ -109,13 +109,11 @@ def history(cube: Cube, ref: str, *, actor: str | None = None) -> tuple[str, lis
     state = cube.read_state()
     try:
         memory_id = resolve_id(state, ref)
-    except Exception:
+    except MemoryNotFound:
         memory_id = ref  # purged: only the audit log remembers it
     versions = [HistoryEntry(r.version, r.created, r.actor, r.op, r.status, r.text) for r in state.history(memory_id)]
     audit = [e for e in cube.read_audit() if memory_id in (e.get("ids") or [])]
     if not versions and not audit:
-        from memos_cli.errors import MemoryNotFound
-
         raise MemoryNotFound(ref)
     return memory_id, versions, audit
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, ModelOpt, TagOpt
-from memos_cli.cli.output import emit_json, say, stage_progress
+from memos_cli.cli.output import emit_json, plural, say, stage_progress
 
 
 def distill(
@@ -154,7 +154,7 @@ def run_distill(
         emit_json(report.to_dict())
     m = report.metrics()
     say(
-        f"distilled {len(report.memories)} memories into [bold]{report.path}[/] "
+        f"distilled {plural(len(report.memories), 'memory')} into [bold]{report.path}[/] "
         f"({report.steps} steps, {report.train_seconds:.0f}s training, {report.adapter_bytes / 1e6:.1f} MB)"
     )
     say(
@@ -163,7 +163,7 @@ def run_distill(
     )
     say(
         f"  held-out text loss  {m['heldout_loss_before']:.3f} -> {m['heldout_loss_after']:.3f} "
-        f"({m['forgetting_pct']:+.1f}%: forgetting)"
+        f"({m['forgetting_pct']:+.1f}%: {'forgetting' if m['forgetting_pct'] > 0 else 'no forgetting'})"
     )
     missed = [a for a in report.recall_after.answers if not a["hit"]]
     for answer in missed[:5]:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, YesOpt
-from memos_cli.cli.output import confirm, emit_json, say
+from memos_cli.cli.output import confirm, emit_json, plural, say
 
 
 def forget(
@@ -40,8 +40,8 @@ def forget(
     if json_:
         emit_json(report.to_dict())
     if report.purged:
-        say(f"purged {len(report.purged)} memories")
+        say(f"purged {plural(len(report.purged), 'memory')}")
     if report.archived:
-        say(f"archived {len(report.archived)} memories")
+        say(f"archived {plural(len(report.archived), 'memory')}")
     if report.unchanged:
         say(f"{len(report.unchanged)} already archived")

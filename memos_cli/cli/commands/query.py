@@ -60,14 +60,21 @@ def query(
     check_exclusive(json=json_, jsonl=jsonl)
     if (text is None) == (batch is None):
         raise UsageError("give a query TEXT or --batch FILE (not both)")
+    if text is not None and not text.strip():
+        raise UsageError("the query is empty: give some words to search for")
+    handle = None
+    if batch is not None:
+        try:
+            handle = sys.stdin if batch == "-" else open(batch, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--batch {batch}: cannot read it ({exc.strerror})") from None
     filters = filters_from(tag, type_, speaker, since, until, status)
     opened = Cube.open(cube)
     with (
         progress("indexing") as bar,
         Searcher([opened], mode=retrieval, record_usage=not no_usage, progress=bar, actor=as_) as s,
     ):
-        if batch is not None:
-            handle = sys.stdin if batch == "-" else open(batch, encoding="utf-8")
+        if handle is not None:
             with handle:
                 for line in handle:
                     question = line.rstrip("\n")

@@ -27,10 +27,12 @@ def show(
     if json_:
         emit_json(detail.to_dict())
         return
+    from rich.markup import escape
+
     r = detail.current
     console = out()
-    console.print(f"[bold]{r.id}[/] v{r.version} [{r.status}] {r.type}")
-    console.print(r.text)
+    console.print(f"[bold]{r.id}[/] v{r.version} {escape('[' + r.status + ']')} {r.type}")
+    console.print(escape(r.text))
     fields = {
         "time": r.time,
         "speaker": r.speaker,
@@ -53,4 +55,4 @@ def show(
     if len(detail.history) > 1:
         console.print("  [dim]history:[/]")
         for v in detail.history:
-            console.print(f"    v{v.version} {v.created} {v.op} by {v.actor or '?'} [{v.status}]")
+            console.print(f"    v{v.version} {v.created} {v.op} by {v.actor or '?'} {escape('[' + v.status + ']')}")

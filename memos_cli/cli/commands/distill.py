@@ -163,10 +163,17 @@ def run_distill(
     )
     say(
         f"  held-out text loss  {m['heldout_loss_before']:.3f} -> {m['heldout_loss_after']:.3f} "
-        f"({m['forgetting_pct']:+.1f}%: {'forgetting' if m['forgetting_pct'] > 0 else 'no forgetting'})"
+        f"({forgetting_label(m['forgetting_pct'])})"
     )
     missed = [a for a in report.recall_after.answers if not a["hit"]]
     for answer in missed[:5]:
         say(f"  [yellow]not recalled[/] {answer['question']!r}: {answer['answer'][:80]!r}")
     if len(missed) > 5:
         say(f"  ... and {len(missed) - 5} more (see --json or {report.path}/report.json)")
+
+
+def forgetting_label(change_pct: float) -> str:
+    """The held-out loss change in words: a loss that went up is forgetting; one that went down is not."""
+    if change_pct > 0:
+        return f"{change_pct:+.1f}%: forgetting"
+    return f"{change_pct:+.1f}%: no forgetting"

@@ -8,7 +8,7 @@ export MEMOS_HOME ?= $(CURDIR)/.memos-home
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test check lint bench clean
+.PHONY: install demo test check lint types docs bench clean
 
 install: $(STAMP)
 
@@ -32,7 +32,14 @@ lint: install
 	$(PY) -m ruff check memos_cli tests bench
 	$(PY) -m ruff format --check memos_cli tests bench
 
-check: lint test
+types: install
+	$(PY) -m mypy
+
+# docs/CLI.md is generated from --help (tests/test_docs.py fails when it drifts).
+docs: install
+	$(PY) -m memos_cli.cli.reference > docs/CLI.md
+
+check: lint types test
 
 bench: install
 	$(PY) bench/run_all.py

@@ -1,6 +1,7 @@
 """Process-wide settings read from the environment.
 
-``MEMOS_HOME`` holds per-user caches (converted models); it defaults to ``~/.cache/memos``.
+``MEMOS_HOME`` holds per-user state (config.yaml, caches); it defaults to ``~/.cache/memos``.
+``MEMOS_MODEL_CACHE`` holds converted models; it defaults to ``$MEMOS_HOME/models``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ from pathlib import Path
 def memos_home() -> Path:
     home = os.environ.get("MEMOS_HOME")
     path = Path(home) if home else Path.home() / ".cache" / "memos"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_cache() -> Path:
+    """Where converted models (and the memoised hashes of model files) live: ``$MEMOS_MODEL_CACHE``, else
+    ``$MEMOS_HOME/models``. Several homes (users, CI jobs, tests) can share one cache."""
+    value = os.environ.get("MEMOS_MODEL_CACHE")
+    path = Path(value) if value else memos_home() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

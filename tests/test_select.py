@@ -40,3 +40,17 @@ def test_hot_follows_decayed_usage(make_cube) -> None:
     assert [r.id for r in select(cube, Selection(hot=1))] == [b.id]
     forget(cube, [b.id], actor="t")  # an archived memory is never promoted
     assert [r.id for r in select(cube, Selection(hot=1))] == [a.id]
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [{"ids": 5}, {"ids": [1, 2]}, {"query": ["x"]}, {"k": "ten"}, {"hot": True}, {"tags": "pets"}],
+)
+def test_a_recorded_selection_of_the_wrong_shape_is_refused(recorded: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="selection"):
+        Selection.from_description(recorded)
+
+
+def test_a_recorded_selection_round_trips() -> None:
+    selection = Selection(ids=["m-1"], query="cats", k=3, tags=["pets"], hot=5)
+    assert Selection.from_description(selection.describe()) == selection

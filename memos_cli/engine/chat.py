@@ -123,7 +123,7 @@ class ChatSession:
 
     def _load_snapshot(self, name: str) -> Any:
         from memos_cli.engine.activation import load_snapshot
-        from memos_cli.engine.promote import SnapshotMissing
+        from memos_cli.errors import SnapshotMissing
 
         for cube in self.cubes:
             entry = cube.manifest.kv.get(name)
@@ -138,7 +138,7 @@ class ChatSession:
                 )
             self.kv_name = name
             return snap
-        raise SnapshotMissing(self.cubes[0], name)
+        raise SnapshotMissing(self.cubes[0].path, name, list(self.cubes[0].manifest.kv))
 
     def ask(self, question: str, *, on_token: Callable[[str], None] | None = None) -> TurnResult:
         from memos_cli.engine.activation import generate

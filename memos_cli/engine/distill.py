@@ -44,7 +44,7 @@ from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
-from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
+from memos_cli.errors import AdapterNotFound, IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
 
 # (stage, done, total, loss): stage names the step ("recall before", "training", "recall after"; fuse
@@ -70,12 +70,6 @@ HELDOUT_TOKENS = 256  # longest held-out sequence
 CONSOLIDATE_EPOCHS = 2.0
 CONSOLIDATE_LR = 1e-3
 _ATTENTION_PARENTS = re.compile(r"attn|attention", re.IGNORECASE)
-
-
-class AdapterNotFound(MemosError):
-    def __init__(self, cube: Path, name: str) -> None:
-        super().__init__(f"no adapter named {name!r} in {cube}", hint=f"see the adapters with: memos stats {cube}")
-        self.name = name
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.engine import ops
 from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
-from memos_cli.errors import MemosError, UsageError
+from memos_cli.errors import InvalidCube, UsageError
 
 KV_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -131,7 +131,10 @@ def refresh(cube: Cube, name: str, *, model: str | None = None, actor: str | Non
     entry = cube.manifest.kv.get(name)
     if entry is None:
         raise UsageError(f"no snapshot named {name!r}", hint=f"see: memos stats {cube.path}")
-    selection = Selection.from_description(entry.get("selection") or {})
+    try:
+        selection = Selection.from_description(entry.get("selection") or {})
+    except ValueError as exc:
+        raise InvalidCube(cube.path, f"cube.yaml kv.{name}: {exc}") from None
     if selection.empty():
         selection = Selection(ids=[str(r).split("@")[0] for r in entry.get("memories", [])])
     state = cube.read_state()
@@ -174,12 +177,3 @@ def archive(cube: Cube, selection: Selection, *, actor: str | None = None) -> Pr
     memories = select(cube, selection)
     report = ops.forget(cube, [m.id for m in memories], actor=actor)
     return PromoteReport(name="archive", kind="archive", memories=report.archived)
-
-
-class SnapshotMissing(MemosError):
-    def __init__(self, cube: Cube, name: str) -> None:
-        names = ", ".join(sorted(cube.manifest.kv)) or "none"
-        super().__init__(
-            f"cube {cube.path} has no KV snapshot {name!r} (it has: {names})",
-            hint=f"make one: memos promote {cube.path} --to activation --name {name} --all",
-        )

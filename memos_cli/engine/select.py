@@ -45,13 +45,31 @@ class Selection:
 
     @classmethod
     def from_description(cls, data: dict[str, object]) -> Selection:
+        """The selection a manifest entry recorded. The manifest may come from a stranger: a value of the
+        wrong type is refused (ValueError), never passed on."""
+
+        def strings(name: str) -> list[str]:
+            value = data.get(name, [])
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ValueError(f"selection {name} must be a list of strings")
+            return list(value)
+
+        def optional(name: str, kind: type) -> object:
+            value = data.get(name)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise ValueError(f"selection {name} must be a {kind.__name__}")
+            return value
+
+        query = optional("query", str)
+        k = optional("k", int)
+        hot = optional("hot", int)
         return cls(
-            ids=list(data.get("ids", [])),  # type: ignore[arg-type]
-            query=data.get("query"),  # type: ignore[arg-type]
-            k=int(data.get("k", 10)),  # type: ignore[arg-type]
-            tags=list(data.get("tags", [])),  # type: ignore[arg-type]
-            all=bool(data.get("all", False)),
-            hot=data.get("hot"),  # type: ignore[arg-type]
+            ids=strings("ids"),
+            query=query if isinstance(query, str) else None,
+            k=k if isinstance(k, int) else 10,
+            tags=strings("tags"),
+            all=data.get("all") is True,
+            hot=hot if isinstance(hot, int) else None,
         )
 
 

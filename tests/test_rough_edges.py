@@ -14,11 +14,6 @@ from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.query import query
 from tests.test_cli import run
 
-try:
-    from test_lm import build_tiny_model, tiny_dirs  # noqa: F401
-except ImportError:
-    from tests.test_lm import build_tiny_model, tiny_dirs  # noqa: F401
-
 
 @pytest.fixture
 def cube(tmp_path: Path) -> Path:

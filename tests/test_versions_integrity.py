@@ -17,11 +17,6 @@ from memos_cli.engine.sources import parse_time
 from memos_cli.errors import IncompatibleModel, InvalidCube
 from tests.test_cli import run
 
-try:
-    from test_lm import build_tiny_model, tiny_dirs  # noqa: F401
-except ImportError:
-    from tests.test_lm import build_tiny_model, tiny_dirs  # noqa: F401
-
 
 def _cube(tmp_path: Path, *texts: str) -> Cube:
     cube = Cube.init(tmp_path / "c", owner="tester")

@@ -29,6 +29,7 @@ from memos_cli.cube.records import MemoryRecord
 MERGED_FIELDS = ("text", "type", "time", "speaker", "tags", "key", "status", "metadata", "supersedes")
 FOLLOW_TEXT = ("hash", "source", "source_id", "span")
 CONFLICT = "conflict"  # metadata key naming an unresolved conflict
+RETIRED = ("archived", "superseded", "deleted")  # statuses that take a memory out of use, weakest first
 
 
 def _order(record: MemoryRecord) -> tuple[Any, ...]:
@@ -97,6 +98,10 @@ def three_way(base: MemoryRecord | None, ours: MemoryRecord, theirs: MemoryRecor
             continue
         if o == t:
             values[name] = o
+        elif name == "status" and o != "active" and t != "active":
+            # both sides retired the memory (archived here, superseded by a newer fact there): no real
+            # disagreement; the stronger reason stands
+            values[name] = max(o, t, key=lambda s: RETIRED.index(s) if s in RETIRED else -1)
         elif base is not None and o == b:
             values[name] = t
         elif base is not None and t == b:

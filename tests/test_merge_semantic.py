@@ -105,7 +105,7 @@ def test_same_key_on_two_branches_leaves_one_active_memory(tmp_path: Path) -> No
         ),
     )
     active = [r for r in cube.read_state().current.values() if r.key == "launch" and r.status == "active"]
-    assert [r.text for r in active] == ["Launch is 5 May"]
+    assert [r.text for r in active] == ["Launch is on 5 May"]
     assert verify(cube.path).ok
 
 

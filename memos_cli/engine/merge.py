@@ -32,8 +32,17 @@ CONFLICT = "conflict"  # metadata key naming an unresolved conflict
 RETIRED = ("archived", "superseded", "deleted")  # statuses that take a memory out of use, weakest first
 
 
+def _ck(record: MemoryRecord) -> str:
+    """``record.content_key()``, computed once per record object (a merge asks for it many times; the
+    records here are never mutated, ``replace`` makes new ones)."""
+    cached = record.__dict__.get("_content_key")
+    if cached is None:
+        cached = record.__dict__["_content_key"] = record.content_key()
+    return cached
+
+
 def _order(record: MemoryRecord) -> tuple[Any, ...]:
-    return (record.version, record.created, record.content_key())
+    return (record.version, record.created, _ck(record))
 
 
 def _dedup(records: Iterable[MemoryRecord]) -> dict[str, MemoryRecord]:
@@ -41,7 +50,7 @@ def _dedup(records: Iterable[MemoryRecord]) -> dict[str, MemoryRecord]:
     the earliest)."""
     out: dict[str, MemoryRecord] = {}
     for record in records:
-        key = record.content_key()
+        key = _ck(record)
         held = out.get(key)
         if held is None or record.created < held.created:
             out[key] = record
@@ -80,7 +89,7 @@ def _merge_dict(
 
 def three_way(base: MemoryRecord | None, ours: MemoryRecord, theirs: MemoryRecord) -> tuple[dict[str, Any], list[str]]:
     """The merged field values of two heads against their ancestor, and the fields changed two ways."""
-    later_is_ours = (ours.created, ours.content_key()) >= (theirs.created, theirs.content_key())
+    later_is_ours = (ours.created, _ck(ours)) >= (theirs.created, _ck(theirs))
     values: dict[str, Any] = {}
     conflicts: list[str] = []
     for name in MERGED_FIELDS:
@@ -138,17 +147,17 @@ def merge_memory(
     renumbered = [replace(r, version=i + 1) for i, r in enumerate(everything)]
     if not only_ours or not only_theirs:
         return renumbered, []
-    position = {old.content_key(): new.version for new, old in zip(renumbered, everything, strict=True)}
+    position = {_ck(old): new.version for new, old in zip(renumbered, everything, strict=True)}
     head_o, head_t = only_ours[-1], only_theirs[-1]
-    if head_o.content_key() == head_t.content_key():
+    if _ck(head_o) == _ck(head_t):
         return renumbered, []
     values, conflicts = three_way(ancestor, head_o, head_t)
     metadata = dict(values["metadata"])
     if conflicts:
-        versions = sorted({position[head_o.content_key()], position[head_t.content_key()]})
+        versions = sorted({position[_ck(head_o)], position[_ck(head_t)]})
         metadata[CONFLICT] = {"fields": sorted(conflicts), "versions": versions}
     values["metadata"] = metadata
-    latest = max(head_o, head_t, key=lambda r: (r.created, r.content_key()))
+    latest = max(head_o, head_t, key=lambda r: (r.created, _ck(r)))
     merged = replace(
         latest,
         **values,
@@ -172,13 +181,13 @@ def merge_histories(
     (created, id, version), with key rules applied, and the conflicting fields by memory id."""
     purged: set[str] = set()
     if base:
-        present = [{r.content_key() for r in side} for side in sides]
-        purged = {r.content_key() for r in base if any(r.content_key() not in p for p in present)}
+        present = [{_ck(r) for r in side} for side in sides]
+        purged = {_ck(r) for r in base if any(_ck(r) not in p for p in present)}
     by_side: list[dict[str, list[MemoryRecord]]] = []
     for side in sides:
         grouped: dict[str, list[MemoryRecord]] = {}
         for record in side:
-            if record.content_key() not in purged:
+            if _ck(record) not in purged:
                 grouped.setdefault(record.id, []).append(record)
         by_side.append(grouped)
     ids = sorted({i for grouped in by_side for i in grouped})

@@ -212,3 +212,9 @@ def test_snapshot_problems_are_caught_early_and_name_the_refresh(tmp_path: Path,
     with pytest.raises(InvalidSnapshot) as err_info:
         ChatSession([Cube.open(cube.path)], ChatOptions(kv="all", model=str(tmp_path / "no-such-model")))
     assert "--refresh all" in (err_info.value.hint or "")  # refused before the (missing) model was loaded
+
+
+def test_json_errors_do_not_say_at_at(cube: Path) -> None:
+    Path("bad.jsonl").write_text('{"text": "fine"}\n{"text": "unterminated\n')
+    code, _, err = run("ingest", str(cube), "bad.jsonl")
+    assert code == 1 and "bad.jsonl:2" in err and "at at" not in err and "at column" in err, err

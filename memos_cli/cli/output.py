@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from memos_cli.errors import UsageError
+from memos_cli.words import plural  # noqa: F401 - re-exported for the commands
 
 _console = None
 
@@ -34,13 +35,6 @@ def out() -> Any:
 
         _out = Console(highlight=False, soft_wrap=False)
     return _out
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 memory``, ``2 memories``: a count with its noun in the right number."""
-    if count == 1:
-        return f"{count} {word}"
-    return f"{count} {many or (word[:-1] + 'ies' if word.endswith('y') else word + 's')}"
 
 
 def say(message: str) -> None:

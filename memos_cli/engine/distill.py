@@ -46,6 +46,7 @@ from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
 from memos_cli.errors import AdapterNotFound, IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
+from memos_cli.words import plural
 
 # (stage, done, total, loss): stage names the step ("recall before", "training", "recall after"; fuse
 # adds "indexing", "consolidating" and its recall stages); loss is the training loss of the last step
@@ -698,7 +699,7 @@ def _commit_adapter(
         m = report.metrics()
         tx.log(
             [ref.split("@")[0] for ref in report.memories],
-            f"distilled {len(report.memories)} memories into {rel}: recall {m['recall_before']:.0%} -> "
+            f"distilled {plural(len(report.memories), 'memory')} into {rel}: recall {m['recall_before']:.0%} -> "
             f"{m['recall_after']:.0%}, held-out loss {m['forgetting_pct']:+.1f}%",
             name=report.name,
         )

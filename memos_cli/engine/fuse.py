@@ -46,6 +46,7 @@ from memos_cli.engine.claim import claim_model
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import open_index, row_for, row_key
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
+from memos_cli.words import plural
 
 if TYPE_CHECKING:
     from memos_cli.engine.distill import Progress
@@ -420,7 +421,7 @@ def _write_fused(
         tx.touch_manifest()
         tx.log(
             sorted(final),
-            f"fused {len(parents)} cubes: {report.memories} memories, {report.exact_duplicates} "
+            f"fused {len(parents)} cubes: {plural(report.memories, 'memory')}, {report.exact_duplicates} "
             f"exact and {len(report.near_duplicates)} near duplicates merged",
             parents=[p["id"] for p in report.parents],
         )

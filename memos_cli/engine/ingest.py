@@ -21,6 +21,7 @@ from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
 from memos_cli.engine.sync import SyncPlan, plan_sync
 from memos_cli.errors import SKIP_BAD_HINT, BadInput, UsageError
+from memos_cli.words import plural
 
 Progress = Callable[[int, int], None]
 
@@ -232,7 +233,9 @@ def ingest(
         for record in archived:
             tx.add(record)
         if fresh:
-            tx.log([r.id for r in fresh], f"ingested {len(fresh)} memories from {len(sources)} source(s)")
+            tx.log(
+                [r.id for r in fresh], f"ingested {plural(len(fresh), 'memory')} from {plural(len(sources), 'source')}"
+            )
         if planned.changed or archived:
             tx.log(
                 [r.id for r in planned.changed + archived],

@@ -15,6 +15,7 @@ from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import usage
 from memos_cli.engine.query import Filters
 from memos_cli.errors import MemoryNotFound, UsageError
+from memos_cli.words import plural
 
 
 def list_memories(
@@ -106,7 +107,7 @@ def forget(cube: Cube, refs: list[str], *, purge: bool = False, actor: str | Non
             doomed = set(ids)
             tx.rewrite_memories = [r for r in state.versions if r.id not in doomed]
             tombstones = [{"id": i, "versions": len(state.history(i)), "hash": state.current[i].hash} for i in ids]
-            tx.log(ids, f"purged {len(ids)} memories and all their versions", tombstones=tombstones)
+            tx.log(ids, f"purged {plural(len(ids), 'memory')} and all their versions", tombstones=tombstones)
             report.purged = ids
             return report
         now = utc_now()
@@ -120,7 +121,7 @@ def forget(cube: Cube, refs: list[str], *, purge: bool = False, actor: str | Non
             )
             report.archived.append(memory_id)
         if report.archived:
-            tx.log(report.archived, f"archived {len(report.archived)} memories")
+            tx.log(report.archived, f"archived {plural(len(report.archived), 'memory')}")
     return report
 
 

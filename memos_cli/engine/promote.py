@@ -26,6 +26,7 @@ from memos_cli.engine import ops
 from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
 from memos_cli.errors import InvalidCube, UsageError
+from memos_cli.words import plural
 
 KV_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -110,7 +111,11 @@ def promote_to_activation(
         claim_model(tx.manifest, lm, replacing=("kv", name), what=f"cube {cube.path}")
         tx.touch_manifest()
         ids = [ref.split("@")[0] for ref in snap.memory_refs]
-        tx.log(ids, f"promoted {len(ids)} memories to activation memory kv/{name} ({snap.token_count} tokens, {dtype})")
+        tx.log(
+            ids,
+            f"promoted {plural(len(ids), 'memory')} to activation memory kv/{name} "
+            f"({snap.token_count} tokens, {dtype})",
+        )
     return PromoteReport(
         name=name,
         kind="activation",

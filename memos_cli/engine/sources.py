@@ -259,13 +259,20 @@ def _record_draft(obj: Any, source: str, line: int) -> Draft:
     )
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """json's message without its own trailing "at" ("Unterminated string starting at"): the caller
+    names the place, and "at at column 9" read badly."""
+    message = exc.msg
+    return message[: -len(" at")] if message.endswith(" at") else message
+
+
 def _load_line(line: str, where: str) -> Any:
     if len(line) > MAX_LINE_BYTES:
         raise BadInput(where, f"line is longer than {MAX_LINE_BYTES} bytes")
     try:
         return json.loads(line)
     except ValueError as exc:
-        raise BadInput(where, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+        raise BadInput(where, f"malformed JSON ({_json_problem(exc)} at column {exc.colno})") from None
     except RecursionError:
         raise BadInput(where, "JSON nested too deeply") from None
 

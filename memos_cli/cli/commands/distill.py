@@ -86,7 +86,7 @@ def distill(
         entry = drop_adapter(opened, drop, actor=who)
         if json_:
             emit_json({"dropped": drop, "memories": entry.get("memories", [])})
-        say(f"dropped adapter lora/{drop} ({len(entry.get('memories', []))} memories)")
+        say(f"dropped adapter lora/{drop} ({plural(len(entry.get('memories', [])), 'memory')})")
         return
     if not name:
         raise UsageError("name the adapter with --name (or remove one with --drop NAME)")

@@ -35,7 +35,7 @@ def forget(
 
     opened = Cube.open(cube)
     if purge:
-        confirm(f"permanently delete {len(ids)} memories and all their versions from {cube}?", yes)
+        confirm(f"permanently delete {plural(len(ids), 'memory')} and all their versions from {cube}?", yes)
     report = run_forget(opened, ids, purge=purge, actor=actor(as_))
     if json_:
         emit_json(report.to_dict())

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from memos_cli.cli.options import AsOpt, JsonOpt, ModelOpt
-from memos_cli.cli.output import emit_json, say, stage_progress
+from memos_cli.cli.output import emit_json, plural, say, stage_progress
 
 
 def fuse(
@@ -70,7 +70,10 @@ def fuse(
         emit_json(report.to_dict())
         return
     verb = "would fuse" if dry_run else "fused"
-    say(f"{verb} {len(report.parents)} cubes into {output}: {report.memories} memories ({report.versions} versions)")
+    say(
+        f"{verb} {len(report.parents)} cubes into {output}: {plural(report.memories, 'memory')} "
+        f"({plural(report.versions, 'version')})"
+    )
     say(
         f"  exact duplicates stored once: {report.exact_duplicates}; near duplicates merged: "
         f"{len(report.near_duplicates)}; version conflicts kept: {report.version_conflicts}; "

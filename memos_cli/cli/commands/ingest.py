@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt
-from memos_cli.cli.output import emit_json, progress, say
+from memos_cli.cli.output import emit_json, plural, progress, say
 
 
 def ingest(
@@ -87,10 +87,10 @@ def ingest(
     say(f"{summary} [dim]({report.seconds:.2f}s)[/]")
     if report.archived:
         verb = "would archive" if report.dry_run else "archived"
-        say(f"{verb} {len(report.archived)} memories whose passage is gone from its file")
+        say(f"{verb} {plural(len(report.archived), 'memory', 'memories')} whose passage is gone from its file")
     elif report.vanished:
         say(
-            f"{len(report.vanished)} memories' passages are gone from their file "
+            f"passages of {plural(len(report.vanished), 'memory')} are gone from their file "
             "(still active; archive them with --sync): " + " ".join(report.vanished[:10])
         )
     for bad in report.rejected[:20]:

@@ -71,3 +71,16 @@ def test_epoch_seconds_are_utc(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_verify_names_a_missing_adapter_folder(tmp_path: Path) -> None:
+    cube = _cube(tmp_path, "one fact")
+    manifest = cube.manifest_path.read_text()
+    cube.manifest_path.write_text(manifest.replace("lora: {}", "lora:\n  facts:\n    path: lora/facts"))
+    report = verify(cube.path)
+    assert any("lora facts" in p and "missing" in p for p in report.problems), report.problems
+
+
+def test_init_audit_names_the_creator_even_without_an_owner(tmp_path: Path) -> None:
+    cube = Cube.init(tmp_path / "c")  # no owner given: the acting user (MEMOS_USER) created it
+    assert cube.read_audit()[0]["actor"] == "tester"

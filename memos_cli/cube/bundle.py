@@ -145,7 +145,10 @@ class Cube:
         cube = cls(path, manifest)
         # The manifest goes last: until it exists the folder is not a cube.
         atomic_write_text(path / layout.MANIFEST, manifest.dump())
-        cube.append_audit_direct({"op": "init", "actor": owner, "ids": [], "summary": f"created {manifest.name}"})
+        from memos_cli.config import actor as acting
+
+        creator = owner or acting()  # the audit names who created it even when it has no owner
+        cube.append_audit_direct({"op": "init", "actor": creator, "ids": [], "summary": f"created {manifest.name}"})
         return cube
 
     # ----------------------------------------------------------------- reading

@@ -139,6 +139,12 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
         folder = entry.get("path", f"{layout.LORA_DIR}/{name}")
         referenced.add(folder)
         base = cube.committed_path(folder)
+        if not base.is_dir():
+            report.problems.append(
+                f"lora {name}: {folder}/ is missing (restore it from version control, or drop it: "
+                f"memos distill {cube.path} --drop {name})"
+            )
+            continue
         for rel, digest in (entry.get("files") or {}).items():
             path = base / rel
             if not path.is_file():

@@ -94,9 +94,18 @@ def _pair(olds: list[MemoryRecord], news: list[MemoryRecord]) -> list[tuple[Memo
     return pairs
 
 
-def plan_source(name: str, records: list[MemoryRecord], state: CubeState, now: str, plan: SyncPlan) -> None:
+def plan_source(
+    name: str,
+    records: list[MemoryRecord],
+    state: CubeState,
+    now: str,
+    plan: SyncPlan,
+    by_source: dict[str, list[MemoryRecord]] | None = None,
+) -> None:
     """Add to ``plan`` what ingesting ``records`` (parsed from source ``name``) changes."""
-    known = [r for r in state.current.values() if r.source == name and r.status != "deleted"] if name != STDIN else []
+    if by_source is None:
+        by_source = _by_source(state)
+    known = [r for r in by_source.get(name, []) if r.status != "deleted"] if name != STDIN else []
     by_hash = {r.hash: r for r in known if r.hash}
     matched: set[str] = set()
     pending: list[MemoryRecord] = []
@@ -138,11 +147,20 @@ def plan_source(name: str, records: list[MemoryRecord], state: CubeState, now: s
     plan.vanished.extend(r for r in open_ if r.id not in matched)
 
 
+def _by_source(state: CubeState) -> dict[str, list[MemoryRecord]]:
+    out: dict[str, list[MemoryRecord]] = {}
+    for record in state.current.values():
+        if record.source:
+            out.setdefault(record.source, []).append(record)
+    return out
+
+
 def plan_sync(sources: list[tuple[str, list[MemoryRecord]]], state: CubeState, now: str) -> SyncPlan:
     """What ingesting these parsed sources does to the cube: new memories, new versions, vanished."""
     plan = SyncPlan()
+    by_source = _by_source(state)
     for name, records in sources:
-        plan_source(name, records, state, now, plan)
+        plan_source(name, records, state, now, plan, by_source)
     unique: dict[str, MemoryRecord] = {}
     for record in plan.fresh:  # the same passage in two sources of one ingest is stored once
         unique.setdefault(record.id, record)

@@ -73,11 +73,14 @@ def _branches(repo: Path, on_branch, on_main) -> Cube:
 
 
 def test_first_writes_on_two_branches_merge_without_conflict(tmp_path: Path) -> None:
+    import time
+
     repo, _ = _repo(tmp_path)  # an empty cube: both branches set the embedder and 'updated'
     cube = _branches(
         repo,
-        lambda c: ingest(c, [_src("a.jsonl", "Alice likes green tea")], actor="alice"),
-        lambda c: ingest(c, [_src("b.jsonl", "Bob drinks black coffee")], actor="bob"),
+        # each a second after the last write, as in life: the three 'updated' lines all differ
+        lambda c: (time.sleep(1.1), ingest(c, [_src("a.jsonl", "Alice likes green tea")], actor="alice")),
+        lambda c: (time.sleep(1.1), ingest(c, [_src("b.jsonl", "Bob drinks black coffee")], actor="bob")),
     )
     assert verify(cube.path).ok, verify(cube.path).problems
     assert {r.text for r in cube.read_state().current.values()} == {"Alice likes green tea", "Bob drinks black coffee"}
@@ -158,3 +161,49 @@ def test_merge_manifest_keeps_both_sides_and_the_later_update() -> None:
     merged = merge_manifest(base, ours, theirs)
     assert merged["updated"] == "2025-01-03T00:00:00Z" and set(merged["kv"]) == {"a", "b"}
     assert merged == merge_manifest(base, theirs, ours)
+
+
+def test_a_cube_created_on_two_branches_merges_into_one(tmp_path: Path) -> None:
+    from memos_cli.engine.gitrepo import git_setup
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "README").write_text("team memory\n")
+    git_setup(repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "empty repository")
+
+    def create(who: str, text: str) -> None:
+        cube = Cube.init(repo / "cube", name="team", owner="tester")
+        ingest(cube, [_src(f"{who}.jsonl", text)], actor=who)
+
+    git(repo, "checkout", "-qb", "left")
+    create("ana", "Ana runs the Lisbon office")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "left")
+    git(repo, "checkout", "-q", "main")
+    create("bo", "Bo runs the Porto office")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "right")
+    git(repo, "merge", "-q", "--no-edit", "left")  # add/add of every bundle file: merged by the driver
+    merged = Cube.open(repo / "cube")
+    texts = {r.text for r in merged.read_state().current.values()}
+    assert texts == {"Ana runs the Lisbon office", "Bo runs the Porto office"}
+    assert verify(merged.path).ok, verify(merged.path).problems
+
+
+def test_snapshots_promoted_on_two_branches_merge(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    from memos_cli.engine.promote import promote_to_activation
+    from memos_cli.engine.select import Selection
+
+    llama = str(tiny_dirs["llama"])
+    repo, _ = _repo(tmp_path, ["Ana's cat is called Miso", "Bob cooks ramen"])
+    cube = _branches(
+        repo,
+        lambda c: promote_to_activation(c, Selection(query="cat", k=1), name="pets", model=llama),
+        lambda c: promote_to_activation(c, Selection(query="ramen", k=1), name="food", model=llama),
+    )
+    assert set(cube.manifest.kv) == {"pets", "food"}
+    report = verify(cube.path)
+    assert report.ok, report.problems

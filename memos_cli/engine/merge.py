@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memos_cli.cube.records import MemoryRecord
+
+if TYPE_CHECKING:
+    from memos_cli.cube.bundle import Cube
 
 # Fields merged three-way. ``hash``, ``source``, ``source_id`` and ``span`` follow ``text``.
 MERGED_FIELDS = ("text", "type", "time", "speaker", "tags", "key", "status", "metadata", "supersedes")
@@ -291,7 +294,7 @@ def _merge_value(base: Any, ours: Any, theirs: Any, later_is_ours: bool, *, top:
     return ours if later_is_ours else theirs
 
 
-def list_conflicts(cube: Any, *, actor: str | None = None) -> list[dict[str, Any]]:
+def list_conflicts(cube: Cube, *, actor: str | None = None) -> list[dict[str, Any]]:
     """Each memory with an unresolved merge conflict: its id, the fields, and each competing version's
     value of them (resolve with ``memos update``: the new version drops the marker)."""
     cube.check(actor, "read")

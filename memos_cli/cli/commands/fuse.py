@@ -79,6 +79,11 @@ def fuse(
         f"{len(report.near_duplicates)}; version conflicts kept: {report.version_conflicts}; "
         f"superseded by key: {report.superseded_by_key}"
     )
+    if report.version_conflicts and not dry_run:
+        say(
+            f"  [yellow]{plural(report.version_conflicts, 'memory', 'memories')} changed two ways[/]: both "
+            f"versions kept; choose with: memos conflicts {output}"
+        )
     for pair in report.near_duplicates[:10]:
         say(f"  [dim]{pair['similarity']:.3f} kept {pair['kept_text'][:60]!r} <- {pair['merged_text'][:60]!r}[/]")
     for kv_name, info in report.kv.items():

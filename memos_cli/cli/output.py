@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from memos_cli.errors import UsageError
-from memos_cli.words import plural  # noqa: F401 - re-exported for the commands
 
 _console = None
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -65,7 +66,7 @@ def git_setup(directory: Path) -> dict[str, str]:
 def merge_manifest_text(base: bytes, ours: bytes, theirs: bytes) -> bytes:
     """Three-way merge of ``cube.yaml`` (engine/merge.py: key by key, ``updated`` the later one)."""
 
-    def load(data: bytes) -> dict:
+    def load(data: bytes) -> dict[str, Any]:
         value = yaml.safe_load(data.decode("utf-8")) if data.strip() else {}
         if not isinstance(value, dict):
             raise ValueError("cube.yaml is not a mapping")

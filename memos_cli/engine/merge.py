@@ -258,7 +258,8 @@ def merge_manifest(base: dict[str, Any], ours: dict[str, Any], theirs: dict[str,
     writers) as sets; ``updated`` is the later of the two. A value changed two ways takes the side
     updated later (the kv/lora payloads it names are merged, or conflict, in git as files)."""
     later_is_ours = str(ours.get("updated") or "") >= str(theirs.get("updated") or "")
-    return _merge_value(base, ours, theirs, later_is_ours, top=True)
+    merged: dict[str, Any] = _merge_value(base, ours, theirs, later_is_ours, top=True)
+    return merged
 
 
 def _merge_value(base: Any, ours: Any, theirs: Any, later_is_ours: bool, *, top: bool = False) -> Any:

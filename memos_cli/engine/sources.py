@@ -259,10 +259,10 @@ def _record_draft(obj: Any, source: str, line: int) -> Draft:
     )
 
 
-def _json_problem(exc: json.JSONDecodeError) -> str:
+def _json_problem(exc: ValueError) -> str:
     """json's message without its own trailing "at" ("Unterminated string starting at"): the caller
     names the place, and "at at column 9" read badly."""
-    message = exc.msg
+    message = str(getattr(exc, "msg", exc))
     return message[: -len(" at")] if message.endswith(" at") else message
 
 

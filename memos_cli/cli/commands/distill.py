@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, ModelOpt, TagOpt
-from memos_cli.cli.output import emit_json, plural, say, stage_progress
+from memos_cli.cli.output import emit_json, say, stage_progress
+from memos_cli.words import plural
 
 
 def distill(

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, YesOpt
-from memos_cli.cli.output import confirm, emit_json, plural, say
+from memos_cli.cli.output import confirm, emit_json, say
+from memos_cli.words import plural
 
 
 def forget(

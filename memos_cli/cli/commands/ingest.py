@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt
-from memos_cli.cli.output import emit_json, plural, progress, say
+from memos_cli.cli.output import emit_json, progress, say
+from memos_cli.words import plural
 
 
 def ingest(

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, ModelOpt
-from memos_cli.cli.output import emit_json, plural, say
+from memos_cli.cli.output import emit_json, say
+from memos_cli.words import plural
 
 IdsOpt = Annotated[Optional[list[str]], typer.Option("--ids", help="Memory ids (repeatable; prefixes work).")]
 QueryOpt = Annotated[Optional[str], typer.Option("--query", help="Select the top -k hits of this query.")]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt
-from memos_cli.cli.output import emit_json, out, plural
+from memos_cli.cli.output import emit_json, out
+from memos_cli.words import plural
 
 
 def stats(cube: CubeArg, json_: JsonOpt = False, as_: AsOpt = None) -> None:

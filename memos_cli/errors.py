@@ -3,7 +3,8 @@
 Every error carries the fields a caller needs and a ``hint``: the next thing a person should do.
 The CLI turns each one into a single line plus the hint, with the exit code named by ``exit_code``
 (see docs/FORMAT.md and the README): 1 operation failed, 2 usage, 3 not a cube / invalid bundle,
-4 refused by the cube's policy.
+4 refused by the cube's policy, 5 committed but a later step failed (``PostCommitError``: the change is
+stored, derived data catches up by itself), 130 interrupted (Ctrl-C) with the cube unchanged.
 """
 
 from __future__ import annotations
@@ -156,6 +157,53 @@ class InvalidSnapshot(MemosError):
         self.problem = problem
 
 
+class UnsafePath(InvalidCube):
+    """A bundle path that memos will not follow: a link, a special file, a hard-linked file it would
+    write into, or a name outside its folder (absolute, '..', control characters)."""
+
+    def __init__(self, path: Path, rel: str, why: str) -> None:
+        shown = rel.encode("unicode_escape").decode("ascii")
+        super().__init__(
+            path,
+            f"{shown} {why}; memos never follows links or special files out of a cube",
+            hint=f"run: memos verify {path} (memos repair moves what it can aside)",
+        )
+        self.rel = rel
+        self.why = why
+
+
+class TooLarge(InvalidCube):
+    """A bundle file or field is over its documented size limit (docs/FORMAT.md, "Limits")."""
+
+    def __init__(self, path: Path, what: str, limit: int) -> None:
+        super().__init__(path, f"{what} is larger than the limit of {limit:,} bytes (docs/FORMAT.md, Limits)")
+        self.what = what
+        self.limit = limit
+
+
+class UnsafeJournal(InvalidCube):
+    """``.memos/journal.json`` names something memos would not have written for a transaction."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            path,
+            f".memos/journal.json is not a journal memos wrote ({problem}); it was not acted on",
+            hint=f"run: memos repair {path} (it moves the journal aside without acting on it)",
+        )
+
+
+class WriteFailed(MemosError):
+    """A write inside a transaction failed (disk full, I/O error); everything was rolled back."""
+
+    def __init__(self, path: Path, file: str, strerror: str) -> None:
+        what = "no space left on device" if "space" in strerror.lower() else strerror.lower()
+        super().__init__(
+            f"{what} while writing {file}; the cube is unchanged", hint="free some space, then run the command again"
+        )
+        self.path = path
+        self.file = file
+
+
 class SnapshotMissing(MemosError):
     """The cube has no KV snapshot of that name."""
 
@@ -177,3 +225,74 @@ class AdapterNotFound(MemosError):
         super().__init__(f"no adapter named {name!r} in {path}", hint=f"see the adapters with: memos stats {path}")
         self.path = path
         self.name = name
+
+
+# Storage failures the user can act on, named in one line instead of "internal error". errno -> words.
+_STORAGE_PROBLEMS = {
+    "ENOSPC": ("no space left on the device", "free some space, then rerun the command"),
+    "EDQUOT": ("the disk quota is exceeded", "free some space, then rerun the command"),
+    "EACCES": ("permission denied", "check the permissions of the cube and its files"),
+    "EPERM": ("operation not permitted", "check the permissions of the cube and its files"),
+    "EROFS": ("read-only file system", "write to a copy of the cube on writable storage"),
+}
+
+
+class StorageError(MemosError):
+    """The file system refused a read or write: disk full, permission denied, read-only file system."""
+
+    def __init__(self, problem: str, filename: str | None, *, hint: str | None = None) -> None:
+        where = f" ({filename})" if filename else ""
+        super().__init__(f"{problem}{where}", hint=hint)
+        self.problem = problem
+        self.filename = filename
+
+
+def storage_error(exc: OSError) -> StorageError | None:
+    """The typed error for an OSError the user can act on, or None for one that is a bug.
+
+    The one place OSErrors are mapped: the CLI's ``main`` and the engine's post-commit handling use it."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or -1, "")
+    if name not in _STORAGE_PROBLEMS:
+        return None
+    problem, hint = _STORAGE_PROBLEMS[name]
+    filename = exc.filename if isinstance(exc.filename, str) else None
+    return StorageError(problem, filename, hint=hint)
+
+
+class PostCommitError(MemosError):
+    """The change is committed (and stays), but a step after the commit failed, such as updating the
+    derived index. Exit code 5: retrying the command is not needed (and would find nothing to do)."""
+
+    exit_code = 5
+
+    def __init__(self, committed: str, pending: str, cause: str) -> None:
+        super().__init__(f"{committed}; {pending} ({cause})", hint="nothing to redo: the change is stored")
+        self.committed = committed
+        self.pending = pending
+        self.cause = cause
+
+
+def after_commit(committed: str, pending: str, exc: BaseException) -> PostCommitError:
+    """The PostCommitError for ``exc`` raised after a commit, its cause named as the CLI would name it."""
+    if isinstance(exc, KeyboardInterrupt):
+        cause = "interrupted"
+    elif isinstance(exc, OSError) and (typed := storage_error(exc)) is not None:
+        cause = typed.message
+    elif isinstance(exc, MemosError):
+        cause = exc.message
+    else:
+        cause = f"{type(exc).__name__}: {exc}"
+    error = PostCommitError(committed, pending, cause)
+    error.__cause__ = exc
+    return error
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """A name from outside (an archive member, a snapshot name) as a message shows it: at most
+    ``limit`` characters, the rest counted, so a 5,000-character name cannot flood the terminal."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}...({len(text) - limit + 20:,} more characters)"

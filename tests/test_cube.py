@@ -45,7 +45,7 @@ def test_open_refuses_non_cubes_and_bad_manifests(tmp_path: Path) -> None:
     with pytest.raises(InvalidCube):
         Cube.open(cube.path)
     manifest.write_text("format_version: 1\nid: x\nname: x\ncreated: x\nkv:\n  evil:\n    file: ../../etc/passwd\n")
-    with pytest.raises(InvalidCube, match="safe relative path"):
+    with pytest.raises(InvalidCube, match="must be .kv/evil.safetensors"):
         Cube.open(cube.path)
     manifest.write_text("format_version: 1\nid: x\nname: x\ncreated: x\nlora:\n  a:\n    path: /abs/path\n")
     with pytest.raises(InvalidCube):
@@ -137,10 +137,10 @@ def test_purge_rewrite_rolls_back_from_backup(tmp_path: Path) -> None:
         tx.add(_record(1))
         tx.add(_record(2))
     original = cube.memories_path.read_bytes()
-    backup = cube.derived / "backups" / "b-memories.jsonl"
+    backup = cube.derived / "backups" / "0123abcd-memories.jsonl"
     backup.parent.mkdir(parents=True, exist_ok=True)
     backup.write_bytes(original)
-    journal = {"appends": {}, "backups": {layout.MEMORIES: ".memos/backups/b-memories.jsonl"}, "created": []}
+    journal = {"appends": {}, "backups": {layout.MEMORIES: ".memos/backups/0123abcd-memories.jsonl"}, "created": []}
     cube.journal_path.write_text(json.dumps(journal))
     cube.memories_path.write_text(_record(2).to_json() + "\n")  # the crashed purge's rewrite
     assert sorted(cube.read_state().current) == ["m-0001", "m-0002"]

@@ -100,6 +100,7 @@ def test_a_writer_killed_between_the_index_files_leaves_it_only_behind(make_cube
     from memos_cli.engine import index as index_module
     from memos_cli.engine.ingest import Source, ingest
     from memos_cli.engine.integrity import verify
+    from memos_cli.errors import PostCommitError
 
     cube = make_cube(FACTS[:3])
     query(cube, "cat", k=1)  # the index exists
@@ -113,7 +114,8 @@ def test_a_writer_killed_between_the_index_files_leaves_it_only_behind(make_cube
         real_write(path, text)
 
     monkeypatch.setattr(index_module, "atomic_write_text", killed_after)
-    with pytest.raises(KeyboardInterrupt):
+    # killed after the commit: the error says the records are stored (exit 5), not "unchanged"
+    with pytest.raises(PostCommitError, match="2 memories stored"):
         ingest(cube, [Source("more.jsonl", "".join(json.dumps(f) + "\n" for f in FACTS[3:]).encode())], actor="tester")
     monkeypatch.undo()
     assert len(written) == kill_after  # the kill fell between two of the index's files

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -27,6 +28,10 @@ from memos_cli.cli.commands.stats import stats
 from memos_cli.cli.commands.transfer import export, import_
 from memos_cli.cli.commands.verify import repair, verify
 from memos_cli.cli.commands.versions import history, update
+from memos_cli.cli.output import escape_controls
+
+if TYPE_CHECKING:
+    from memos_cli.errors import MemosError
 
 
 def _examples_kept(command: Callable[..., None]) -> Callable[..., None]:
@@ -95,23 +100,23 @@ def _root(
     """memos: a memory OS for LLMs over cube bundles on disk."""
 
 
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; typed errors become one line on stderr (plus a hint) and their exit code."""
     from memos_cli.config import debug
-    from memos_cli.errors import MemosError
+    from memos_cli.errors import MemosError, storage_error
 
     try:
-        app(args=argv, prog_name="memos", standalone_mode=False)
+        # typer turns Ctrl-C into a returned 130 (and typer.Exit into its code) when not standalone.
+        code = app(args=argv, prog_name="memos", standalone_mode=False)
     except MemosError as exc:
         if debug():
             raise
-        sys.stderr.write(f"memos: error: {exc.message}\n")
-        if exc.hint:
-            sys.stderr.write(f"  hint: {exc.hint}\n")
-        return exc.exit_code
+        return _fail(exc)
     except KeyboardInterrupt:
-        sys.stderr.write("memos: interrupted\n")
-        return 130
+        return _interrupted()
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
@@ -121,14 +126,35 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         if isinstance(exc, typer.Abort):
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                return _interrupted()
             sys.stderr.write("memos: aborted\n")
             return 1
         if debug():
             raise
-        sys.stderr.write(f"memos: internal error: {type(exc).__name__}: {exc}\n")
+        typed = storage_error(exc) if isinstance(exc, OSError) else None
+        if typed is not None:  # disk full, permission denied, read-only: named, not an "internal error"
+            return _fail(typed)
+        sys.stderr.write(f"memos: internal error: {type(exc).__name__}: {escape_controls(str(exc), newlines=True)}\n")
         sys.stderr.write("  hint: rerun with MEMOS_DEBUG=1 for a traceback, and report it\n")
         return 1
-    return 0
+    if code == INTERRUPTED:
+        return _interrupted()
+    return code if isinstance(code, int) else 0
+
+
+def _fail(exc: MemosError) -> int:
+    sys.stderr.write(f"memos: error: {escape_controls(exc.message, newlines=True)}\n")
+    if exc.hint:
+        sys.stderr.write(f"  hint: {escape_controls(exc.hint, newlines=True)}\n")
+    return exc.exit_code
+
+
+def _interrupted() -> int:
+    """Every command leaves the cube unchanged when stopped before its commit; a command stopped after
+    its commit raises PostCommitError instead (exit 5), so this message is true where it is printed."""
+    sys.stderr.write("memos: interrupted; the cube is unchanged\n")
+    return INTERRUPTED
 
 
 def _click_errors() -> tuple[type[Exception], ...]:

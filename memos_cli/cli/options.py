@@ -7,7 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-CubeArg = Annotated[Path, typer.Argument(help="The cube directory.", show_default=False)]
+
+def cube_path(value: str) -> Path:
+    """A cube directory as given: an empty string is refused (Path("") would mean the current folder)."""
+    if isinstance(value, Path):
+        return value
+    if not value.strip():
+        raise typer.BadParameter("the path is empty (use . for the current directory)")
+    return Path(value)
+
+
+CubeArg = Annotated[Path, typer.Argument(help="The cube directory.", show_default=False, parser=cube_path)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per line on stdout.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]

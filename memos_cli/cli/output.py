@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,16 +11,56 @@ from typing import Any
 
 from memos_cli.errors import UsageError
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str, *, newlines: bool = False) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``, ``\\r``, ...): memory text
+    from a stranger's cube cannot move the cursor, recolour or rewrite the terminal. Tabs are kept, and
+    newlines unless ``newlines`` (then they are escaped too, for one-line output). JSON output does not
+    use this: it stays exact (json escapes control characters itself)."""
+
+    def show(match: re.Match[str]) -> str:
+        char = match.group()
+        return {"\r": "\\r", "\x1b": "\\x1b"}.get(char) or char.encode("unicode_escape").decode("ascii")
+
+    text = _CONTROL.sub(show, text)
+    return text.replace("\n", "\\n") if newlines else text
+
+
+def _safe(obj: Any) -> Any:
+    """Escape control characters in what a Rich console is asked to print (strings, Text, table cells)."""
+    if isinstance(obj, str):
+        return escape_controls(obj)
+    from rich.table import Table
+    from rich.text import Text
+
+    if isinstance(obj, Text):
+        obj.plain = escape_controls(obj.plain)
+    elif isinstance(obj, Table):  # cells hold data: shown as plain text, never as markup
+        for column in obj.columns:
+            column._cells = [Text(escape_controls(c)) if isinstance(c, str) else _safe(c) for c in column._cells]
+    return obj
+
+
+def _safe_console(**options: Any) -> Any:
+    from rich.console import Console
+
+    class SafeConsole(Console):
+        def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+            super().print(*(_safe(o) for o in objects), **kwargs)
+
+    return SafeConsole(**options)
+
+
 _console = None
 
 
 def console() -> Any:
-    """A Rich console on stderr (imported lazily: rich costs import time)."""
+    """A Rich console on stderr (imported lazily: rich costs import time); control characters escaped."""
     global _console
     if _console is None:
-        from rich.console import Console
-
-        _console = Console(stderr=True, highlight=False, soft_wrap=True)
+        _console = _safe_console(stderr=True, highlight=False, soft_wrap=True)
     return _console
 
 
@@ -30,9 +71,7 @@ def out() -> Any:
     """A Rich console on stdout, for a command's result in human form (tables)."""
     global _out
     if _out is None:
-        from rich.console import Console
-
-        _out = Console(highlight=False, soft_wrap=False)
+        _out = _safe_console(highlight=False, soft_wrap=False)
     return _out
 
 

@@ -4,6 +4,7 @@ functions from one ``format_version`` to the next."""
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from memos_cli.cube import layout
 from memos_cli.cube.layout import FORMAT_VERSION
 from memos_cli.errors import InvalidCube, UnsupportedFormat
 
@@ -33,6 +35,89 @@ def safe_relpath(value: str, *, cube: Path, what: str) -> str:
     ):
         raise InvalidCube(cube, f"{what} {value!r} is not a safe relative path inside the cube")
     return norm
+
+
+_NAME = re.compile(layout.NAME_PATTERN)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, bounded: an alias may only name a scalar (no "billion laughs" of nested lists
+    and mappings), at most ``MAX_YAML_ALIASES`` of them, and nesting at most ``MAX_YAML_DEPTH`` deep."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            self._aliases += 1
+            target = self.anchors.get(event.anchor)
+            if self._aliases > layout.MAX_YAML_ALIASES or (
+                target is not None and not isinstance(target, yaml.ScalarNode)
+            ):
+                raise yaml.YAMLError("aliases to lists or mappings (or too many aliases) are not accepted")
+        self._depth += 1
+        try:
+            if self._depth > layout.MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {layout.MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Never writes anchors or aliases (a shared list is written out twice)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML with the bounded safe loader (yaml.YAMLError on aliases to collections, deep nesting)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML as memos writes cube.yaml: sorted keys, block style, never an anchor or alias."""
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=True, allow_unicode=True, default_flow_style=False)
+
+
+def check_entry_paths(section: str, name: Any, entry: dict[str, Any], cube: Path) -> None:
+    """kv and lora entries name only their own place: ``kv/<name>.safetensors`` and ``lora/<name>/<file>``."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidCube(cube, f"cube.yaml {section} name {str(name)[:80]!r} is not a plain name")
+    expected = f"{layout.KV_DIR}/{name}.safetensors" if section == "kv" else f"{layout.LORA_DIR}/{name}"
+    path_key = "file" if section == "kv" else "path"
+    if path_key in entry and entry[path_key] != expected:
+        raise InvalidCube(
+            cube, f"cube.yaml {section}.{name}.{path_key} must be {expected!r}, not {str(entry[path_key])[:80]!r}"
+        )
+    files = entry.get("files")
+    if files is not None:
+        if section != "lora" or not isinstance(files, dict):
+            raise InvalidCube(cube, f"cube.yaml {section}.{name}.files must be a mapping of file names")
+        for rel, digest in files.items():
+            if not isinstance(rel, str) or "/" in rel or not _plain(rel) or not isinstance(digest, str):
+                raise InvalidCube(cube, f"cube.yaml {section}.{name} file {str(rel)[:80]!r} is not a plain file name")
+    memories = entry.get("memories")
+    if memories is not None and (not isinstance(memories, list) or not all(isinstance(m, str) for m in memories)):
+        raise InvalidCube(cube, f"cube.yaml {section}.{name}.memories must be a list of memory refs")
+
+
+def _plain(rel: str) -> bool:
+    from memos_cli.cube.io import check_rel
+
+    try:
+        check_rel(rel)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -73,13 +158,15 @@ class Manifest:
         return data
 
     def dump(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=True, allow_unicode=True, default_flow_style=False)
+        return dump_yaml(self.to_dict())
 
 
 def parse_manifest(text: str, cube: Path) -> Manifest:
     """Parse and validate manifest text. Raises InvalidCube / UnsupportedFormat, never anything else."""
+    if len(text) > layout.MAX_MANIFEST_BYTES:
+        raise InvalidCube(cube, f"cube.yaml is larger than the limit of {layout.MAX_MANIFEST_BYTES:,} bytes")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "unreadable"
         raise InvalidCube(cube, f"cube.yaml is not valid YAML ({first})") from None
@@ -101,15 +188,11 @@ def parse_manifest(text: str, cube: Path) -> Manifest:
             data[key] = kind()
         if not isinstance(data[key], kind):
             raise InvalidCube(cube, f"cube.yaml '{key}' must be a {kind.__name__}")
-    for section, path_key in (("kv", "file"), ("lora", "path")):
+    for section in ("kv", "lora"):
         for name, entry in data[section].items():
             if not isinstance(entry, dict):
-                raise InvalidCube(cube, f"cube.yaml {section}.{name} must be a mapping")
-            safe_relpath(str(name), cube=cube, what=f"{section} name")
-            if path_key in entry:
-                safe_relpath(entry[path_key], cube=cube, what=f"{section}.{name}.{path_key}")
-            for rel in entry.get("files") or {}:
-                safe_relpath(rel, cube=cube, what=f"{section}.{name} file")
+                raise InvalidCube(cube, f"cube.yaml {section}.{str(name)[:80]} must be a mapping")
+            check_entry_paths(section, name, entry, cube)
     known = set(Manifest.__dataclass_fields__) - {"extra"}
     kwargs = {k: v for k, v in data.items() if k in known}
     kwargs["extra"] = {k: v for k, v in data.items() if k not in known}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,132 @@ MEMORY_TYPES = ("fact", "event", "preference", "dialogue", "document", "note")
 
 # Keys every record must carry; everything else is optional and defaulted on read.
 REQUIRED_KEYS = ("id", "version", "text", "status", "created")
+
+# Bounds of one record (docs/FORMAT.md, "memories.jsonl"): every reader and writer applies them, so a
+# record that passes verify is one that list, query and stats can read, in bounded time and memory.
+MAX_RECORD_BYTES = 1 << 20  # one line of memories.jsonl (and one JSONL input line): 1 MiB
+MAX_DEPTH = 32  # nesting of arrays and objects, the record itself counting as 1
+# Optional fields of the known schema and the types they may hold (None means the field is absent).
+_STR_OR_NONE = ("time", "source", "source_id", "speaker", "key", "supersedes", "actor")
+_STR = ("type", "created", "hash", "op")
+_KINDS = {
+    **dict.fromkeys(_STR, "str"),
+    **dict.fromkeys(_STR_OR_NONE, "str?"),
+    "tags": "tags",
+    "span": "span",
+    "metadata": "metadata",
+    **dict.fromkeys(("id", "version", "text", "status"), "checked"),  # checked first, above
+}
+
+
+def reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows (only finite numbers are)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=reject_constant)  # one decoder: json.loads builds one a call
+
+
+def loads(line: str | bytes) -> Any:
+    """Parse one JSON line under the record bounds: size, depth, finite numbers only.
+
+    Raises ValueError naming the problem (never RecursionError, never a value with NaN or Infinity)."""
+    value = _parse(line)
+    check_value(value)
+    return value
+
+
+def loads_unbounded(line: str | bytes) -> Any:
+    """``loads`` without the size bound (audit lines list every id an operation touched)."""
+    value = _parse(line, bounded=False)
+    check_value(value)
+    return value
+
+
+def _parse(line: str | bytes, *, bounded: bool = True) -> Any:
+    if bounded and len(line) > MAX_RECORD_BYTES:
+        raise ValueError(f"line is longer than {MAX_RECORD_BYTES} bytes")
+    try:
+        return _DECODER.decode(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+
+
+def check_value(value: Any, depth: int = 1) -> None:
+    """Raise ValueError if ``value`` (found at ``depth``) nests deeper than MAX_DEPTH or holds a
+    non-finite number. Level by level, without recursion: a 100,000-deep value is a clean error."""
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise ValueError("holds a number that is not finite (NaN or Infinity)")
+        return
+    level = [value] if type(value) in (dict, list) else []
+    while level:
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        below = []
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                kind = type(child)
+                if kind is float:
+                    if not math.isfinite(child):
+                        raise ValueError("holds a number that is not finite (NaN or Infinity)")
+                elif kind is dict or kind is list:
+                    below.append(child)
+        level = below
+        depth += 1
+
+
+def check_fields(data: dict[str, Any]) -> None:
+    """Raise ValueError unless ``data`` is a record every reader can use: required keys, the type of
+    every known field, finite numbers and bounded nesting (sizes are checked on the serialised line)."""
+    if not isinstance(data, dict):
+        raise ValueError("a record must be a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"record lacks {', '.join(missing)}")
+    if not isinstance(data["id"], str) or not data["id"]:
+        raise ValueError("id must be a non-empty string")
+    if not isinstance(data["version"], int) or isinstance(data["version"], bool) or data["version"] < 1:
+        raise ValueError("version must be a positive integer")
+    if not isinstance(data["text"], str):
+        raise ValueError("text must be a string")
+    if data["status"] not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+    # One pass over the keys: known fields by their type, free values (metadata, unknown keys) walked.
+    for name, value in data.items():
+        kind = _KINDS.get(name)
+        if kind is None:  # an unknown key, kept as it is: bounded like metadata
+            if type(value) in (dict, list, float):
+                check_value(value, 2)
+        elif kind == "str":
+            if type(value) is not str:
+                raise ValueError(f"{name} must be a string")
+        elif kind == "str?":
+            if value is not None and type(value) is not str:
+                raise ValueError(f"{name} must be a string or absent")
+        elif kind == "tags":
+            if type(value) is not list or not all(type(t) is str for t in value):
+                raise ValueError("tags must be a list of strings")
+        elif kind == "span":
+            if value is not None and (type(value) is not list or not all(type(n) is int for n in value)):
+                raise ValueError("span must be a list of integers")
+        elif kind == "metadata":
+            if type(value) is not dict:
+                raise ValueError("metadata must be an object")
+            if value:
+                check_value(value, 2)
+
+
+def validate(record: MemoryRecord) -> str:
+    """Check a record about to be written; returns its canonical line (without newline).
+
+    The same rules as reading it back (``MemoryRecord.from_json``): ingest, update, merge and import
+    refuse what a reader would refuse, so nothing written can break a later command."""
+    data = record.to_dict()
+    check_fields(data)
+    line = canonical_json(data)
+    if len(line.encode("utf-8")) > MAX_RECORD_BYTES:
+        raise ValueError(f"the record is larger than {MAX_RECORD_BYTES} bytes")
+    return line
 
 
 def canonical_json(obj: Any) -> str:
@@ -93,32 +220,16 @@ class MemoryRecord:
         Unknown keys are kept in ``extra`` and written back unchanged, so a newer writer's fields survive
         a rewrite by this reader (docs/FORMAT.md: readers keep what they do not understand).
         """
-        if not isinstance(data, dict):
-            raise ValueError("a record must be a JSON object")
-        missing = [k for k in REQUIRED_KEYS if k not in data]
-        if missing:
-            raise ValueError(f"record lacks {', '.join(missing)}")
-        if not isinstance(data["id"], str) or not data["id"]:
-            raise ValueError("id must be a non-empty string")
-        if not isinstance(data["version"], int) or isinstance(data["version"], bool) or data["version"] < 1:
-            raise ValueError("version must be a positive integer")
-        if not isinstance(data["text"], str):
-            raise ValueError("text must be a string")
-        if data["status"] not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        check_fields(data)
         known = set(cls.__dataclass_fields__) - {"extra"}
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
         kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
-        for name in ("tags",):
-            if name in kwargs and not isinstance(kwargs[name], list):
-                raise ValueError(f"{name} must be a list")
-        if "metadata" in kwargs and not isinstance(kwargs["metadata"], dict):
-            raise ValueError("metadata must be an object")
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, line: str) -> MemoryRecord:
-        return cls.from_dict(json.loads(line))
+    def from_json(cls, line: str | bytes) -> MemoryRecord:
+        """Parse one line of memories.jsonl under the record bounds (``loads``); raises ValueError."""
+        return cls.from_dict(_parse(line))  # from_dict checks depth and numbers where they can occur
 
     def content_key(self) -> str:
         """This version's content, without when and by whom it was written: two writes of the same

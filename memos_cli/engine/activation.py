@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from memos_cli.cube import io as cube_io
+from memos_cli.cube import layout as cube_layout
 from memos_cli.cube.io import atomic_write_bytes
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.errors import (
@@ -52,7 +55,7 @@ Layout = Literal["system", "user", "plain"]
 Mode = Literal["kv", "recompute", "none"]
 # Used only to probe where a chat template puts things; never part of a real prompt.
 _PROBE = "\u2063memos-probe-{}\u2063"
-_MAX_HEADER_BYTES = 64 * 1024 * 1024
+_MAX_HEADER_BYTES = cube_layout.MAX_SNAPSHOT_HEADER_BYTES
 
 
 @dataclass
@@ -475,35 +478,40 @@ def save_snapshot(path: Path | str, snap: Snapshot) -> str:
 def read_snapshot_header(path: Path | str) -> dict[str, str]:
     """The metadata of a snapshot file, read without loading any tensor (for ``show``/``stats``/``verify``)."""
     path = Path(path)
-    with open(path, "rb") as handle:
+    with cube_io.open_read(path.parent, path.name) as handle:
         head = handle.read(8)
-        size = _header_size(path, head, path.stat().st_size)
+        size = _header_size(path, head, os.fstat(handle.fileno()).st_size)
         raw = handle.read(size)
     return _parse_metadata(path, raw)
 
 
-def snapshot_problem(path: Path | str, *, expected_sha256: str | None = None) -> str | None:
-    """Why a snapshot file cannot be used, without a model or its tensors: missing, bytes that differ
-    from ``expected_sha256``, a torn or malformed header, or tensors that run past the end of the file
-    (truncated). None when it looks whole. Cheap enough for ``stats`` and for ``chat`` before it loads
-    the model."""
-    path = Path(path)
-    if not path.is_file():
-        return "the file is missing"
-    if expected_sha256 is not None:
-        from memos_cli.cube.io import sha256_file
+def snapshot_problem(root: Path, rel: str, *, expected_sha256: str | None = None) -> str | None:
+    """Why the snapshot file ``rel`` of cube ``root`` cannot be used, without a model or its tensors:
+    missing, a link or special file, bytes that differ from ``expected_sha256``, a torn or malformed
+    header, or tensors that run past the end of the file (truncated). None when it looks whole. Cheap
+    enough for ``stats`` and for ``chat`` before it loads the model. Read through the confined
+    primitives (cube/io.py): nothing outside the cube is followed."""
+    from memos_cli.errors import UnsafePath
 
-        if sha256_file(path) != expected_sha256:
-            return "its bytes do not match the recorded sha256 (modified or corrupted)"
+    shown = Path(root) / rel
     try:
-        total = path.stat().st_size
-        with open(path, "rb") as handle:
+        what = cube_io.kind(root, rel)
+        if what is None:
+            return "the file is missing"
+        if what != "file":
+            return "it is a symbolic link" if what == "link" else "it is not a regular file"
+        if expected_sha256 is not None and cube_io.sha256(root, rel) != expected_sha256:
+            return "its bytes do not match the recorded sha256 (modified or corrupted)"
+        with cube_io.open_read(root, rel) as handle:
+            total = os.fstat(handle.fileno()).st_size
             head = handle.read(8)
-            size = _header_size(path, head, total)
+            size = _header_size(shown, head, total)
             raw = handle.read(size)
-        _parse_metadata(path, raw)
+        _parse_metadata(shown, raw)
         header = json.loads(raw)
         ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    except UnsafePath as exc:
+        return exc.why
     except InvalidSnapshot as exc:
         return exc.problem
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
@@ -530,6 +538,13 @@ def _parse_metadata(path: Path, raw: bytes) -> dict[str, str]:
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InvalidSnapshot(path, "not a memos KV snapshot (no memos-kv metadata)")
+    for key, value in meta.items():
+        if len(str(value)) > cube_layout.MAX_SNAPSHOT_FIELD_CHARS:
+            raise InvalidSnapshot(
+                path,
+                f"header field {str(key)[:40]!r} is longer than the limit of "
+                f"{cube_layout.MAX_SNAPSHOT_FIELD_CHARS:,} characters (docs/FORMAT.md, Limits)",
+            )
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise InvalidSnapshot(
             path, f"format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}", hint="upgrade memos"
@@ -550,7 +565,8 @@ def load_snapshot(path: Path | str, lm: LanguageModel, *, expected_sha256: str |
 
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = cube_io.read_bytes(path.parent, path.name)
+        assert data is not None
     except OSError as exc:
         raise InvalidSnapshot(path, f"cannot read it ({exc.strerror})") from exc
     digest = hashlib.sha256(data).hexdigest()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ops
@@ -84,12 +85,17 @@ class ChatSession:
         self.actor = default_actor(options.actor)
         for cube in self.cubes:
             cube.check(self.actor, "read")
+        self.stale: list[str] = []
+        if options.remember and not self.cubes[0].writable():
+            # A read-only cube (a mounted release, another user's checkout) still answers; it cannot
+            # remember the conversation, and says so instead of failing.
+            options.remember = False
+            self.stale.append(f"cube {self.cubes[0].path} is read-only: this conversation is not remembered")
         if options.remember:
             self.cubes[0].check(self.actor, "write")
         self.session_id = "chat-" + utc_now().replace(":", "").replace("-", "")[:15] + "-" + secrets.token_hex(2)
         self.history: list[dict[str, str]] = []
         self.turns = 0
-        self.stale: list[str] = []
         if options.kv:
             self._check_snapshot_file(options.kv)  # a broken file is refused before the model loads
         self.lm = load_lm(options.model)
@@ -111,13 +117,13 @@ class ChatSession:
         from memos_cli.engine.activation import snapshot_problem
 
         for cube in self.cubes:
-            entry = cube.manifest.kv.get(name)
-            if entry is None:
+            if name not in cube.manifest.kv:
                 continue
-            problem = snapshot_problem(cube.committed_path(entry["file"]), expected_sha256=entry.get("sha256"))
+            # the file's shape only: its sha256 is checked once, as it is loaded (IntegrityError)
+            problem = snapshot_problem(cube.path, cube.committed_rel(layout.kv_rel(name)))
             if problem:
                 raise InvalidSnapshot(
-                    entry["file"], problem, hint=f"rebuild it with: memos promote {cube.path} --refresh {name}"
+                    layout.kv_rel(name), problem, hint=f"rebuild it with: memos promote {cube.path} --refresh {name}"
                 )
             return
 
@@ -129,7 +135,7 @@ class ChatSession:
             entry = cube.manifest.kv.get(name)
             if entry is None:
                 continue
-            snap = load_snapshot(cube.committed_path(entry["file"]), self.lm, expected_sha256=entry.get("sha256"))
+            snap = load_snapshot(cube.committed_path(layout.kv_rel(name)), self.lm, expected_sha256=entry.get("sha256"))
             stale = ops.stale_entries(cube, cube.read_state())["kv"].get(name)
             if stale:
                 self.stale.append(

@@ -21,6 +21,7 @@ and merges several adapters into one copy of the model for chat.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -38,13 +39,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from memos_cli.cube import layout
+from memos_cli.cube import io as cube_io
+from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube, utc_now
-from memos_cli.cube.io import sha256_file
+from memos_cli.cube.io import sha256_bytes, sha256_file
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
-from memos_cli.errors import AdapterNotFound, IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
+from memos_cli.errors import (
+    AdapterNotFound,
+    IncompatibleModel,
+    IntegrityError,
+    InvalidCube,
+    MemosError,
+    UsageError,
+    shorten,
+)
 from memos_cli.models.lm import LanguageModel, load_lm
 from memos_cli.words import plural
 
@@ -54,9 +64,8 @@ from memos_cli.words import plural
 Progress = Callable[[str, int, int, "float | None"], None]
 
 TARGETS = ("all-linear", "attention")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-REPORT_FILE = "report.json"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ADAPTER_FILES = layout.ADAPTER_FILES
+REPORT_FILE = layout.ADAPTER_REPORT
 DEFAULT_EPOCHS = 5  # 6 over-trained: same recall (100%) but held-out loss +14.1% vs +5.1% (bench)
 # Floor on the default number of steps: 5 epochs of 3 facts is 9 steps, which recalled 33%; 20 steps
 # recalled 100% (held-out loss -4.4%). An explicit --epochs or --steps is taken as given.
@@ -549,8 +558,8 @@ def _fit(
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise UsageError(f"adapter name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    if not layout.valid_name(name):
+        raise UsageError(f"adapter name {shorten(name)!r}: use letters, digits, '.', '_' and '-' (at most 64)")
     return name
 
 
@@ -725,7 +734,7 @@ def drop_adapter(cube: Cube, name: str, *, actor: str | None = None) -> dict[str
         entry = tx.manifest.lora.get(name)
         if entry is None:
             raise AdapterNotFound(cube.path, name)
-        tx.delete_file(entry.get("path") or f"{layout.LORA_DIR}/{name}")
+        tx.delete_file(layout.lora_rel(name))
         del tx.manifest.lora[name]
         tx.touch_manifest()
         ids = [str(ref).split("@")[0] for ref in entry.get("memories", [])]
@@ -739,25 +748,113 @@ def verify_adapter(cube: Cube, name: str) -> Path:
     entry = cube.manifest.lora.get(name)
     if entry is None:
         raise AdapterNotFound(cube.path, name)
-    folder = cube.path / (entry.get("path") or f"{layout.LORA_DIR}/{name}")
+    rel = f"{layout.LORA_DIR}/{name}"  # the manifest may name no other place (cube/manifest.py)
+    folder = cube.path / rel
     files = entry.get("files") or {}
     missing = [f for f in ADAPTER_FILES if f not in files]
     if missing:
         raise InvalidCube(cube.path, f"adapter {name} records no sha256 for {', '.join(missing)}")
-    if not folder.is_dir():
-        raise InvalidCube(cube.path, f"adapter folder {folder.relative_to(cube.path)} is missing")
-    present = {p.name for p in folder.iterdir()}
+    if cube_io.kind(cube.path, rel) != "dir":
+        raise InvalidCube(cube.path, f"adapter folder {rel} is missing (or is not a plain folder)")
+    present = set(cube_io.listdir(cube.path, rel))
     extra = sorted(present - set(files))
     if extra:
         raise InvalidCube(cube.path, f"adapter {name} holds files the manifest does not list: {', '.join(extra)}")
     for file, expected in sorted(files.items()):
-        path = folder / file
-        if not path.is_file():
+        if file not in present:
             raise InvalidCube(cube.path, f"adapter {name} lacks {file}")
-        found = sha256_file(path)
+        found = cube_io.sha256(cube.path, f"{rel}/{file}")  # refuses links and special files
         if found != expected:
             raise IntegrityError(cube.path, f"{layout.LORA_DIR}/{name}/{file}", str(expected), found)
     return folder
+
+
+_PLAIN_MODULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+# The one pattern memos itself writes for --target-modules attention: ".*\.(parents)\.(leaves)".
+_MEMOS_ATTENTION = re.compile(r"\.\*\\\.\(([A-Za-z0-9_|]+)\)\\\.\(([A-Za-z0-9_|]+)\)")
+
+
+def safe_adapter_config(config: Any, where: str) -> dict[str, Any]:
+    r"""An adapter config whose module patterns peft can apply without evaluating a regex from the cube.
+
+    peft treats a string ``target_modules``/``exclude_modules`` (and the keys of ``rank_pattern``,
+    ``alpha_pattern``, and ``layers_pattern``) as regular expressions: one from a stranger can backtrack
+    for hours. Accepted: lists of plain module names, "all-linear", and the exact ``.*\.(a|b)\.(c|d)``
+    shape memos writes, which is rewritten to the equivalent list of name suffixes. Anything else is
+    refused (InvalidCube), before peft sees it."""
+
+    def refuse(problem: str) -> InvalidCube:
+        return InvalidCube(Path(where), f"adapter_config.json {problem}")
+
+    if not isinstance(config, dict):
+        raise refuse("is not a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise refuse(f"is not a LoRA adapter (peft_type {str(config.get('peft_type'))[:40]!r})")
+    config = dict(config)
+
+    def names(key: str, value: Any) -> list[str] | None:
+        if value is None:
+            return None
+        if isinstance(value, list) and all(isinstance(v, str) and _PLAIN_MODULE.fullmatch(v) for v in value):
+            return value
+        raise refuse(f"{key} must be a list of plain module names (memos evaluates no pattern from a cube)")
+
+    target = config.get("target_modules")
+    if isinstance(target, str):
+        shape = _MEMOS_ATTENTION.fullmatch(target)
+        if target == "all-linear":
+            pass
+        elif shape:
+            config["target_modules"] = [f"{p}.{leaf}" for p in shape[1].split("|") for leaf in shape[2].split("|")]
+        else:
+            raise refuse("target_modules is a regular expression memos does not evaluate; list module names")
+    else:
+        config["target_modules"] = names("target_modules", target)
+    for key in ("exclude_modules", "modules_to_save"):
+        config[key] = names(key, config.get(key))
+    layers = config.get("layers_pattern")
+    if isinstance(layers, str):
+        names("layers_pattern", [layers])
+    else:
+        names("layers_pattern", layers)
+    for key in ("rank_pattern", "alpha_pattern"):
+        value = config.get(key) or {}
+        if not isinstance(value, dict):
+            raise refuse(f"{key} must be a mapping")
+        names(key, list(value))
+    return config
+
+
+@contextlib.contextmanager
+def private_adapters(folders: Sequence[Path], expected: Sequence[dict[str, str]] | None = None) -> Any:
+    """Private copies of adapter folders for peft to read: each file read once through the confined
+    primitives (no link, no special file), checked against ``expected`` sha256 where given, and the
+    config rewritten by ``safe_adapter_config``. Nothing of the cube is read by peft itself."""
+    with tempfile.TemporaryDirectory(prefix="memos-adapter-") as tmp:
+        copies = []
+        for i, folder in enumerate(folders):
+            out = Path(tmp) / str(i)
+            out.mkdir()
+            for file in ADAPTER_FILES:
+                limit = layout.MAX_ADAPTER_CONFIG_BYTES if file == "adapter_config.json" else None
+                data = cube_io.read_bytes(folder, file, limit=limit)
+                assert data is not None
+                if expected is not None and sha256_bytes(data) != expected[i].get(file):
+                    raise IntegrityError(
+                        folder.parent.parent,
+                        f"{folder.parent.name}/{folder.name}/{file}",
+                        str(expected[i].get(file)),
+                        sha256_bytes(data),
+                    )
+                if file == "adapter_config.json":
+                    try:
+                        config = json.loads(data.decode("utf-8"))
+                    except (ValueError, UnicodeDecodeError):
+                        raise InvalidCube(folder, "adapter_config.json is not JSON") from None
+                    data = json.dumps(safe_adapter_config(config, str(folder))).encode("utf-8")
+                (out / file).write_bytes(data)
+            copies.append(out)
+        yield copies
 
 
 def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> LanguageModel:
@@ -783,19 +880,16 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
         if expected != lm.fingerprint:
             raise IncompatibleModel(f"adapter {name}", expected, lm.fingerprint)
         folder = verify_adapter(cube, name)
-        config = json.loads((folder / "adapter_config.json").read_text())
-        if config.get("peft_type") != "LORA":
-            raise InvalidCube(
-                cube.path, f"adapter {name} is not a LoRA adapter (peft_type {config.get('peft_type')!r})"
-            )
+        check_adapter_bounds(cube, name, folder)
         folders.append(folder)
     digest = hashlib.sha256(
         "\n".join(f"{n}:{cube.manifest.lora[n]['files']['adapter_model.safetensors']}" for n in names).encode()
     ).hexdigest()
-    with warnings.catch_warnings():
+    expected = [cube.manifest.lora[n]["files"] for n in names]
+    with warnings.catch_warnings(), private_adapters(folders, expected) as copies:
         warnings.simplefilter("ignore")
-        model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(folders[0]), adapter_name=names[0])
-        for name, folder in zip(names[1:], folders[1:], strict=True):
+        model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(copies[0]), adapter_name=names[0])
+        for name, folder in zip(names[1:], copies[1:], strict=True):
             model.load_adapter(str(folder), adapter_name=name)
         merged = model.merge_and_unload(adapter_names=names)
     merged.eval()
@@ -806,6 +900,48 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
         fingerprint=f"{lm.fingerprint}+lora-{digest[:12]}",
         _kv_shapes=None,
     )
+
+
+MAX_LORA_RANK = 256  # peft allocates rank x (in + out) per target module before reading a weight
+
+
+def check_adapter_bounds(cube: Cube, name: str, folder: Path) -> None:
+    """Refuse an adapter whose config would make peft allocate unbounded memory (``r: 200000``), or whose
+    tensors disagree with its rank, before peft reads a byte of it. Raises InvalidCube."""
+    from safetensors import safe_open
+
+    def bad(problem: str) -> InvalidCube:
+        return InvalidCube(cube.path, f"adapter {shorten(name)}: {problem}")
+
+    try:
+        config = records.loads(
+            cube_io.read_bytes(folder, "adapter_config.json", limit=layout.MAX_ADAPTER_CONFIG_BYTES) or b""
+        )
+    except ValueError as exc:
+        raise bad(f"adapter_config.json is not valid ({exc})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        found = config.get("peft_type") if isinstance(config, dict) else None
+        raise bad(f"not a LoRA adapter (peft_type {shorten(repr(found))})")
+    rank_pattern = config.get("rank_pattern") or {}
+    if not isinstance(rank_pattern, dict):
+        raise bad("rank_pattern is not a mapping")
+    ranks = [config.get("r"), *rank_pattern.values()]
+    for rank in ranks:
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_LORA_RANK:
+            raise bad(f"rank {shorten(repr(rank))} is not an integer from 1 to {MAX_LORA_RANK}")
+    largest = max(ranks)
+    try:
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                if "lora_A" in key and (len(shape) != 2 or shape[0] > largest):
+                    raise bad(f"tensor {shorten(key)} has shape {shape}, not rank <= {largest}")
+                if "lora_B" in key and (len(shape) != 2 or shape[1] > largest):
+                    raise bad(f"tensor {shorten(key)} has shape {shape}, not rank <= {largest}")
+    except InvalidCube:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: an unreadable file, named
+        raise bad(f"adapter_model.safetensors is unreadable ({shorten(str(exc))})") from None
 
 
 def stale_adapters(cube: Cube) -> dict[str, list[str]]:
@@ -837,10 +973,10 @@ def combine_adapters(
         raise UsageError("combining adapters needs at least two")
     names = [f"parent{i}" for i in range(len(folders))]
     weights = list(weights) if weights is not None else [1.0] * len(names)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), private_adapters(folders) as copies:
         warnings.simplefilter("ignore")
-        model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(folders[0]), adapter_name=names[0])
-        for name, folder in zip(names[1:], folders[1:], strict=True):
+        model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(copies[0]), adapter_name=names[0])
+        for name, folder in zip(names[1:], copies[1:], strict=True):
             model.load_adapter(str(folder), adapter_name=name)
         try:
             model.add_weighted_adapter(names, weights, adapter_name="fused", combination_type=method, **options)

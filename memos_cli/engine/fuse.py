@@ -26,8 +26,8 @@ Vectors come from the parents' indexes (same embedder), so fusing does not re-em
 
 from __future__ import annotations
 
+import glob
 import hashlib
-import os
 import shutil
 import tempfile
 import time
@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from memos_cli.config import actor as resolve_actor
+from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, normalise_text
@@ -81,7 +82,7 @@ class FuseReport:
 
 
 def _lineage(cube: Cube) -> dict[str, Any]:
-    data = cube.memories_path.read_bytes() if cube.memories_path.exists() else b""
+    data = cube_io.read_bytes(cube.path, layout.MEMORIES, missing_ok=True) or b""
     return {
         "id": cube.manifest.id,
         "name": cube.manifest.name,
@@ -336,6 +337,9 @@ def fuse(
 
     # Build next to the output and rename at the end: a killed fuse leaves no half-made cube at OUT.
     output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in output.parent.glob(f".{glob.escape(output.name)}.fusing-*"):
+        if stale.is_dir() and not stale.is_symlink():  # left by a fuse that was killed: never a cube yet
+            cube_io.remove(output.parent, stale.name)
     building = Path(tempfile.mkdtemp(prefix=f".{output.name}.fusing-", dir=output.parent))
     try:
         _write_fused(
@@ -360,7 +364,7 @@ def fuse(
         raise
     if output.exists():
         output.rmdir()  # an empty directory was allowed as the target
-    os.rename(building, output)
+    cube_io.rename(output.parent, building.name, output.name)  # the one step that makes the cube appear
     report.seconds = time.perf_counter() - started
     return report
 
@@ -553,7 +557,7 @@ def _carry_adapters(
     out: dict[str, tuple[Path, dict[str, Any]]] = {}
     for lora_name, sources in plan.items():
         folder = work / lora_name
-        folders = [p.committed_path(entry.get("path", f"{layout.LORA_DIR}/{lora_name}")) for p, entry in sources]
+        folders = [p.committed_path(layout.lora_rel(lora_name)) for p, _entry in sources]
         facts = {p.manifest.name: _parent_facts(entry, final, moved) for p, entry in sources}
         refs = list(dict.fromkeys(r.ref for records in facts.values() for r in records))
         entry: dict[str, Any] = {
@@ -567,7 +571,8 @@ def _carry_adapters(
         if len(sources) == 1:
             folder.mkdir(parents=True, exist_ok=True)
             for name in D.ADAPTER_FILES:
-                shutil.copy2(folders[0] / name, folder / name)
+                data = cube_io.read_bytes(folders[0], name)  # never through a link or special file
+                (folder / name).write_bytes(data or b"")
             entry["method"] = _method(1, consolidated=False)
             for key in ("hyperparameters", "metrics", "selection"):
                 if key in sources[0][1]:
@@ -592,6 +597,8 @@ def _fuse_adapters(
     the recall of each parent's facts after peft's combination (and after consolidation)."""
     from memos_cli.engine import distill as D
 
+    for (cube, _entry), parent_folder in zip(sources, folders, strict=True):  # bounded before peft allocates
+        D.check_adapter_bounds(cube, folder.name, parent_folder)  # folder: <work>/<adapter name>
     model = D.combine_adapters(lm, folders, method=COMBINATION)
     probes = {
         parent: [p for r in _sample(records, RECALL_MEMORIES) for p in D.probes_for(r)]

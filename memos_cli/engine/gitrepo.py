@@ -13,7 +13,7 @@ import yaml
 
 from memos_cli.cube import layout
 from memos_cli.cube.io import atomic_write_bytes
-from memos_cli.cube.manifest import parse_manifest
+from memos_cli.cube.manifest import dump_yaml, load_yaml, parse_manifest
 from memos_cli.engine.merge import merge_manifest
 from memos_cli.engine.versions import merge_audit, merge_memories
 from memos_cli.errors import InvalidCube, MemosError, UsageError
@@ -67,13 +67,15 @@ def merge_manifest_text(base: bytes, ours: bytes, theirs: bytes) -> bytes:
     """Three-way merge of ``cube.yaml`` (engine/merge.py: key by key, ``updated`` the later one)."""
 
     def load(data: bytes) -> dict[str, Any]:
-        value = yaml.safe_load(data.decode("utf-8")) if data.strip() else {}
+        if len(data) > layout.MAX_MANIFEST_BYTES:
+            raise ValueError(f"cube.yaml is larger than {layout.MAX_MANIFEST_BYTES:,} bytes")
+        value = load_yaml(data.decode("utf-8")) if data.strip() else {}  # bounded: no alias bombs
         if not isinstance(value, dict):
             raise ValueError("cube.yaml is not a mapping")
         return value
 
     merged = merge_manifest(load(base), load(ours), load(theirs))
-    text = yaml.safe_dump(merged, sort_keys=True, allow_unicode=True, default_flow_style=False)
+    text = dump_yaml(merged)
     parse_manifest(text, Path(layout.MANIFEST))  # refuse to write what a reader would reject
     return text.encode("utf-8")
 

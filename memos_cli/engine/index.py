@@ -32,13 +32,16 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from memos_cli.config import lock_timeout
-from memos_cli.cube import layout
+from memos_cli.cube import io, layout
 from memos_cli.cube.bundle import Cube, CubeState
-from memos_cli.cube.io import append_bytes, atomic_write_text
+from memos_cli.cube.io import append_bytes, atomic_write_bytes, atomic_write_text
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ranking
 from memos_cli.engine.lexical import LexicalIndex
-from memos_cli.errors import IncompatibleModel, LockTimeout
+from memos_cli.errors import IncompatibleModel, InvalidCube, LockTimeout
+
+INDEX_REL = f"{layout.DERIVED_DIR}/{layout.INDEX_DIR}"
+_MAX_META_BYTES = 1 << 20
 
 INDEX_VERSION = 2  # 2: vectors of the bare text (ranking.embed_rows)
 HNSW_MIN_ROWS = 20_000  # below this, exact scoring is as fast as the graph and always exact
@@ -89,7 +92,10 @@ class CubeIndex:
 
     def __init__(self, cube: Cube, dim: int, embedder_name: str) -> None:
         self.cube = cube
-        self.dir = cube.derived / layout.INDEX_DIR
+        # The index is the folder ``root/rel``: .memos/index of the cube, or MEMOS_HOME's cache for a
+        # read-only cube (index_location). Every access goes through cube.io, relative to ``root``.
+        self.root, self.rel = index_location(cube)
+        self.dir = self.root / self.rel
         self.meta = IndexMeta.empty(embedder_name, dim)
         self.keys: list[str] = []
         self.rows: list[ranking.Row] = []
@@ -102,36 +108,60 @@ class CubeIndex:
     # ------------------------------------------------------------------ loading
     @property
     def lock(self) -> FileLock:
-        return FileLock(str(self.cube.derived / "index.lock"), timeout=lock_timeout())
+        if self.root == self.cube.path:
+            lock = self.cube.file_lock("index.lock")
+        else:
+            lock = FileLock(str(self.root / "index.lock"))
+        lock.timeout = lock_timeout()
+        return lock
+
+    def _subdir(self, sub: str = "") -> None:
+        """Create the index folder (or ``sub`` in it), following no link."""
+        io.mkdirs(self.root, f"{self.rel}/{sub}" if sub else self.rel)
+
+    def _read(self, name: str, limit: int | None = None) -> bytes:
+        data = io.read_bytes(self.root, f"{self.rel}/{name}", limit=limit)
+        assert data is not None
+        return data
 
     def _load(self) -> bool:
-        """Load what is on disk; False if there is nothing usable (then the caller rebuilds)."""
+        """Load what is on disk; False if there is nothing usable (then the caller rebuilds): a link or
+        special file in the index is unusable too (it is derived data: the rebuild removes it)."""
         try:
-            meta = IndexMeta(**json.loads((self.dir / "meta.json").read_text()))
+            return self._load_checked()
+        except InvalidCube:
+            return False
+
+    def _load_checked(self) -> bool:
+        try:
+            meta = IndexMeta(**json.loads(self._read("meta.json", _MAX_META_BYTES)))
         except (OSError, ValueError, TypeError):
             return False
         if meta.version != INDEX_VERSION or meta.embedder != self.meta.embedder or meta.dim != self.meta.dim:
             return False
         n = meta.rows
         try:
-            vectors = np.fromfile(self.dir / "vectors.f32", dtype=np.float32, count=n * meta.dim)
-            keys = (self.dir / "keys.txt").read_text().split("\n")[:n]
-            with open(self.dir / "rows.jsonl", encoding="utf-8") as handle:
-                rows = [ranking.Row(**json.loads(next(handle))) for _ in range(n)]
-            current = json.loads((self.dir / "current.json").read_text())
-        except (OSError, ValueError, TypeError, StopIteration):
+            with io.open_read(self.root, f"{self.rel}/vectors.f32") as raw:
+                vectors = np.fromfile(raw, dtype=np.float32, count=n * meta.dim)
+            keys = self._read("keys.txt").decode("utf-8").split("\n")[:n]
+            lines = self._read("rows.jsonl").decode("utf-8").split("\n")
+            rows = [ranking.Row(**json.loads(lines[i])) for i in range(n)]
+            current = json.loads(self._read("current.json"))
+        except (OSError, ValueError, TypeError, IndexError, RecursionError):  # derived: rebuilt
             return False
         if vectors.size != n * meta.dim or len(keys) != n:
             return False
         self.meta, self.keys, self.rows, self.current = meta, keys, rows, current
         self.vectors = vectors.reshape(n, meta.dim)
         try:
+            self._subdir("lexical")
             lexical = LexicalIndex.load(self.dir / "lexical")
             if len(lexical) != n:
                 raise ValueError("lexical rows differ")
         except (OSError, ValueError, KeyError):
             lexical = LexicalIndex()
             lexical.add([ranking.lexical_text(r) for r in rows])
+            self._subdir("lexical")
             lexical.save(self.dir / "lexical")
         self.lexical = lexical
         self.hnsw = None
@@ -145,6 +175,8 @@ class CubeIndex:
         import hnswlib
 
         graph = hnswlib.Index(space="ip", dim=self.meta.dim)
+        if io.kind(self.root, f"{self.rel}/hnsw.bin") != "file":
+            return None
         try:
             graph.load_index(str(self.dir / "hnsw.bin"), max_elements=max(count, 1))
         except (RuntimeError, OSError):
@@ -223,7 +255,7 @@ class CubeIndex:
         return embedded
 
     def _append_rows(self, rows: list[ranking.Row], keys: list[str], vectors: np.ndarray) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._subdir()
         n = self.meta.rows
         # Drop anything a crashed writer appended past the valid rows before appending ours.
         _truncate(self.dir / "vectors.f32", n * self.meta.dim * 4)
@@ -239,6 +271,7 @@ class CubeIndex:
         self.keys.extend(keys)
         self.rows.extend(rows)
         self.lexical.add([ranking.lexical_text(r) for r in rows])
+        self._subdir("lexical")
         self.lexical.save(self.dir / "lexical")
         self.meta.rows = len(self.keys)
 
@@ -259,11 +292,13 @@ class CubeIndex:
             start = self.meta.hnsw_rows
         graph.add_items(self.vectors[start:total], np.arange(start, total))
         graph.set_ef(HNSW_EF)
-        tmp = self.dir / "hnsw.bin.tmp"
-        graph.save_index(str(tmp))
-        with open(tmp, "rb") as handle:
+        self._subdir()
+        tmp = f"hnsw.bin.{os.getpid()}.tmp"
+        io.remove(self.dir, tmp)  # whatever was there (a link included) goes: hnswlib opens by name
+        graph.save_index(str(self.dir / tmp))
+        with io.open_read(self.dir, tmp) as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, self.dir / "hnsw.bin")
+        io.rename(self.dir, tmp, "hnsw.bin")
         self.hnsw = graph
         self.meta.hnsw_rows = total
 
@@ -276,7 +311,7 @@ class CubeIndex:
             self.meta.records_size, self.meta.records_mtime_ns = stat.st_size, stat.st_mtime_ns
         else:  # the file moved on (or is mid-transaction): record nothing, the next open re-checks
             self.meta.records_size, self.meta.records_mtime_ns = -1, -1
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._subdir()
         # Three writes, so that a writer killed between any two leaves an index that is at worst behind:
         # the row count first, claiming no records (current.json may point only into rows that exist),
         # then the mapping into those rows, then the claim that they match the records.
@@ -314,6 +349,59 @@ class CubeIndex:
             return found
 
         return candidates
+
+
+def index_location(cube: Cube) -> tuple[Path, str]:
+    """Where ``cube``'s index lives, as ``(root, rel)``: the folder ``root/rel``, ``root`` trusted.
+
+    ``.memos/index/`` when the cube is writable. On a read-only cube (read-only media, another user's
+    checkout) a folder under MEMOS_HOME's cache, keyed by the cube's id and the sha256 of its records, so
+    reads never write to the cube; if even that cache cannot be written, a temporary folder for this
+    process (the index is then built in memory and on temporary disk, and dropped at exit)."""
+    if cube.writable():
+        return cube.path, INDEX_REL
+    from memos_cli.cube.io import sha256_file
+
+    try:
+        content = sha256_file(cube.memories_path)[:16]
+    except FileNotFoundError:
+        content = "empty"
+    try:
+        folder = readonly_cache_root() / f"{_safe_id(cube.manifest.id)}-{content}"
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = _process_temp_dir() / content
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder, layout.INDEX_DIR
+
+
+def readonly_cache_root() -> Path:
+    """Where indexes of read-only cubes are kept: ``MEMOS_HOME/readonly-index``."""
+    from memos_cli.config import memos_home
+
+    return memos_home() / "readonly-index"
+
+
+def _safe_id(cube_id: str) -> str:
+    """A cube id as a folder name: a stranger's manifest may hold anything."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", cube_id)[:64] or "cube"
+
+
+_TEMP_DIR: Path | None = None
+
+
+def _process_temp_dir() -> Path:
+    global _TEMP_DIR
+    if _TEMP_DIR is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _TEMP_DIR = Path(tempfile.mkdtemp(prefix="memos-index-"))
+        atexit.register(shutil.rmtree, _TEMP_DIR, True)
+    return _TEMP_DIR
 
 
 def open_index(
@@ -360,15 +448,13 @@ def open_index(
 
 
 def _truncate(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size > size:
-        with open(path, "r+b") as handle:
-            handle.truncate(size)
+    io.truncate(path.parent, path.name, size)
 
 
 def _truncate_lines(path: Path, lines: int) -> None:
-    if not path.exists():
+    data = io.read_bytes(path.parent, path.name, missing_ok=True)
+    if data is None:
         return
-    data = path.read_bytes()
     offset = 0
     for _ in range(lines):
         offset = data.index(b"\n", offset) + 1
@@ -376,11 +462,66 @@ def _truncate_lines(path: Path, lines: int) -> None:
 
 
 def _clear(directory: Path) -> None:
-    if directory.exists():
-        for child in directory.iterdir():
-            if child.is_dir():
-                import shutil
+    """Empty the index folder; a link or file in its place is removed (never followed)."""
+    root, rel = directory.parent.parent, f"{directory.parent.name}/{directory.name}"
+    if io.kind(root, rel) not in (None, "dir"):
+        io.remove(root, rel)
+        return
+    # meta.json first: without it there is no index (the loader and verify both say so), whatever else
+    # a stop between two removals leaves behind.
+    for name in sorted(io.listdir(root, rel), key=lambda n: n != "meta.json"):
+        io.remove(root, f"{rel}/{name}")
 
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+
+def scrub(cube: Cube, purged: list[MemoryRecord], kept: list[MemoryRecord]) -> None:
+    """Remove every derived copy of the ``purged`` versions' text from the index (``forget --purge``).
+
+    The rows, vectors and BM25 statistics are rewritten from the rows that stay (no model is needed);
+    the hnswlib graph is dropped (rebuilt when the cube is large enough to need it); indexes of this
+    cube kept in the read-only cache are removed. A row whose text a ``kept`` version still indexes
+    stays (that text is still in the cube). Killed midway, the index is left empty and is rebuilt by
+    the next query; the purged text is gone either way. Every access is confined to the cube (cube.io)."""
+    import shutil
+
+    for folder in readonly_cache_root().glob(f"{_safe_id(cube.manifest.id)}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+    if io.kind(cube.path, INDEX_REL) is None:
+        return
+    doomed_ids = {r.id for r in purged}
+    doomed = {row_key(row_for(r)) for r in purged} - {row_key(row_for(r)) for r in kept}
+    lock = cube.file_lock("index.lock")
+    lock.timeout = lock_timeout()
+    directory = cube.path / INDEX_REL
+    try:
+        with lock:
+            try:
+                raw = io.read_bytes(cube.path, f"{INDEX_REL}/meta.json", limit=_MAX_META_BYTES)
+                meta = json.loads(raw or b"")
+                index = CubeIndex(cube, int(meta["dim"]), str(meta["embedder"]))
+                loaded = index.root == cube.path and index._load()
+            except (OSError, ValueError, TypeError, KeyError, InvalidCube, RecursionError):
+                loaded = False
+            _clear(directory)  # every file goes (a link in its place too), torn tails and temporary files included
+            if not loaded:
+                return  # nothing usable was there: the next query builds the index afresh
+            keep = [i for i, key in enumerate(index.keys) if key not in doomed]
+            moved = {old: new for new, old in enumerate(keep)}
+            rows = [index.rows[i] for i in keep]
+            meta_out = {**asdict(index.meta), "rows": 0, "hnsw_rows": 0, "records_size": -1, "records_mtime_ns": -1}
+            io.mkdirs(cube.path, f"{INDEX_REL}/lexical")
+            atomic_write_bytes(directory / "vectors.f32", np.ascontiguousarray(index.vectors[keep]).tobytes())
+            atomic_write_text(directory / "keys.txt", "".join(index.keys[i] + "\n" for i in keep))
+            atomic_write_text(
+                directory / "rows.jsonl",
+                "".join(json.dumps(vars(r), ensure_ascii=False, sort_keys=True) + "\n" for r in rows),
+            )
+            lexical = LexicalIndex()
+            lexical.add([ranking.lexical_text(r) for r in rows])
+            lexical.save(directory / "lexical")
+            current = {m: moved[row] for m, row in index.current.items() if m not in doomed_ids and row in moved}
+            atomic_write_text(directory / "current.json", json.dumps(current, sort_keys=True))
+            # meta.json last: until it is written there is no index (the next query builds one, never wrong).
+            meta_out["rows"] = len(keep)
+            atomic_write_text(directory / "meta.json", json.dumps(meta_out, sort_keys=True))
+    except Timeout:
+        raise LockTimeout(directory, lock_timeout()) from None

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
-from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for
+from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for, validate
 from memos_cli.engine import index as index_mod
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
 from memos_cli.engine.sync import SyncPlan, plan_sync
-from memos_cli.errors import SKIP_BAD_HINT, BadInput, UsageError
+from memos_cli.errors import SKIP_BAD_HINT, BadInput, UsageError, after_commit
 from memos_cli.words import plural
 
 Progress = Callable[[int, int], None]
@@ -209,7 +209,20 @@ def ingest(
             parsed.append((source, fmt or "?", [], 1))
             continue
         rejected.extend(bad)
-        parsed.append((source, used, [_record(d, defaults, used, now, actor) for d in drafts], len(bad)))
+        built = []
+        for draft in drafts:
+            record = _record(draft, defaults, used, now, actor)
+            try:
+                validate(record)  # the one record validator: what a reader of the cube would refuse
+            except ValueError as exc:
+                problem = BadInput(f"{source.name}:{draft.line}", str(exc))
+                if not skip_bad:
+                    raise problem from None
+                rejected.append(Rejected(problem.where, problem.problem))
+                bad.append(rejected[-1])
+                continue
+            built.append(record)
+        parsed.append((source, used, built, len(bad)))
 
     embedder = embedder or EmbedderHandle()
     state = cube.read_state()
@@ -246,10 +259,29 @@ def ingest(
             tx.manifest.embedder = {"name": ident.name, "dim": ident.dim, "fingerprint": ident.fingerprint}
             tx.touch_manifest()
     if fresh or planned.changed or archived:
-        _update_index(cube, embedder, known, progress)
+        try:
+            _update_index(cube, embedder, known, progress)
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - after the commit, every failure is told as one
+            # The records are committed: say so, or a pipeline retries and the user believes nothing was
+            # written. The index is derived and brings itself up to date on the next query.
+            raise after_commit(
+                _committed(len(fresh), len(planned.changed), len(archived)),
+                "the index will be rebuilt by the next query",
+                exc,
+            ) from exc
     report = _report(parsed, planned, superseded, archived, known, dry_run=False, sync=sync, started=started)
     report.rejected = rejected
     return report
+
+
+def _committed(stored: int, changed: int, archived: int) -> str:
+    """What an ingest committed, as a PostCommitError says it ("3 memories stored")."""
+    said = [f"{plural(stored, 'memory')} stored"] if stored else []
+    if changed:
+        said.append(f"{plural(changed, 'changed passage')} updated")
+    if archived:
+        said.append(f"{plural(archived, 'vanished passage')} archived")
+    return ", ".join(said)
 
 
 def _plan(parsed: list[tuple[Source, str, list[MemoryRecord], int]], state: CubeState, now: str) -> SyncPlan:
@@ -270,10 +302,10 @@ def _report(
     stored = {id(r) for r in planned.fresh}  # by object: a repeated record has the stored one's memory id
     changed_hashes = {r.hash for r in planned.changed}
     reports = []
-    for source, used, records, bad in parsed:
+    for source, used, records, n_bad in parsed:
         added = sum(1 for r in records if id(r) in stored)
         updated = sum(1 for r in records if r.hash in changed_hashes)
-        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added - updated, bad))
+        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added - updated, n_bad))
     return IngestReport(
         added=len(planned.fresh),
         duplicates=sum(r.duplicates for r in reports),

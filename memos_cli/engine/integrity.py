@@ -3,20 +3,55 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import secrets
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memos_cli.cube import layout
-from memos_cli.cube.bundle import Cube
-from memos_cli.cube.io import TornLine, iter_lines, sha256_file
+from memos_cli.cube import io, layout, records
+from memos_cli.cube.bundle import Cube, quarantine_journal, read_journal
+from memos_cli.cube.io import TornLine, iter_lines
 from memos_cli.cube.records import MemoryRecord, content_hash
 from memos_cli.engine.merge import conflicts_of
-from memos_cli.errors import InvalidCube
+from memos_cli.errors import InvalidCube, UnsafeJournal
 
-QUARANTINE_FIX = f"memos repair moves it to {layout.DERIVED_DIR}/quarantine/"
+QUARANTINE_REL = f"{layout.DERIVED_DIR}/quarantine"
+QUARANTINE_FIX = f"memos repair moves it to {QUARANTINE_REL}/"
+# Files memos writes into in place (appends, truncations): a hard link there would write elsewhere too.
+_IN_PLACE = (layout.MEMORIES, layout.AUDIT)
+
+
+def unsafe_entries(root: Path) -> list[tuple[str, str]]:
+    """``(relative name, what is wrong)`` for every link and special file in the bundle (``.git``
+    skipped; nothing followed), and every hard-linked file memos would write into in place."""
+    found: list[tuple[str, str]] = []
+    for top, dirs, files in os.walk(root, followlinks=False):
+        rel_top = os.path.relpath(top, root)
+        if rel_top == ".":
+            dirs[:] = [d for d in dirs if d != ".git"]
+        if rel_top == QUARANTINE_REL:
+            dirs[:] = []
+            continue  # what repair moved aside: inert, never read
+        for name in sorted(dirs + files):
+            rel = name if rel_top == "." else f"{rel_top}/{name}"
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                found.append((rel, "is a symbolic link"))
+            elif not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                found.append((rel, "is a special file (FIFO, socket or device)"))
+            elif (
+                stat.S_ISREG(st.st_mode)
+                and st.st_nlink > 1
+                and (rel in _IN_PLACE or rel.startswith(layout.DERIVED_DIR + "/"))
+            ):
+                found.append((rel, "is hard-linked to another file"))
+    return found
 
 
 def _refresh(cube: Cube, name: str) -> str:
@@ -45,19 +80,27 @@ class VerifyReport:
 
 
 def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, dict[str, Any]]]:
-    path = cube.path / rel
-    if not path.exists():
-        fix = "memos repair recreates it empty" if rel == layout.AUDIT else f"restore it: git checkout -- {rel}"
-        report.problems.append(f"{rel} is missing ({fix})")
+    try:
+        if io.kind(cube.path, cube.committed_rel(rel)) is None:
+            fix = "memos repair recreates it empty" if rel == layout.AUDIT else f"restore it: git checkout -- {rel}"
+            report.problems.append(f"{rel} is missing ({fix})")
+            return []
+        data = cube._read_committed(rel)  # what readers see: an unfinished transaction's bytes excluded
+    except InvalidCube as exc:
+        report.problems.append(exc.problem)
         return []
-    data = cube._read_committed(rel)  # what readers see: an unfinished transaction's bytes excluded
     objects: list[tuple[int, dict[str, Any]]] = []
     try:
         for number, line in iter_lines(data):
             try:
-                obj = json.loads(line.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
+                # memories.jsonl under the record bounds every reader applies; audit.jsonl (long id lists)
+                # under the same depth and number rules, without the size bound.
+                obj = records.loads(line) if rel == layout.MEMORIES else records.loads_unbounded(line)
+            except json.JSONDecodeError:
                 report.problems.append(f"{rel}:{number}: not valid JSON ({QUARANTINE_FIX})")
+                continue
+            except (ValueError, UnicodeDecodeError) as exc:
+                report.problems.append(f"{rel}:{number}: {exc} ({QUARANTINE_FIX})")
                 continue
             if not isinstance(obj, dict):
                 report.problems.append(f"{rel}:{number}: not a JSON object ({QUARANTINE_FIX})")
@@ -108,13 +151,18 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
     referenced: set[str] = set()
     active_refs = {r.ref for r in current.values() if r.status == "active"}
     for name, entry in manifest.kv.items():
-        rel = entry.get("file", f"{layout.KV_DIR}/{name}.safetensors")
+        rel = f"{layout.KV_DIR}/{name}.safetensors"
         referenced.add(rel)
-        path = cube.committed_path(rel)
-        if not path.is_file():
+        try:
+            committed = cube.committed_rel(rel)
+        except InvalidCube as exc:
+            report.problems.append(f"kv {name}: {exc.problem}")
+            continue
+        path = cube.path / committed
+        if io.kind(cube.path, committed) != "file":
             report.problems.append(f"kv {name}: {rel} is missing ({_refresh(cube, name)})")
             continue
-        if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        if entry.get("sha256") and io.sha256(cube.path, committed) != entry["sha256"]:
             report.problems.append(
                 f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted; {_refresh(cube, name)})"
             )
@@ -136,30 +184,32 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
                 f"kv {name} is stale: {len(stale)} of its memories changed (memos promote --refresh {name})"
             )
     for name, entry in manifest.lora.items():
-        folder = entry.get("path", f"{layout.LORA_DIR}/{name}")
+        folder = f"{layout.LORA_DIR}/{name}"
         referenced.add(folder)
-        base = cube.committed_path(folder)
-        if not base.is_dir():
+        try:
+            base = cube.committed_rel(folder)
+        except InvalidCube as exc:
+            report.problems.append(f"lora {name}: {exc.problem}")
+            continue
+        if io.kind(cube.path, base) != "dir":
             report.problems.append(
                 f"lora {name}: {folder}/ is missing (restore it from version control, or drop it: "
                 f"memos distill {cube.path} --drop {name})"
             )
             continue
         for rel, digest in (entry.get("files") or {}).items():
-            path = base / rel
-            if not path.is_file():
+            if io.kind(cube.path, f"{base}/{rel}") != "file":
                 report.problems.append(f"lora {name}: {folder}/{rel} is missing")
-            elif sha256_file(path) != digest:
+            elif io.sha256(cube.path, f"{base}/{rel}") != digest:
                 report.problems.append(f"lora {name}: {folder}/{rel} does not match its recorded sha256")
         stale = [m for m in entry.get("memories", []) if m not in active_refs]
         if stale:
             report.notes.append(f"lora {name} is stale: {len(stale)} of its memories changed")
     pending = set(cube.pending_created())
     for directory in (layout.KV_DIR, layout.LORA_DIR):
-        base = cube.path / directory
-        if base.is_dir():
-            for child in sorted(base.iterdir()):
-                rel = f"{directory}/{child.name}"
+        if io.kind(cube.path, directory) == "dir":
+            for child in io.listdir(cube.path, directory):
+                rel = f"{directory}/{child}"
                 if rel not in referenced and rel not in pending:
                     report.problems.append(
                         f"{rel} is not named in cube.yaml (left by an interrupted command? {QUARANTINE_FIX})"
@@ -169,18 +219,20 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
 
 
 def _check_index(cube: Cube, current: dict[str, MemoryRecord], report: VerifyReport) -> None:
-    directory = cube.path / layout.DERIVED_DIR / layout.INDEX_DIR
-    meta_path = directory / "meta.json"
-    if not meta_path.exists():
+    directory = f"{layout.DERIVED_DIR}/{layout.INDEX_DIR}"
+    if io.kind(cube.path, f"{directory}/meta.json") is None:
         report.notes.append("no index yet (the next query builds it)")
         return
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(io.read_bytes(cube.path, f"{directory}/meta.json", limit=1 << 20) or b"")
         rows = int(meta["rows"])
         dim = int(meta["dim"])
-        vectors = (directory / "vectors.f32").stat().st_size
-        mapping = json.loads((directory / "current.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        vectors_stat = io.lstat(cube.path, f"{directory}/vectors.f32")
+        if vectors_stat is None or io.kind(cube.path, f"{directory}/vectors.f32") != "file":
+            raise ValueError("no vectors")
+        vectors = vectors_stat.st_size
+        mapping = json.loads(io.read_bytes(cube.path, f"{directory}/current.json") or b"")
+    except (OSError, ValueError, KeyError, TypeError, InvalidCube) as exc:
         report.problems.append(f"index is unreadable ({type(exc).__name__}); memos repair rebuilds it")
         return
     if vectors < rows * dim * 4 or any(not isinstance(r, int) or r >= rows for r in mapping.values()):
@@ -192,7 +244,7 @@ def _check_index(cube: Cube, current: dict[str, MemoryRecord], report: VerifyRep
         report.problems.append(
             f"index holds {len(indexed - expected)} memories the cube does not; memos repair rebuilds it"
         )
-    elif expected - indexed or meta.get("records_size") != (cube.memories_path.stat().st_size):
+    elif expected - indexed or meta.get("records_size") != getattr(io.lstat(cube.path, layout.MEMORIES), "st_size", 0):
         report.notes.append("index is behind the records (brought up to date by the next query)")
     report.checked["index_rows"] = rows
 
@@ -200,20 +252,35 @@ def _check_index(cube: Cube, current: dict[str, MemoryRecord], report: VerifyRep
 def verify(cube_path: Path) -> VerifyReport:
     """Check the format, every line, the checksums, snapshot headers and the index. Never writes."""
     report = VerifyReport(cube=str(cube_path))
+    cube_path = Path(cube_path)
     try:
-        cube = Cube.open(cube_path)
+        for rel, why in unsafe_entries(cube_path):
+            report.problems.append(f"{rel} {why}: memos will not follow or write it (memos repair moves it aside)")
+        journal_ok = True
+        try:
+            read_journal(cube_path)
+        except UnsafeJournal as exc:
+            journal_ok = False
+            report.problems.append(exc.problem + " (memos repair moves it aside)")
+        cube = Cube.open(cube_path, ignore_journal=True)
     except InvalidCube as exc:
         report.problems.append(exc.problem)
         return report
-    if cube.journal_path.exists():
+    except (FileNotFoundError, NotADirectoryError):
+        report.problems.append("not a memos cube (no cube.yaml)")
+        return report
+    if journal_ok and cube.has_journal():
         report.notes.append(
             "a command is writing, or was interrupted: readers see the cube as before it, and the next "
             "write (or memos repair) rolls it back"
         )
     current = _check_records(cube, report)
     report.checked["audit_entries"] = len(_check_jsonl(cube, layout.AUDIT, report))
-    _check_payloads(cube, current, report)
-    _check_index(cube, current, report)
+    for check in (_check_payloads, _check_index):
+        try:
+            check(cube, current, report)
+        except InvalidCube as exc:
+            report.problems.append(exc.problem)
     return report
 
 
@@ -226,110 +293,141 @@ class RepairReport:
         return {"fixed": self.fixed, "not_fixed": self.not_fixed}
 
 
-def _drop_torn_tail(path: Path) -> str | None:
-    data = path.read_bytes()
+def _drop_torn_tail(root: Path, rel: str) -> str | None:
+    data = io.read_bytes(root, rel, missing_ok=True)
     if not data or data.endswith(b"\n"):
         return None
     cut = data.rfind(b"\n") + 1
-    with open(path, "r+b") as handle:
-        handle.truncate(cut)
-    return f"removed a torn last line of {path.name} ({len(data) - cut} bytes: {data[cut : cut + 40]!r}...)"
+    io.truncate(root, rel, cut)
+    return f"removed a torn last line of {rel} ({len(data) - cut} bytes: {data[cut : cut + 40]!r}...)"
 
 
-def _quarantine(cube: Cube, name: str, data: bytes) -> str:
-    """Keep bytes repair takes out of the bundle under .memos/quarantine/ (nothing is lost)."""
+def _neutralise(root: Path, report: RepairReport) -> None:
+    """Move links and special files aside into .memos/quarantine (the entries themselves: nothing is
+    followed, nothing outside the cube is touched); break hard links of files memos writes in place;
+    move an invalid journal aside unread. Derived state under .memos is simply removed."""
+    aside = quarantine_journal(root)
+    if aside:
+        report.fixed.append(f"moved an invalid journal aside ({aside}); it was not acted on")
+    if io.kind(root, layout.DERIVED_DIR) not in (None, "dir"):
+        io.remove(root, layout.DERIVED_DIR)
+        report.fixed.append(f"removed {layout.DERIVED_DIR}, which was a link or a file (derived state is rebuilt)")
+    for rel, why in unsafe_entries(root):
+        if io.kind(root, rel) is None:
+            continue  # inside something already moved
+        if rel.startswith(layout.DERIVED_DIR + "/"):
+            io.remove(root, rel)
+            report.fixed.append(f"removed {rel}, which {why} (derived state is rebuilt)")
+        elif why.startswith("is hard-linked"):
+            data = io.read_bytes(root, rel) or b""
+            io.atomic_write(root, rel, data)  # a file of its own with the same bytes
+            report.fixed.append(f"gave {rel} a copy of its own (it was hard-linked)")
+        else:
+            target = f"{QUARANTINE_REL}/{secrets.token_hex(4)}-{rel.replace('/', '__')}"
+            io.rename(root, rel, target, any_kind=True)
+            report.fixed.append(f"moved {rel}, which {why}, aside to {target}")
+            if rel in (layout.MEMORIES, layout.AUDIT):
+                io.atomic_write(root, rel, b"")
+                report.fixed.append(f"started an empty {rel} in its place (its content was never in the cube)")
+
+
+def _quarantine(root: Path, name: str, data: bytes) -> str:
+    """Keep bytes repair takes out of the bundle under .memos/quarantine/ (nothing is lost); returns
+    where, as a bundle name."""
     from memos_cli.cube.bundle import utc_now
-    from memos_cli.cube.io import atomic_write_bytes
 
-    folder = cube.path / layout.DERIVED_DIR / "quarantine"
-    target = folder / f"{utc_now().replace(':', '')}-{name.replace('/', '__')}"
-    atomic_write_bytes(target, data)
-    return f"{layout.DERIVED_DIR}/quarantine/{target.name}"
+    target = f"{QUARANTINE_REL}/{utc_now().replace(':', '')}-{secrets.token_hex(2)}-{name.replace('/', '__')}"
+    io.atomic_write(root, target, data)
+    return target
 
 
 def _bad_lines(rel: str, data: bytes) -> tuple[bytes, bytes]:
-    """``data`` split into its good lines and its unreadable ones (complete lines only)."""
+    """``data`` split into its good lines and its unreadable ones, by the rules every reader applies
+    (the record bounds for memories.jsonl). Complete lines only: an unterminated tail is kept as it is
+    (``_drop_torn_tail`` deals with it)."""
     good: list[bytes] = []
     bad: list[bytes] = []
-    for line in data.splitlines(keepends=True):
+    lines = data.split(b"\n")
+    tail = lines.pop()
+    for line in lines:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line.decode("utf-8"))
+            obj = records.loads(line) if rel == layout.MEMORIES else records.loads_unbounded(line)
             if not isinstance(obj, dict):
                 raise ValueError("not an object")
             if rel == layout.MEMORIES:
                 MemoryRecord.from_dict(obj)
         except (ValueError, UnicodeDecodeError, TypeError):
-            bad.append(line)
+            bad.append(line + b"\n")
             continue
-        good.append(line)
-    return b"".join(good), b"".join(bad)
+        good.append(line + b"\n")
+    return b"".join(good) + tail, b"".join(bad)
 
 
 def _repair_files(cube: Cube) -> list[str]:
     """Bundle files repair can fix without losing data: unreadable lines in the middle of a JSONL file
-    and files not named in cube.yaml go to .memos/quarantine/; a missing audit.jsonl is recreated."""
-    from memos_cli.cube.io import atomic_write_bytes
-
+    and files not named in cube.yaml go to .memos/quarantine/; a missing audit.jsonl is recreated.
+    Call with the lock held. Everything goes through the confined primitives (cube/io.py)."""
+    root = cube.path
     fixed = []
     for rel in (layout.MEMORIES, layout.AUDIT):
-        path = cube.path / rel
-        if not path.exists():
+        data = io.read_bytes(root, rel, missing_ok=True)
+        if data is None:
             if rel == layout.AUDIT:
-                atomic_write_bytes(path, b"")
+                io.atomic_write(root, rel, b"")
                 fixed.append(f"recreated an empty {rel} (its history is gone: restore it from git if you have it)")
             continue
-        data = path.read_bytes()
         good, bad = _bad_lines(rel, data)
         if bad:
-            where = _quarantine(cube, rel, bad)
-            atomic_write_bytes(path, good)
-            fixed.append(f"moved {len(bad.splitlines())} unreadable line(s) of {rel} to {where}")
-    named = {e.get("file", f"{layout.KV_DIR}/{n}.safetensors") for n, e in cube.manifest.kv.items()}
-    named |= {e.get("path", f"{layout.LORA_DIR}/{n}") for n, e in cube.manifest.lora.items()}
+            where = _quarantine(root, rel, bad)
+            io.atomic_write(root, rel, good)
+            count = bad.count(b"\n")
+            fixed.append(f"moved {count} unreadable line(s) of {rel} to {where}")
+    named = {layout.kv_rel(name) for name in cube.manifest.kv}
+    named |= {layout.lora_rel(name) for name in cube.manifest.lora}
     for directory in (layout.KV_DIR, layout.LORA_DIR):
-        base = cube.path / directory
-        if not base.is_dir() or base.is_symlink():
+        if io.kind(root, directory) != "dir":
             continue
-        for child in sorted(base.iterdir()):
-            rel = f"{directory}/{child.name}"
+        for child in io.listdir(root, directory):
+            rel = f"{directory}/{child}"
             if rel in named:
                 continue
-            folder = cube.path / layout.DERIVED_DIR / "quarantine"
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{rel.replace('/', '__')}"
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            shutil.move(str(child), str(target))
-            fixed.append(f"moved {rel} (not named in cube.yaml) to {layout.DERIVED_DIR}/quarantine/{target.name}")
+            target = f"{QUARANTINE_REL}/{rel.replace('/', '__')}"
+            if io.kind(root, target) is not None:
+                io.remove(root, target)  # an older copy of the same name (a link there goes, unfollowed)
+            io.rename(root, rel, target)
+            fixed.append(f"moved {rel} (not named in cube.yaml) to {target}")
     return fixed
 
 
 def repair(cube_path: Path, *, actor: str | None = None) -> RepairReport:
-    """Fix what can be fixed without losing data: roll back an interrupted transaction, drop a torn
-    last line (it was never acknowledged), clear leftovers, rebuild the index. Says what it could not."""
+    """Fix what can be fixed without losing data: neutralise links, special files and an invalid journal
+    (moved aside, never followed), roll back an interrupted transaction, drop a torn last line (it was
+    never acknowledged), clear leftovers, rebuild the index. Says what it could not."""
     report = RepairReport()
+    cube_path = Path(cube_path)
+    cube = Cube.open(cube_path, ignore_journal=True)
+    cube.check(actor, "write")
+    _neutralise(cube_path, report)
     cube = Cube.open(cube_path)
-    if cube.journal_path.exists():
+    if cube.has_journal():
         report.fixed.append("rolled back an interrupted transaction")
     with cube.locked():  # locked() rolls back an interrupted transaction first
         cube.check(actor, "write")
         for rel in (layout.MEMORIES, layout.AUDIT):
-            path = cube.path / rel
-            if path.exists():
-                message = _drop_torn_tail(path)
-                if message:
-                    report.fixed.append(message)
+            message = _drop_torn_tail(cube.path, rel)
+            if message:
+                report.fixed.append(message)
         report.fixed.extend(_repair_files(cube))
         for leftover in ("staging", "backups"):
-            folder = cube.path / layout.DERIVED_DIR / leftover
-            if folder.exists() and any(folder.iterdir()):
-                shutil.rmtree(folder)
-                report.fixed.append(f"removed leftovers in .memos/{leftover}")
+            rel = f"{layout.DERIVED_DIR}/{leftover}"
+            if io.listdir(cube.path, rel):
+                io.remove(cube.path, rel)
+                report.fixed.append(f"removed leftovers in {rel}")
         after = verify(cube.path)
         if any(p.startswith("index") for p in after.problems):
-            shutil.rmtree(cube.path / layout.DERIVED_DIR / layout.INDEX_DIR, ignore_errors=True)
+            io.remove(cube.path, f"{layout.DERIVED_DIR}/{layout.INDEX_DIR}")
             report.fixed.append("rebuilt the index")
         elif any(n.startswith("index is behind") for n in after.notes):
             report.fixed.append("brought the index up to date")

@@ -15,10 +15,9 @@ Persistence is an ``.npz`` (loaded with ``allow_pickle=False``) plus the vocabul
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import Stemmer
 
+from memos_cli.cube import io as cube_io
 from memos_cli.cube.io import atomic_write_bytes
 
 # Bump when tokenize() changes: an index saved by another tokenizer must be rebuilt, not reused.
@@ -284,26 +284,19 @@ class LexicalIndex:
             "terms": self._terms,
         }
         atomic_write_bytes(directory / VOCAB_FILE, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lexical-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, indptr=m.indptr, terms=m.terms, docs=m.docs, tfs=m.tfs, df=self._df, doc_len=self._doc_len)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, directory / INDEX_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, indptr=m.indptr, terms=m.terms, docs=m.docs, tfs=m.tfs, df=self._df, doc_len=self._doc_len)
+        atomic_write_bytes(directory / INDEX_FILE, buffer.getvalue())
 
     @classmethod
     def load(cls, directory: Path) -> LexicalIndex:
         """Read an index written by :meth:`save`; ``ValueError`` if it is stale or inconsistent
         (the caller rebuilds it: it is derived data)."""
         directory = Path(directory)
-        meta = json.loads((directory / VOCAB_FILE).read_text(encoding="utf-8"))
+        meta = json.loads(cube_io.read_bytes(directory, VOCAB_FILE) or b"")
         if meta.get("format_version") != FORMAT_VERSION or meta.get("tokenizer") != TOKENIZER_VERSION:
             raise ValueError("lexical index was written by another version; rebuild it")
-        with np.load(directory / INDEX_FILE, allow_pickle=False) as z:
+        with cube_io.open_read(directory, INDEX_FILE) as raw, np.load(raw, allow_pickle=False) as z:
             arrays = {name: z[name] for name in ("indptr", "terms", "docs", "tfs", "df", "doc_len")}
         index = cls(k1=float(meta["k1"]), b=float(meta["b"]))
         index._terms = list(meta["terms"])

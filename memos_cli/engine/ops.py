@@ -9,8 +9,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
-from memos_cli.cube.bundle import Cube, CubeState, utc_now
+from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import usage
 from memos_cli.engine.query import Filters
@@ -88,14 +89,31 @@ class ForgetReport:
     archived: list[str] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)  # already archived
+    kv_dropped: list[str] = field(default_factory=list)  # snapshots that held a purged memory: removed
+    adapters: list[str] = field(default_factory=list)  # adapters trained on a purged memory
+    adapters_dropped: bool = False  # whether those adapters were removed (drop_adapters)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"archived": self.archived, "purged": self.purged, "unchanged": self.unchanged}
+        return {
+            "archived": self.archived,
+            "purged": self.purged,
+            "unchanged": self.unchanged,
+            "kv_dropped": self.kv_dropped,
+            "adapters": self.adapters,
+            "adapters_dropped": self.adapters_dropped,
+        }
 
 
-def forget(cube: Cube, refs: list[str], *, purge: bool = False, actor: str | None = None) -> ForgetReport:
+def forget(
+    cube: Cube, refs: list[str], *, purge: bool = False, drop_adapters: bool = False, actor: str | None = None
+) -> ForgetReport:
     """Archive memories (a new version with status ``archived``), or with ``purge`` delete every
-    version of them from ``memories.jsonl``, leaving a tombstone in the audit log."""
+    version of them from ``memories.jsonl``, leaving a tombstone in the audit log.
+
+    A purge removes the text from every file memos wrote, in the same transaction: the index rows,
+    vectors and BM25 statistics (rewritten without it), the usage log, and every KV snapshot that holds
+    one of the memories (dropped: rebuilding it needs the model; ``promote`` makes a new one). Adapters
+    trained on one of them are named in the report, and removed too with ``drop_adapters``."""
     if not refs:
         raise UsageError("name at least one memory id")
     report = ForgetReport()
@@ -104,11 +122,7 @@ def forget(cube: Cube, refs: list[str], *, purge: bool = False, actor: str | Non
         state = cube.read_state()
         ids = list(dict.fromkeys(resolve_id(state, ref) for ref in refs))
         if purge:
-            doomed = set(ids)
-            tx.rewrite_memories = [r for r in state.versions if r.id not in doomed]
-            tombstones = [{"id": i, "versions": len(state.history(i)), "hash": state.current[i].hash} for i in ids]
-            tx.log(ids, f"purged {plural(len(ids), 'memory')} and all their versions", tombstones=tombstones)
-            report.purged = ids
+            _purge(cube, tx, state, ids, drop_adapters, report)
             return report
         now = utc_now()
         for memory_id in ids:
@@ -123,6 +137,46 @@ def forget(cube: Cube, refs: list[str], *, purge: bool = False, actor: str | Non
         if report.archived:
             tx.log(report.archived, f"archived {plural(len(report.archived), 'memory')}")
     return report
+
+
+def _purge(cube: Cube, tx: Transaction, state: CubeState, ids: list[str], drop: bool, report: ForgetReport) -> None:
+    from memos_cli.engine import index
+
+    doomed = set(ids)
+    tx.rewrite_memories = [r for r in state.versions if r.id not in doomed]
+
+    def holds(entry: dict[str, Any]) -> bool:
+        return any(str(ref).split("@")[0] in doomed for ref in entry.get("memories", []))
+
+    for name, entry in sorted(tx.manifest.kv.items()):
+        if holds(entry):  # its header and tensors encode the text: it cannot stay
+            tx.delete_file(layout.kv_rel(name))
+            del tx.manifest.kv[name]
+            report.kv_dropped.append(name)
+    report.adapters = [name for name, entry in sorted(tx.manifest.lora.items()) if holds(entry)]
+    if drop:
+        for name in report.adapters:
+            tx.manifest.lora.pop(name)
+            tx.delete_file(layout.lora_rel(name))
+        report.adapters_dropped = bool(report.adapters)
+    if report.kv_dropped or report.adapters_dropped:
+        tx.touch_manifest()
+    # The tombstone says what went and how many versions, not what they said: no text, and no hash of
+    # it either (a hash of a short secret confirms a guess).
+    tombstones = [{"id": i, "versions": len(state.history(i))} for i in ids]
+    extra: dict[str, Any] = {"tombstones": tombstones}
+    if report.kv_dropped:
+        extra["kv_dropped"] = report.kv_dropped
+    if report.adapters:
+        extra["adapters" if not drop else "adapters_dropped"] = report.adapters
+    tx.log(ids, f"purged {plural(len(ids), 'memory')} and all their versions", **extra)
+    report.purged = ids
+    # Derived copies go before the commit: if the commit then fails, the index only lacks rows the next
+    # query rebuilds; the other order could leave the purged text behind.
+    index.scrub(cube, [r for r in state.versions if r.id in doomed], tx.rewrite_memories)
+    usage.forget_ids(cube, doomed)
+    for leftover in ("staging", "backups"):  # earlier interrupted writes' copies (recovered already)
+        cube_io.remove(cube.path, f"{layout.DERIVED_DIR}/{leftover}")  # a link in its place goes, unfollowed
 
 
 def stale_entries(cube: Cube, state: CubeState) -> dict[str, dict[str, list[str]]]:
@@ -149,7 +203,11 @@ def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
     uses = usage.counts(cube)
     stale = stale_entries(cube, state)
     index_meta = cube.path / layout.DERIVED_DIR / layout.INDEX_DIR / "meta.json"
-    disk = sum(p.stat().st_size for p in cube.path.rglob("*") if p.is_file() and layout.DERIVED_DIR not in p.parts)
+    disk = sum(  # links are not followed (lstat): a link's target is not part of the cube
+        p.lstat().st_size
+        for p in cube.path.rglob("*")
+        if not p.is_symlink() and p.is_file() and layout.DERIVED_DIR not in p.parts
+    )
     m = cube.manifest
     return {
         "cube": {
@@ -169,7 +227,7 @@ def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
         "embedder": m.embedder,
         "model": m.model,
         "kv": {
-            name: {**_brief(e), "stale": name in stale["kv"], "problem": _kv_problem(cube, e)}
+            name: {**_brief(e), "stale": name in stale["kv"], "problem": _kv_problem(cube, name)}
             for name, e in sorted(m.kv.items())
         },
         "lora": {name: {**_brief(e), "stale": name in stale["lora"]} for name, e in sorted(m.lora.items())},
@@ -180,12 +238,16 @@ def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
     }
 
 
-def _kv_problem(cube: Cube, entry: dict[str, Any]) -> str | None:
-    """Why a snapshot cannot be used (missing, truncated, corrupt header), or None: no sha256, no model."""
+def _kv_problem(cube: Cube, name: str) -> str | None:
+    """Why a snapshot cannot be used (missing, a link, truncated, corrupt header), or None: no sha256, no model."""
     from memos_cli.engine.activation import snapshot_problem
+    from memos_cli.errors import UnsafePath
 
-    file = entry.get("file")
-    return snapshot_problem(cube.committed_path(file)) if isinstance(file, str) else "no file named"
+    try:
+        rel = cube.committed_rel(layout.kv_rel(name))
+    except UnsafePath as exc:
+        return exc.why
+    return snapshot_problem(cube.path, rel)
 
 
 def _brief(entry: dict[str, Any]) -> dict[str, Any]:

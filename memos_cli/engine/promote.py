@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.engine import ops
 from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
-from memos_cli.errors import InvalidCube, UsageError
+from memos_cli.errors import InvalidCube, UsageError, shorten
 from memos_cli.words import plural
 
 KV_DTYPES = ("float32", "float16", "bfloat16")
@@ -49,14 +48,11 @@ class PromoteReport:
         return {k: v for k, v in vars(self).items()}
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
 def check_name(name: str) -> str:
     """Snapshot and adapter names become file names: plain names only (no '/', no '..')."""
-    if not _NAME.match(name) or ".." in name:
+    if not layout.valid_name(name):
         raise UsageError(
-            f"name {name!r} must be 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit"
+            f"name {shorten(name)!r} must be 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit"
         )
     return name
 
@@ -163,11 +159,11 @@ def drop(cube: Cube, name: str, *, actor: str | None = None) -> PromoteReport:
     with cube.transaction(actor=actor, op="demote") as tx:
         if name in tx.manifest.kv:
             entry = tx.manifest.kv.pop(name)
-            tx.delete_file(entry.get("file", kv_path(name)))
+            tx.delete_file(kv_path(name))
             kind = "activation"
         elif name in tx.manifest.lora:
             entry = tx.manifest.lora.pop(name)
-            tx.delete_file(entry.get("path", f"{layout.LORA_DIR}/{name}"))
+            tx.delete_file(layout.lora_rel(name))
             kind = "parametric"
         else:
             raise UsageError(f"no snapshot or adapter named {name!r}")

@@ -15,11 +15,12 @@ from typing import Any
 
 from dateutil import parser as date_parser
 
+from memos_cli.cube import records
 from memos_cli.errors import BadInput, UsageError
 
 FORMATS = ("text", "markdown", "jsonl", "chat")
 MAX_PASSAGE_CHARS = 1200  # size cap of a text/markdown passage; longer paragraphs are split at sentences
-MAX_LINE_BYTES = 1 << 20  # a single JSONL line over 1 MiB is refused as hostile or broken input
+MAX_LINE_BYTES = records.MAX_RECORD_BYTES  # a single JSONL line over 1 MiB is refused as hostile or broken input
 
 _HEADING = re.compile(r"^(#{1,6})\s+\S")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -267,14 +268,15 @@ def _json_problem(exc: ValueError) -> str:
 
 
 def _load_line(line: str, where: str) -> Any:
+    """One JSONL line under the record bounds (cube/records.py: size, depth, finite numbers)."""
     if len(line) > MAX_LINE_BYTES:
         raise BadInput(where, f"line is longer than {MAX_LINE_BYTES} bytes")
     try:
-        return json.loads(line)
-    except ValueError as exc:
+        return records.loads(line)
+    except json.JSONDecodeError as exc:
         raise BadInput(where, f"malformed JSON ({_json_problem(exc)} at column {exc.colno})") from None
-    except RecursionError:
-        raise BadInput(where, "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise BadInput(where, str(exc)) from None
 
 
 def parse_jsonl(text: str, source: str, *, skip_bad: bool = False) -> tuple[list[Draft], list[Rejected]]:
@@ -353,9 +355,11 @@ def parse_chat(text: str, source: str, *, skip_bad: bool = False) -> tuple[list[
     items: list[tuple[int, Any]]
     if stripped.startswith(("[", "{")) and not _looks_like_jsonl(stripped):
         try:
-            whole = json.loads(text)
-        except ValueError as exc:
+            whole = json.loads(text, parse_constant=records.reject_constant)
+        except json.JSONDecodeError as exc:
             raise BadInput(f"{source}:{exc.lineno}", f"malformed JSON ({exc.msg})") from None
+        except ValueError as exc:
+            raise BadInput(f"{source}:1", str(exc)) from None
         except RecursionError:
             raise BadInput(f"{source}:1", "JSON nested too deeply") from None
         messages = whole.get("messages") if isinstance(whole, dict) else whole

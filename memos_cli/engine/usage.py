@@ -7,14 +7,17 @@ memory, each use decayed by its age (``half_life_days``), so memories used often
 
 from __future__ import annotations
 
+import io as _io
 import json
 import math
 import time
 from collections import defaultdict
 
-from memos_cli.cube import layout
+from memos_cli.cube import io, layout
 from memos_cli.cube.bundle import Cube
-from memos_cli.cube.io import append_bytes
+from memos_cli.errors import InvalidCube
+
+USAGE_REL = f"{layout.DERIVED_DIR}/{layout.USAGE_FILE}"
 
 DEFAULT_HALF_LIFE_DAYS = 7.0
 
@@ -22,21 +25,43 @@ DEFAULT_HALF_LIFE_DAYS = 7.0
 def record(cube: Cube, batches: list[list[str]], *, now: float | None = None) -> None:
     stamp = round(now if now is not None else time.time(), 3)
     lines = "".join(json.dumps({"t": stamp, "ids": ids}, separators=(",", ":")) + "\n" for ids in batches if ids)
-    if lines:
-        append_bytes(cube.derived / layout.USAGE_FILE, lines.encode("utf-8"))
+    if not lines or not cube.writable():  # a read-only cube answers queries; its uses go unrecorded
+        return
+    try:
+        io.append(cube.path, USAGE_REL, lines.encode("utf-8"))
+    except (InvalidCube, OSError):
+        pass  # usage is advisory: never written through a link, and a full disk must not fail the query
+
+
+def forget_ids(cube: Cube, ids: set[str]) -> bool:
+    """Rewrite the usage log without ``ids`` (purge); returns whether anything was removed."""
+    try:
+        raw = io.read_bytes(cube.path, USAGE_REL, missing_ok=True)
+    except InvalidCube:  # a link or special file in its place (derived data): removed, never followed
+        return io.remove(cube.path, USAGE_REL)
+    if raw is None or not any(memory_id.encode("utf-8") in raw for memory_id in ids):
+        return False
+    kept = [
+        json.dumps({"t": stamp, "ids": left}, separators=(",", ":")) + "\n"
+        for stamp, used in _entries(cube)
+        if (left := [i for i in used if i not in ids])
+    ]
+    io.atomic_write(cube.path, USAGE_REL, "".join(kept).encode("utf-8"))
+    return True
 
 
 def _entries(cube: Cube) -> list[tuple[float, list[str]]]:
-    path = cube.path / layout.DERIVED_DIR / layout.USAGE_FILE
-    if not path.exists():
+    try:
+        raw = io.open_read(cube.path, USAGE_REL)
+    except (FileNotFoundError, InvalidCube):
         return []
     entries = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with _io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
                 entry = json.loads(line)
                 entries.append((float(entry["t"]), [str(i) for i in entry["ids"]]))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue  # a torn last line from a killed reader: usage is advisory, skip it
     return entries
 

@@ -7,10 +7,10 @@ both kept (renumbered by version, then time), never one lost.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from memos_cli.cube import records
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, canonical_json, content_hash
 from memos_cli.engine.ops import resolve_id
@@ -121,11 +121,13 @@ def history(cube: Cube, ref: str, *, actor: str | None = None) -> tuple[str, lis
 # ------------------------------------------------------------------------------------------- merging
 
 
-def _parse_lines(data: bytes) -> list[dict[str, Any]]:
+def _parse_lines(data: bytes, *, bounded: bool = True) -> list[dict[str, Any]]:
+    """Parse JSONL under the record bounds (cube/records.py); audit lines without the size bound."""
+    parse = records.loads if bounded else records.loads_unbounded
     out = []
     for line in data.decode("utf-8", errors="strict").splitlines():
         if line.strip():
-            out.append(json.loads(line))
+            out.append(parse(line))
     return out
 
 
@@ -136,18 +138,19 @@ def merge_memories(base: bytes, ours: bytes, theirs: bytes, *, actor: str | None
     purged, and the key rules apply (one active memory per key). Deterministic."""
     from memos_cli.engine.merge import merge_histories
 
-    def records(data: bytes) -> list[MemoryRecord]:
+    def parsed(data: bytes) -> list[MemoryRecord]:
         return [MemoryRecord.from_dict(r) for r in _parse_lines(data)] if data else []
 
-    merged, _conflicts = merge_histories([records(ours), records(theirs)], base=records(base), actor=actor)
-    return "".join(r.to_json() + "\n" for r in merged).encode("utf-8")
+    merged, _conflicts = merge_histories([parsed(ours), parsed(theirs)], base=parsed(base), actor=actor)
+    # refuse to write anything a reader would reject (records.validate: the reader's own rules)
+    return "".join(records.validate(r) + "\n" for r in merged).encode("utf-8")
 
 
 def merge_audit(base: bytes, ours: bytes, theirs: bytes) -> bytes:
     """Union of both sides' audit lines (append-only: nothing is ever removed), ordered by time."""
     seen: dict[str, dict[str, Any]] = {}
     for data in (base, ours, theirs):
-        for entry in _parse_lines(data) if data else []:
+        for entry in _parse_lines(data, bounded=False) if data else []:
             seen.setdefault(canonical_json(entry), entry)
     ordered = sorted(seen.items(), key=lambda kv: (str(kv[1].get("time", "")), kv[0]))
     return "".join(line + "\n" for line, _ in ordered).encode("utf-8")

@@ -116,6 +116,19 @@ def _show(result) -> None:
 
 
 def _interactive(session, show_memories: bool) -> None:
+    try:
+        _converse(session, show_memories)
+    except KeyboardInterrupt as exc:
+        remembered = session.options.remember and session.turns > 0
+        if not remembered:
+            raise  # nothing was written: "interrupted; the cube is unchanged" (exit 130)
+        from memos_cli.errors import after_commit
+
+        # Earlier turns are stored: say so (exit 5) rather than claim the cube is unchanged.
+        raise after_commit(f"{session.turns} chat turns remembered", "the turn in progress was not", exc) from exc
+
+
+def _converse(session, show_memories: bool) -> None:
     say("memos chat: '/memories' shows what the last answer used, '/quit' or Ctrl-D ends.")
     last = None
     while True:

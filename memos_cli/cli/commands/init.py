@@ -7,12 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from memos_cli.cli.options import AsOpt, JsonOpt
+from memos_cli.cli.options import AsOpt, JsonOpt, cube_path
 from memos_cli.cli.output import emit_json, say
 
 
 def init(
-    directory: Annotated[Path, typer.Argument(help="Where to create the cube (created if missing).")],
+    directory: Annotated[
+        Path,
+        typer.Argument(help="Where to create the cube (created if missing).", parser=cube_path),
+    ],
     name: Annotated[Optional[str], typer.Option("--name", help="A name (default: the directory name).")] = None,
     owner: Annotated[Optional[str], typer.Option("--owner", help="The owner (default: the acting identity).")] = None,
     description: Annotated[str, typer.Option("--description", help="One line on what the cube holds.")] = "",

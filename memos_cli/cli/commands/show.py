@@ -31,8 +31,8 @@ def show(
 
     r = detail.current
     console = out()
-    console.print(f"[bold]{r.id}[/] v{r.version} {escape('[' + r.status + ']')} {r.type}")
-    console.print(escape(r.text))
+    console.print(f"[bold]{escape(r.id)}[/] v{r.version} {escape('[' + r.status + ']')} {escape(r.type)}")
+    console.print(r.text, markup=False)
     fields = {
         "time": r.time,
         "speaker": r.speaker,
@@ -51,8 +51,10 @@ def show(
     }
     for name, value in fields.items():
         if value:
-            console.print(f"  [dim]{name}:[/] {value}")
+            console.print(f"  [dim]{name}:[/] {escape(value)}")
     if len(detail.history) > 1:
         console.print("  [dim]history:[/]")
         for v in detail.history:
-            console.print(f"    v{v.version} {v.created} {v.op} by {v.actor or '?'} {escape('[' + v.status + ']')}")
+            console.print(
+                f"    v{v.version} {v.created} {v.op} by {escape(v.actor or '?')} {escape('[' + v.status + ']')}"
+            )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt
+from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, cube_path
 from memos_cli.cli.output import emit_json, say
 
 
@@ -35,11 +35,12 @@ def export(
 
 def import_(
     archive: Annotated[Path, typer.Argument(help="A .tar.gz made by memos export.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The new cube directory.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The new cube directory.", parser=cube_path)],
     json_: JsonOpt = False,
 ) -> None:
-    """Unpack an export into a new cube directory, after checking every file's sha256 and refusing
-    links and paths outside the cube. Nothing is written unless the whole archive checks out.
+    """Unpack an export into a new cube directory, streaming: every entry is checked against the cube
+    format (no .git, .memos, links or stray files) and its sha256, sizes before reading (at most 2 GiB
+    in all, or MEMOS_IMPORT_MAX_BYTES). Nothing is written unless the whole archive checks out.
 
     Example:  memos import notes.tar.gz -o restored-notes
     """

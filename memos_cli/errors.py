@@ -70,14 +70,15 @@ class UnsupportedFormat(InvalidCube):
         self.supported = supported
 
 
+SKIP_BAD_HINT = "fix the input, or pass --skip-bad to store the good records and report the rest"
+
+
 class BadInput(MemosError):
-    """An input file or record could not be ingested. ``where`` is ``file:line``."""
+    """An input file or record could not be read. ``where`` is ``file:line``. (ingest adds the hint of
+    its --skip-bad; other readers, import among them, have no such option.)"""
 
     def __init__(self, where: str, problem: str, *, hint: str | None = None) -> None:
-        super().__init__(
-            f"{where}: {problem}",
-            hint=hint or "fix the input, or pass --skip-bad to store the good records and report the rest",
-        )
+        super().__init__(f"{where}: {problem}", hint=hint or "fix the input")
         self.where = where
         self.problem = problem
 

@@ -88,7 +88,10 @@ def test_fuse_keeps_every_version_of_a_shared_memory(tmp_path: Path) -> None:
     report = fuse([a.path, b.path], tmp_path / "ab")
     assert report.version_conflicts == 1
     versions = history(Cube.open(tmp_path / "ab"), memory_id)[1]
-    assert [v.text for v in versions] == ["The launch is in March", "The launch is in April", "The launch is in May"]
+    texts = [v.text for v in versions]
+    assert texts[:3] == ["The launch is in March", "The launch is in April", "The launch is in May"]
+    # the text changed two ways: a merge version marks the conflict, both values stay in the history
+    assert versions[-1].op == "merge" and len(versions) == 4
 
 
 def test_fuse_refuses_other_embedders_and_bad_arguments(tmp_path: Path) -> None:
@@ -115,3 +118,48 @@ def test_the_same_memory_ingested_in_two_cubes_is_one_version(tmp_path: Path) ->
     report = fuse([a.path, b.path], tmp_path / "ab")
     assert report.shared_versions == 2 and report.version_conflicts == 0 and report.memories == 2
     assert len(Cube.open(tmp_path / "ab").read_state().versions) == 2
+
+
+def test_fused_cube_is_owned_by_its_creator(tmp_path: Path) -> None:
+    a = _cube(tmp_path, "a", [{"text": "one"}])
+    b = _cube(tmp_path, "b", [{"text": "two"}])
+    fuse([a.path, b.path], tmp_path / "ab")  # no --as: the acting user (MEMOS_USER) creates it
+    fused = Cube.open(tmp_path / "ab")
+    assert fused.manifest.owner == "tester" and fused.manifest.policy["owner"] == "tester"
+    from memos_cli.engine.governance import PolicyChange, set_policy
+    from memos_cli.errors import PermissionRefused
+
+    with pytest.raises(PermissionRefused):
+        set_policy(fused, PolicyChange(frozen=True), actor="mallory")
+
+
+def test_near_duplicate_merge_keeps_the_key(tmp_path: Path) -> None:
+    a = _cube(
+        tmp_path, "a", [{"text": "The team offsite is in Sintra in June", "key": "offsite", "time": "2025-01-01"}]
+    )
+    b = _cube(tmp_path, "b", [{"text": "The team offsite is in Sintra in June.", "time": "2025-02-01"}])
+    report = fuse([a.path, b.path], tmp_path / "ab")
+    assert len(report.near_duplicates) == 1
+    active = [r for r in Cube.open(tmp_path / "ab").read_state().current.values() if r.status == "active"]
+    assert [r.key for r in active] == ["offsite"]
+
+
+def test_diverged_copies_of_one_cube_fuse_as_a_merge(tmp_path: Path) -> None:
+    import shutil
+
+    a = _cube(tmp_path, "a", [{"text": "The beta opens on 14 March"}, {"text": "Ana runs QA"}])
+    shutil.copytree(a.path, tmp_path / "copy", ignore=shutil.ignore_patterns(".memos"))  # a clone: same id
+    copy = Cube.open(tmp_path / "copy")
+    beta = next(r.id for r in a.read_state().current.values() if "beta" in r.text)
+    update(a, beta, Update(add_tags=["beta"]), actor="ana")
+    update(copy, beta, Update(text="The beta opens on 21 March"), actor="bob")
+    ingest(copy, [Source("extra.jsonl", b'{"text": "Bob owns the release notes"}\n')])
+    report = fuse([a.path, copy.path], tmp_path / "merged")
+    assert report.version_conflicts == 0
+    fused = Cube.open(tmp_path / "merged")
+    current = fused.read_state().current
+    assert current[beta].text == "The beta opens on 21 March" and current[beta].tags == ["beta"]
+    assert {r.text for r in current.values()} >= {"Ana runs QA", "Bob owns the release notes"}
+    assert verify(fused.path).ok
+    with pytest.raises(UsageError):
+        fuse([a.path, a.path], tmp_path / "twice")

@@ -74,7 +74,9 @@ def test_verify_names_problems_and_repair_fixes_what_it_can(tmp_path: Path) -> N
     assert any("orphan" in p for p in report.problems)
     fixed = repair(cube.path)
     assert any("torn" in line for line in fixed.fixed)
-    assert any("orphan" in p for p in fixed.not_fixed)  # memos never deletes an unknown payload itself
+    # an unknown payload is moved out of the bundle, never deleted: its bytes wait in .memos/quarantine/
+    assert any("orphan" in line and "quarantine" in line for line in fixed.fixed) and not fixed.not_fixed
+    assert (cube.path / ".memos" / "quarantine" / "kv__orphan.safetensors").read_bytes() == b"junk"
 
 
 def test_verify_catches_a_corrupt_index_and_repair_rebuilds_it(tmp_path: Path) -> None:

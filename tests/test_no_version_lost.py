@@ -69,6 +69,8 @@ def test_every_version_is_accounted_for(tmp_path: Path) -> None:
     assert tombstones[cello.id]["versions"] == len([w for w in written if w[0] == cello.id])
     launch = [v.text for v in history(final, ids_a[0])[1]]
     assert launch[:2] == ["The launch is in March", "The launch is in April"]
-    assert "The launch is in May" in launch and len(launch) == 4  # both branches' edits kept
+    # both branches' edits kept, then their field-level merge: May's text with bob's tag
+    assert launch[-1] == "The launch is in May" and len(launch) == 5
+    assert "q2" in final.read_state().current[ids_a[0]].tags
     ops = [e["op"] for e in entries]
     assert {"init", "fuse", "update", "purge"} <= set(ops)

@@ -121,5 +121,5 @@ def test_purge_cli_reports_what_went(tmp_path: Path, capsys: pytest.CaptureFixtu
     code = main(["forget", str(cube.path), _secret_id(cube), "--purge", "--yes", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert json.loads(out)["kv_dropped"] == [] and "purged 1 memories" in err
+    assert json.loads(out)["kv_dropped"] == [] and "purged 1 memory " in err
     assert main(["forget", str(cube.path), "m-0000", "--drop-adapters"]) == 2

@@ -57,8 +57,13 @@ def test_verify_rejects_what_readers_cannot_read_and_readers_fail_cleanly(tmp_pa
         assert code == 3, (args, err)
         assert "memories.jsonl:2" in err and "internal error" not in err and "Recursion" not in err
         assert out == ""
-    repaired = repair(cube.path)  # cannot fix a bad record, but names it instead of crashing
-    assert any("memories.jsonl:2" in p for p in repaired.not_fixed)
+    # repair moves the unreadable line to .memos/quarantine/, byte for byte (issue 13), and keeps the rest
+    repaired = repair(cube.path)
+    assert any("memories.jsonl" in f and "quarantine" in f for f in repaired.fixed), repaired.fixed
+    assert not repaired.not_fixed and verify(cube.path).ok
+    assert [r.id for r in Cube.open(cube.path).read_state().versions] == ["m-1"]
+    (kept,) = (cube.path / ".memos" / "quarantine").iterdir()
+    assert kept.read_bytes() == (BAD_LINES[kind] + "\n").encode()
 
 
 def test_the_validator_bounds_depth_numbers_and_size() -> None:

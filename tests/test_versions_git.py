@@ -52,7 +52,9 @@ def test_merge_keeps_both_conflicting_versions() -> None:
     ours = base + b'{"created":"t3","id":"m-1","status":"active","text":"ours","version":2}\n'
     theirs = base + b'{"created":"t2","id":"m-1","status":"active","text":"theirs","version":2}\n'
     merged = [json.loads(line) for line in merge_memories(base, ours, theirs).splitlines()]
-    assert [(r["version"], r["text"]) for r in merged] == [(1, "v1"), (2, "theirs"), (3, "ours")]
+    assert [(r["version"], r["text"]) for r in merged] == [(1, "v1"), (2, "theirs"), (3, "ours"), (4, "ours")]
+    # the text changed two ways: the merge version takes the later and names the conflict
+    assert merged[-1]["metadata"]["conflict"] == {"fields": ["text"], "versions": [2, 3]}
     assert merge_memories(base, ours, theirs) == merge_memories(base, theirs, ours)  # deterministic
 
 
@@ -99,7 +101,9 @@ def test_two_branches_merge_cleanly_in_git(tmp_path: Path) -> None:
     texts = {h.text for h in query(cube, "who did what", k=10)}
     assert {"Alice booked the Sintra offsite", "Bob is allergic to shellfish"} <= texts
     versions = history(cube, shared)[1]
-    assert len(versions) == 3  # the original and both branches' updates, none lost
+    # the original, both branches' updates (none lost) and their field-level merge
+    assert [v.op for v in versions] == ["ingest", "update", "update", "merge"]
+    assert versions[-1].text == "The office is on the third floor"
     assert {"bob", "alice"} <= {v.actor for v in versions}
     audit_ops = [e["op"] for e in cube.read_audit()]
     assert audit_ops.count("ingest") == 3 and audit_ops.count("update") == 2

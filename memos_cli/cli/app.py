@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import typer
 
 from memos_cli import __version__
 from memos_cli.cli.commands.chat import chat
+from memos_cli.cli.commands.conflicts import conflicts
 from memos_cli.cli.commands.distill import distill
 from memos_cli.cli.commands.forget import forget
 from memos_cli.cli.commands.fuse import fuse
@@ -31,6 +34,22 @@ from memos_cli.cli.output import escape_controls
 if TYPE_CHECKING:
     from memos_cli.errors import MemosError
 
+
+def _examples_kept(command: Callable[..., None]) -> Callable[..., None]:
+    """Keep a docstring's example paragraphs as written in --help: click rewraps every paragraph into
+    one line unless it starts with a \\b line, which would run the examples together."""
+    doc = inspect.getdoc(command) or ""
+    paragraphs = doc.split("\n\n")
+    kept = []
+    for paragraph in paragraphs:
+        lines = paragraph.splitlines()
+        example = any(line.lstrip().lower().startswith(("example", "$ ", "memos ")) for line in lines)
+        indented = any(line.startswith("  ") for line in lines[1:])
+        kept.append("\b\n" + paragraph if example or indented else paragraph)
+    command.__doc__ = "\n\n".join(kept)
+    return command
+
+
 app = typer.Typer(
     name="memos",
     help=(
@@ -39,34 +58,35 @@ app = typer.Typer(
         'Start with: memos init DIR; memos ingest DIR FILE...; memos query DIR "question".'
     ),
     no_args_is_help=True,
-    add_completion=True,
+    add_completion=True,  # memos --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.command("init")(init)
-app.command("ingest")(ingest)
-app.command("query")(query)
-app.command("list")(list_)
-app.command("show")(show)
-app.command("forget")(forget)
-app.command("promote")(promote)
-app.command("distill")(distill)
-app.command("chat")(chat)
-app.command("fuse")(fuse)
-app.command("schedule")(schedule)
-app.command("stats")(stats)
-app.command("update")(update)
-app.command("history")(history)
-app.command("log")(log)
-app.command("verify")(verify)
-app.command("repair")(repair)
-app.command("policy")(policy)
-app.command("git-setup")(git_setup)
-app.command("merge-driver")(merge_driver)
-app.command("export")(export)
-app.command("import")(import_)
+app.command("init")(_examples_kept(init))
+app.command("ingest")(_examples_kept(ingest))
+app.command("query")(_examples_kept(query))
+app.command("list")(_examples_kept(list_))
+app.command("show")(_examples_kept(show))
+app.command("forget")(_examples_kept(forget))
+app.command("promote")(_examples_kept(promote))
+app.command("distill")(_examples_kept(distill))
+app.command("chat")(_examples_kept(chat))
+app.command("fuse")(_examples_kept(fuse))
+app.command("schedule")(_examples_kept(schedule))
+app.command("stats")(_examples_kept(stats))
+app.command("update")(_examples_kept(update))
+app.command("history")(_examples_kept(history))
+app.command("conflicts")(_examples_kept(conflicts))
+app.command("log")(_examples_kept(log))
+app.command("verify")(_examples_kept(verify))
+app.command("repair")(_examples_kept(repair))
+app.command("policy")(_examples_kept(policy))
+app.command("git-setup")(_examples_kept(git_setup))
+app.command("merge-driver")(_examples_kept(merge_driver))
+app.command("export")(_examples_kept(export))
+app.command("import")(_examples_kept(import_))
 
 
 def _version(value: bool) -> None:

@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from memos_cli.errors import (
     TooLarge,
     UnsafeJournal,
     UnsafePath,
+    UsageError,
     WriteFailed,
 )
 
@@ -240,6 +241,8 @@ class Cube:
         cls, path: str | Path, *, name: str | None = None, owner: str | None = None, description: str = ""
     ) -> Cube:
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{path} exists and is not a directory", hint="choose another path for the cube")
         if path.is_dir() and io.kind(path, layout.MANIFEST) is not None:
             raise CubeExists(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -261,7 +264,10 @@ class Cube:
         cube = cls(path, manifest)
         # The manifest goes last: until it exists the folder is not a cube.
         io.atomic_write(path, layout.MANIFEST, manifest.dump().encode("utf-8"))
-        cube.append_audit_direct({"op": "init", "actor": owner, "ids": [], "summary": f"created {manifest.name}"})
+        from memos_cli.config import actor as acting
+
+        creator = owner or acting()  # the audit names who created it even when it has no owner
+        cube.append_audit_direct({"op": "init", "actor": creator, "ids": [], "summary": f"created {manifest.name}"})
         return cube
 
     # ----------------------------------------------------------------- reading
@@ -305,7 +311,18 @@ class Cube:
         return self._read_committed(rel)
 
     def read_state(self) -> CubeState:
-        """Parse every memory version. Raises InvalidCube naming the first bad line."""
+        """Parse every memory version. Raises InvalidCube naming the first bad line, or a missing file
+        (``init`` writes it before the manifest: a cube without it lost its memories, it is not empty)."""
+        if io.kind(self.path, layout.MEMORIES) is None:
+            journal = self._load_journal() or {}
+            in_flight = layout.MEMORIES in journal.get("created", []) or layout.MEMORIES in journal.get("backups", {})
+            # a rewrite in flight moves it aside (its backup is read); one that just committed put it back
+            if not in_flight and io.kind(self.path, layout.MEMORIES) is None:
+                raise InvalidCube(
+                    self.path,
+                    f"{layout.MEMORIES} is missing",
+                    hint=f"restore it from version control (git checkout -- {layout.MEMORIES}), then: memos verify",
+                )
         data = self._read_committed(layout.MEMORIES)
         versions: list[MemoryRecord] = []
         try:
@@ -503,7 +520,10 @@ class Transaction:
         return self.cube.manifest
 
     def add(self, record: MemoryRecord) -> None:
-        """Stage one record version; refused (BadInput) if a reader could not read it back."""
+        """Stage one new version: its actor is the transaction's (resolved once, here, for every write),
+        and it is refused (BadInput) if a reader could not read it back."""
+        if record.actor != self.actor:
+            record = replace(record, actor=self.actor)
         try:
             records.validate(record)
         except ValueError as exc:

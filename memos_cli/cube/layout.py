@@ -47,6 +47,16 @@ def valid_name(name: object) -> bool:
     return isinstance(name, str) and _NAME.fullmatch(name) is not None and ".." not in name
 
 
+def kv_rel(name: str) -> str:
+    """Where KV snapshot ``name`` lives in a bundle (cube.yaml may name no other place)."""
+    return f"{KV_DIR}/{name}.safetensors"
+
+
+def lora_rel(name: str) -> str:
+    """Where adapter ``name``'s folder lives in a bundle (cube.yaml may name no other place)."""
+    return f"{LORA_DIR}/{name}"
+
+
 # Top-level files a bundle may hold (.gitattributes: written by `memos git-setup` in the cube folder).
 GITATTRIBUTES = ".gitattributes"
 TOP_FILES = (MANIFEST, MEMORIES, AUDIT, GITIGNORE, GITATTRIBUTES)

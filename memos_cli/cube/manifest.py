@@ -101,6 +101,11 @@ def load_yaml(text: str) -> Any:
         loader.dispose()
 
 
+def dump_yaml(data: Any) -> str:
+    """YAML as memos writes cube.yaml: sorted keys, block style, never an anchor or alias."""
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=True, allow_unicode=True, default_flow_style=False)
+
+
 def check_entry_paths(section: str, name: Any, entry: dict[str, Any], cube: Path) -> None:
     """kv and lora entries name only their own place: ``kv/<name>.safetensors`` and ``lora/<name>/<file>``."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
@@ -183,7 +188,7 @@ class Manifest:
             if key in data and same:
                 kept[key] = block
         rest = {k: v for k, v in data.items() if k not in kept}
-        body = yaml.dump(rest, Dumper=_PlainDumper, sort_keys=True, allow_unicode=True, default_flow_style=False)
+        body = dump_yaml(rest)
         return body + "".join(kept[key] for key in sorted(kept))
 
 

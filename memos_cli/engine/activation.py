@@ -490,6 +490,42 @@ def read_snapshot_header(path: Path | str) -> dict[str, str]:
     return _parse_metadata(path, raw)
 
 
+def snapshot_problem(root: Path, rel: str, *, expected_sha256: str | None = None) -> str | None:
+    """Why the snapshot file ``rel`` of cube ``root`` cannot be used, without a model or its tensors:
+    missing, a link or special file, bytes that differ from ``expected_sha256``, a torn or malformed
+    header, or tensors that run past the end of the file (truncated). None when it looks whole. Cheap
+    enough for ``stats`` and for ``chat`` before it loads the model. Read through the confined
+    primitives (cube/io.py): nothing outside the cube is followed."""
+    from memos_cli.errors import UnsafePath
+
+    shown = Path(root) / rel
+    try:
+        what = cube_io.kind(root, rel)
+        if what is None:
+            return "the file is missing"
+        if what != "file":
+            return "it is a symbolic link" if what == "link" else "it is not a regular file"
+        if expected_sha256 is not None and cube_io.sha256(root, rel) != expected_sha256:
+            return "its bytes do not match the recorded sha256 (modified or corrupted)"
+        with cube_io.open_read(root, rel) as handle:
+            total = os.fstat(handle.fileno()).st_size
+            head = handle.read(8)
+            size = _header_size(shown, head, total)
+            raw = handle.read(size)
+        _parse_metadata(shown, raw)
+        header = json.loads(raw)
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    except UnsafePath as exc:
+        return exc.why
+    except InvalidSnapshot as exc:
+        return exc.problem
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        return f"unreadable ({type(exc).__name__})"
+    if 8 + size + max(ends, default=0) > total:
+        return "the file is truncated (its tensors run past the end)"
+    return None
+
+
 def _header_size(path: Path, head: bytes, total: int) -> int:
     if len(head) < 8:
         raise InvalidSnapshot(path, "the file is truncated (no safetensors header)")

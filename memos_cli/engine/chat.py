@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ops
@@ -131,7 +132,7 @@ class ChatSession:
                     + f", or make a snapshot for these adapters: memos promote {cube.path} --to activation"
                     + "".join(f" --lora {a}" for a in self.options.loras),
                 )
-            file = read_snapshot(cube.committed_path(entry["file"]), expected_sha256=entry.get("sha256"))
+            file = read_snapshot(cube.committed_path(layout.kv_rel(name)), expected_sha256=entry.get("sha256"))
             if not made_with:  # an adapted model's fingerprint is known once the adapters load (load_snapshot)
                 made_for = file.meta.get("model_fingerprint", "unknown")
                 current = model_fingerprint(resolve_model_dir(self.options.model)[1])  # no model load needed

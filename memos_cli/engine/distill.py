@@ -44,6 +44,7 @@ from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.io import sha256_bytes, sha256_file
 from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine.claim import claim_model
 from memos_cli.engine.distill_data import memory_data
 from memos_cli.engine.select import Selection, select
 from memos_cli.errors import (
@@ -56,6 +57,7 @@ from memos_cli.errors import (
     shorten,
 )
 from memos_cli.models.lm import LanguageModel, load_lm
+from memos_cli.words import plural
 
 # (stage, done, total, loss): stage names the step ("recall before", "training", "recall after"; fuse
 # adds "indexing", "consolidating" and its recall stages); loss is the training loss of the last step
@@ -646,16 +648,10 @@ def check_name(name: str) -> str:
 
 
 def _check_cube_model(cube: Cube, lm: LanguageModel, replacing: str | None) -> None:
-    """A cube's kv/ and lora/ are made for one model (the manifest's ``model``)."""
-    held = cube.manifest.model or {}
-    others = [n for n in cube.manifest.lora if n != replacing] + list(cube.manifest.kv)
-    if held.get("fingerprint") and held["fingerprint"] != lm.fingerprint and others:
-        raise IncompatibleModel(
-            f"cube {cube.path} (its KV snapshots and adapters)",
-            f"{held.get('name')} ({held['fingerprint']})",
-            f"{lm.name} ({lm.fingerprint})",
-            hint="distill with the cube's model (--model), or drop its snapshots and adapters first",
-        )
+    """A cube's kv/ and lora/ are made for one model (engine/claim.py, the one place that checks it)."""
+    import copy
+
+    claim_model(copy.copy(cube.manifest), lm, replacing=("lora", replacing or ""), what=f"cube {cube.path}")
 
 
 def distill(
@@ -832,13 +828,12 @@ def _commit_adapter(
             "metrics": report.metrics(),
             "created": report.created,
         }
-        if not tx.manifest.model or not (tx.manifest.kv or set(tx.manifest.lora) - {report.name}):
-            tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+        claim_model(tx.manifest, lm, replacing=("lora", report.name), what=f"cube {cube.path}")
         tx.touch_manifest()
         m = report.metrics()
         tx.log(
             [ref.split("@")[0] for ref in report.memories],
-            f"distilled {len(report.memories)} memories into {rel}: recall {m['recall_before']:.0%} -> "
+            f"distilled {plural(len(report.memories), 'memory')} into {rel}: recall {m['recall_before']:.0%} -> "
             f"{m['recall_after']:.0%}, held-out loss {m['forgetting_pct']:+.1f}%",
             name=report.name,
         )
@@ -864,7 +859,7 @@ def drop_adapter(cube: Cube, name: str, *, actor: str | None = None) -> dict[str
         entry = tx.manifest.lora.get(name)
         if entry is None:
             raise AdapterNotFound(cube.path, name)
-        tx.delete_file(entry.get("path") or f"{layout.LORA_DIR}/{name}")
+        tx.delete_file(layout.lora_rel(name))
         del tx.manifest.lora[name]
         tx.touch_manifest()
         ids = [str(ref).split("@")[0] for ref in entry.get("memories", [])]

@@ -38,14 +38,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from memos_cli.config import actor as resolve_actor
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, normalise_text
+from memos_cli.engine.claim import claim_model
 from memos_cli.engine.distributed import STAGE_DIR, RayEngine
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import open_index, row_for, row_key
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
+from memos_cli.words import plural
 
 if TYPE_CHECKING:
     from memos_cli.engine.distill import Progress
@@ -90,33 +93,24 @@ def _lineage(cube: Cube) -> dict[str, Any]:
     }
 
 
-def _union_versions(parents: list[list[MemoryRecord]]) -> tuple[dict[str, list[MemoryRecord]], int, int]:
-    """All versions per memory id across parents. The same version written in several parents (same
-    content, another time or actor) is kept once, the earliest; two different versions with one number
-    are both kept, renumbered. Returns (versions by id, conflicts, versions found in several parents)."""
-    by_id: dict[str, dict[str, MemoryRecord]] = {}
-    shared = 0
-    for versions in parents:
-        for record in versions:
-            variants = by_id.setdefault(record.id, {})
-            key = record.content_key()
-            held = variants.get(key)
-            if held is None:
-                variants[key] = record
-            else:
-                shared += 1
-                if record.created < held.created:
-                    variants[key] = record
-    conflicts = 0
+def _union_versions(
+    parents: list[list[MemoryRecord]], actor: str | None
+) -> tuple[dict[str, list[MemoryRecord]], int, int]:
+    """All versions per memory id across parents, merged as histories of one cube (engine/merge.py:
+    the same version in several parents kept once, the earliest; a memory changed in several parents
+    merged field by field, a field changed two ways kept both ways and marked). Returns (versions by
+    id, memories with a conflict, versions found in several parents)."""
+    from memos_cli.engine.merge import merge_histories
+
+    merged, conflicts = merge_histories(parents, actor=actor, key_rules=False)
     out: dict[str, list[MemoryRecord]] = {}
-    for memory_id, variants in by_id.items():
-        records = sorted(variants.values(), key=lambda r: (r.version, r.created, r.content_key()))
-        numbers = [r.version for r in records]
-        if len(set(numbers)) != len(numbers):
-            conflicts += len(numbers) - len(set(numbers))
-            records = [replace(r, version=i + 1) for i, r in enumerate(records)]
-        out[memory_id] = records
-    return out, conflicts, shared
+    for record in merged:
+        out.setdefault(record.id, []).append(record)
+    for records in out.values():
+        records.sort(key=lambda r: r.version)
+    written = sum(len(p) for p in parents)
+    unique = len({(r.id, r.content_key()) for p in parents for r in p})
+    return out, len(conflicts), written - unique
 
 
 def _provenance(record: MemoryRecord, cube: str) -> dict[str, Any]:
@@ -151,11 +145,12 @@ def fuse(
         raise UsageError("--dedup-threshold must be in (0, 1]")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise CubeExists(output)
+    if len({p.resolve() for p in cube_paths}) != len(cube_paths):
+        raise UsageError("the same cube is named twice")
     parents = [Cube.open(p) for p in cube_paths]
+    actor = resolve_actor(actor)  # the creator: the fused cube's owner, and the actor of its versions
     for parent in parents:
         parent.check(actor, "read")
-    if len({p.manifest.id for p in parents}) != len(parents):
-        raise UsageError("the same cube is named twice")
 
     # --- compatibility: embedders
     embedder = EmbedderHandle(engine=engine)  # --engine ray: re-embedding runs on the cluster
@@ -193,7 +188,7 @@ def fuse(
 
     report = FuseReport(output=str(output), parents=[_lineage(p) for p in parents], dry_run=dry_run)
     states = [p.read_state() for p in parents]
-    versions, report.version_conflicts, report.shared_versions = _union_versions([s.versions for s in states])
+    versions, report.version_conflicts, report.shared_versions = _union_versions([s.versions for s in states], actor)
 
     # --- vectors of every current memory, from the parents' indexes (embedding only what is missing)
     vectors: dict[str, np.ndarray] = {}
@@ -299,7 +294,10 @@ def fuse(
     for older, newer in merged_into.items():
         keep = current[newer]
         merged_from = list(keep.metadata.get("merged_from", [])) + [_provenance(current[older], origin[older])]
-        current[newer] = replace(keep, metadata={**keep.metadata, "merged_from": merged_from})
+        # the kept memory states what the merged one did: it keeps its key (the key rules still hold)
+        current[newer] = replace(
+            keep, key=keep.key or current[older].key, metadata={**keep.metadata, "merged_from": merged_from}
+        )
         gone = current[older]
         extra_versions.append(
             replace(
@@ -418,7 +416,7 @@ def _write_fused(
         tx.manifest.lineage = report.parents
         tx.manifest.embedder = {"name": ident.name, "dim": ident.dim, "fingerprint": ident.fingerprint}
         if lm is not None and (snapshots or combined):
-            tx.manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+            claim_model(tx.manifest, lm, what=f"cube {output}")
         for kv_name, (snap, entry) in snapshots.items():
             from memos_cli.engine.activation import save_snapshot
 
@@ -439,7 +437,7 @@ def _write_fused(
         tx.touch_manifest()
         tx.log(
             sorted(final),
-            f"fused {len(parents)} cubes: {report.memories} memories, {report.exact_duplicates} "
+            f"fused {len(parents)} cubes: {plural(report.memories, 'memory')}, {report.exact_duplicates} "
             f"exact and {len(report.near_duplicates)} near duplicates merged",
             parents=[p["id"] for p in report.parents],
         )
@@ -571,7 +569,7 @@ def _carry_adapters(
     out: dict[str, tuple[Path, dict[str, Any]]] = {}
     for lora_name, sources in plan.items():
         folder = work / lora_name
-        folders = [p.committed_path(entry.get("path", f"{layout.LORA_DIR}/{lora_name}")) for p, entry in sources]
+        folders = [p.committed_path(layout.lora_rel(lora_name)) for p, _entry in sources]
         facts = {p.manifest.name: _parent_facts(entry, final, moved) for p, entry in sources}
         refs = list(dict.fromkeys(r.ref for records in facts.values() for r in records))
         entry: dict[str, Any] = {
@@ -611,8 +609,8 @@ def _fuse_adapters(
     the recall of each parent's facts after peft's combination (and after consolidation)."""
     from memos_cli.engine import distill as D
 
-    for (cube, entry), parent_folder in zip(sources, folders, strict=True):  # bounded before peft allocates
-        D.check_adapter_bounds(cube, str(entry.get("path", parent_folder.name)), parent_folder)
+    for (cube, _entry), parent_folder in zip(sources, folders, strict=True):  # bounded before peft allocates
+        D.check_adapter_bounds(cube, folder.name, parent_folder)  # folder: <work>/<adapter name>
     model = D.combine_adapters(lm, folders, method=COMBINATION)
     probes = {
         parent: [p for r in _sample(records, RECALL_MEMORIES) for p in D.probes_for(r)]

@@ -7,14 +7,20 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from memos_cli.cube import layout
 from memos_cli.cube.io import atomic_write_bytes
+from memos_cli.cube.manifest import dump_yaml, load_yaml, parse_manifest
+from memos_cli.engine.merge import merge_manifest
 from memos_cli.engine.versions import merge_audit, merge_memories
-from memos_cli.errors import MemosError, UsageError
+from memos_cli.errors import InvalidCube, MemosError, UsageError
 
 ATTRIBUTES = (
     "# memos: merge cube records by union of versions (memos merge-driver), never by text hunks\n"
+    f"{layout.MANIFEST} merge=memos\n"
     f"{layout.MEMORIES} merge=memos\n"
     f"{layout.AUDIT} merge=memos\n"
     "*.safetensors binary\n"
@@ -57,6 +63,23 @@ def git_setup(directory: Path) -> dict[str, str]:
     return {"repository": str(top), "attributes": str(attributes), "driver": command}
 
 
+def merge_manifest_text(base: bytes, ours: bytes, theirs: bytes) -> bytes:
+    """Three-way merge of ``cube.yaml`` (engine/merge.py: key by key, ``updated`` the later one)."""
+
+    def load(data: bytes) -> dict[str, Any]:
+        if len(data) > layout.MAX_MANIFEST_BYTES:
+            raise ValueError(f"cube.yaml is larger than {layout.MAX_MANIFEST_BYTES:,} bytes")
+        value = load_yaml(data.decode("utf-8")) if data.strip() else {}  # bounded: no alias bombs
+        if not isinstance(value, dict):
+            raise ValueError("cube.yaml is not a mapping")
+        return value
+
+    merged = merge_manifest(load(base), load(ours), load(theirs))
+    text = dump_yaml(merged)
+    parse_manifest(text, Path(layout.MANIFEST))  # refuse to write what a reader would reject
+    return text.encode("utf-8")
+
+
 def merge_driver(ancestor: Path, ours: Path, theirs: Path, name: str) -> None:
     """Called by git: merge ``theirs`` into ``ours`` (written in place); raises on unreadable input so
     that git reports a conflict instead of a silently wrong file."""
@@ -66,9 +89,13 @@ def merge_driver(ancestor: Path, ours: Path, theirs: Path, name: str) -> None:
     try:
         if filename == layout.AUDIT:
             merged = merge_audit(base, mine, other)
+        elif filename == layout.MANIFEST:
+            merged = merge_manifest_text(base, mine, other)
         else:
-            merged = merge_memories(base, mine, other)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            from memos_cli.config import actor
+
+            merged = merge_memories(base, mine, other, actor=actor())
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, yaml.YAMLError, InvalidCube) as exc:
         raise MemosError(
             f"cannot merge {name}: {exc}", hint="resolve the conflict by hand, then: memos verify"
         ) from None

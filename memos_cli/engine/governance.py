@@ -8,6 +8,11 @@ from typing import Any
 from memos_cli.cube.bundle import Cube
 from memos_cli.errors import UsageError
 
+# Operations the audit log names (a cube written by a newer memos may name others: those are accepted too)
+AUDIT_OPS = frozenset(
+    {"init", "ingest", "update", "forget", "purge", "promote", "demote", "distill", "fuse", "policy", "chat"}
+)
+
 
 @dataclass
 class PolicyChange:
@@ -58,5 +63,9 @@ def audit_log(
     cube: Cube, *, actor: str | None = None, limit: int | None = None, op: str | None = None
 ) -> list[dict[str, Any]]:
     cube.check(actor, "read")
-    entries = [e for e in cube.read_audit() if op is None or e.get("op") == op]
+    everything = cube.read_audit()
+    present = {str(e.get("op")) for e in everything}
+    if op is not None and op not in AUDIT_OPS and op not in present:
+        raise UsageError(f"unknown --op {op!r}: choose from {', '.join(sorted(AUDIT_OPS | present))}")
+    entries = [e for e in everything if op is None or e.get("op") == op]
     return entries[-limit:] if limit else entries

@@ -20,7 +20,9 @@ from memos_cli.engine import index as index_mod
 from memos_cli.engine import ranking, temporal
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
-from memos_cli.errors import BadInput, UsageError, after_commit
+from memos_cli.engine.sync import SyncPlan, plan_sync
+from memos_cli.errors import SKIP_BAD_HINT, BadInput, UsageError, after_commit
+from memos_cli.words import plural
 
 Progress = Callable[[int, int], None]
 
@@ -95,9 +97,17 @@ class IngestReport:
     embedded: int
     seconds: float
     engine: dict[str, object] | None = None  # --engine ray: nodes, actors, fixed seconds, rate
+    updated: list[str] = field(default_factory=list)  # memories whose passage changed: a new version
+    vanished: list[str] = field(default_factory=list)  # memories whose passage left its source
+    archived: list[str] = field(default_factory=list)  # the vanished ones archived (--sync)
+    dry_run: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "updated": self.updated,
+            "vanished": self.vanished,
+            "archived": self.archived,
+            "dry_run": self.dry_run,
             "added": self.added,
             "duplicates": self.duplicates,
             "rejected": [{"where": r.where, "problem": r.problem} for r in self.rejected],
@@ -174,8 +184,14 @@ def ingest(
     actor: str | None = None,
     embedder: EmbedderHandle | None = None,
     progress: Progress | None = None,
+    sync: bool = False,
+    dry_run: bool = False,
 ) -> IngestReport:
-    """Parse, deduplicate, embed and append ``sources`` to ``cube``; the cube is unchanged on error."""
+    """Parse, deduplicate, embed and append ``sources`` to ``cube``; the cube is unchanged on error.
+
+    A source ingested before is synced (engine/sync.py): changed passages become new versions of their
+    memories; passages gone from it are reported, and archived with ``sync``. ``dry_run`` writes nothing
+    and embeds nothing: the report says what would change."""
     started = time.perf_counter()
     actor = cube.check(actor, "write")  # fail before the expensive work, not after it
     defaults = defaults or Defaults()
@@ -195,6 +211,8 @@ def ingest(
             )
         except BadInput as exc:
             if not skip_bad:
+                if exc.hint == "fix the input":
+                    exc.hint = SKIP_BAD_HINT
                 raise
             rejected.append(Rejected(exc.where, exc.problem))
             parsed.append((source, fmt or "?", [], 1))
@@ -220,63 +238,103 @@ def ingest(
     if embedder.engine is not None:  # finished chunks are staged here, so a rerun after a crash skips them
         embedder.engine.stage_in(cube.path)
     state = cube.read_state()
-    candidates = _new_records(parsed, state)
-    known = _embed(candidates, embedder, progress)
+    planned = _plan(parsed, state, now)
+    if dry_run:
+        report = _report(parsed, planned, [], [], {}, dry_run=True, sync=sync, started=started)
+        report.rejected = rejected
+        return report
+    known = _embed(planned.fresh + planned.changed, embedder, progress)
 
     with cube.transaction(actor=actor, op="ingest") as tx:
         state = cube.read_state()  # another writer may have committed while we embedded
-        fresh = _new_records(parsed, state)
+        planned = _plan(parsed, state, now)
+        fresh = planned.fresh
         superseded = _supersede(tx, state, fresh, now)
         for record in fresh:
             tx.add(record)
+        for record in planned.changed:
+            tx.add(record)
+        archived = planned.vanished_versions(actor=tx.actor, now=now) if sync else []
+        for record in archived:
+            tx.add(record)
         if fresh:
-            tx.log([r.id for r in fresh], f"ingested {len(fresh)} memories from {len(sources)} source(s)")
+            tx.log(
+                [r.id for r in fresh], f"ingested {plural(len(fresh), 'memory')} from {plural(len(sources), 'source')}"
+            )
+        if planned.changed or archived:
+            tx.log(
+                [r.id for r in planned.changed + archived],
+                f"synced {len(planned.changed)} changed and archived {len(archived)} vanished passages",
+            )
         if fresh and tx.manifest.embedder is None:
             ident = embedder.identity
             tx.manifest.embedder = {"name": ident.name, "dim": ident.dim, "fingerprint": ident.fingerprint}
             tx.touch_manifest()
-    stored = {id(r) for r in fresh}  # by object: a repeated record has the same memory id as the stored one
-    reports = []
-    for source, used, records, n_bad in parsed:
-        added = sum(1 for r in records if id(r) in stored)
-        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added, n_bad))
-    if fresh:
+    if fresh or planned.changed or archived:
         try:
             _update_index(cube, embedder, known, progress)
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - after the commit, every failure is told as one
             # The records are committed: say so, or a pipeline retries and the user believes nothing was
             # written. The index is derived and brings itself up to date on the next query.
             raise after_commit(
-                f"{len(fresh):,} memories stored", "the index will be rebuilt by the next query", exc
+                _committed(len(fresh), len(planned.changed), len(archived)),
+                "the index will be rebuilt by the next query",
+                exc,
             ) from exc
     if embedder.engine is not None:
         embedder.engine.clear_stage()  # committed and indexed: the staged chunks are no longer needed
+    report = _report(parsed, planned, superseded, archived, known, dry_run=False, sync=sync, started=started)
+    report.rejected = rejected
+    report.engine = embedder.engine.stats.to_dict() if embedder.engine is not None else None
+    return report
+
+
+def _committed(stored: int, changed: int, archived: int) -> str:
+    """What an ingest committed, as a PostCommitError says it ("3 memories stored")."""
+    said = [f"{plural(stored, 'memory')} stored"] if stored else []
+    if changed:
+        said.append(f"{plural(changed, 'changed passage')} updated")
+    if archived:
+        said.append(f"{plural(archived, 'vanished passage')} archived")
+    return ", ".join(said)
+
+
+def _plan(parsed: list[tuple[Source, str, list[MemoryRecord], int]], state: CubeState, now: str) -> SyncPlan:
+    return plan_sync([(source.name, records) for source, _fmt, records, _bad in parsed], state, now)
+
+
+def _report(
+    parsed: list[tuple[Source, str, list[MemoryRecord], int]],
+    planned: SyncPlan,
+    superseded: list[str],
+    archived: list[MemoryRecord],
+    known: dict[str, np.ndarray],
+    *,
+    dry_run: bool,
+    sync: bool,
+    started: float,
+) -> IngestReport:
+    stored = {id(r) for r in planned.fresh}  # by object: a repeated record has the stored one's memory id
+    changed_hashes = {r.hash for r in planned.changed}
+    reports = []
+    for source, used, records, n_bad in parsed:
+        added = sum(1 for r in records if id(r) in stored)
+        updated = sum(1 for r in records if r.hash in changed_hashes)
+        reports.append(SourceReport(source.name, used, len(records), added, len(records) - added - updated, n_bad))
     return IngestReport(
-        added=len(fresh),
+        added=len(planned.fresh),
         duplicates=sum(r.duplicates for r in reports),
-        rejected=rejected,
+        rejected=[],
         sources=reports,
-        ids=[r.id for r in fresh],
+        ids=[r.id for r in planned.fresh],
         superseded=superseded,
         embedded=len(known),
         seconds=time.perf_counter() - started,
-        engine=embedder.engine.stats.to_dict() if embedder.engine is not None else None,
+        updated=[r.id for r in planned.changed],
+        vanished=[r.id for r in planned.vanished],
+        archived=[r.id for r in archived] if not dry_run else ([r.id for r in planned.vanished] if sync else []),
+        dry_run=dry_run,
     )
-
-
-def _new_records(parsed: list[tuple[Source, str, list[MemoryRecord], int]], state: CubeState) -> list[MemoryRecord]:
-    """Records whose content is not in the cube yet (nor earlier in this same ingest)."""
-    seen = {r.hash for r in state.versions if r.hash}
-    seen.update(state.current.keys())
-    fresh = []
-    for _source, _fmt, records, _bad in parsed:
-        for record in records:
-            if record.hash in seen or record.id in seen:
-                continue
-            seen.add(record.hash)
-            seen.add(record.id)
-            fresh.append(record)
-    return fresh
 
 
 def _embed(records: list[MemoryRecord], embedder: EmbedderHandle, progress: Progress | None) -> dict[str, np.ndarray]:

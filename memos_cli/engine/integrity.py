@@ -14,10 +14,12 @@ from typing import Any
 from memos_cli.cube import io, layout, records
 from memos_cli.cube.bundle import Cube, quarantine_journal, read_journal
 from memos_cli.cube.io import TornLine, iter_lines
-from memos_cli.cube.records import MemoryRecord
+from memos_cli.cube.records import MemoryRecord, content_hash
+from memos_cli.engine.merge import conflicts_of
 from memos_cli.errors import InvalidCube, UnsafeJournal
 
 QUARANTINE_REL = f"{layout.DERIVED_DIR}/quarantine"
+QUARANTINE_FIX = f"memos repair moves it to {QUARANTINE_REL}/"
 # Files memos writes into in place (appends, truncations): a hard link there would write elsewhere too.
 _IN_PLACE = (layout.MEMORIES, layout.AUDIT)
 
@@ -52,6 +54,10 @@ def unsafe_entries(root: Path) -> list[tuple[str, str]]:
     return found
 
 
+def _refresh(cube: Cube, name: str) -> str:
+    return f"rebuild it: memos promote {cube.path} --refresh {name}"
+
+
 @dataclass
 class VerifyReport:
     cube: str
@@ -76,7 +82,8 @@ class VerifyReport:
 def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, dict[str, Any]]]:
     try:
         if io.kind(cube.path, cube.committed_rel(rel)) is None:
-            report.problems.append(f"{rel} is missing")
+            fix = "memos repair recreates it empty" if rel == layout.AUDIT else f"restore it: git checkout -- {rel}"
+            report.problems.append(f"{rel} is missing ({fix})")
             return []
         data = cube._read_committed(rel)  # what readers see: an unfinished transaction's bytes excluded
     except InvalidCube as exc:
@@ -90,18 +97,23 @@ def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, 
                 # under the same depth and number rules, without the size bound.
                 obj = records.loads(line) if rel == layout.MEMORIES else records.loads_unbounded(line)
             except json.JSONDecodeError:
-                report.problems.append(f"{rel}:{number}: not valid JSON")
+                report.problems.append(f"{rel}:{number}: not valid JSON ({QUARANTINE_FIX})")
                 continue
             except (ValueError, UnicodeDecodeError) as exc:
-                report.problems.append(f"{rel}:{number}: {exc}")
+                report.problems.append(f"{rel}:{number}: {exc} ({QUARANTINE_FIX})")
                 continue
             if not isinstance(obj, dict):
-                report.problems.append(f"{rel}:{number}: not a JSON object")
+                report.problems.append(f"{rel}:{number}: not a JSON object ({QUARANTINE_FIX})")
                 continue
             objects.append((number, obj))
     except TornLine as exc:
         report.problems.append(f"{rel}: {exc} (memos repair removes it)")
     return objects
+
+
+def _source_name(record: MemoryRecord) -> str | None:
+    """The source as the content hash names it: the file name alone (see ingest)."""
+    return record.source.rsplit("/", 1)[-1] if record.source else None
 
 
 def _check_records(cube: Cube, report: VerifyReport) -> dict[str, MemoryRecord]:
@@ -111,14 +123,24 @@ def _check_records(cube: Cube, report: VerifyReport) -> dict[str, MemoryRecord]:
         try:
             record = MemoryRecord.from_dict(obj)
         except (ValueError, TypeError) as exc:
-            report.problems.append(f"{layout.MEMORIES}:{number}: {exc}")
+            report.problems.append(f"{layout.MEMORIES}:{number}: {exc} ({QUARANTINE_FIX})")
             continue
         seen[(record.id, record.version)] += 1
+        if record.hash and record.hash != content_hash(record.text, _source_name(record), record.source_id):
+            report.problems.append(
+                f"{layout.MEMORIES}:{number}: {record.id} version {record.version} does not match its content "
+                "hash (its text was edited outside memos; restore it, or record the change with memos update)"
+            )
         if record.id not in current or record.version > current[record.id].version:
             current[record.id] = record
     for (memory_id, version), count in seen.items():
         if count > 1:
             report.problems.append(f"{layout.MEMORIES}: {memory_id} version {version} appears {count} times")
+    for record in conflicts_of(current.values()):
+        fields = ", ".join(record.metadata["conflict"].get("fields", []))
+        report.problems.append(
+            f"{record.id}: a merge left {fields} changed two ways (see: memos conflicts {cube.path})"
+        )
     report.checked["memory_versions"] = sum(seen.values())
     report.checked["memories"] = len(current)
     return current
@@ -138,10 +160,12 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
             continue
         path = cube.path / committed
         if io.kind(cube.path, committed) != "file":
-            report.problems.append(f"kv {name}: {rel} is missing")
+            report.problems.append(f"kv {name}: {rel} is missing ({_refresh(cube, name)})")
             continue
         if entry.get("sha256") and io.sha256(cube.path, committed) != entry["sha256"]:
-            report.problems.append(f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted)")
+            report.problems.append(
+                f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted; {_refresh(cube, name)})"
+            )
             continue
         try:
             from memos_cli.engine.activation import read_snapshot_header
@@ -153,7 +177,7 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
                     f"kv {name}: header names model {fingerprint}, manifest {entry['model_fingerprint']}"
                 )
         except Exception as exc:  # noqa: BLE001 - any unreadable header is a problem to name, not a crash
-            report.problems.append(f"kv {name}: unreadable snapshot header ({exc})")
+            report.problems.append(f"kv {name}: unreadable snapshot header ({exc}; {_refresh(cube, name)})")
         stale = [m for m in entry.get("memories", []) if m not in active_refs]
         if stale:
             report.notes.append(
@@ -167,9 +191,14 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
         except InvalidCube as exc:
             report.problems.append(f"lora {name}: {exc.problem}")
             continue
+        if io.kind(cube.path, base) != "dir":
+            report.problems.append(
+                f"lora {name}: {folder}/ is missing (restore it from version control, or drop it: "
+                f"memos distill {cube.path} --drop {name})"
+            )
+            continue
         for rel, digest in (entry.get("files") or {}).items():
-            what = io.kind(cube.path, f"{base}/{rel}") if io.kind(cube.path, base) == "dir" else None
-            if what != "file":
+            if io.kind(cube.path, f"{base}/{rel}") != "file":
                 report.problems.append(f"lora {name}: {folder}/{rel} is missing")
             elif io.sha256(cube.path, f"{base}/{rel}") != digest:
                 report.problems.append(f"lora {name}: {folder}/{rel} does not match its recorded sha256")
@@ -182,7 +211,9 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
             for child in io.listdir(cube.path, directory):
                 rel = f"{directory}/{child}"
                 if rel not in referenced and rel not in pending:
-                    report.problems.append(f"{rel} is not named in cube.yaml (left by an interrupted command?)")
+                    report.problems.append(
+                        f"{rel} is not named in cube.yaml (left by an interrupted command? {QUARANTINE_FIX})"
+                    )
     report.checked["kv"] = len(manifest.kv)
     report.checked["lora"] = len(manifest.lora)
 
@@ -300,6 +331,76 @@ def _neutralise(root: Path, report: RepairReport) -> None:
                 report.fixed.append(f"started an empty {rel} in its place (its content was never in the cube)")
 
 
+def _quarantine(root: Path, name: str, data: bytes) -> str:
+    """Keep bytes repair takes out of the bundle under .memos/quarantine/ (nothing is lost); returns
+    where, as a bundle name."""
+    from memos_cli.cube.bundle import utc_now
+
+    target = f"{QUARANTINE_REL}/{utc_now().replace(':', '')}-{secrets.token_hex(2)}-{name.replace('/', '__')}"
+    io.atomic_write(root, target, data)
+    return target
+
+
+def _bad_lines(rel: str, data: bytes) -> tuple[bytes, bytes]:
+    """``data`` split into its good lines and its unreadable ones, by the rules every reader applies
+    (the record bounds for memories.jsonl). Complete lines only: an unterminated tail is kept as it is
+    (``_drop_torn_tail`` deals with it)."""
+    good: list[bytes] = []
+    bad: list[bytes] = []
+    lines = data.split(b"\n")
+    tail = lines.pop()
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = records.loads(line) if rel == layout.MEMORIES else records.loads_unbounded(line)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+            if rel == layout.MEMORIES:
+                MemoryRecord.from_dict(obj)
+        except (ValueError, UnicodeDecodeError, TypeError):
+            bad.append(line + b"\n")
+            continue
+        good.append(line + b"\n")
+    return b"".join(good) + tail, b"".join(bad)
+
+
+def _repair_files(cube: Cube) -> list[str]:
+    """Bundle files repair can fix without losing data: unreadable lines in the middle of a JSONL file
+    and files not named in cube.yaml go to .memos/quarantine/; a missing audit.jsonl is recreated.
+    Call with the lock held. Everything goes through the confined primitives (cube/io.py)."""
+    root = cube.path
+    fixed = []
+    for rel in (layout.MEMORIES, layout.AUDIT):
+        data = io.read_bytes(root, rel, missing_ok=True)
+        if data is None:
+            if rel == layout.AUDIT:
+                io.atomic_write(root, rel, b"")
+                fixed.append(f"recreated an empty {rel} (its history is gone: restore it from git if you have it)")
+            continue
+        good, bad = _bad_lines(rel, data)
+        if bad:
+            where = _quarantine(root, rel, bad)
+            io.atomic_write(root, rel, good)
+            count = bad.count(b"\n")
+            fixed.append(f"moved {count} unreadable line(s) of {rel} to {where}")
+    named = {layout.kv_rel(name) for name in cube.manifest.kv}
+    named |= {layout.lora_rel(name) for name in cube.manifest.lora}
+    for directory in (layout.KV_DIR, layout.LORA_DIR):
+        if io.kind(root, directory) != "dir":
+            continue
+        for child in io.listdir(root, directory):
+            rel = f"{directory}/{child}"
+            if rel in named:
+                continue
+            target = f"{QUARANTINE_REL}/{rel.replace('/', '__')}"
+            if io.kind(root, target) is not None:
+                io.remove(root, target)  # an older copy of the same name (a link there goes, unfollowed)
+            io.rename(root, rel, target)
+            fixed.append(f"moved {rel} (not named in cube.yaml) to {target}")
+    return fixed
+
+
 def repair(cube_path: Path, *, actor: str | None = None) -> RepairReport:
     """Fix what can be fixed without losing data: neutralise links, special files and an invalid journal
     (moved aside, never followed), roll back an interrupted transaction, drop a torn last line (it was
@@ -318,6 +419,7 @@ def repair(cube_path: Path, *, actor: str | None = None) -> RepairReport:
             message = _drop_torn_tail(cube.path, rel)
             if message:
                 report.fixed.append(message)
+        report.fixed.extend(_repair_files(cube))
         for leftover in ("staging", "backups"):
             rel = f"{layout.DERIVED_DIR}/{leftover}"
             if io.listdir(cube.path, rel):

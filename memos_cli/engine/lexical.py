@@ -29,7 +29,7 @@ from memos_cli.cube import io as cube_io
 from memos_cli.cube.io import atomic_write_bytes
 
 # Bump when tokenize() changes: an index saved by another tokenizer must be rebuilt, not reused.
-TOKENIZER_VERSION = "snowball-english-1"
+TOKENIZER_VERSION = "snowball-english-2-folded-cjk"
 FORMAT_VERSION = 1
 INDEX_FILE = "lexical.npz"
 # BM25 parameters. Memories are short and of similar length, so length normalisation (b) matters less
@@ -54,6 +54,37 @@ STOPWORDS = frozenset(
 )
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+# Han and kana: written without spaces, so a "word" is a whole clause. Indexed as characters and
+# character bigrams (the CJK analysers of Lucene and Elasticsearch do the same), so "東京" finds
+# "東京タワーは赤い".
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def _fold(text: str) -> str:
+    """Lowercase with accents removed ("Café" -> "cafe"), so a query typed without them still matches."""
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _words(text: str) -> list[str]:
+    out: list[str] = []
+    for word in _WORD.findall(_fold(text).replace("_", " ")):
+        if not _CJK.search(word):
+            out.append(word)
+            continue
+        position = 0
+        for run in _CJK.finditer(word):
+            if run.start() > position:
+                out.append(word[position : run.start()])
+            chars = run.group()
+            out.extend(chars)
+            out.extend(chars[i : i + 2] for i in range(len(chars) - 1))
+            position = run.end()
+        if position < len(word):
+            out.append(word[position:])
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -63,11 +94,12 @@ def _stemmer() -> Stemmer.Stemmer:
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercased unicode word tokens, stopwords dropped, Snowball-stemmed.
+    """Lowercased, accent-folded unicode word tokens (CJK as characters and bigrams), stopwords
+    dropped, Snowball-stemmed.
 
     Underscores split words (``\\w`` matches them, but ``foo_bar`` is two words in prose and in ids).
     """
-    words = [w for w in _WORD.findall(text.lower().replace("_", " ")) if w not in STOPWORDS]
+    words = [w for w in _words(text) if w not in STOPWORDS]
     stems: list[str] = _stemmer().stemWords(words)
     return stems
 

@@ -16,6 +16,7 @@ from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import usage
 from memos_cli.engine.query import Filters
 from memos_cli.errors import MemoryNotFound, UsageError
+from memos_cli.words import plural
 
 
 def list_memories(
@@ -34,6 +35,8 @@ def resolve_id(state: CubeState, ref: str) -> str:
     """A full memory id, from an id or a unique prefix of one (as git does with commits)."""
     if ref in state.current:
         return ref
+    if len(ref) < 4:
+        raise UsageError(f"id prefix {ref!r} is too short: prefixes need 4 characters (for example m-6a3f)")
     matches = [i for i in state.current if i.startswith(ref)] if len(ref) >= 4 else []
     if len(matches) == 1:
         return matches[0]
@@ -128,11 +131,11 @@ def forget(
                 report.unchanged.append(memory_id)
                 continue
             tx.add(
-                replace(record, version=record.version + 1, status="archived", op="forget", actor=actor, created=now)
+                replace(record, version=record.version + 1, status="archived", op="forget", actor=tx.actor, created=now)
             )
             report.archived.append(memory_id)
         if report.archived:
-            tx.log(report.archived, f"archived {len(report.archived)} memories")
+            tx.log(report.archived, f"archived {plural(len(report.archived), 'memory')}")
     return report
 
 
@@ -147,14 +150,14 @@ def _purge(cube: Cube, tx: Transaction, state: CubeState, ids: list[str], drop: 
 
     for name, entry in sorted(tx.manifest.kv.items()):
         if holds(entry):  # its header and tensors encode the text: it cannot stay
-            tx.delete_file(entry.get("file", f"{layout.KV_DIR}/{name}.safetensors"))
+            tx.delete_file(layout.kv_rel(name))
             del tx.manifest.kv[name]
             report.kv_dropped.append(name)
     report.adapters = [name for name, entry in sorted(tx.manifest.lora.items()) if holds(entry)]
     if drop:
         for name in report.adapters:
-            entry = tx.manifest.lora.pop(name)
-            tx.delete_file(entry.get("path", f"{layout.LORA_DIR}/{name}"))
+            tx.manifest.lora.pop(name)
+            tx.delete_file(layout.lora_rel(name))
         report.adapters_dropped = bool(report.adapters)
     if report.kv_dropped or report.adapters_dropped:
         tx.touch_manifest()
@@ -166,7 +169,7 @@ def _purge(cube: Cube, tx: Transaction, state: CubeState, ids: list[str], drop: 
         extra["kv_dropped"] = report.kv_dropped
     if report.adapters:
         extra["adapters" if not drop else "adapters_dropped"] = report.adapters
-    tx.log(ids, f"purged {len(ids)} memories and all their versions", **extra)
+    tx.log(ids, f"purged {plural(len(ids), 'memory')} and all their versions", **extra)
     report.purged = ids
     # Derived copies go before the commit: if the commit then fails, the index only lacks rows the next
     # query rebuilds; the other order could leave the purged text behind.
@@ -223,7 +226,10 @@ def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
         "time_range": [times[0], times[-1]] if times else None,
         "embedder": m.embedder,
         "model": m.model,
-        "kv": {name: {**_brief(e), "stale": name in stale["kv"]} for name, e in sorted(m.kv.items())},
+        "kv": {
+            name: {**_brief(e), "stale": name in stale["kv"], "problem": _kv_problem(cube, name)}
+            for name, e in sorted(m.kv.items())
+        },
         "lora": {name: {**_brief(e), "stale": name in stale["lora"]} for name, e in sorted(m.lora.items())},
         "uses": sum(uses.values()),
         "most_used": [{"id": i, "uses": n} for i, n in sorted(uses.items(), key=lambda kv: (-kv[1], kv[0]))[:5]],
@@ -237,6 +243,18 @@ def _schedule_summary(cube: Cube) -> dict[str, Any]:
     from memos_cli.engine.schedule import summary  # the scheduler builds on these operations
 
     return summary(cube)
+
+
+def _kv_problem(cube: Cube, name: str) -> str | None:
+    """Why a snapshot cannot be used (missing, a link, truncated, corrupt header), or None: no sha256, no model."""
+    from memos_cli.engine.activation import snapshot_problem
+    from memos_cli.errors import UnsafePath
+
+    try:
+        rel = cube.committed_rel(layout.kv_rel(name))
+    except UnsafePath as exc:
+        return exc.why
+    return snapshot_problem(cube.path, rel)
 
 
 def _brief(entry: dict[str, Any]) -> dict[str, Any]:

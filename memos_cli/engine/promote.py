@@ -13,6 +13,7 @@ finished file into place and records it.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Sequence
@@ -22,8 +23,10 @@ from typing import Any
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.engine import ops
+from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
 from memos_cli.errors import InvalidCube, UsageError, shorten
+from memos_cli.words import plural
 
 KV_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -41,6 +44,7 @@ class PromoteReport:
     model: str | None = None
     seconds: float = 0.0
     adapters: dict[str, str] = field(default_factory=dict)  # name -> sha256 of the adapter's weights
+    budget: int | None = None  # the token budget the snapshot was built with (refresh reuses the old one)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -94,6 +98,7 @@ def promote_to_activation(
 
         lm = load_adapters(base, cube, loras)
         adapters = adapter_digests(cube, loras)
+    claim_model(copy.copy(cube.manifest), base, replacing=("kv", name), what=f"cube {cube.path}")  # fail early
     snap = build_snapshot(lm, memories, dtype=dtype, budget=budget)
     snap.adapters = adapters
     if not snap.memory_refs:
@@ -115,15 +120,14 @@ def promote_to_activation(
             "budget": budget,
             "created": utc_now(),
         }
-        if tx.manifest.model is None:
-            tx.manifest.model = {"name": base.name, "fingerprint": base.fingerprint}
+        claim_model(tx.manifest, base, replacing=("kv", name), what=f"cube {cube.path}")
         tx.touch_manifest()
         ids = [ref.split("@")[0] for ref in snap.memory_refs]
         with_adapters = f", with adapters {', '.join(adapters)}" if adapters else ""
         tx.log(
             ids,
-            f"promoted {len(ids)} memories to activation memory kv/{name} ({snap.token_count} tokens, {dtype}"
-            f"{with_adapters})",
+            f"promoted {plural(len(ids), 'memory')} to activation memory kv/{name} "
+            f"({snap.token_count} tokens, {dtype}{with_adapters})",
         )
     return PromoteReport(
         name=name,
@@ -137,6 +141,7 @@ def promote_to_activation(
         sha256=digest,
         model=lm.name,
         seconds=time.perf_counter() - started,
+        budget=budget,
     )
 
 
@@ -173,11 +178,11 @@ def drop(cube: Cube, name: str, *, actor: str | None = None) -> PromoteReport:
     with cube.transaction(actor=actor, op="demote") as tx:
         if name in tx.manifest.kv:
             entry = tx.manifest.kv.pop(name)
-            tx.delete_file(entry.get("file", kv_path(name)))
+            tx.delete_file(kv_path(name))
             kind = "activation"
         elif name in tx.manifest.lora:
             entry = tx.manifest.lora.pop(name)
-            tx.delete_file(entry.get("path", f"{layout.LORA_DIR}/{name}"))
+            tx.delete_file(layout.lora_rel(name))
             kind = "parametric"
         else:
             raise UsageError(f"no snapshot or adapter named {name!r}")

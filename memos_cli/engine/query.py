@@ -223,6 +223,8 @@ class Searcher:
     def search(self, text: str, *, k: int = 10, filters: Filters | None = None) -> list[QueryHit]:
         if k < 1:
             raise UsageError("-k must be at least 1")
+        if not text.strip():
+            raise UsageError("the query is empty: give some words to search for")
         filters = filters or Filters()
         query_vec = self._query_vector(text)
         masks = self._masks(filters)

@@ -10,13 +10,13 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from dateutil import parser as date_parser
 
 from memos_cli.cube import records
-from memos_cli.errors import BadInput
+from memos_cli.errors import BadInput, UsageError
 
 FORMATS = ("text", "markdown", "jsonl", "chat")
 MAX_PASSAGE_CHARS = 1200  # size cap of a text/markdown passage; longer paragraphs are split at sentences
@@ -61,7 +61,9 @@ def parse_time(value: Any, where: str, base: str | None = None) -> str:
         raise BadInput(where, f"time {value!r} is not a date")
     if isinstance(value, (int, float)):
         try:
-            return datetime.fromtimestamp(float(value)).isoformat(timespec="seconds")
+            # epoch seconds are UTC by definition; filters read naive times as UTC too
+            stamp = datetime.fromtimestamp(float(value), UTC).isoformat(timespec="seconds")
+            return stamp.replace("+00:00", "Z")
         except (OverflowError, OSError, ValueError):
             raise BadInput(where, f"time {value!r} is not a valid epoch timestamp") from None
     if not isinstance(value, str) or not value.strip():
@@ -190,7 +192,8 @@ def _cap(text: str, start: int, end: int) -> Iterator[tuple[str, int, int]]:
 
 def parse_text(text: str, source: str) -> list[Draft]:
     lines = text.splitlines()
-    return [Draft(text=t, source=source, line=a, end_line=b, type="document") for t, a, b in _passages(lines, 1)]
+    # no type of their own: --type applies, else ingest's default for the format ("document")
+    return [Draft(text=t, source=source, line=a, end_line=b) for t, a, b in _passages(lines, 1)]
 
 
 def parse_markdown(text: str, source: str) -> list[Draft]:
@@ -204,7 +207,7 @@ def parse_markdown(text: str, source: str) -> list[Draft]:
     def flush() -> None:
         for passage, a, b in _passages(block, block_start):
             meta = {"heading": " > ".join(headings)} if headings else {}
-            drafts.append(Draft(text=passage, source=source, line=a, end_line=b, type="document", metadata=meta))
+            drafts.append(Draft(text=passage, source=source, line=a, end_line=b, metadata=meta))
 
     for number, line in enumerate(text.splitlines(), start=1):
         if line.lstrip().startswith(("```", "~~~")):
@@ -280,6 +283,13 @@ def _record_draft(obj: Any, source: str, line: int, base: str | None = None) -> 
     )
 
 
+def _json_problem(exc: ValueError) -> str:
+    """json's message without its own trailing "at" ("Unterminated string starting at"): the caller
+    names the place, and "at at column 9" read badly."""
+    message = str(getattr(exc, "msg", exc))
+    return message[: -len(" at")] if message.endswith(" at") else message
+
+
 def _load_line(line: str, where: str) -> Any:
     """One JSONL line under the record bounds (cube/records.py: size, depth, finite numbers)."""
     if len(line) > MAX_LINE_BYTES:
@@ -287,7 +297,7 @@ def _load_line(line: str, where: str) -> Any:
     try:
         return records.loads(line)
     except json.JSONDecodeError as exc:
-        raise BadInput(where, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+        raise BadInput(where, f"malformed JSON ({_json_problem(exc)} at column {exc.colno})") from None
     except ValueError as exc:
         raise BadInput(where, str(exc)) from None
 
@@ -424,6 +434,8 @@ def parse_source(
     data: bytes, source: str, *, fmt: str | None = None, skip_bad: bool = False, time_base: str | None = None
 ) -> tuple[list[Draft], list[Rejected], str]:
     """Parse one source; returns drafts, rejected records (only with ``skip_bad``) and the format used."""
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r} for --format (choose from {', '.join(FORMATS)})")
     text = decode(data, source)
     fmt = fmt or detect_format(source, text)
     if fmt == "text":

@@ -248,6 +248,11 @@ def _check_unpacked(archive: Path, staged: Path) -> None:
         raise _refuse(archive, None, f"the cube in it does not verify: {report.problems[0]}")
 
 
-def check_export_target(path: Path) -> None:
+def check_export_target(path: Path, *, force: bool = False) -> None:
+    """An export goes to a new .tar.gz in an existing folder; an existing file only with ``force``."""
     if path.suffix not in (".gz", ".tgz"):
         raise UsageError("the export file should end in .tar.gz")
+    if not path.parent.is_dir():
+        raise UsageError(f"folder {path.parent} does not exist", hint=f"create it first: mkdir -p {path.parent}")
+    if path.exists() and (path.is_dir() or not force):
+        raise UsageError(f"{path} already exists", hint="choose another name, or pass --force to overwrite it")

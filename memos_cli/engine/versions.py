@@ -16,7 +16,7 @@ from memos_cli.cube.records import MemoryRecord, canonical_json, content_hash
 from memos_cli.engine import temporal
 from memos_cli.engine.ops import resolve_id
 from memos_cli.engine.sources import parse_time
-from memos_cli.errors import BadInput, UsageError
+from memos_cli.errors import BadInput, MemoryNotFound, UsageError
 
 EDITABLE = ("text", "type", "time", "speaker", "tags", "key", "status", "metadata")
 
@@ -69,6 +69,8 @@ def update(cube: Cube, ref: str, change: Update, *, actor: str | None = None) ->
             tags=tags,
             key=change.key if change.key is not None else old.key,
             status=change.status or old.status,
+            # a new version is the user's resolution of a merge conflict: the marker goes
+            metadata={k: v for k, v in old.metadata.items() if k != "conflict"},
             hash=content_hash(text, old.source.rsplit("/", 1)[-1] if old.source else None, old.source_id)
             if change.text is not None
             else old.hash,
@@ -111,13 +113,11 @@ def history(cube: Cube, ref: str, *, actor: str | None = None) -> tuple[str, lis
     state = cube.read_state()
     try:
         memory_id = resolve_id(state, ref)
-    except Exception:
+    except MemoryNotFound:
         memory_id = ref  # purged: only the audit log remembers it
     versions = [HistoryEntry(r.version, r.created, r.actor, r.op, r.status, r.text) for r in state.history(memory_id)]
     audit = [e for e in cube.read_audit() if memory_id in (e.get("ids") or [])]
     if not versions and not audit:
-        from memos_cli.errors import MemoryNotFound
-
         raise MemoryNotFound(ref)
     return memory_id, versions, audit
 
@@ -135,47 +135,19 @@ def _parse_lines(data: bytes, *, bounded: bool = True) -> list[dict[str, Any]]:
     return out
 
 
-def merge_memories(base: bytes, ours: bytes, theirs: bytes) -> bytes:
-    """Three-way merge of ``memories.jsonl``: every version on either side is kept.
+def merge_memories(base: bytes, ours: bytes, theirs: bytes, *, actor: str | None = None) -> bytes:
+    """Three-way merge of ``memories.jsonl`` (see engine/merge.py): every version on either side is
+    kept, a memory changed on both sides is merged field by field against the common ancestor (a field
+    changed two ways is kept both ways and marked as a conflict), a version purged on one side stays
+    purged, and the key rules apply (one active memory per key). Deterministic."""
+    from memos_cli.engine.merge import merge_histories
 
-    The same version written on both sides (same content, another time or actor: the same file
-    ingested on both branches) is kept once, the earliest. Two different records with the same id and
-    version (both sides changed the memory) are both kept: the versions of that memory are renumbered
-    in order of (version, created), so the side with the higher version (then the later one) becomes
-    current. Records are written in a deterministic order: by creation time, then id, then version.
-    A version present in the ancestor and removed on one side (a purge) is removed.
-    """
+    def parsed(data: bytes) -> list[MemoryRecord]:
+        return [MemoryRecord.from_dict(r) for r in _parse_lines(data)] if data else []
 
-    def key(record: dict[str, Any]) -> str:
-        return MemoryRecord.from_dict(record).content_key()
-
-    base_keys = {key(r) for r in _parse_lines(base)} if base else set()
-    sides = [_parse_lines(ours), _parse_lines(theirs)]
-    present = [{key(r) for r in side} for side in sides]
-    # a version in the ancestor missing from either side was purged there: respect the purge
-    purged = {k for k in base_keys if k not in present[0] or k not in present[1]}
-    by_id: dict[str, dict[str, dict[str, Any]]] = {}
-    for side in sides:
-        for record in side:
-            k = key(record)
-            if k in purged:
-                continue
-            variants = by_id.setdefault(str(record["id"]), {})
-            held = variants.get(k)
-            if held is None or str(record.get("created", "")) < str(held.get("created", "")):
-                variants[k] = record
-    merged: list[dict[str, Any]] = []
-    for variants in by_id.values():
-        ordered = sorted(variants.items(), key=lambda kv: (int(kv[1]["version"]), str(kv[1].get("created", "")), kv[0]))
-        numbers = [int(r["version"]) for _, r in ordered]
-        if len(set(numbers)) != len(numbers):  # a conflict: renumber, keeping every record
-            merged.extend({**r, "version": i + 1} for i, (_, r) in enumerate(ordered))
-        else:
-            merged.extend(r for _, r in ordered)
-    merged.sort(key=lambda r: (str(r.get("created", "")), str(r["id"]), int(r["version"])))
-    for record in merged:
-        MemoryRecord.from_dict(record)  # refuse to write anything a reader would reject
-    return "".join(canonical_json(r) + "\n" for r in merged).encode("utf-8")
+    merged, _conflicts = merge_histories([parsed(ours), parsed(theirs)], base=parsed(base), actor=actor)
+    # refuse to write anything a reader would reject (records.validate: the reader's own rules)
+    return "".join(records.validate(r) + "\n" for r in merged).encode("utf-8")
 
 
 def merge_audit(base: bytes, ours: bytes, theirs: bytes) -> bytes:

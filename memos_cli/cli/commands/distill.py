@@ -9,6 +9,7 @@ import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, ModelOpt, TagOpt
 from memos_cli.cli.output import emit_json, say, stage_progress
+from memos_cli.words import plural
 
 
 def distill(
@@ -97,7 +98,7 @@ def distill(
         entry = drop_adapter(opened, drop, actor=who)
         if json_:
             emit_json({"dropped": drop, "memories": entry.get("memories", [])})
-        say(f"dropped adapter lora/{drop} ({len(entry.get('memories', []))} memories)")
+        say(f"dropped adapter lora/{drop} ({plural(len(entry.get('memories', [])), 'memory')})")
         return
     if not name:
         raise UsageError("name the adapter with --name (or remove one with --drop NAME)")
@@ -171,7 +172,7 @@ def run_distill(
         emit_json(report.to_dict())
     m = report.metrics()
     say(
-        f"distilled {len(report.memories)} memories into [bold]{report.path}[/] "
+        f"distilled {plural(len(report.memories), 'memory')} into [bold]{report.path}[/] "
         f"({report.steps} steps, {report.train_seconds:.0f}s training, {report.adapter_bytes / 1e6:.1f} MB)"
     )
     if report.trace:
@@ -188,11 +189,20 @@ def run_distill(
     )
     say(
         f"  held-out text loss  {m['heldout_loss_before']:.3f} -> {m['heldout_loss_after']:.3f} "
-        f"({m['forgetting_pct']:+.1f}%: forgetting)"
+        f"({forgetting_label(m['forgetting_pct'])})"
     )
     missed = [a for a in report.recall_after.answers if not a["hit"]]
     if missed:
         say(f"  held-out questions not recalled: {len(missed)} of {len(report.recall_after.answers)}")
-    for answer in missed:
+    for answer in missed[:5]:
         expected = answer["expected"]
         say(f"  [yellow]not recalled[/] {answer['question']!r} (expected {expected!r}): {answer['answer'][:80]!r}")
+    if len(missed) > 5:
+        say(f"  ... and {len(missed) - 5} more (see --json or {report.path}/report.json)")
+
+
+def forgetting_label(change_pct: float) -> str:
+    """The held-out loss change in words: a loss that went up is forgetting; one that went down is not."""
+    if change_pct > 0:
+        return f"{change_pct:+.1f}%: forgetting"
+    return f"{change_pct:+.1f}%: no forgetting"

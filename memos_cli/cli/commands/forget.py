@@ -8,6 +8,7 @@ import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, YesOpt
 from memos_cli.cli.output import confirm, emit_json, say
+from memos_cli.words import plural
 
 
 def forget(
@@ -43,7 +44,7 @@ def forget(
 
     opened = Cube.open(cube)
     if purge:
-        confirm(f"permanently delete {len(ids)} memories and all their versions from {cube}?", yes)
+        confirm(f"permanently delete {plural(len(ids), 'memory')} and all their versions from {cube}?", yes)
     if drop_adapters and not purge:
         from memos_cli.errors import UsageError
 
@@ -52,7 +53,7 @@ def forget(
     if json_:
         emit_json(report.to_dict())
     if report.purged:
-        say(f"purged {len(report.purged)} memories (and their text from the index and usage log)")
+        say(f"purged {plural(len(report.purged), 'memory')} (and their text from the index and usage log)")
     for name in report.kv_dropped:
         say(f"dropped KV snapshot {name}: it held a purged memory (make a new one with: memos promote)")
     for name in report.adapters:
@@ -64,6 +65,6 @@ def forget(
                 f"drop it with: memos distill {cube} --drop {name} (or purge with --drop-adapters)"
             )
     if report.archived:
-        say(f"archived {len(report.archived)} memories")
+        say(f"archived {plural(len(report.archived), 'memory')}")
     if report.unchanged:
         say(f"{len(report.unchanged)} already archived")

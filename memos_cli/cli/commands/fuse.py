@@ -9,6 +9,7 @@ import typer
 
 from memos_cli.cli.options import ActorsOpt, AddressOpt, AsOpt, EngineOpt, JsonOpt, ModelOpt, engine_from
 from memos_cli.cli.output import emit_json, say, stage_progress
+from memos_cli.words import plural
 
 
 def fuse(
@@ -80,12 +81,20 @@ def fuse(
         emit_json(report.to_dict())
         return
     verb = "would fuse" if dry_run else "fused"
-    say(f"{verb} {len(report.parents)} cubes into {output}: {report.memories} memories ({report.versions} versions)")
+    say(
+        f"{verb} {len(report.parents)} cubes into {output}: {plural(report.memories, 'memory')} "
+        f"({plural(report.versions, 'version')})"
+    )
     say(
         f"  exact duplicates stored once: {report.exact_duplicates}; near duplicates merged: "
         f"{len(report.near_duplicates)}; version conflicts kept: {report.version_conflicts}; "
         f"superseded by key: {report.superseded_by_key}"
     )
+    if report.version_conflicts and not dry_run:
+        say(
+            f"  [yellow]{plural(report.version_conflicts, 'memory', 'memories')} changed two ways[/]: both "
+            f"versions kept; choose with: memos conflicts {output}"
+        )
     for pair in report.near_duplicates[:10]:
         say(f"  [dim]{pair['similarity']:.3f} kept {pair['kept_text'][:60]!r} <- {pair['merged_text'][:60]!r}[/]")
     for kv_name, info in report.kv.items():

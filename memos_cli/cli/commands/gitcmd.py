@@ -15,8 +15,8 @@ def git_setup(
     directory: Annotated[Path, typer.Argument(help="A folder inside a git repository (default: here).")] = Path("."),
     json_: JsonOpt = False,
 ) -> None:
-    """Make a git repository merge cubes cleanly: writes .gitattributes (memories.jsonl and audit.jsonl
-    use the memos merge driver; *.safetensors are binary) and registers the driver in the repository's
+    """Make a git repository merge cubes cleanly: writes .gitattributes (cube.yaml, memories.jsonl and
+    audit.jsonl use the memos merge driver; *.safetensors are binary) and registers the driver in the repository's
     git config. Run it once per clone (git does not copy config).
 
     Example:  cd team-memory && git init && memos git-setup
@@ -37,9 +37,10 @@ def merge_driver(
     theirs: Annotated[Path, typer.Argument(help="%B: their version.")],
     name: Annotated[str, typer.Argument(help="%P: the path in the repository.")] = "memories.jsonl",
 ) -> None:
-    """Merge concurrent changes to a cube's memories.jsonl or audit.jsonl (called by git, see git-setup):
-    the union of versions in a deterministic order; two different versions of one memory are both kept
-    and numbered by version, then time. Nothing is lost."""
+    """Merge concurrent changes to a cube's cube.yaml, memories.jsonl or audit.jsonl (called by git, see
+    git-setup): every version of both sides is kept; a memory edited on both sides is merged field by
+    field against the common ancestor, a field changed two ways is kept both ways and reported (memos
+    conflicts); one active memory per key remains. cube.yaml merges key by key. Nothing is lost."""
     from memos_cli.engine.gitrepo import merge_driver as run_driver
 
     run_driver(ancestor, ours, theirs, name)

@@ -8,6 +8,7 @@ import typer
 
 from memos_cli.cli.options import ActorsOpt, AddressOpt, AsOpt, CubeArg, EngineOpt, JsonOpt, engine_from
 from memos_cli.cli.output import emit_json, progress, say
+from memos_cli.words import plural
 
 
 def ingest(
@@ -34,6 +35,10 @@ def ingest(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Store the good records and report the bad ones instead of failing.")
     ] = False,
+    sync: Annotated[
+        bool, typer.Option("--sync", help="Archive memories whose passage is gone from a file ingested again.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
     as_: AsOpt = None,
     json_: JsonOpt = False,
     engine: EngineOpt = None,
@@ -52,6 +57,10 @@ def ingest(
     its `event_time`. A relative `time` value ("next tuesday") is read against --time-base or the
     record's `time_base`, and refused without one (never against today's clock).
 
+    A file ingested again is synced: a changed passage becomes a new version of its memory (the same
+    file, the same heading or record id); passages gone from the file are listed, and archived with
+    --sync. --dry-run shows all of this without writing.
+
     Bad input (malformed JSON, a record without text, invalid UTF-8, a binary or empty file) stops
     the ingest with the file and line, and the cube is left unchanged.
 
@@ -60,6 +69,7 @@ def ingest(
       cat facts.jsonl | memos ingest notes - --format jsonl
       memos ingest diary notes.jsonl --time-base 2024-03-17   # "time": "yesterday" -> 2024-03-16
       memos ingest notes logs/*.jsonl --engine ray --address head:6379
+      memos ingest notes meeting.md --sync --dry-run
     """
     from memos_cli.config import actor
     from memos_cli.cube.bundle import Cube
@@ -82,6 +92,8 @@ def ingest(
                 actor=actor(as_),
                 embedder=EmbedderHandle(engine=ray_engine),  # type: ignore[arg-type]
                 progress=bar,
+                sync=sync,
+                dry_run=dry_run,
             )
     finally:
         if ray_engine is not None:
@@ -91,11 +103,23 @@ def ingest(
     if json_:
         emit_json(report.to_dict())
     summary = f"added {report.added}, duplicates {report.duplicates}, rejected {len(report.rejected)}"
-    if report.added == 0 and report.duplicates and not report.rejected:
+    if report.updated:
+        summary += f", updated {len(report.updated)} (changed in their source: new versions)"
+    if report.dry_run:
+        summary = "dry run, nothing written: would have " + summary
+    if report.added == 0 and report.duplicates and not report.rejected and not report.updated:
         summary += " (nothing new: everything was already in the cube)"
     if report.superseded:
         summary += f"; superseded {len(report.superseded)} older memories with the same key"
     say(f"{summary} [dim]({report.seconds:.2f}s)[/]")
+    if report.archived:
+        verb = "would archive" if report.dry_run else "archived"
+        say(f"{verb} {plural(len(report.archived), 'memory', 'memories')} whose passage is gone from its file")
+    elif report.vanished:
+        say(
+            f"passages of {plural(len(report.vanished), 'memory')} are gone from their file "
+            "(still active; archive them with --sync): " + " ".join(report.vanished[:10])
+        )
     for bad in report.rejected[:20]:
         say(f"  [red]rejected[/] {bad.where}: {bad.problem}")
     if len(report.rejected) > 20:

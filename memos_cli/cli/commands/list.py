@@ -30,7 +30,7 @@ def list_(
     since: SinceOpt = None,
     until: UntilOpt = None,
     status: StatusOpt = "active",
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="At most this many.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="At most this many (1 or more).")] = None,
     json_: JsonOpt = False,
     jsonl: JsonlOpt = False,
     as_: AsOpt = None,
@@ -60,9 +60,10 @@ def list_(
 
     table = Table(show_header=True, header_style="bold")
     for column in ("id", "v", "when", "type", "who", "text"):
-        table.add_column(column, overflow="fold")
+        # ids never wrap (they are copied into other commands); the text takes what width is left
+        table.add_column(column, overflow="fold", no_wrap=column in ("id", "v", "when"), min_width=None)
     for r in records:
         text = r.text if len(r.text) <= 100 else r.text[:97] + "..."
         table.add_row(r.id, str(r.version), (r.time or "")[:10], r.type, r.speaker or "", text)
     out().print(table)
-    say(f"{len(records)} memories")
+    say(f"{len(records)} {'memory' if len(records) == 1 else 'memories'}")

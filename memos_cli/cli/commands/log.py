@@ -12,7 +12,7 @@ from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out
 
 def log(
     cube: CubeArg,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="Only the last N entries.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Only the last N entries.")] = None,
     op: Annotated[Optional[str], typer.Option("--op", help="Only this operation (ingest, forget, purge, ...).")] = None,
     json_: JsonOpt = False,
     jsonl: JsonlOpt = False,

@@ -8,6 +8,7 @@ import typer
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt, ModelOpt
 from memos_cli.cli.output import emit_json, say
+from memos_cli.words import plural
 
 IdsOpt = Annotated[Optional[list[str]], typer.Option("--ids", help="Memory ids (repeatable; prefixes work).")]
 QueryOpt = Annotated[Optional[str], typer.Option("--query", help="Select the top -k hits of this query.")]
@@ -102,7 +103,7 @@ def promote(
         return
     if report.kind == "activation":
         say(
-            f"kv/{report.name}.safetensors: {len(report.memories)} memories, {report.tokens} tokens, "
+            f"kv/{report.name}.safetensors: {plural(len(report.memories), 'memory')}, {report.tokens} tokens, "
             f"{report.dtype}, {report.bytes / 1e6:.1f} MB, model {report.model} ({report.seconds:.1f}s)"
         )
         if report.adapters:
@@ -111,8 +112,11 @@ def promote(
                 + "".join(f" --lora {a}" for a in report.adapters)
             )
         if report.skipped:
-            say(f"  {len(report.skipped)} selected memories did not fit in --budget {budget} and were left out")
+            say(
+                f"  {plural(len(report.skipped), 'selected memory', 'selected memories')} did not fit in "
+                f"the budget of {report.budget} tokens and were left out"
+            )
     elif report.kind == "archive":
-        say(f"archived {len(report.memories)} memories")
+        say(f"archived {plural(len(report.memories), 'memory')}")
     else:
-        say(f"{report.kind} {report.name} ({len(report.memories)} memories)")
+        say(f"{report.kind} {report.name} ({plural(len(report.memories), 'memory')})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TextIO
 
 import typer
 
@@ -26,6 +26,9 @@ from memos_cli.cli.options import (
     filters_from,
 )
 from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, progress, say
+
+if TYPE_CHECKING:
+    from memos_cli.engine.query import Filters, Searcher
 
 
 def query(
@@ -88,6 +91,14 @@ def query(
     check_exclusive(json=json_, jsonl=jsonl)
     if (text is None) == (batch is None):
         raise UsageError("give a query TEXT or --batch FILE (not both)")
+    if text is not None and not text.strip():
+        raise UsageError("the query is empty: give some words to search for")
+    handle = None
+    if batch is not None:
+        try:
+            handle = sys.stdin if batch == "-" else open(batch, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--batch {batch}: cannot read it ({exc.strerror})") from None
     filters = filters_from(tag, type_, speaker, since, until, status, time_field)
     filters.include_working = include_working
     ray_engine = engine_from(engine, address, actors)
@@ -99,8 +110,8 @@ def query(
             progress("indexing") as bar,
             Searcher([opened], mode=retrieval, record_usage=usage, progress=bar, actor=as_, embedder=embedder) as s,
         ):
-            if batch is not None:
-                _batch(s, batch, k, filters, ray_engine is not None)
+            if handle is not None:
+                _batch(s, handle, k, filters, ray_engine is not None)
                 return
             assert text is not None
             hits = s.search(text, k=k, filters=filters)
@@ -117,19 +128,18 @@ def query(
         _table(text, hits)
 
 
-def _batch(searcher: object, batch: str, k: int, filters: object, whole: bool) -> None:
+def _batch(searcher: Searcher, handle: TextIO, k: int, filters: Filters, whole: bool) -> None:
     """One JSON line per query, in order: streamed locally, in one distributed job with --engine ray."""
-    handle = sys.stdin if batch == "-" else open(batch, encoding="utf-8")
     with handle:
         questions = (line.rstrip("\n") for line in handle)
         questions = (q for q in questions if q.strip())
         if whole:
             texts = list(questions)
-            for question, hits in zip(texts, searcher.search_batch(texts, k=k, filters=filters), strict=True):  # type: ignore[attr-defined]
+            for question, hits in zip(texts, searcher.search_batch(texts, k=k, filters=filters), strict=True):
                 emit_jsonl([{"query": question, "hits": [h.to_dict() for h in hits]}])
             return
         for question in questions:
-            hits = searcher.search(question, k=k, filters=filters)  # type: ignore[attr-defined]
+            hits = searcher.search(question, k=k, filters=filters)
             emit_jsonl([{"query": question, "hits": [h.to_dict() for h in hits]}])
 
 

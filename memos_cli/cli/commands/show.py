@@ -27,9 +27,11 @@ def show(
     if json_:
         emit_json(detail.to_dict())
         return
+    from rich.markup import escape
+
     r = detail.current
     console = out()
-    console.print(f"[bold]{r.id}[/] v{r.version} \\[{r.status}] {r.type}")
+    console.print(f"[bold]{escape(r.id)}[/] v{r.version} {escape('[' + r.status + ']')} {escape(r.type)}")
     console.print(r.text, markup=False)
     fields = {
         "time": r.time,
@@ -49,8 +51,10 @@ def show(
     }
     for name, value in fields.items():
         if value:
-            console.print(f"  [dim]{name}:[/] {value}")
+            console.print(f"  [dim]{name}:[/] {escape(value)}")
     if len(detail.history) > 1:
         console.print("  [dim]history:[/]")
         for v in detail.history:
-            console.print(f"    v{v.version} {v.created} {v.op} by {v.actor or '?'} [{v.status}]")
+            console.print(
+                f"    v{v.version} {v.created} {v.op} by {escape(v.actor or '?')} {escape('[' + v.status + ']')}"
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from memos_cli.cli.options import AsOpt, CubeArg, JsonOpt
 from memos_cli.cli.output import emit_json, out
+from memos_cli.words import plural
 
 
 def stats(cube: CubeArg, json_: JsonOpt = False, as_: AsOpt = None) -> None:
@@ -37,7 +38,9 @@ def stats(cube: CubeArg, json_: JsonOpt = False, as_: AsOpt = None) -> None:
     for kind in ("kv", "lora"):
         for name, entry in data[kind].items():
             flag = " [red]STALE[/]" if entry["stale"] else ""
-            console.print(f"  {kind} {name}: {entry['memories']} memories{flag}")
+            if entry.get("problem"):
+                flag += f" [red]BROKEN[/] ({entry['problem']}; rebuild: memos promote {cube} --refresh {name})"
+            console.print(f"  {kind} {name}: {plural(entry['memories'], 'memory')}{flag}")
     plan = data["schedule"]
     if "error" in plan:
         console.print(f"  schedule: policy error: {plan['error']}", markup=False)

@@ -14,6 +14,7 @@ from memos_cli.cli.output import emit_json, say
 def export(
     cube: CubeArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="The .tar.gz to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     as_: AsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -24,7 +25,7 @@ def export(
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine.transfer import check_export_target, export_cube
 
-    check_export_target(output)
+    check_export_target(output, force=force)
     info = export_cube(Cube.open(cube), output, actor=as_)
     if json_:
         emit_json(info)

@@ -30,7 +30,9 @@ def verify(cube: CubeArg, json_: JsonOpt = False) -> None:
         if report.ok:
             say(f"[green]ok[/] {cube}: {counts}")
     if not report.ok:
-        raise InvalidCube(cube, f"{len(report.problems)} problem(s) found", hint=f"run: memos repair {cube}")
+        repairable = any("memos repair" in p for p in report.problems)
+        hint = f"run: memos repair {cube}" if repairable else "each problem above says what to do"
+        raise InvalidCube(cube, f"{len(report.problems)} problem(s) found", hint=hint)
 
 
 def repair(cube: CubeArg, as_: AsOpt = None, json_: JsonOpt = False) -> None:
@@ -53,4 +55,7 @@ def repair(cube: CubeArg, as_: AsOpt = None, json_: JsonOpt = False) -> None:
     if not report.fixed and not report.not_fixed:
         say("nothing to repair")
     if report.not_fixed:
-        raise InvalidCube(cube, f"{len(report.not_fixed)} problem(s) remain")
+        # never "run memos verify" here: verify would only send the user back to repair
+        raise InvalidCube(
+            cube, f"{len(report.not_fixed)} problem(s) remain", hint="repair cannot fix these: each says what to do"
+        )

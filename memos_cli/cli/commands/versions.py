@@ -57,11 +57,14 @@ def history(cube: CubeArg, memory_id: IdArg, json_: JsonOpt = False, as_: AsOpt 
     if json_:
         emit_json({"id": full_id, "versions": [v.to_dict() for v in versions], "audit": audit})
         return
+    from rich.markup import escape
+
     console = out()
     console.print(f"[bold]{full_id}[/]")
     for v in versions:
         snippet = v.text if len(v.text) <= 80 else v.text[:77] + "..."
-        console.print(f"  v{v.version}  {v.created}  {v.op:9} {v.actor or '?':10} [{v.status}]  {snippet}")
+        status = escape(f"[{v.status}]")
+        console.print(f"  v{v.version}  {v.created}  {v.op:9} {v.actor or '?':10} {status}  {escape(snippet)}")
     if not versions:
         console.print("  (no versions left: purged)")
     for entry in audit:

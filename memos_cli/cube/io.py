@@ -47,6 +47,12 @@ def write_count() -> int:
     return _writes
 
 
+def note_write() -> None:
+    """Count a write memos makes outside these primitives (import streams members into its own staging
+    folder): one more write point for the crash harness."""
+    _tick()
+
+
 def _tick() -> None:
     global _writes
     _writes += 1

@@ -176,6 +176,7 @@ def import_cube(archive: Path, output: Path) -> dict[str, Any]:
             ) from None
         staged = staging / "cube"
         staged.mkdir()
+        cube_io.note_write()
         try:
             with tar:
                 index = _read_index(archive, tar)
@@ -191,6 +192,7 @@ def import_cube(archive: Path, output: Path) -> dict[str, Any]:
         if output.exists():
             output.rmdir()
         os.replace(staged, output)
+        cube_io.note_write()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"output": str(output), "files": len(seen), "cube": index.get("cube"), "name": index.get("name")}
@@ -229,6 +231,7 @@ def _unpack(archive: Path, tar: tarfile.TarFile, expected: dict[str, str], stage
             while block := source.read(1 << 20):  # type: ignore[union-attr]
                 digest.update(block)
                 handle.write(block)
+        cube_io.note_write()
         if digest.hexdigest() != expected[rel]:
             raise _refuse(archive, rel, "checksum mismatch: the archive is corrupted or was modified")
         seen.add(rel)

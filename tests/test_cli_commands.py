@@ -79,6 +79,29 @@ def test_verify_and_repair(cube: tuple[str, list[str]], tmp_path: Path) -> None:
     assert run("verify", str(tmp_path / "nowhere"))[0] == 3
 
 
+def test_an_empty_cube_that_was_queried_verifies(tmp_path: Path) -> None:
+    path = str(tmp_path / "empty")
+    assert run("init", path)[0] == 0
+    code, out, err = run("query", path, "anything", "--json")
+    assert code == 0 and json.loads(out)["hits"] == [], err
+    code, out, err = run("verify", path)
+    assert code == 0, out + err
+
+
+def test_repair_moves_a_folder_in_place_of_memories_aside(cube: tuple[str, list[str]]) -> None:
+    path, _ids = cube
+    records = Path(path) / "memories.jsonl"
+    records.unlink()
+    records.mkdir()
+    (records / "stray.txt").write_text("not a record file")
+    assert run("list", path)[0] == 3
+    code, out, err = run("repair", path)
+    assert code == 0, out + err
+    assert "was a folder" in out + err and records.is_file() and records.read_bytes() == b""
+    assert list((Path(path) / ".memos" / "quarantine").glob("*-memories.jsonl/stray.txt"))
+    assert run("verify", path)[0] == 0
+
+
 def test_policy_changes_are_owner_only(cube: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
     path, ids = cube
     code, out, err = run("policy", path, "--add-writer", "bob", "--json")

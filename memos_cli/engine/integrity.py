@@ -227,10 +227,11 @@ def _check_index(cube: Cube, current: dict[str, MemoryRecord], report: VerifyRep
         meta = json.loads(io.read_bytes(cube.path, f"{directory}/meta.json", limit=1 << 20) or b"")
         rows = int(meta["rows"])
         dim = int(meta["dim"])
+        what = io.kind(cube.path, f"{directory}/vectors.f32")
+        if what not in (None, "file") or (what is None and rows):
+            raise ValueError("no vectors")  # an empty index (an empty cube was queried) has no file yet
         vectors_stat = io.lstat(cube.path, f"{directory}/vectors.f32")
-        if vectors_stat is None or io.kind(cube.path, f"{directory}/vectors.f32") != "file":
-            raise ValueError("no vectors")
-        vectors = vectors_stat.st_size
+        vectors = vectors_stat.st_size if vectors_stat is not None else 0
         mapping = json.loads(io.read_bytes(cube.path, f"{directory}/current.json") or b"")
     except (OSError, ValueError, KeyError, TypeError, InvalidCube) as exc:
         report.problems.append(f"index is unreadable ({type(exc).__name__}); memos repair rebuilds it")
@@ -329,6 +330,12 @@ def _neutralise(root: Path, report: RepairReport) -> None:
             if rel in (layout.MEMORIES, layout.AUDIT):
                 io.atomic_write(root, rel, b"")
                 report.fixed.append(f"started an empty {rel} in its place (its content was never in the cube)")
+    for rel in (layout.MEMORIES, layout.AUDIT):  # a folder where a record file belongs: not a cube file
+        if io.kind(root, rel) == "dir":
+            target = f"{QUARANTINE_REL}/{secrets.token_hex(4)}-{rel}"
+            io.rename(root, rel, target, any_kind=True)
+            io.atomic_write(root, rel, b"")
+            report.fixed.append(f"moved {rel}, which was a folder, aside to {target}; started an empty {rel}")
 
 
 def _quarantine(root: Path, name: str, data: bytes) -> str:

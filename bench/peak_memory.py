@@ -172,6 +172,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from memos_cli.cube.bundle import Cube
 from memos_cli.models.lm import load_lm
+from memos_cli.cube.entries import LoraEntry
 cube = Cube.open({str(cube)!r})
 folder = cube.path / "lora" / "evil"
 folder.mkdir(parents=True)
@@ -181,9 +182,9 @@ save_file({{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": to
     "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(576, 4)}},
     str(folder / "adapter_model.safetensors"))
 with cube.transaction(actor="bench", op="distill") as tx:
-    tx.manifest.lora["evil"] = {{"path": "lora/evil", "base_model_fingerprint": load_lm(None).fingerprint,
+    tx.manifest.lora["evil"] = LoraEntry.from_dict("evil", {{"base_model_fingerprint": load_lm(None).fingerprint,
         "files": {{p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}},
-        "memories": []}}
+        "memories": []}})
     tx.touch_manifest()
 """
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=env["WORK"])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.entries import KvEntry
 from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for
 
 MEMOS = [sys.executable, "-m", "memos_cli"]
@@ -89,12 +90,9 @@ def build(root: Path, n: int, uses: int, seed: int = 0) -> Path:
     plan = make_plan(cube)
     state = cube.read_state()
     with cube.transaction(actor="bench", op="bench") as tx:
-        tx.manifest.kv["hot"] = {
-            "file": "kv/hot.safetensors",
-            "memories": [state.current[i].ref for i in plan.hot],
-            "selection": {"ids": plan.hot},
-            "tokens": 0,
-        }
+        tx.manifest.kv["hot"] = KvEntry(
+            name="hot", memories=[state.current[i].ref for i in plan.hot], selection={"ids": plan.hot}, tokens=0
+        )
         tx.touch_manifest()
     return cube.path
 

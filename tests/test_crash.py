@@ -145,7 +145,7 @@ def test_killed_commands_leave_the_cube_before_or_after(tmp_path: Path, tiny_lla
         manifest = Cube.open(cube).manifest
         assert (name in manifest.kv) == ok or (not ok and name in manifest.kv)
         if name in manifest.kv:
-            assert (cube / manifest.kv[name]["file"]).is_file()
+            assert (cube / manifest.kv[name].rel).is_file()
     # distill: an adapter appears whole (folder + manifest entry with checksums) or not at all
     t0 = time.monotonic()
     distill_args = ["--all", "--steps", "2", "--model", str(tiny_llama)]
@@ -167,7 +167,7 @@ def test_killed_commands_leave_the_cube_before_or_after(tmp_path: Path, tiny_lla
         if ok:
             assert name in manifest.lora
         if name in manifest.lora:
-            assert (cube / manifest.lora[name]["path"] / "adapter_model.safetensors").is_file()
+            assert (cube / manifest.lora[name].rel / "adapter_model.safetensors").is_file()
         else:
             assert not (cube / "lora" / name).exists()
     # fuse: the output is a whole cube or absent

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from conftest import snapshot_files
 from memos_cli.cube.bundle import Cube
+from memos_cli.cube.entries import ModelRef
 from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import distill as dist
@@ -93,7 +94,7 @@ def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: 
     assert ("training", 4, 4) in seen and ("recall before", n, n) in seen and ("recall after", n, n) in seen
 
     cube = Cube.open(cube.path)
-    entry = cube.manifest.lora["facts"]
+    entry = cube.manifest.lora["facts"].to_dict()
     folder = cube.path / "lora" / "facts"
     assert entry["path"] == "lora/facts"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -107,7 +108,7 @@ def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: 
     assert sorted(entry["memories"]) == sorted(r.ref for r in state.current.values())
     assert entry["hyperparameters"]["steps"] == 4 and entry["hyperparameters"]["rank"] == 8
     assert set(entry["metrics"]) >= {"recall_before", "recall_after", "heldout_loss_before", "forgetting_pct"}
-    assert cube.manifest.model == {"name": lm.name, "fingerprint": lm.fingerprint}
+    assert cube.manifest.model == ModelRef(lm.name, lm.fingerprint)
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == lm.name  # no absolute path in the bundle
     stored = json.loads((folder / "report.json").read_text())
@@ -248,7 +249,7 @@ def test_several_adapters_combine_and_staleness_is_reported(cube: Cube, lm: Lang
     assert dist.stale_adapters(cube) == {}
     from memos_cli.engine.ops import forget
 
-    travel = cube.manifest.lora["travel"]["memories"][0]
+    travel = cube.manifest.lora["travel"].memories[0]
     forget(cube, [travel.split("@")[0]], actor="tester")
     assert dist.stale_adapters(Cube.open(cube.path)) == {"travel": [travel], "all": [travel]}
 

@@ -205,7 +205,7 @@ def test_a_snapshot_for_another_model_fails_before_the_model_loads(
 
 
 def test_read_snapshot_checks_header_without_a_model(snapshot_cube: Cube, tmp_path: Path) -> None:
-    entry = snapshot_cube.manifest.kv["core"]
+    entry = snapshot_cube.manifest.kv["core"].to_dict()
     file = read_snapshot(snapshot_cube.path / entry["file"], expected_sha256=entry["sha256"])
     assert file.meta["format"] == "memos-kv" and file.sha256 == entry["sha256"]
     truncated = tmp_path / "t.safetensors"

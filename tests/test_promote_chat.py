@@ -41,7 +41,7 @@ def llama(tiny_dirs: dict[str, Path]) -> str:
 
 def test_promote_writes_a_checked_snapshot(cube: Cube, llama: str) -> None:
     report = promote_to_activation(cube, Selection(tags=["core"]), name="core", model=llama)
-    entry = Cube.open(cube.path).manifest.kv["core"]
+    entry = Cube.open(cube.path).manifest.kv["core"].to_dict()
     assert entry["file"] == "kv/core.safetensors" and entry["tokens"] == report.tokens > 0
     assert len(entry["memories"]) == 2 and all("@" in ref for ref in entry["memories"])
     assert entry["dtype"] == "float32" and len(entry["sha256"]) == 64
@@ -139,7 +139,7 @@ def test_fuse_rebuilds_snapshots_by_prefilling_on_top(tmp_path: Path, llama: str
     assert report.kv["core"]["memories"] == 2
     fused = Cube.open(tmp_path / "ab")
     lm = load_lm(llama)
-    entry = fused.manifest.kv["core"]
+    entry = fused.manifest.kv["core"].to_dict()
     snap = load_snapshot(fused.path / entry["file"], lm, expected_sha256=entry["sha256"])
     state = fused.read_state()
     ordered = [state.current[ref.split("@")[0]] for ref in snap.memory_refs]
@@ -160,7 +160,7 @@ def test_chat_with_adapters_and_promote_to_parametric(cube: Cube, llama: str) ->
             ["promote", str(cube.path), "--to", "parametric", "--name", "facts", "--tag", "core", "--model", llama]
         )
     assert code == 0, err.getvalue()
-    entry = Cube.open(cube.path).manifest.lora["facts"]
+    entry = Cube.open(cube.path).manifest.lora["facts"].to_dict()
     assert len(entry["memories"]) == 2 and entry["base_model_fingerprint"]
     session = ChatSession(
         [Cube.open(cube.path)],
@@ -224,7 +224,7 @@ def test_fuse_combines_adapters_of_one_name(tmp_path: Path, llama: str) -> None:
     assert info["consolidation"]["examples"] >= 2
     assert all({"own", "combined", "consolidated"} <= set(r) for r in info["recall"].values())
     fused = Cube.open(tmp_path / "ab")
-    entry = fused.manifest.lora["facts"]
+    entry = fused.manifest.lora["facts"].to_dict()
     assert entry["recall"] == info["recall"] and len(entry["memories"]) == 2
     assert not torch.equal(tensors(tmp_path / "ab")[key_a], fused_t[key_a])  # trained after combining
     assert verify(fused.path).ok

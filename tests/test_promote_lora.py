@@ -50,10 +50,10 @@ def test_snapshot_with_adapters_is_token_identical_to_recompute(
     cube = make(tmp_path, model)
     report = promote_to_activation(cube, Selection(all=True), name="core", model=model, loras=["facts"])
     cube = Cube.open(cube.path)
-    weights = cube.manifest.lora["facts"]["files"]["adapter_model.safetensors"]
-    entry = cube.manifest.kv["core"]
+    weights = cube.manifest.lora["facts"].weights_sha256
+    entry = cube.manifest.kv["core"].to_dict()
     assert report.adapters == entry["adapters"] == {"facts": weights}
-    assert entry["base_model_fingerprint"] == cube.manifest.model["fingerprint"] != entry["model_fingerprint"]
+    assert entry["base_model_fingerprint"] == cube.manifest.model.fingerprint != entry["model_fingerprint"]
     header = read_snapshot_header(cube.path / entry["file"])
     assert json.loads(header["adapters"]) == {"facts": weights}
     assert header["model_fingerprint"] == entry["model_fingerprint"]
@@ -76,7 +76,7 @@ def test_a_snapshot_is_refused_with_any_other_adapters(tmp_path: Path, tiny_dirs
         ChatSession([Cube.open(cube.path)], ChatOptions(kv="bare", loras=["facts"], **base))
     # refresh rebuilds it with the same adapters
     refreshed = refresh(Cube.open(cube.path), "core", model=model)
-    assert refreshed.adapters == Cube.open(cube.path).manifest.kv["core"]["adapters"]
+    assert refreshed.adapters == Cube.open(cube.path).manifest.kv["core"].adapters
     assert list(refreshed.adapters) == ["facts"]
 
 
@@ -101,7 +101,7 @@ def test_cli_promote_with_lora_then_chat(tmp_path: Path, tiny_dirs: dict[str, Pa
     args = ["promote", str(cube.path), "--to", "activation", "--name", "core", "--all", "--lora", "facts"]
     result = CliRunner().invoke(app, [*args, "--model", model, "--json"])
     assert result.exit_code == 0, result.output
-    weights = cube.manifest.lora["facts"]["files"]["adapter_model.safetensors"]
+    weights = cube.manifest.lora["facts"].weights_sha256
     assert json.loads(result.stdout)["adapters"] == {"facts": weights}
     chat = ["chat", str(cube.path), "--kv", "core", "--model", model, "--no-retrieval", "--no-remember"]
     code, out, err = main_(*chat, "--lora", "facts", "-m", "hello", "--json")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from memos_cli.cube.bundle import Cube
+from memos_cli.cube.entries import LoraEntry
 from memos_cli.engine import ops, usage
 from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import repair, verify
@@ -78,7 +79,7 @@ def _adapter(cube: Cube, name: str, refs: list[str]) -> None:
         for file in ("adapter_config.json", "adapter_model.safetensors"):
             (staged / file).write_bytes(b"{}")
             files[file] = hashlib.sha256(b"{}").hexdigest()
-        tx.manifest.lora[name] = {"path": f"lora/{name}", "files": files, "memories": refs}
+        tx.manifest.lora[name] = LoraEntry(name=name, files=files, memories=refs)
         tx.touch_manifest()
 
 

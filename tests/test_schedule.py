@@ -117,13 +117,13 @@ def _main(*args: str) -> tuple[int, str, str]:
 
 
 def _kv_ids(cube_path: Path, name: str) -> set[str]:
-    entry = Cube.open(cube_path).manifest.kv.get(name) or {}
-    return {str(r).split("@")[0] for r in entry.get("memories", [])}
+    entry = Cube.open(cube_path).manifest.kv.get(name)
+    return set(entry.ids()) if entry is not None else set()
 
 
 def _lora_ids(cube_path: Path, name: str) -> set[str]:
-    entry = Cube.open(cube_path).manifest.lora.get(name) or {}
-    return {str(r).split("@")[0] for r in entry.get("memories", [])}
+    entry = Cube.open(cube_path).manifest.lora.get(name)
+    return set(entry.ids()) if entry is not None else set()
 
 
 def _status(cube_path: Path) -> dict[str, str]:
@@ -202,7 +202,7 @@ def test_a_rejected_adapter_keeps_the_old_one_and_is_not_retried(tmp_path: Path,
     from memos_cli.engine.select import Selection
 
     distill(cube, Selection(ids=[ids["Delta:"]]), name="stable", model=llama, steps=1, actor="tester")
-    entry = dict(Cube.open(cube.path).manifest.lora["stable"])
+    entry = Cube.open(cube.path).manifest.lora["stable"].to_dict()
     for when in (now - 8 * DAY, now - 4 * DAY, now):
         usage.record(Cube.open(cube.path), [[ids["Alpha:"]], [ids["Bravo:"]]], now=when)
     before = snapshot_files(cube.path)
@@ -210,7 +210,7 @@ def test_a_rejected_adapter_keeps_the_old_one_and_is_not_retried(tmp_path: Path,
     assert [r.outcome for r in report.results] == ["kept"] and not report.failed
     assert "recall" in report.results[0].message and "old adapter stays" in report.results[0].message
     after = Cube.open(cube.path)
-    assert after.manifest.lora["stable"] == entry
+    assert after.manifest.lora["stable"].to_dict() == entry
     assert {p: v for p, v in snapshot_files(cube.path).items() if p != "audit.jsonl"} == {
         p: v for p, v in before.items() if p != "audit.jsonl"
     }

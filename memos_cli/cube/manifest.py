@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from memos_cli.cube import layout
+from memos_cli.cube.entries import KvEntry, LoraEntry, ModelRef
 from memos_cli.cube.layout import FORMAT_VERSION
 from memos_cli.errors import InvalidCube, UnsupportedFormat
 
@@ -107,7 +108,8 @@ def dump_yaml(data: Any) -> str:
 
 
 def check_entry_paths(section: str, name: Any, entry: dict[str, Any], cube: Path) -> None:
-    """kv and lora entries name only their own place: ``kv/<name>.safetensors`` and ``lora/<name>/<file>``."""
+    """kv and lora entries name only their own place: ``kv/<name>.safetensors`` and ``lora/<name>/<file>``
+    (the other keys' types are checked by the typed entries, cube/entries.py)."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise InvalidCube(cube, f"cube.yaml {section} name {str(name)[:80]!r} is not a plain name")
     expected = f"{layout.KV_DIR}/{name}.safetensors" if section == "kv" else f"{layout.LORA_DIR}/{name}"
@@ -123,9 +125,6 @@ def check_entry_paths(section: str, name: Any, entry: dict[str, Any], cube: Path
         for rel, digest in files.items():
             if not isinstance(rel, str) or "/" in rel or not _plain(rel) or not isinstance(digest, str):
                 raise InvalidCube(cube, f"cube.yaml {section}.{name} file {str(rel)[:80]!r} is not a plain file name")
-    memories = entry.get("memories")
-    if memories is not None and (not isinstance(memories, list) or not all(isinstance(m, str) for m in memories)):
-        raise InvalidCube(cube, f"cube.yaml {section}.{name}.memories must be a list of memory refs")
 
 
 def _plain(rel: str) -> bool:
@@ -148,11 +147,11 @@ class Manifest:
     owner: str | None = None
     updated: str | None = None
     embedder: dict[str, Any] | None = None  # {name, dim, fingerprint}: set by the first ingest
-    model: dict[str, Any] | None = None  # {name, fingerprint}: the model kv/ and lora/ were made for
+    model: ModelRef | None = None  # the model kv/ and lora/ were made for
     policy: dict[str, Any] = field(default_factory=dict)  # {owner, readers, writers, frozen}
     lineage: list[dict[str, Any]] = field(default_factory=list)
-    kv: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lora: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kv: dict[str, KvEntry] = field(default_factory=dict)
+    lora: dict[str, LoraEntry] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, written back unchanged
     # VERBATIM_SECTIONS as written in the file: {key: text of its block}; not part of to_dict
     verbatim: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -167,11 +166,11 @@ class Manifest:
             "created": self.created,
             "updated": self.updated,
             "embedder": self.embedder,
-            "model": self.model,
+            "model": self.model.to_dict() if self.model is not None else None,
             "policy": self.policy,
             "lineage": self.lineage,
-            "kv": self.kv,
-            "lora": self.lora,
+            "kv": {name: entry.to_dict() for name, entry in self.kv.items()},
+            "lora": {name: entry.to_dict() for name, entry in self.lora.items()},
         }
         for key, value in self.extra.items():
             data.setdefault(key, value)
@@ -228,7 +227,12 @@ def parse_manifest(text: str, cube: Path) -> Manifest:
     kwargs = {k: v for k, v in data.items() if k in known}
     kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
     kwargs["verbatim"] = {k: b for k in VERBATIM_SECTIONS if k in data and (b := top_level_block(text, k)) is not None}
-    for key in ("embedder", "model"):
-        if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
-            raise InvalidCube(cube, f"cube.yaml '{key}' must be a mapping")
+    if kwargs.get("embedder") is not None and not isinstance(kwargs["embedder"], dict):
+        raise InvalidCube(cube, "cube.yaml 'embedder' must be a mapping")
+    try:
+        kwargs["model"] = ModelRef.from_dict(kwargs.get("model"))
+        kwargs["kv"] = {name: KvEntry.from_dict(name, entry) for name, entry in data["kv"].items()}
+        kwargs["lora"] = {name: LoraEntry.from_dict(name, entry) for name, entry in data["lora"].items()}
+    except ValueError as exc:
+        raise InvalidCube(cube, f"cube.yaml {exc}") from None
     return Manifest(**kwargs)

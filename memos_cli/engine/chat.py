@@ -21,7 +21,7 @@ from memos_cli.engine import ops
 from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.query import Filters, Searcher
 from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG
-from memos_cli.errors import IncompatibleModel, UsageError
+from memos_cli.errors import IncompatibleModel, InvalidSnapshot, UsageError
 
 
 @dataclass
@@ -111,7 +111,7 @@ class ChatSession:
         self.searcher = Searcher(self.cubes, actor=self.actor) if options.retrieval else None
 
     def _read_snapshot(self, name: str) -> tuple[Cube, str, Any]:
-        from memos_cli.engine.activation import read_snapshot
+        from memos_cli.engine.activation import read_snapshot, snapshot_problem
         from memos_cli.errors import SnapshotMissing
         from memos_cli.models.lm import model_fingerprint, resolve_model_dir
 
@@ -119,7 +119,7 @@ class ChatSession:
             entry = cube.manifest.kv.get(name)
             if entry is None:
                 continue
-            made_with = list(entry.get("adapters") or {})
+            made_with = list(entry.adapters)
             if made_with != list(dict.fromkeys(self.options.loras)):
                 raise IncompatibleModel(
                     f"KV snapshot {name}",
@@ -132,7 +132,14 @@ class ChatSession:
                     + f", or make a snapshot for these adapters: memos promote {cube.path} --to activation"
                     + "".join(f" --lora {a}" for a in self.options.loras),
                 )
-            file = read_snapshot(cube.committed_path(layout.kv_rel(name)), expected_sha256=entry.get("sha256"))
+            # the file's shape first (truncated, a link, a broken header: named with the rebuild command),
+            # then its sha256 and, for the bare model, its fingerprint: all before the model loads
+            problem = snapshot_problem(cube.path, cube.committed_rel(layout.kv_rel(name)))
+            if problem:
+                raise InvalidSnapshot(
+                    layout.kv_rel(name), problem, hint=f"rebuild it with: memos promote {cube.path} --refresh {name}"
+                )
+            file = read_snapshot(cube.committed_path(layout.kv_rel(name)), expected_sha256=entry.sha256)
             if not made_with:  # an adapted model's fingerprint is known once the adapters load (load_snapshot)
                 made_for = file.meta.get("model_fingerprint", "unknown")
                 current = model_fingerprint(resolve_model_dir(self.options.model)[1])  # no model load needed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from memos_cli.cube.entries import ModelRef
 from memos_cli.cube.manifest import Manifest
 from memos_cli.errors import IncompatibleModel
 
@@ -12,14 +13,14 @@ from memos_cli.errors import IncompatibleModel
 def claim_model(manifest: Manifest, lm: Any, *, replacing: tuple[str, str] | None = None, what: str = "cube") -> None:
     """Make ``lm`` the cube's model, or raise IncompatibleModel when snapshots or adapters other than
     ``replacing`` (("kv" or "lora", name): the one being rebuilt) were made for another model."""
-    held = (manifest.model or {}).get("fingerprint")
+    held = manifest.model.fingerprint if manifest.model is not None else None
     others = [("kv", n) for n in manifest.kv] + [("lora", n) for n in manifest.lora]
     others = [o for o in others if o != replacing]
     if held and held != lm.fingerprint and others:
         raise IncompatibleModel(
             f"{what} (its KV snapshots and adapters)",
-            f"{(manifest.model or {}).get('name')} ({held})",
+            f"{manifest.model.name if manifest.model is not None else None} ({held})",
             f"{lm.name} ({lm.fingerprint})",
             hint="use the cube's model (--model), or drop its snapshots and adapters first",
         )
-    manifest.model = {"name": lm.name, "fingerprint": lm.fingerprint}
+    manifest.model = ModelRef(lm.name, lm.fingerprint)

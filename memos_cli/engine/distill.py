@@ -42,6 +42,7 @@ from typing import Any
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.entries import LoraEntry, ref_ids
 from memos_cli.cube.io import sha256_bytes, sha256_file
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.claim import claim_model
@@ -817,22 +818,22 @@ def _commit_adapter(
         (staged / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
         report.files = {p.name: sha256_file(p) for p in sorted(staged.iterdir())}
         report.adapter_bytes = sum(p.stat().st_size for p in staged.iterdir())
-        tx.manifest.lora[report.name] = {
-            "path": rel,
-            "files": report.files,
-            "base_model_fingerprint": lm.fingerprint,
-            "model": lm.name,
-            "memories": report.memories,
-            "selection": selection.describe(),
-            "hyperparameters": report.hyperparameters,
-            "metrics": report.metrics(),
-            "created": report.created,
-        }
+        tx.manifest.lora[report.name] = LoraEntry(
+            name=report.name,
+            files=report.files,
+            base_model_fingerprint=lm.fingerprint,
+            model=lm.name,
+            memories=list(report.memories),
+            selection=selection.describe(),
+            hyperparameters=dict(report.hyperparameters),
+            metrics=report.metrics(),
+            created=report.created,
+        )
         claim_model(tx.manifest, lm, replacing=("lora", report.name), what=f"cube {cube.path}")
         tx.touch_manifest()
         m = report.metrics()
         tx.log(
-            [ref.split("@")[0] for ref in report.memories],
+            ref_ids(report.memories),
             f"distilled {plural(len(report.memories), 'memory')} into {rel}: recall {m['recall_before']:.0%} -> "
             f"{m['recall_after']:.0%}, held-out loss {m['forgetting_pct']:+.1f}%",
             name=report.name,
@@ -862,9 +863,8 @@ def drop_adapter(cube: Cube, name: str, *, actor: str | None = None) -> dict[str
         tx.delete_file(layout.lora_rel(name))
         del tx.manifest.lora[name]
         tx.touch_manifest()
-        ids = [str(ref).split("@")[0] for ref in entry.get("memories", [])]
-        tx.log(ids, f"dropped adapter lora/{name}", name=name)
-    return entry
+        tx.log(entry.ids(), f"dropped adapter lora/{name}", name=name)
+    return entry.to_dict()
 
 
 def verify_adapter(cube: Cube, name: str) -> Path:
@@ -875,7 +875,7 @@ def verify_adapter(cube: Cube, name: str) -> Path:
         raise AdapterNotFound(cube.path, name)
     rel = f"{layout.LORA_DIR}/{name}"  # the manifest may name no other place (cube/manifest.py)
     folder = cube.path / rel
-    files = entry.get("files") or {}
+    files = entry.files
     missing = [f for f in ADAPTER_FILES if f not in files]
     if missing:
         raise InvalidCube(cube.path, f"adapter {name} records no sha256 for {', '.join(missing)}")
@@ -990,7 +990,7 @@ def adapter_digests(cube: Cube, names: Sequence[str]) -> dict[str, str]:
         entry = cube.manifest.lora.get(name)
         if entry is None:
             raise AdapterNotFound(cube.path, name)
-        out[name] = str((entry.get("files") or {}).get("adapter_model.safetensors"))
+        out[name] = str(entry.weights_sha256)
     return out
 
 
@@ -1013,16 +1013,16 @@ def load_adapters(lm: LanguageModel, cube: Cube, names: Sequence[str]) -> Langua
         entry = cube.manifest.lora.get(name)
         if entry is None:
             raise AdapterNotFound(cube.path, name)
-        expected = str(entry.get("base_model_fingerprint"))
+        expected = str(entry.base_model_fingerprint)
         if expected != lm.fingerprint:
             raise IncompatibleModel(f"adapter {name}", expected, lm.fingerprint)
         folder = verify_adapter(cube, name)
         check_adapter_bounds(cube, name, folder)
         folders.append(folder)
     digest = hashlib.sha256(
-        "\n".join(f"{n}:{cube.manifest.lora[n]['files']['adapter_model.safetensors']}" for n in names).encode()
+        "\n".join(f"{n}:{cube.manifest.lora[n].weights_sha256}" for n in names).encode()
     ).hexdigest()
-    expected_files = [cube.manifest.lora[n]["files"] for n in names]
+    expected_files = [cube.manifest.lora[n].files for n in names]
     with warnings.catch_warnings(), private_adapters(folders, expected_files) as copies:
         warnings.simplefilter("ignore")
         model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(copies[0]), adapter_name=names[0])

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -42,13 +42,17 @@ from memos_cli.config import actor as resolve_actor
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.entries import KvEntry, LoraEntry, ref_ids
 from memos_cli.cube.records import MemoryRecord, normalise_text
 from memos_cli.engine.claim import claim_model
-from memos_cli.engine.distributed import STAGE_DIR, RayEngine
+from memos_cli.engine.distributed import RayEngine
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.index import open_index, row_for, row_key
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
 from memos_cli.words import plural
+
+E = TypeVar("E", KvEntry, LoraEntry)
+Plan = dict[str, list[tuple[Cube, E]]]  # entry name -> (parent, its entry) for each parent that has it
 
 if TYPE_CHECKING:
     from memos_cli.engine.distill import Progress
@@ -165,10 +169,8 @@ def fuse(
         )
     # --- compatibility: language models of kv/ and lora/
     # a snapshot made with adapters applied records its base model apart (promote --lora)
-    found_prints = {
-        e.get("base_model_fingerprint") or e.get("model_fingerprint") for p in parents for e in p.manifest.kv.values()
-    }
-    found_prints |= {e.get("base_model_fingerprint") for p in parents for e in p.manifest.lora.values()}
+    found_prints = {e.base_model_fingerprint or e.model_fingerprint for p in parents for e in p.manifest.kv.values()}
+    found_prints |= {e.base_model_fingerprint for p in parents for e in p.manifest.lora.values()}
     model_prints = {str(fp) for fp in found_prints if fp is not None}
     target_print: str | None = None
     lm = None
@@ -194,7 +196,7 @@ def fuse(
     vectors: dict[str, np.ndarray] = {}
     for parent, state in zip(parents, states, strict=True):
         if engine is not None:
-            engine.stage_dir = parent.derived / STAGE_DIR
+            engine.stage_in(parent.path)
         index = open_index(
             parent,
             state,
@@ -323,8 +325,10 @@ def fuse(
     report.memories = len(versions)
 
     # --- snapshots and adapters to carry over
-    kv_plan = _plan(parents, "kv", "model_fingerprint", target_print, report)
-    lora_plan = _plan(parents, "lora", "base_model_fingerprint", target_print, report)
+    kv_plan = _plan(parents, "kv", lambda p: p.manifest.kv, lambda e: e.model_fingerprint, target_print, report)
+    lora_plan = _plan(
+        parents, "lora", lambda p: p.manifest.lora, lambda e: e.base_model_fingerprint, target_print, report
+    )
     if lora_plan and adapters == "drop":
         for lora_name, sources in lora_plan.items():
             report.dropped.append(
@@ -390,8 +394,8 @@ def _write_fused(
     records: list[MemoryRecord],
     report: FuseReport,
     lm: Any,
-    kv_plan: dict[str, Any],
-    lora_plan: dict[str, Any],
+    kv_plan: Plan[KvEntry],
+    lora_plan: Plan[LoraEntry],
     vectors: dict[str, np.ndarray],
     embedder: EmbedderHandle,
     progress: Progress | None,
@@ -421,18 +425,19 @@ def _write_fused(
             from memos_cli.engine.activation import save_snapshot
 
             rel = f"{layout.KV_DIR}/{kv_name}.safetensors"
-            entry["sha256"] = save_snapshot(tx.stage_file(rel), snap)
+            entry.sha256 = save_snapshot(tx.stage_file(rel), snap)
             tx.manifest.kv[kv_name] = entry
-            report.kv[kv_name] = {"tokens": entry["tokens"], "memories": len(entry["memories"])}
-        for lora_name, (folder, entry) in combined.items():
+            report.kv[kv_name] = {"tokens": entry.tokens, "memories": len(entry.memories)}
+        for lora_name, (folder, adapter) in combined.items():
             staged = tx.stage_file(f"{layout.LORA_DIR}/{lora_name}")
             shutil.copytree(folder, staged)
-            tx.manifest.lora[lora_name] = entry
+            tx.manifest.lora[lora_name] = adapter
             report.lora[lora_name] = {
-                "from": entry["fused_from"],
-                "method": entry["method"],
-                "memories": len(entry["memories"]),
-                **{k: entry[k] for k in ("recall", "consolidation") if k in entry},
+                "from": adapter.fused_from,
+                "method": adapter.method,
+                "memories": len(adapter.memories),
+                **({"recall": adapter.recall} if adapter.recall is not None else {}),
+                **({"consolidation": adapter.consolidation} if adapter.consolidation is not None else {}),
             }
         tx.touch_manifest()
         tx.log(
@@ -455,23 +460,26 @@ def _write_fused(
 
 
 def _plan(
-    parents: list[Cube], kind: str, print_key: str, target_print: str | None, report: FuseReport
-) -> dict[str, list[tuple[Cube, dict[str, Any]]]]:
+    parents: list[Cube],
+    kind: str,
+    entries: Callable[[Cube], dict[str, E]],
+    fingerprint: Callable[[E], str | None],
+    target_print: str | None,
+    report: FuseReport,
+) -> Plan[E]:
     """The snapshots (``kind`` "kv") or adapters ("lora") to carry over, by name, with their parents;
     those made for another model than ``target_print`` are left out and named in the report."""
-    plan: dict[str, list[tuple[Cube, dict[str, Any]]]] = {}
+    plan: Plan[E] = {}
     for parent in parents:
-        for entry_name, entry in getattr(parent.manifest, kind).items():
-            if target_print and entry.get(print_key) != target_print:
+        for entry_name, entry in entries(parent).items():
+            if target_print and fingerprint(entry) != target_print:
                 report.dropped.append(f"{parent.manifest.name}: {kind} {entry_name} (another model)")
                 continue
             plan.setdefault(entry_name, []).append((parent, entry))
     return plan
 
 
-def _rebuild_snapshots(
-    lm: Any, plan: dict[str, list[tuple[Cube, dict[str, Any]]]], final: dict[str, MemoryRecord]
-) -> dict[str, tuple[Any, dict[str, Any]]]:
+def _rebuild_snapshots(lm: Any, plan: Plan[KvEntry], final: dict[str, MemoryRecord]) -> dict[str, tuple[Any, KvEntry]]:
     """Each snapshot again, from the fused memories; several parents' snapshots of one name are
     prefilled one on top of the other."""
     from memos_cli.engine.activation import build_snapshot, extend_snapshot
@@ -482,43 +490,42 @@ def _rebuild_snapshots(
         refs: list[str] = []
         for _parent, entry in sources:
             memories = []
-            for ref in entry.get("memories", []):
-                record = final.get(str(ref).split("@")[0])
+            for memory_id in entry.ids():
+                record = final.get(memory_id)
                 if record is not None and record.status == "active" and record.ref not in refs:
                     memories.append(record)
                     refs.append(record.ref)
             if not memories:
                 continue
-            dtype = entry.get("dtype", "float32")
+            dtype = entry.dtype
             snap = build_snapshot(lm, memories, dtype=dtype) if snap is None else extend_snapshot(lm, snap, memories)
         if snap is None:
             continue
         first = sources[0][1]
         out[kv_name] = (
             snap,
-            {
-                "file": f"{layout.KV_DIR}/{kv_name}.safetensors",
-                "model": lm.name,
-                "model_fingerprint": lm.fingerprint,
-                "dtype": snap.dtype,
-                "tokens": snap.token_count,
-                "memories": list(snap.memory_refs),
-                "skipped": list(snap.skipped_refs),
-                "selection": {"ids": [r.split("@")[0] for r in snap.memory_refs]},
-                "budget": first.get("budget"),
-                "created": utc_now(),
-                "fused_from": [p.manifest.name for p, _ in sources],
-            },
+            KvEntry(
+                name=kv_name,
+                model=lm.name,
+                model_fingerprint=lm.fingerprint,
+                dtype=snap.dtype,
+                tokens=snap.token_count,
+                memories=list(snap.memory_refs),
+                skipped=list(snap.skipped_refs),
+                selection={"ids": ref_ids(snap.memory_refs)},
+                budget=first.budget,
+                created=utc_now(),
+                fused_from=[p.manifest.name for p, _ in sources],
+            ),
         )
     return out
 
 
-def _parent_facts(entry: dict[str, Any], final: dict[str, MemoryRecord], moved: dict[str, str]) -> list[MemoryRecord]:
+def _parent_facts(entry: LoraEntry, final: dict[str, MemoryRecord], moved: dict[str, str]) -> list[MemoryRecord]:
     """The fused cube's active memories that a parent's adapter was trained on (following memories that
     fuse stored once or merged into another)."""
     out: dict[str, MemoryRecord] = {}
-    for ref in entry.get("memories", []):
-        memory_id = str(ref).split("@")[0]
+    for memory_id in entry.ids():
         hops = set()
         while memory_id in moved and memory_id not in hops:
             hops.add(memory_id)
@@ -552,13 +559,13 @@ def _sample(records: list[MemoryRecord], limit: int) -> list[MemoryRecord]:
 
 def _carry_adapters(
     lm: Any,
-    plan: dict[str, list[tuple[Cube, dict[str, Any]]]],
+    plan: Plan[LoraEntry],
     final: dict[str, MemoryRecord],
     moved: dict[str, str],
     building: Path,
     mode: str,
     progress: Progress | None,
-) -> dict[str, tuple[Path, dict[str, Any]]]:
+) -> dict[str, tuple[Path, LoraEntry]]:
     """Each adapter name once: a parent's adapter as it is, or several parents' combined (peft ``cat``)
     and, in mode "consolidate", trained two short passes on the parents' memories; recall of each
     parent's facts is measured after each step."""
@@ -566,32 +573,34 @@ def _carry_adapters(
     from memos_cli.engine import distill as D
 
     work = building / layout.DERIVED_DIR / "fuse-lora"
-    out: dict[str, tuple[Path, dict[str, Any]]] = {}
+    out: dict[str, tuple[Path, LoraEntry]] = {}
     for lora_name, sources in plan.items():
         folder = work / lora_name
         folders = [p.committed_path(layout.lora_rel(lora_name)) for p, _entry in sources]
         facts = {p.manifest.name: _parent_facts(entry, final, moved) for p, entry in sources}
         refs = list(dict.fromkeys(r.ref for records in facts.values() for r in records))
-        entry: dict[str, Any] = {
-            "path": f"{layout.LORA_DIR}/{lora_name}",
-            "base_model_fingerprint": lm.fingerprint,
-            "model": lm.name,
-            "memories": refs,
-            "fused_from": [p.manifest.name for p, _ in sources],
-            "created": utc_now(),
-        }
+        entry = LoraEntry(
+            name=lora_name,
+            base_model_fingerprint=lm.fingerprint,
+            model=lm.name,
+            memories=refs,
+            fused_from=[p.manifest.name for p, _ in sources],
+            created=utc_now(),
+        )
         if len(sources) == 1:
             folder.mkdir(parents=True, exist_ok=True)
             for name in D.ADAPTER_FILES:
                 data = cube_io.read_bytes(folders[0], name)  # never through a link or special file
                 (folder / name).write_bytes(data or b"")
-            entry["method"] = _method(1, consolidated=False)
-            for key in ("hyperparameters", "metrics", "selection"):
-                if key in sources[0][1]:
-                    entry[key] = sources[0][1][key]
+            entry.method = _method(1, consolidated=False)
+            parent_entry = sources[0][1]
+            entry.hyperparameters, entry.metrics = parent_entry.hyperparameters, parent_entry.metrics
+            entry.selection = parent_entry.selection
         else:
-            entry.update(_fuse_adapters(lm, folders, sources, facts, folder, mode, progress))
-        entry["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
+            entry.method, entry.recall, entry.consolidation = _fuse_adapters(
+                lm, folders, sources, facts, folder, mode, progress
+            )
+        entry.files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
         out[lora_name] = (folder, entry)
     return out
 
@@ -599,14 +608,15 @@ def _carry_adapters(
 def _fuse_adapters(
     lm: Any,
     folders: list[Path],
-    sources: list[tuple[Cube, dict[str, Any]]],
+    sources: list[tuple[Cube, LoraEntry]],
     facts: dict[str, list[MemoryRecord]],
     folder: Path,
     mode: str,
     progress: Progress | None,
-) -> dict[str, Any]:
-    """Combine several parents' adapters into ``folder``; returns the manifest fields that say how, with
-    the recall of each parent's facts after peft's combination (and after consolidation)."""
+) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """Combine several parents' adapters into ``folder``; returns how (the manifest's ``method``), the
+    recall of each parent's facts after peft's combination (and after consolidation), and the
+    consolidation passes (None without)."""
     from memos_cli.engine import distill as D
 
     for (cube, _entry), parent_folder in zip(sources, folders, strict=True):  # bounded before peft allocates
@@ -617,20 +627,21 @@ def _fuse_adapters(
         for parent, records in facts.items()
     }
     recall: dict[str, dict[str, Any]] = {
-        p.manifest.name: {"own": (e.get("metrics") or {}).get("recall_after"), "probes": len(probes[p.manifest.name])}
+        p.manifest.name: {"own": e.metrics.get("recall_after"), "probes": len(probes[p.manifest.name])}
         for p, e in sources
     }
     for parent, score in _recall(lm, model, probes, "combined", progress).items():
         recall[parent]["combined"] = score
-    fields: dict[str, Any] = {"method": _method(len(folders), consolidated=False)}
+    method = _method(len(folders), consolidated=False)
+    consolidation: dict[str, Any] | None = None
     union = list({r.id: r for records in facts.values() for r in records}.values())
     examples = D.build_examples(lm, union)[0] if mode == "consolidate" else []
     if examples:  # none when every memory the parents learned was forgotten or deleted
         replay = D.replay_examples(lm)
         started = time.perf_counter()
         steps, loss = D.consolidate_adapter(lm, model, examples, replay, progress=progress)
-        fields["method"] = _method(len(folders), consolidated=True)
-        fields["consolidation"] = {
+        method = _method(len(folders), consolidated=True)
+        consolidation = {
             "epochs": D.CONSOLIDATE_EPOCHS,
             "lr": D.CONSOLIDATE_LR,
             "steps": steps,
@@ -640,9 +651,8 @@ def _fuse_adapters(
         }
         for parent, score in _recall(lm, model, probes, "consolidated", progress).items():
             recall[parent]["consolidated"] = score
-    fields["recall"] = recall
     D.save_combined(model, folder, lm.name)
-    return fields
+    return method, recall, consolidation
 
 
 def _recall(

@@ -162,7 +162,7 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
         if io.kind(cube.path, committed) != "file":
             report.problems.append(f"kv {name}: {rel} is missing ({_refresh(cube, name)})")
             continue
-        if entry.get("sha256") and io.sha256(cube.path, committed) != entry["sha256"]:
+        if entry.sha256 and io.sha256(cube.path, committed) != entry.sha256:
             report.problems.append(
                 f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted; {_refresh(cube, name)})"
             )
@@ -172,18 +172,18 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
 
             header = read_snapshot_header(path)
             fingerprint = header.get("model_fingerprint")
-            if fingerprint and entry.get("model_fingerprint") and fingerprint != entry["model_fingerprint"]:
+            if fingerprint and entry.model_fingerprint and fingerprint != entry.model_fingerprint:
                 report.problems.append(
-                    f"kv {name}: header names model {fingerprint}, manifest {entry['model_fingerprint']}"
+                    f"kv {name}: header names model {fingerprint}, manifest {entry.model_fingerprint}"
                 )
         except Exception as exc:  # noqa: BLE001 - any unreadable header is a problem to name, not a crash
             report.problems.append(f"kv {name}: unreadable snapshot header ({exc}; {_refresh(cube, name)})")
-        stale = [m for m in entry.get("memories", []) if m not in active_refs]
+        stale = [m for m in entry.memories if m not in active_refs]
         if stale:
             report.notes.append(
                 f"kv {name} is stale: {len(stale)} of its memories changed (memos promote --refresh {name})"
             )
-    for name, entry in manifest.lora.items():
+    for name, adapter in manifest.lora.items():
         folder = f"{layout.LORA_DIR}/{name}"
         referenced.add(folder)
         try:
@@ -197,12 +197,12 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
                 f"memos distill {cube.path} --drop {name})"
             )
             continue
-        for rel, digest in (entry.get("files") or {}).items():
+        for rel, digest in adapter.files.items():
             if io.kind(cube.path, f"{base}/{rel}") != "file":
                 report.problems.append(f"lora {name}: {folder}/{rel} is missing")
             elif io.sha256(cube.path, f"{base}/{rel}") != digest:
                 report.problems.append(f"lora {name}: {folder}/{rel} does not match its recorded sha256")
-        stale = [m for m in entry.get("memories", []) if m not in active_refs]
+        stale = [m for m in adapter.memories if m not in active_refs]
         if stale:
             report.notes.append(f"lora {name} is stale: {len(stale)} of its memories changed")
     pending = set(cube.pending_created())

@@ -12,6 +12,7 @@ from typing import Any
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
+from memos_cli.cube.entries import KvEntry, LoraEntry
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import usage
 from memos_cli.engine.query import Filters
@@ -68,13 +69,8 @@ def show(cube: Cube, ref: str, *, actor: str | None = None) -> MemoryDetail:
     state = cube.read_state()
     memory_id = resolve_id(state, ref)
     current = state.current[memory_id]
-    prefix = memory_id + "@"
-    in_kv = [
-        name for name, e in cube.manifest.kv.items() if any(str(m).startswith(prefix) for m in e.get("memories", []))
-    ]
-    in_lora = [
-        name for name, e in cube.manifest.lora.items() if any(str(m).startswith(prefix) for m in e.get("memories", []))
-    ]
+    in_kv = [name for name, e in cube.manifest.kv.items() if memory_id in e.ids()]
+    in_lora = [name for name, e in cube.manifest.lora.items() if memory_id in e.ids()]
     return MemoryDetail(
         current=current,
         history=state.history(memory_id),
@@ -145,8 +141,8 @@ def _purge(cube: Cube, tx: Transaction, state: CubeState, ids: list[str], drop: 
     doomed = set(ids)
     tx.rewrite_memories = [r for r in state.versions if r.id not in doomed]
 
-    def holds(entry: dict[str, Any]) -> bool:
-        return any(str(ref).split("@")[0] in doomed for ref in entry.get("memories", []))
+    def holds(entry: KvEntry | LoraEntry) -> bool:
+        return any(memory_id in doomed for memory_id in entry.ids())
 
     for name, entry in sorted(tx.manifest.kv.items()):
         if holds(entry):  # its header and tensors encode the text: it cannot stay
@@ -183,11 +179,12 @@ def stale_entries(cube: Cube, state: CubeState) -> dict[str, dict[str, list[str]
     """KV snapshots and adapters whose memories changed since they were made: {kind: {name: [refs]}}."""
     current_refs = {r.ref for r in state.current.values() if r.status == "active"}
     stale: dict[str, dict[str, list[str]]] = {"kv": {}, "lora": {}}
-    for kind, entries in (("kv", cube.manifest.kv), ("lora", cube.manifest.lora)):
-        for name, entry in entries.items():
-            changed = [str(ref) for ref in entry.get("memories", []) if str(ref) not in current_refs]
-            if changed:
-                stale[kind][name] = changed
+    held: list[tuple[str, str, KvEntry | LoraEntry]] = [("kv", n, e) for n, e in cube.manifest.kv.items()]
+    held += [("lora", n, e) for n, e in cube.manifest.lora.items()]
+    for kind, name, entry in held:
+        changed = [ref for ref in entry.memories if ref not in current_refs]
+        if changed:
+            stale[kind][name] = changed
     return stale
 
 
@@ -225,7 +222,7 @@ def stats(cube: Cube, *, actor: str | None = None) -> dict[str, Any]:
         "sources": dict(sources.most_common(10)),
         "time_range": [times[0], times[-1]] if times else None,
         "embedder": m.embedder,
-        "model": m.model,
+        "model": m.model.to_dict() if m.model is not None else None,
         "kv": {
             name: {**_brief(e), "stale": name in stale["kv"], "problem": _kv_problem(cube, name)}
             for name, e in sorted(m.kv.items())
@@ -257,6 +254,10 @@ def _kv_problem(cube: Cube, name: str) -> str | None:
     return snapshot_problem(cube.path, rel)
 
 
-def _brief(entry: dict[str, Any]) -> dict[str, Any]:
-    keep = ("tokens", "dtype", "created", "sha256", "rank")
-    return {"memories": len(entry.get("memories", [])), **{k: entry[k] for k in keep if k in entry}}
+def _brief(entry: KvEntry | LoraEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {"memories": len(entry.memories), "created": entry.created}
+    if isinstance(entry, KvEntry):
+        out.update(tokens=entry.tokens, dtype=entry.dtype, sha256=entry.sha256)
+    elif "rank" in entry.hyperparameters:
+        out["rank"] = entry.hyperparameters["rank"]
+    return out

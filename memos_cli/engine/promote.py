@@ -22,6 +22,7 @@ from typing import Any
 
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.entries import KvEntry, LoraEntry, ref_ids
 from memos_cli.engine import ops
 from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
@@ -106,23 +107,24 @@ def promote_to_activation(
     with cube.transaction(actor=actor, op=op) as tx:
         staged = tx.stage_file(rel)
         digest = save_snapshot(staged, snap)
-        tx.manifest.kv[name] = {
-            "file": rel,
-            "sha256": digest,
-            "model": lm.name,
-            "model_fingerprint": lm.fingerprint,
-            "dtype": dtype,
-            **({"adapters": adapters, "base_model_fingerprint": base.fingerprint} if adapters else {}),
-            "tokens": snap.token_count,
-            "memories": list(snap.memory_refs),
-            "skipped": list(snap.skipped_refs),
-            "selection": selection.describe(),
-            "budget": budget,
-            "created": utc_now(),
-        }
+        tx.manifest.kv[name] = KvEntry(
+            name=name,
+            sha256=digest,
+            model=lm.name,
+            model_fingerprint=lm.fingerprint,
+            dtype=dtype,
+            adapters=adapters,
+            base_model_fingerprint=base.fingerprint if adapters else None,
+            tokens=snap.token_count,
+            memories=list(snap.memory_refs),
+            skipped=list(snap.skipped_refs),
+            selection=selection.describe(),
+            budget=budget,
+            created=utc_now(),
+        )
         claim_model(tx.manifest, base, replacing=("kv", name), what=f"cube {cube.path}")
         tx.touch_manifest()
-        ids = [ref.split("@")[0] for ref in snap.memory_refs]
+        ids = ref_ids(snap.memory_refs)
         with_adapters = f", with adapters {', '.join(adapters)}" if adapters else ""
         tx.log(
             ids,
@@ -151,11 +153,11 @@ def refresh(cube: Cube, name: str, *, model: str | None = None, actor: str | Non
     if entry is None:
         raise UsageError(f"no snapshot named {name!r}", hint=f"see: memos stats {cube.path}")
     try:
-        selection = Selection.from_description(entry.get("selection") or {})
+        selection = Selection.from_description(entry.selection or {})
     except ValueError as exc:
         raise InvalidCube(cube.path, f"cube.yaml kv.{name}: {exc}") from None
     if selection.empty():
-        selection = Selection(ids=[str(r).split("@")[0] for r in entry.get("memories", [])])
+        selection = Selection(ids=entry.ids())
     state = cube.read_state()
     selection.ids = [i for i in selection.ids if i in state.current and state.current[i].status == "active"]
     if selection.empty():
@@ -165,17 +167,18 @@ def refresh(cube: Cube, name: str, *, model: str | None = None, actor: str | Non
         selection,
         name=name,
         model=model,
-        budget=entry.get("budget"),
-        dtype=entry.get("dtype", "float32"),
+        budget=entry.budget,
+        dtype=entry.dtype,
         actor=actor,
         replace=True,
-        loras=list(entry.get("adapters") or {}),
+        loras=list(entry.adapters),
     )
 
 
 def drop(cube: Cube, name: str, *, actor: str | None = None) -> PromoteReport:
     """Remove a KV snapshot or a LoRA adapter (the audit log records it)."""
     with cube.transaction(actor=actor, op="demote") as tx:
+        entry: KvEntry | LoraEntry
         if name in tx.manifest.kv:
             entry = tx.manifest.kv.pop(name)
             tx.delete_file(kv_path(name))
@@ -187,9 +190,8 @@ def drop(cube: Cube, name: str, *, actor: str | None = None) -> PromoteReport:
         else:
             raise UsageError(f"no snapshot or adapter named {name!r}")
         tx.touch_manifest()
-        ids = [str(r).split("@")[0] for r in entry.get("memories", [])]
-        tx.log(ids, f"dropped {kind} memory {name}")
-    return PromoteReport(name=name, kind=f"dropped {kind}", memories=list(entry.get("memories", [])))
+        tx.log(entry.ids(), f"dropped {kind} memory {name}")
+    return PromoteReport(name=name, kind=f"dropped {kind}", memories=list(entry.memories))
 
 
 def archive(cube: Cube, selection: Selection, *, actor: str | None = None) -> PromoteReport:

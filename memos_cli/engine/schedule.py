@@ -34,6 +34,7 @@ from typing import Any
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.entries import KvEntry, LoraEntry
 from memos_cli.cube.io import TornLine
 from memos_cli.engine import usage
 from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG, is_answer, is_working
@@ -458,12 +459,13 @@ def _long_term(row: Row) -> bool:
     return not (WORKING_TAG in row.tags or ANSWER_TAG in row.tags)
 
 
-def _entry_ids(entry: dict[str, Any]) -> list[str]:
-    selection = entry.get("selection")
-    ids = selection.get("ids") if isinstance(selection, dict) else None
+def _entry_ids(entry: KvEntry | LoraEntry | None) -> list[str]:
+    if entry is None:
+        return []
+    ids = (entry.selection or {}).get("ids")
     if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
         return list(ids)
-    return [str(ref).split("@")[0] for ref in entry.get("memories") or []]
+    return entry.ids()
 
 
 def _digest(refs: list[str]) -> str:
@@ -517,15 +519,16 @@ def _plan(ctx: _Context) -> Plan:
         row = rows.get(memory_id)
         return row is not None and row.status == "active" and memory_id not in plan.archive_reasons
 
-    for kind, entries in (("kv", cube.manifest.kv), ("lora", cube.manifest.lora)):
-        for name, entry in entries.items():
-            changed = []
-            for ref in entry.get("memories") or []:
-                memory_id, _, version = str(ref).partition("@")
-                if not remains(memory_id) or str(rows[memory_id].version) != version:
-                    changed.append(str(ref))
-            if changed:
-                plan.stale[f"{kind} {name}"] = changed
+    held_by: list[tuple[str, str, KvEntry | LoraEntry]] = [("kv", n, e) for n, e in cube.manifest.kv.items()]
+    held_by += [("lora", n, e) for n, e in cube.manifest.lora.items()]
+    for kind, name, entry in held_by:
+        changed = []
+        for ref in entry.memories:
+            memory_id, _, version = str(ref).partition("@")
+            if not remains(memory_id) or str(rows[memory_id].version) != version:
+                changed.append(str(ref))
+        if changed:
+            plan.stale[f"{kind} {name}"] = changed
 
     # 2. activation
     act = policy["activation"]
@@ -574,13 +577,13 @@ def _plan(ctx: _Context) -> Plan:
             plan.qualifying.append(memory_id)
     if par["enabled"]:
         name = par["name"]
-        entry = cube.manifest.lora.get(name) or {}
-        have = {str(ref) for ref in entry.get("memories") or []}
+        adapter = cube.manifest.lora.get(name)
+        have = set(adapter.memories) if adapter is not None else set()
         new = [i for i in plan.qualifying if rows[i].ref not in have]
         if len(new) < max(par["min_new"], 1):
             plan.notes.append(f"parametric: {len(new)} new memories qualify, {par['min_new']} needed")
         else:
-            kept = [i for i in _entry_ids(entry) if remains(i) and i not in plan.qualifying]
+            kept = [i for i in _entry_ids(adapter) if remains(i) and i not in plan.qualifying]
             ids = plan.qualifying + kept
             digest = _digest([rows[i].ref for i in ids])
             rejected = _last_rejection(cube, name)
@@ -632,13 +635,14 @@ def explain(cube: Cube, ref: str, *, now: float | None = None, actor: str | None
         lines.append("  never used by a query or chat")
     else:
         lines.append(f"  used {u.count} times, first {_iso(u.first)}, last {_iso(u.last)}; decayed score {u.score:.2f}")
-    for kind, entries in (("kv", cube.manifest.kv), ("lora", cube.manifest.lora)):
-        for name, entry in sorted(entries.items()):
-            refs = [str(r) for r in entry.get("memories") or []]
-            if record.ref in refs:
-                lines.append(f"  in {kind} {name}")
-            elif any(r.startswith(memory_id + "@") for r in refs):
-                lines.append(f"  in {kind} {name} as an older version (stale)")
+    held: list[tuple[str, str, KvEntry | LoraEntry]] = [("kv", n, e) for n, e in sorted(cube.manifest.kv.items())]
+    held += [("lora", n, e) for n, e in sorted(cube.manifest.lora.items())]
+    for kind, name, entry in held:
+        refs = list(entry.memories)
+        if record.ref in refs:
+            lines.append(f"  in {kind} {name}")
+        elif any(r.startswith(memory_id + "@") for r in refs):
+            lines.append(f"  in {kind} {name} as an older version (stale)")
     act, par = ctx.policy["activation"], ctx.policy["parametric"]
     if memory_id in plan.hot:
         lines.append(f"  hot: rank {plan.hot.index(memory_id) + 1} of {len(plan.hot)} (activation {act['name']})")

@@ -103,6 +103,30 @@ def test_chat_retrieves_and_remembers(cube: Cube, llama: str) -> None:
     assert quiet.ask("anything").remembered == []
 
 
+def test_two_cubes_of_one_name_do_not_collide_and_turns_refresh_only_the_first(
+    tmp_path: Path, llama: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memos_cli.engine import query
+
+    first = Cube.init(tmp_path / "a" / "notes", name="notes")
+    second = Cube.init(tmp_path / "b" / "notes", name="notes")
+    ingest(first, [Source("f.jsonl", b'{"text": "The lighthouse keeper is called Ines"}\n')])
+    ingest(second, [Source("g.jsonl", b'{"text": "The harbour master is called Tomas"}\n')])
+    session = ChatSession([first, second], ChatOptions(model=llama, greedy=True, max_new_tokens=4, k=4))
+    result = session.ask("Who is the harbour master?")
+    assert "The harbour master is called Tomas" in {r.text for r in result.retrieved}  # found in the second
+    refreshed: list[Path] = []
+    real = query.Searcher.refresh
+    monkeypatch.setattr(query.Searcher, "refresh", lambda self, cube: (refreshed.append(cube.path), real(self, cube)))
+    again = session.ask("And the lighthouse keeper?")
+    session.close()
+    assert refreshed == [first.path]  # only the cube the turn was stored in
+    turns = [r for r in Cube.open(first.path).read_state().current.values() if r.type == "dialogue"]
+    assert len(turns) == 4 and all("working" in r.tags and r.source == session.session_id for r in turns)
+    assert not [r for r in Cube.open(second.path).read_state().current.values() if r.type == "dialogue"]
+    assert again.remembered and set(again.remembered) <= {r.id for r in turns}
+
+
 def test_a_tampered_or_foreign_snapshot_is_refused(cube: Cube, llama: str, tmp_path: Path) -> None:
     promote_to_activation(cube, Selection(all=True), name="core", model=llama)
     other = build_tiny_model(tmp_path / "other", "llama", seed=1)

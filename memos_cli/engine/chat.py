@@ -8,7 +8,6 @@ the user's turn (and the answer) in the first cube. A snapshot's stored cache is
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +17,9 @@ from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ops
-from memos_cli.engine.ingest import Source, ingest
+from memos_cli.engine.ingest import ingest_drafts
 from memos_cli.engine.query import Filters, Searcher
+from memos_cli.engine.sources import Draft
 from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG
 from memos_cli.errors import IncompatibleModel, InvalidSnapshot, UsageError
 
@@ -171,11 +171,11 @@ class ChatSession:
             in_snapshot = set(self.snapshot.memory_refs) if self.snapshot is not None else set()
             # earlier turns (the working tier) come in below long-term memories; answers never as facts
             hits = self.searcher.search(question, k=self.options.k, filters=Filters(include_working=True))
-            by_cube = {c.manifest.name: c for c in self.cubes}
+            by_path = {str(c.path): c for c in self.cubes}
             for hit in hits:
                 if f"{hit.id}@{hit.version}" in in_snapshot:
                     continue  # already in the preamble: do not spend tokens twice
-                state_record = self._record(by_cube.get(hit.cube), hit.id)
+                state_record = self._record(by_path.get(hit.cube_path), hit.id)
                 if state_record is not None:
                     retrieved.append(state_record)
         mode = "none"
@@ -224,35 +224,32 @@ class ChatSession:
         return record
 
     def _remember(self, question: str, answer: str) -> list[str]:
+        """Store the turn (and the answer, if asked) in the working tier of the first cube, through the
+        engine's ingest of drafts; only that cube's view is refreshed for the next turn."""
         now = utc_now()
-        lines = [
-            {
-                "text": question,
-                "speaker": "user",
-                "time": now,
-                "id": f"{self.session_id}:{self.turns}:user",
-                "type": "dialogue",
-                "tags": ["chat", WORKING_TAG],
-                "metadata": {"session": self.session_id},
-            }
-        ]
-        if self.options.remember_answers and answer.strip():
-            lines.append(
-                {
-                    "text": answer,
-                    "speaker": "assistant",
-                    "time": now,
-                    "id": f"{self.session_id}:{self.turns}:assistant",
-                    "type": "dialogue",
-                    "tags": ["chat", WORKING_TAG, ANSWER_TAG],
-                    "metadata": {"session": self.session_id},
-                }
+        turn = f"{self.session_id}:{self.turns}"
+
+        def draft(text: str, speaker: str, part: str, tags: list[str]) -> Draft:
+            return Draft(
+                text=text,
+                source=self.session_id,
+                line=1,
+                end_line=1,
+                source_id=f"{turn}:{part}",
+                speaker=speaker,
+                time=now,
+                type="dialogue",
+                tags=tags,
+                metadata={"session": self.session_id},
             )
-        body = "".join(json.dumps(line) + "\n" for line in lines).encode("utf-8")
-        report = ingest(
+
+        drafts = [draft(question, "user", "user", ["chat", WORKING_TAG])]
+        if self.options.remember_answers and answer.strip():
+            drafts.append(draft(answer, "assistant", "assistant", ["chat", WORKING_TAG, ANSWER_TAG]))
+        report = ingest_drafts(
             self.cubes[0],
-            [Source(self.session_id, body)],
-            fmt="jsonl",
+            self.session_id,
+            drafts,
             actor=self.actor,
             embedder=self.searcher.embedder if self.searcher else None,
         )
@@ -260,7 +257,7 @@ class ChatSession:
             self._states.pop(str(self.cubes[0].path), None)
         if self.searcher is not None:  # the next turn can retrieve what was just said
             self.searcher.flush_usage()
-            self.searcher = Searcher(self.cubes, actor=self.actor, embedder=self.searcher.embedder)
+            self.searcher.refresh(self.cubes[0])
         return report.ids
 
     def close(self) -> None:

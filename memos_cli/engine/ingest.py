@@ -174,6 +174,9 @@ def _next_version(record: MemoryRecord, *, status: str, op: str, actor: str | No
     return replace(record, version=record.version + 1, status=status, op=op, actor=actor, created=now)
 
 
+Parsed = list[tuple[Source, str, list[MemoryRecord], int]]  # (source, format used, records, bad count)
+
+
 def ingest(
     cube: Cube,
     sources: Sequence[Source],
@@ -202,8 +205,38 @@ def ingest(
     if not sources:
         raise UsageError("nothing to ingest: name files, or pipe text into 'memos ingest CUBE -'")
     now = utc_now()
+    parsed, rejected = _parse_sources(sources, fmt, defaults, skip_bad, now, actor)
+    return _store(
+        cube, parsed, rejected, now=now, actor=actor, embedder=embedder, progress=progress, sync=sync,
+        dry_run=dry_run, started=started,
+    )  # fmt: skip
+
+
+def ingest_drafts(
+    cube: Cube,
+    source: str,
+    drafts: Sequence[Draft],
+    *,
+    fmt: str = "chat",
+    actor: str | None = None,
+    embedder: EmbedderHandle | None = None,
+) -> IngestReport:
+    """Store memories a caller built itself (chat's turns) as ``ingest`` stores parsed ones: the same
+    records, event times, validation, deduplication, embedding, transaction and index update, without
+    writing them out as JSON to parse them again. A record a reader would refuse raises BadInput."""
+    started = time.perf_counter()
+    actor = cube.check(actor, "write")
+    now = utc_now()
+    records = _records(Source(source, b""), list(drafts), Defaults(), fmt, now, actor, skip_bad=False, rejected=[])
+    parsed: Parsed = [(Source(source, b""), fmt, records, 0)]
+    return _store(cube, parsed, [], now=now, actor=actor, embedder=embedder, started=started)
+
+
+def _parse_sources(
+    sources: Sequence[Source], fmt: str | None, defaults: Defaults, skip_bad: bool, now: str, actor: str | None
+) -> tuple[Parsed, list[Rejected]]:
     rejected: list[Rejected] = []
-    parsed: list[tuple[Source, str, list[MemoryRecord], int]] = []
+    parsed: Parsed = []
     for source in sources:
         try:
             drafts, bad, used = parse_source(
@@ -218,22 +251,57 @@ def ingest(
             parsed.append((source, fmt or "?", [], 1))
             continue
         rejected.extend(bad)
-        records = [_record(draft, defaults, used, now, actor) for draft in drafts]
-        temporal.annotate(records)  # event time from the text, resolved against each record's time
-        built = []
-        for draft, record in zip(drafts, records, strict=True):
-            try:
-                validate(record)  # the one record validator: what a reader of the cube would refuse
-            except ValueError as exc:
-                problem = BadInput(f"{source.name}:{draft.line}", str(exc))
-                if not skip_bad:
-                    raise problem from None
-                rejected.append(Rejected(problem.where, problem.problem))
-                bad.append(rejected[-1])
-                continue
-            built.append(record)
-        parsed.append((source, used, built, len(bad)))
+        invalid: list[Rejected] = []
+        built = _records(source, drafts, defaults, used, now, actor, skip_bad=skip_bad, rejected=invalid)
+        rejected.extend(invalid)
+        parsed.append((source, used, built, len(bad) + len(invalid)))
+    return parsed, rejected
 
+
+def _records(
+    source: Source,
+    drafts: list[Draft],
+    defaults: Defaults,
+    fmt: str,
+    now: str,
+    actor: str | None,
+    *,
+    skip_bad: bool,
+    rejected: list[Rejected],
+) -> list[MemoryRecord]:
+    """Drafts -> records with event times, each checked by the one record validator (what a reader of
+    the cube would refuse is refused here, or skipped into ``rejected`` with ``skip_bad``)."""
+    records = [_record(draft, defaults, fmt, now, actor) for draft in drafts]
+    temporal.annotate(records)  # event time from the text, resolved against each record's time
+    built = []
+    for draft, record in zip(drafts, records, strict=True):
+        try:
+            validate(record)
+        except ValueError as exc:
+            problem = BadInput(f"{source.name}:{draft.line}", str(exc))
+            if not skip_bad:
+                raise problem from None
+            rejected.append(Rejected(problem.where, problem.problem))
+            continue
+        built.append(record)
+    return built
+
+
+def _store(
+    cube: Cube,
+    parsed: Parsed,
+    rejected: list[Rejected],
+    *,
+    now: str,
+    actor: str | None,
+    embedder: EmbedderHandle | None,
+    started: float,
+    progress: Progress | None = None,
+    sync: bool = False,
+    dry_run: bool = False,
+) -> IngestReport:
+    """Plan against the cube, embed outside the lock, commit in one transaction, then bring the index up
+    to date (a failure there is told as a PostCommitError: the records are stored)."""
     embedder = embedder or EmbedderHandle()
     if embedder.engine is not None:  # finished chunks are staged here, so a rerun after a crash skips them
         embedder.engine.stage_in(cube.path)
@@ -259,7 +327,7 @@ def ingest(
             tx.add(record)
         if fresh:
             tx.log(
-                [r.id for r in fresh], f"ingested {plural(len(fresh), 'memory')} from {plural(len(sources), 'source')}"
+                [r.id for r in fresh], f"ingested {plural(len(fresh), 'memory')} from {plural(len(parsed), 'source')}"
             )
         if planned.changed or archived:
             tx.log(

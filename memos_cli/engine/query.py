@@ -107,8 +107,9 @@ class QueryHit:
     source: str | None
     source_id: str | None
     status: str
-    cube: str
+    cube: str  # the cube's name, for people
     event_time: list[dict[str, str]] | None = None
+    cube_path: str = ""  # where the cube is: two cubes may share a name
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +125,7 @@ class QueryHit:
             "source_id": self.source_id,
             "status": self.status,
             "cube": self.cube,
+            "cube_path": self.cube_path,
             "event_time": self.event_time,
         }
 
@@ -201,18 +203,28 @@ class Searcher:
         self.record_usage = record_usage
         self.views: list[_CubeView] = []
         self._pending_usage: dict[str, list[list[str]]] = {}
-        ident = self.embedder.identity
         for cube in cubes:
             cube.check(actor, "read")
-            state = cube.read_state()
-            if self.embedder.engine is not None:  # an index rebuild runs on the cluster, staged per cube
-                self.embedder.engine.stage_in(cube.path)
-            index = open_index(
-                cube, state, self.embedder.load, dim=ident.dim, embedder_name=ident.fingerprint, progress=progress
-            )
-            self.views.append(_CubeView(cube, state, index))
-            if self.embedder.engine is not None:
-                self.embedder.engine.clear_stage()  # the index holds the vectors now
+            self.views.append(self._view(cube, progress))
+
+    def _view(self, cube: Cube, progress: Callable[[int, int], None] | None = None) -> _CubeView:
+        ident = self.embedder.identity
+        state = cube.read_state()
+        if self.embedder.engine is not None:  # an index rebuild runs on the cluster, staged per cube
+            self.embedder.engine.stage_in(cube.path)
+        index = open_index(
+            cube, state, self.embedder.load, dim=ident.dim, embedder_name=ident.fingerprint, progress=progress
+        )
+        if self.embedder.engine is not None:
+            self.embedder.engine.clear_stage()  # the index holds the vectors now
+        return _CubeView(cube, state, index)
+
+    def refresh(self, cube: Cube) -> None:
+        """Bring the view of ``cube`` (by path) up to date after a write to it; the other cubes' views
+        stay as they are. The index is brought up to date incrementally (rows already indexed are kept)."""
+        for i, view in enumerate(self.views):
+            if view.cube.path == cube.path:
+                self.views[i] = self._view(cube)
 
     def _query_vector(self, text: str) -> np.ndarray:
         if self.mode == "lexical":
@@ -325,6 +337,7 @@ class Searcher:
                         source_id=record.source_id,
                         status=record.status,
                         cube=view.cube.manifest.name,
+                        cube_path=str(view.cube.path),
                         event_time=record.event_time,
                     )
                 )

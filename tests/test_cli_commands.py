@@ -79,6 +79,18 @@ def test_verify_and_repair(cube: tuple[str, list[str]], tmp_path: Path) -> None:
     assert run("verify", str(tmp_path / "nowhere"))[0] == 3
 
 
+def test_verify_json_names_each_problem_s_kind(cube: tuple[str, list[str]]) -> None:
+    path, _ids = cube
+    with open(Path(path) / "audit.jsonl", "ab") as handle:
+        handle.write(b'{"op": "torn')
+    (Path(path) / "kv").mkdir(exist_ok=True)
+    (Path(path) / "kv" / "stray.safetensors").write_bytes(b"x")
+    code, out, _err = run("verify", path, "--json")
+    report = json.loads(out)
+    assert code == 3 and sorted(report["problem_kinds"]) == ["stray", "torn"]
+    assert len(report["problem_kinds"]) == len(report["problems"])
+
+
 def test_an_empty_cube_that_was_queried_verifies(tmp_path: Path) -> None:
     path = str(tmp_path / "empty")
     assert run("init", path)[0] == 0

@@ -9,25 +9,27 @@ import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from memos_cli.cube import io, layout, records
 from memos_cli.cube.bundle import Cube, quarantine_journal, read_journal
 from memos_cli.cube.io import TornLine, iter_lines
 from memos_cli.cube.records import MemoryRecord, content_hash
 from memos_cli.engine.merge import conflicts_of
-from memos_cli.errors import InvalidCube, UnsafeJournal
+from memos_cli.errors import InvalidCube, UnsafeJournal, UnsafePath
 
 QUARANTINE_REL = f"{layout.DERIVED_DIR}/quarantine"
+_KIND: dict[str, Any] = {layout.MEMORIES: "records", layout.AUDIT: "audit"}
 QUARANTINE_FIX = f"memos repair moves it to {QUARANTINE_REL}/"
 # Files memos writes into in place (appends, truncations): a hard link there would write elsewhere too.
 _IN_PLACE = (layout.MEMORIES, layout.AUDIT)
 
 
-def unsafe_entries(root: Path) -> list[tuple[str, str]]:
-    """``(relative name, what is wrong)`` for every link and special file in the bundle (``.git``
-    skipped; nothing followed), and every hard-linked file memos would write into in place."""
-    found: list[tuple[str, str]] = []
+def unsafe_entries(root: Path) -> list[tuple[str, str, str]]:
+    """``(relative name, kind, what is wrong)`` for every link ("link") and special file ("special") in
+    the bundle (``.git`` skipped; nothing followed), and every hard-linked file memos would write into in
+    place ("hardlink")."""
+    found: list[tuple[str, str, str]] = []
     for top, dirs, files in os.walk(root, followlinks=False):
         rel_top = os.path.relpath(top, root)
         if rel_top == ".":
@@ -42,15 +44,15 @@ def unsafe_entries(root: Path) -> list[tuple[str, str]]:
             except OSError:
                 continue
             if stat.S_ISLNK(st.st_mode):
-                found.append((rel, "is a symbolic link"))
+                found.append((rel, "link", "is a symbolic link"))
             elif not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                found.append((rel, "is a special file (FIFO, socket or device)"))
+                found.append((rel, "special", "is a special file (FIFO, socket or device)"))
             elif (
                 stat.S_ISREG(st.st_mode)
                 and st.st_nlink > 1
                 and (rel in _IN_PLACE or rel.startswith(layout.DERIVED_DIR + "/"))
             ):
-                found.append((rel, "is hard-linked to another file"))
+                found.append((rel, "hardlink", "is hard-linked to another file"))
     return found
 
 
@@ -58,22 +60,41 @@ def _refresh(cube: Cube, name: str) -> str:
     return f"rebuild it: memos promote {cube.path} --refresh {name}"
 
 
+# What a problem is about; repair acts on these, never on the wording of a message.
+ProblemKind = Literal["unsafe", "journal", "manifest", "records", "audit", "torn", "payload", "stray", "index"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: ProblemKind
+    message: str  # one line for people, with the next command to run
+    repairable: bool = False  # memos repair fixes it without losing data
+
+
 @dataclass
 class VerifyReport:
     cube: str
-    problems: list[str] = field(default_factory=list)  # the bundle is not sound
+    issues: list[Problem] = field(default_factory=list)  # the bundle is not sound
     notes: list[str] = field(default_factory=list)  # fine, but worth knowing
     checked: dict[str, int] = field(default_factory=dict)
 
+    def add(self, kind: ProblemKind, message: str, *, repairable: bool = False) -> None:
+        self.issues.append(Problem(kind, message, repairable))
+
+    @property
+    def problems(self) -> list[str]:
+        return [p.message for p in self.issues]
+
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.issues
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "cube": self.cube,
             "ok": self.ok,
             "problems": self.problems,
+            "problem_kinds": [p.kind for p in self.issues],
             "notes": self.notes,
             "checked": self.checked,
         }
@@ -83,11 +104,15 @@ def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, 
     try:
         if io.kind(cube.path, cube.committed_rel(rel)) is None:
             fix = "memos repair recreates it empty" if rel == layout.AUDIT else f"restore it: git checkout -- {rel}"
-            report.problems.append(f"{rel} is missing ({fix})")
+            report.add(
+                "records" if rel == layout.MEMORIES else "audit",
+                f"{rel} is missing ({fix})",
+                repairable=rel == layout.AUDIT,
+            )
             return []
         data = cube._read_committed(rel)  # what readers see: an unfinished transaction's bytes excluded
     except InvalidCube as exc:
-        report.problems.append(exc.problem)
+        report.add("unsafe" if isinstance(exc, UnsafePath) else "records", exc.problem)
         return []
     objects: list[tuple[int, dict[str, Any]]] = []
     try:
@@ -97,17 +122,17 @@ def _check_jsonl(cube: Cube, rel: str, report: VerifyReport) -> list[tuple[int, 
                 # under the same depth and number rules, without the size bound.
                 obj = records.loads(line) if rel == layout.MEMORIES else records.loads_unbounded(line)
             except json.JSONDecodeError:
-                report.problems.append(f"{rel}:{number}: not valid JSON ({QUARANTINE_FIX})")
+                report.add(_KIND[rel], f"{rel}:{number}: not valid JSON ({QUARANTINE_FIX})", repairable=True)
                 continue
             except (ValueError, UnicodeDecodeError) as exc:
-                report.problems.append(f"{rel}:{number}: {exc} ({QUARANTINE_FIX})")
+                report.add(_KIND[rel], f"{rel}:{number}: {exc} ({QUARANTINE_FIX})", repairable=True)
                 continue
             if not isinstance(obj, dict):
-                report.problems.append(f"{rel}:{number}: not a JSON object ({QUARANTINE_FIX})")
+                report.add(_KIND[rel], f"{rel}:{number}: not a JSON object ({QUARANTINE_FIX})", repairable=True)
                 continue
             objects.append((number, obj))
     except TornLine as exc:
-        report.problems.append(f"{rel}: {exc} (memos repair removes it)")
+        report.add("torn", f"{rel}: {exc} (memos repair removes it)", repairable=True)
     return objects
 
 
@@ -123,24 +148,23 @@ def _check_records(cube: Cube, report: VerifyReport) -> dict[str, MemoryRecord]:
         try:
             record = MemoryRecord.from_dict(obj)
         except (ValueError, TypeError) as exc:
-            report.problems.append(f"{layout.MEMORIES}:{number}: {exc} ({QUARANTINE_FIX})")
+            report.add("records", f"{layout.MEMORIES}:{number}: {exc} ({QUARANTINE_FIX})", repairable=True)
             continue
         seen[(record.id, record.version)] += 1
         if record.hash and record.hash != content_hash(record.text, _source_name(record), record.source_id):
-            report.problems.append(
+            report.add(
+                "records",
                 f"{layout.MEMORIES}:{number}: {record.id} version {record.version} does not match its content "
-                "hash (its text was edited outside memos; restore it, or record the change with memos update)"
+                "hash (its text was edited outside memos; restore it, or record the change with memos update)",
             )
         if record.id not in current or record.version > current[record.id].version:
             current[record.id] = record
     for (memory_id, version), count in seen.items():
         if count > 1:
-            report.problems.append(f"{layout.MEMORIES}: {memory_id} version {version} appears {count} times")
+            report.add("records", f"{layout.MEMORIES}: {memory_id} version {version} appears {count} times")
     for record in conflicts_of(current.values()):
         fields = ", ".join(record.metadata["conflict"].get("fields", []))
-        report.problems.append(
-            f"{record.id}: a merge left {fields} changed two ways (see: memos conflicts {cube.path})"
-        )
+        report.add("records", f"{record.id}: a merge left {fields} changed two ways (see: memos conflicts {cube.path})")
     report.checked["memory_versions"] = sum(seen.values())
     report.checked["memories"] = len(current)
     return current
@@ -156,15 +180,16 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
         try:
             committed = cube.committed_rel(rel)
         except InvalidCube as exc:
-            report.problems.append(f"kv {name}: {exc.problem}")
+            report.add("payload", f"kv {name}: {exc.problem}")
             continue
         path = cube.path / committed
         if io.kind(cube.path, committed) != "file":
-            report.problems.append(f"kv {name}: {rel} is missing ({_refresh(cube, name)})")
+            report.add("payload", f"kv {name}: {rel} is missing ({_refresh(cube, name)})")
             continue
         if entry.sha256 and io.sha256(cube.path, committed) != entry.sha256:
-            report.problems.append(
-                f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted; {_refresh(cube, name)})"
+            report.add(
+                "payload",
+                f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted; {_refresh(cube, name)})",
             )
             continue
         try:
@@ -173,11 +198,11 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
             header = read_snapshot_header(path)
             fingerprint = header.get("model_fingerprint")
             if fingerprint and entry.model_fingerprint and fingerprint != entry.model_fingerprint:
-                report.problems.append(
-                    f"kv {name}: header names model {fingerprint}, manifest {entry.model_fingerprint}"
+                report.add(
+                    "payload", f"kv {name}: header names model {fingerprint}, manifest {entry.model_fingerprint}"
                 )
         except Exception as exc:  # noqa: BLE001 - any unreadable header is a problem to name, not a crash
-            report.problems.append(f"kv {name}: unreadable snapshot header ({exc}; {_refresh(cube, name)})")
+            report.add("payload", f"kv {name}: unreadable snapshot header ({exc}; {_refresh(cube, name)})")
         stale = [m for m in entry.memories if m not in active_refs]
         if stale:
             report.notes.append(
@@ -189,19 +214,20 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
         try:
             base = cube.committed_rel(folder)
         except InvalidCube as exc:
-            report.problems.append(f"lora {name}: {exc.problem}")
+            report.add("payload", f"lora {name}: {exc.problem}")
             continue
         if io.kind(cube.path, base) != "dir":
-            report.problems.append(
+            report.add(
+                "payload",
                 f"lora {name}: {folder}/ is missing (restore it from version control, or drop it: "
-                f"memos distill {cube.path} --drop {name})"
+                f"memos distill {cube.path} --drop {name})",
             )
             continue
         for rel, digest in adapter.files.items():
             if io.kind(cube.path, f"{base}/{rel}") != "file":
-                report.problems.append(f"lora {name}: {folder}/{rel} is missing")
+                report.add("payload", f"lora {name}: {folder}/{rel} is missing")
             elif io.sha256(cube.path, f"{base}/{rel}") != digest:
-                report.problems.append(f"lora {name}: {folder}/{rel} does not match its recorded sha256")
+                report.add("payload", f"lora {name}: {folder}/{rel} does not match its recorded sha256")
         stale = [m for m in adapter.memories if m not in active_refs]
         if stale:
             report.notes.append(f"lora {name} is stale: {len(stale)} of its memories changed")
@@ -211,8 +237,10 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
             for child in io.listdir(cube.path, directory):
                 rel = f"{directory}/{child}"
                 if rel not in referenced and rel not in pending:
-                    report.problems.append(
-                        f"{rel} is not named in cube.yaml (left by an interrupted command? {QUARANTINE_FIX})"
+                    report.add(
+                        "stray",
+                        repairable=True,
+                        message=f"{rel} is not named in cube.yaml (left by an interrupted command? {QUARANTINE_FIX})",
                     )
     report.checked["kv"] = len(manifest.kv)
     report.checked["lora"] = len(manifest.lora)
@@ -234,16 +262,20 @@ def _check_index(cube: Cube, current: dict[str, MemoryRecord], report: VerifyRep
         vectors = vectors_stat.st_size if vectors_stat is not None else 0
         mapping = json.loads(io.read_bytes(cube.path, f"{directory}/current.json") or b"")
     except (OSError, ValueError, KeyError, TypeError, InvalidCube) as exc:
-        report.problems.append(f"index is unreadable ({type(exc).__name__}); memos repair rebuilds it")
+        report.add(
+            "index", repairable=True, message=f"index is unreadable ({type(exc).__name__}); memos repair rebuilds it"
+        )
         return
     if vectors < rows * dim * 4 or any(not isinstance(r, int) or r >= rows for r in mapping.values()):
-        report.problems.append("index is inconsistent with itself; memos repair rebuilds it")
+        report.add("index", repairable=True, message="index is inconsistent with itself; memos repair rebuilds it")
         return
     indexed = set(mapping)
     expected = {i for i, r in current.items() if r.status != "deleted"}
     if indexed - expected:
-        report.problems.append(
-            f"index holds {len(indexed - expected)} memories the cube does not; memos repair rebuilds it"
+        report.add(
+            "index",
+            repairable=True,
+            message=f"index holds {len(indexed - expected)} memories the cube does not; memos repair rebuilds it",
         )
     elif expected - indexed or meta.get("records_size") != getattr(io.lstat(cube.path, layout.MEMORIES), "st_size", 0):
         report.notes.append("index is behind the records (brought up to date by the next query)")
@@ -255,20 +287,24 @@ def verify(cube_path: Path) -> VerifyReport:
     report = VerifyReport(cube=str(cube_path))
     cube_path = Path(cube_path)
     try:
-        for rel, why in unsafe_entries(cube_path):
-            report.problems.append(f"{rel} {why}: memos will not follow or write it (memos repair moves it aside)")
+        for rel, _kind, why in unsafe_entries(cube_path):
+            report.add(
+                "unsafe",
+                repairable=True,
+                message=f"{rel} {why}: memos will not follow or write it (memos repair moves it aside)",
+            )
         journal_ok = True
         try:
             read_journal(cube_path)
         except UnsafeJournal as exc:
             journal_ok = False
-            report.problems.append(exc.problem + " (memos repair moves it aside)")
+            report.add("journal", exc.problem + " (memos repair moves it aside)", repairable=True)
         cube = Cube.open(cube_path, ignore_journal=True)
     except InvalidCube as exc:
-        report.problems.append(exc.problem)
+        report.add("unsafe" if isinstance(exc, UnsafePath) else "manifest", exc.problem)
         return report
     except (FileNotFoundError, NotADirectoryError):
-        report.problems.append("not a memos cube (no cube.yaml)")
+        report.add("manifest", "not a memos cube (no cube.yaml)")
         return report
     if journal_ok and cube.has_journal():
         report.notes.append(
@@ -281,7 +317,7 @@ def verify(cube_path: Path) -> VerifyReport:
         try:
             check(cube, current, report)
         except InvalidCube as exc:
-            report.problems.append(exc.problem)
+            report.add("unsafe" if isinstance(exc, UnsafePath) else "payload", exc.problem)
     return report
 
 
@@ -313,13 +349,13 @@ def _neutralise(root: Path, report: RepairReport) -> None:
     if io.kind(root, layout.DERIVED_DIR) not in (None, "dir"):
         io.remove(root, layout.DERIVED_DIR)
         report.fixed.append(f"removed {layout.DERIVED_DIR}, which was a link or a file (derived state is rebuilt)")
-    for rel, why in unsafe_entries(root):
+    for rel, kind, why in unsafe_entries(root):
         if io.kind(root, rel) is None:
             continue  # inside something already moved
         if rel.startswith(layout.DERIVED_DIR + "/"):
             io.remove(root, rel)
             report.fixed.append(f"removed {rel}, which {why} (derived state is rebuilt)")
-        elif why.startswith("is hard-linked"):
+        elif kind == "hardlink":
             data = io.read_bytes(root, rel) or b""
             io.atomic_write(root, rel, data)  # a file of its own with the same bytes
             report.fixed.append(f"gave {rel} a copy of its own (it was hard-linked)")
@@ -433,12 +469,12 @@ def repair(cube_path: Path, *, actor: str | None = None) -> RepairReport:
                 io.remove(cube.path, rel)
                 report.fixed.append(f"removed leftovers in {rel}")
         after = verify(cube.path)
-        if any(p.startswith("index") for p in after.problems):
+        if any(p.kind == "index" for p in after.issues):
             io.remove(cube.path, f"{layout.DERIVED_DIR}/{layout.INDEX_DIR}")
             report.fixed.append("rebuilt the index")
         elif any(n.startswith("index is behind") for n in after.notes):
             report.fixed.append("brought the index up to date")
-    if not any(p for p in verify(cube.path).problems if not p.startswith("index")):
+    if all(p.kind == "index" for p in verify(cube.path).issues):
         from memos_cli.engine.query import Searcher
 
         Searcher([cube], record_usage=False, actor=actor)  # builds or syncs the index

@@ -30,7 +30,7 @@ def verify(cube: CubeArg, json_: JsonOpt = False) -> None:
         if report.ok:
             say(f"[green]ok[/] {cube}: {counts}")
     if not report.ok:
-        repairable = any("memos repair" in p for p in report.problems)
+        repairable = any(p.repairable for p in report.issues)
         hint = f"run: memos repair {cube}" if repairable else "each problem above says what to do"
         raise InvalidCube(cube, f"{len(report.problems)} problem(s) found", hint=hint)
 

@@ -242,22 +242,13 @@ def fuse(
         del versions[memory_id]
 
     superseded: set[str] = set()
-    # --- key conflicts: the newest active memory of a key is current
-    by_key: dict[str, list[str]] = {}
-    for memory_id, record in current.items():
-        if record.key and record.status == "active":
-            by_key.setdefault(record.key, []).append(memory_id)
-    for ids in by_key.values():
-        if len(ids) < 2:
-            continue
-        ids.sort(key=lambda i: (current[i].time or "", current[i].created, i))
-        for older in ids[:-1]:
-            gone = current[older]
-            extra_versions.append(
-                replace(gone, version=gone.version + 1, status="superseded", op="fuse", actor=actor, created=now)
-            )
-            superseded.add(older)
-            report.superseded_by_key += 1
+    # --- key conflicts: the newest active memory of a key is current (the git merge's rule, one place)
+    from memos_cli.engine.merge import apply_key_rules
+
+    for gone in apply_key_rules(current, actor=actor, op="fuse"):
+        extra_versions.append(replace(gone, created=now))
+        superseded.add(gone.id)
+        report.superseded_by_key += 1
 
     # --- near-duplicates among active memories, across parents
     active = [i for i, r in current.items() if r.status == "active" and i not in superseded]

@@ -140,74 +140,21 @@ def fuse(
     progress: Progress | None = None,
     engine: RayEngine | None = None,
 ) -> FuseReport:
+    """Fuse ``cube_paths`` into a new cube at ``output``: each step below is a function of its own."""
     started = time.perf_counter()
-    if adapters not in ADAPTER_MODES:
-        raise UsageError(f"--adapters must be one of {', '.join(ADAPTER_MODES)}")
-    if len(cube_paths) < 2:
-        raise UsageError("fuse needs at least two cubes")
-    if not 0 < dedup_threshold <= 1:
-        raise UsageError("--dedup-threshold must be in (0, 1]")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise CubeExists(output)
-    if len({p.resolve() for p in cube_paths}) != len(cube_paths):
-        raise UsageError("the same cube is named twice")
+    _check_arguments(cube_paths, output, adapters, dedup_threshold)
     parents = [Cube.open(p) for p in cube_paths]
     actor = resolve_actor(actor)  # the creator: the fused cube's owner, and the actor of its versions
     for parent in parents:
         parent.check(actor, "read")
-
-    # --- compatibility: embedders
     embedder = EmbedderHandle(engine=engine)  # --engine ray: re-embedding runs on the cluster
-    ident = embedder.identity
-    indexing = _indexing(progress)
-    prints = {p.manifest.name: (p.manifest.embedder or {}).get("fingerprint") for p in parents}
-    foreign = {n: str(f) for n, f in prints.items() if f not in (None, ident.fingerprint)}
-    if foreign and not reembed:
-        name0, fp = next(iter(foreign.items()))
-        raise IncompatibleModel(
-            f"cube {name0}", fp, ident.fingerprint, hint="pass --reembed to index every memory again with this embedder"
-        )
-    # --- compatibility: language models of kv/ and lora/
-    # a snapshot made with adapters applied records its base model apart (promote --lora)
-    found_prints = {e.base_model_fingerprint or e.model_fingerprint for p in parents for e in p.manifest.kv.values()}
-    found_prints |= {e.base_model_fingerprint for p in parents for e in p.manifest.lora.values()}
-    model_prints = {str(fp) for fp in found_prints if fp is not None}
-    target_print: str | None = None
-    lm = None
-    if model_prints:
-        from memos_cli.models.lm import load_lm
-
-        lm = load_lm(model)
-        target_print = lm.fingerprint
-        strangers = model_prints - {target_print}
-        if strangers and not drop_incompatible:
-            raise IncompatibleModel(
-                "a parent's KV snapshot or adapter",
-                sorted(strangers)[0],
-                target_print,
-                hint="pass --model with the model they were made for, or --drop-incompatible to leave them out",
-            )
+    _check_embedders(parents, embedder.identity.fingerprint, reembed)
+    lm, target_print = _language_model(parents, model, drop_incompatible)
 
     report = FuseReport(output=str(output), parents=[_lineage(p) for p in parents], dry_run=dry_run)
     states = [p.read_state() for p in parents]
     versions, report.version_conflicts, report.shared_versions = _union_versions([s.versions for s in states], actor)
-
-    # --- vectors of every current memory, from the parents' indexes (embedding only what is missing)
-    vectors: dict[str, np.ndarray] = {}
-    for parent, state in zip(parents, states, strict=True):
-        if engine is not None:
-            engine.stage_in(parent.path)
-        index = open_index(
-            parent,
-            state,
-            embedder.load,
-            dim=ident.dim,
-            embedder_name=ident.fingerprint,
-            progress=indexing,
-            any_embedder=reembed,
-        )
-        for row in index.current.values():
-            vectors[index.keys[row]] = index.vectors[row]
+    vectors = _parent_vectors(parents, states, embedder, engine, _indexing(progress), reembed)
     origin: dict[str, str] = {}
     for parent, state in zip(parents, states, strict=True):
         for memory_id in state.current:
@@ -215,103 +162,17 @@ def fuse(
 
     now = utc_now()
     current = {i: recs[-1] for i, recs in versions.items()}
-    extra_versions: list[MemoryRecord] = []
+    moved = _store_exact_duplicates_once(current, versions, origin, parents, report)
+    from memos_cli.engine.merge import apply_key_rules  # the git merge's rule: one implementation
 
-    # --- exact duplicates: the same text from different sources, stored once
-    by_text: dict[str, str] = {}
-    dropped_ids: set[str] = set()
-    moved: dict[str, str] = {}  # a memory stored once or merged -> the memory that now holds it
-    rank = {p.manifest.name: n for n, p in enumerate(parents)}
-    for memory_id in sorted(current, key=lambda i: (rank[origin[i]], current[i].created, i)):  # first parent wins
-        record = current[memory_id]
-        if record.status == "deleted":
-            continue
-        text_key = normalise_text(record.text)
-        keeper = by_text.get(text_key)
-        if keeper is None:
-            by_text[text_key] = memory_id
-            continue
-        kept = current[keeper]
-        also = list(kept.metadata.get("also_from", [])) + [_provenance(record, origin[memory_id])]
-        current[keeper] = replace(kept, metadata={**kept.metadata, "also_from": also})
-        dropped_ids.add(memory_id)
-        moved[memory_id] = keeper
-        report.exact_duplicates += 1
-    for memory_id in dropped_ids:
-        del current[memory_id]
-        del versions[memory_id]
-
-    superseded: set[str] = set()
-    # --- key conflicts: the newest active memory of a key is current (the git merge's rule, one place)
-    from memos_cli.engine.merge import apply_key_rules
-
-    for gone in apply_key_rules(current, actor=actor, op="fuse"):
-        extra_versions.append(replace(gone, created=now))
-        superseded.add(gone.id)
-        report.superseded_by_key += 1
-
-    # --- near-duplicates among active memories, across parents
+    extra_versions = [replace(gone, created=now) for gone in apply_key_rules(current, actor=actor, op="fuse")]
+    report.superseded_by_key = len(extra_versions)
+    superseded = {r.id for r in extra_versions}
     active = [i for i, r in current.items() if r.status == "active" and i not in superseded]
-    matrix = np.stack([vectors[row_key(row_for(current[i]))] for i in active]) if active else np.zeros((0, ident.dim))
-    merged_into: dict[str, str] = {}
-    if len(active) > 1 and dedup_threshold < 1:
-        names = sorted({origin[i] for i in active})
-        parent_of = np.array([names.index(origin[i]) for i in active])
-        block = 2048
-        for start in range(0, len(active), block):
-            sims = matrix[start : start + block] @ matrix.T
-            for offset in range(sims.shape[0]):
-                i = start + offset
-                row = sims[offset]
-                row[: i + 1] = -1  # each pair once
-                row[parent_of == parent_of[i]] = -1  # within one parent, dedup is ingest's business
-                for j in np.nonzero(row >= dedup_threshold)[0]:
-                    a, b = active[i], active[int(j)]
-                    if a in merged_into or b in merged_into:
-                        continue
-                    if current[a].key and current[b].key and current[a].key != current[b].key:
-                        continue  # statements about different subjects are not duplicates
-                    ra, rb = current[a], current[b]
-                    newer, older = (a, b) if (ra.time or ra.created, a) >= (rb.time or rb.created, b) else (b, a)
-                    merged_into[older] = newer
-                    report.near_duplicates.append(
-                        {
-                            "kept": newer,
-                            "merged": older,
-                            "similarity": round(float(row[j]), 4),
-                            "kept_text": current[newer].text[:120],
-                            "merged_text": current[older].text[:120],
-                        }
-                    )
+    merged_into = _near_duplicates(current, active, vectors, origin, dedup_threshold, embedder.identity.dim, report)
     moved.update(merged_into)
-    for older, newer in merged_into.items():
-        keep = current[newer]
-        merged_from = list(keep.metadata.get("merged_from", [])) + [_provenance(current[older], origin[older])]
-        # the kept memory states what the merged one did: it keeps its key (the key rules still hold)
-        current[newer] = replace(
-            keep, key=keep.key or current[older].key, metadata={**keep.metadata, "merged_from": merged_from}
-        )
-        gone = current[older]
-        extra_versions.append(
-            replace(
-                gone,
-                version=gone.version + 1,
-                status="superseded",
-                op="fuse",
-                actor=actor,
-                created=now,
-                metadata={**gone.metadata, "merged_into": newer},
-            )
-        )
-
-    # --- the fused records: all versions, with the metadata edits applied to each memory's last version
-    records: list[MemoryRecord] = []
-    for memory_id, recs in versions.items():
-        last = current.get(memory_id, recs[-1])
-        records.extend(recs[:-1])
-        records.append(last)
-    records.extend(extra_versions)
-    records.sort(key=lambda r: (r.created, r.id, r.version))
+    extra_versions += _merge_near_duplicates(current, merged_into, origin, actor, now)
+    records = _fused_records(versions, current, extra_versions)
     report.versions = len(records)
     report.memories = len(versions)
 
@@ -327,53 +188,258 @@ def fuse(
             )
         lora_plan = {}
     if dry_run:
-        report.kv = {n: {"from": [p.manifest.name for p, _ in plan]} for n, plan in kv_plan.items()}
-        report.lora = {
-            n: {
-                "from": [p.manifest.name for p, _ in plan],
-                "method": _method(len(plan), consolidated=adapters == "consolidate"),
-            }
-            for n, plan in lora_plan.items()
-        }
-        report.seconds = time.perf_counter() - started
-        report.engine = engine.stats.to_dict() if engine is not None else None
-        return report
+        _dry_run_plans(report, kv_plan, lora_plan, adapters)
+    else:
+        fused = _Fused(records, lm, kv_plan, lora_plan, vectors, moved, adapters)
+        _build_then_rename(output, name, actor, parents, fused, report, embedder, progress)
+    report.seconds = time.perf_counter() - started
+    if engine is not None:
+        engine.clear_stage()
+        report.engine = engine.stats.to_dict()
+    return report
 
-    # Build next to the output and rename at the end: a killed fuse leaves no half-made cube at OUT.
+
+def _check_arguments(cube_paths: list[Path], output: Path, adapters: str, dedup_threshold: float) -> None:
+    if adapters not in ADAPTER_MODES:
+        raise UsageError(f"--adapters must be one of {', '.join(ADAPTER_MODES)}")
+    if len(cube_paths) < 2:
+        raise UsageError("fuse needs at least two cubes")
+    if not 0 < dedup_threshold <= 1:
+        raise UsageError("--dedup-threshold must be in (0, 1]")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise CubeExists(output)
+    if len({p.resolve() for p in cube_paths}) != len(cube_paths):
+        raise UsageError("the same cube is named twice")
+
+
+def _check_embedders(parents: list[Cube], fingerprint: str, reembed: bool) -> None:
+    prints = {p.manifest.name: (p.manifest.embedder or {}).get("fingerprint") for p in parents}
+    foreign = {n: str(f) for n, f in prints.items() if f not in (None, fingerprint)}
+    if foreign and not reembed:
+        name0, fp = next(iter(foreign.items()))
+        raise IncompatibleModel(
+            f"cube {name0}", fp, fingerprint, hint="pass --reembed to index every memory again with this embedder"
+        )
+
+
+def _language_model(parents: list[Cube], model: str | None, drop_incompatible: bool) -> tuple[Any, str | None]:
+    """The model the parents' snapshots and adapters are rebuilt and combined with (None when they have
+    none); parts made for another model are refused, or with ``drop_incompatible`` left out later."""
+    # a snapshot made with adapters applied records its base model apart (promote --lora)
+    found = {e.base_model_fingerprint or e.model_fingerprint for p in parents for e in p.manifest.kv.values()}
+    found |= {e.base_model_fingerprint for p in parents for e in p.manifest.lora.values()}
+    model_prints = {str(fp) for fp in found if fp is not None}
+    if not model_prints:
+        return None, None
+    from memos_cli.models.lm import load_lm
+
+    lm = load_lm(model)
+    strangers = model_prints - {lm.fingerprint}
+    if strangers and not drop_incompatible:
+        raise IncompatibleModel(
+            "a parent's KV snapshot or adapter",
+            sorted(strangers)[0],
+            lm.fingerprint,
+            hint="pass --model with the model they were made for, or --drop-incompatible to leave them out",
+        )
+    return lm, lm.fingerprint
+
+
+def _parent_vectors(
+    parents: list[Cube],
+    states: list[Any],
+    embedder: EmbedderHandle,
+    engine: RayEngine | None,
+    indexing: Callable[[int, int], None] | None,
+    reembed: bool,
+) -> dict[str, np.ndarray]:
+    """Vectors of every current memory, from the parents' indexes (embedding only what is missing)."""
+    ident = embedder.identity
+    vectors: dict[str, np.ndarray] = {}
+    for parent, state in zip(parents, states, strict=True):
+        if engine is not None:
+            engine.stage_in(parent.path)
+        index = open_index(
+            parent,
+            state,
+            embedder.load,
+            dim=ident.dim,
+            embedder_name=ident.fingerprint,
+            progress=indexing,
+            any_embedder=reembed,
+        )
+        for row in index.current.values():
+            vectors[index.keys[row]] = index.vectors[row]
+    return vectors
+
+
+def _store_exact_duplicates_once(
+    current: dict[str, MemoryRecord],
+    versions: dict[str, list[MemoryRecord]],
+    origin: dict[str, str],
+    parents: list[Cube],
+    report: FuseReport,
+) -> dict[str, str]:
+    """The same text from different sources is stored once (the first parent's), the others named in its
+    ``also_from``; returns {dropped memory: the memory that now holds it}."""
+    by_text: dict[str, str] = {}
+    moved: dict[str, str] = {}
+    rank = {p.manifest.name: n for n, p in enumerate(parents)}
+    for memory_id in sorted(current, key=lambda i: (rank[origin[i]], current[i].created, i)):  # first parent wins
+        record = current[memory_id]
+        if record.status == "deleted":
+            continue
+        text_key = normalise_text(record.text)
+        keeper = by_text.get(text_key)
+        if keeper is None:
+            by_text[text_key] = memory_id
+            continue
+        kept = current[keeper]
+        also = list(kept.metadata.get("also_from", [])) + [_provenance(record, origin[memory_id])]
+        current[keeper] = replace(kept, metadata={**kept.metadata, "also_from": also})
+        moved[memory_id] = keeper
+        report.exact_duplicates += 1
+    for memory_id in moved:
+        del current[memory_id]
+        del versions[memory_id]
+    return moved
+
+
+def _near_duplicates(
+    current: dict[str, MemoryRecord],
+    active: list[str],
+    vectors: dict[str, np.ndarray],
+    origin: dict[str, str],
+    threshold: float,
+    dim: int,
+    report: FuseReport,
+) -> dict[str, str]:
+    """Pairs of active memories from different parents at cosine >= ``threshold`` (and no different
+    keys): {older: newer}, in blocks of 2,048 rows so memory stays bounded."""
+    merged_into: dict[str, str] = {}
+    if len(active) < 2 or threshold >= 1:
+        return merged_into
+    matrix = np.stack([vectors[row_key(row_for(current[i]))] for i in active]) if active else np.zeros((0, dim))
+    names = sorted({origin[i] for i in active})
+    parent_of = np.array([names.index(origin[i]) for i in active])
+    block = 2048
+    for start in range(0, len(active), block):
+        sims = matrix[start : start + block] @ matrix.T
+        for offset in range(sims.shape[0]):
+            i = start + offset
+            row = sims[offset]
+            row[: i + 1] = -1  # each pair once
+            row[parent_of == parent_of[i]] = -1  # within one parent, dedup is ingest's business
+            for j in np.nonzero(row >= threshold)[0]:
+                a, b = active[i], active[int(j)]
+                if a in merged_into or b in merged_into:
+                    continue
+                if current[a].key and current[b].key and current[a].key != current[b].key:
+                    continue  # statements about different subjects are not duplicates
+                ra, rb = current[a], current[b]
+                newer, older = (a, b) if (ra.time or ra.created, a) >= (rb.time or rb.created, b) else (b, a)
+                merged_into[older] = newer
+                report.near_duplicates.append(
+                    {
+                        "kept": newer,
+                        "merged": older,
+                        "similarity": round(float(row[j]), 4),
+                        "kept_text": current[newer].text[:120],
+                        "merged_text": current[older].text[:120],
+                    }
+                )
+    return merged_into
+
+
+def _merge_near_duplicates(
+    current: dict[str, MemoryRecord], merged_into: dict[str, str], origin: dict[str, str], actor: str, now: str
+) -> list[MemoryRecord]:
+    """The kept memory records what it absorbed (``merged_from``) and keeps a key; the merged one gets a
+    ``superseded`` version naming the memory it went into."""
+    out = []
+    for older, newer in merged_into.items():
+        keep = current[newer]
+        merged_from = list(keep.metadata.get("merged_from", [])) + [_provenance(current[older], origin[older])]
+        # the kept memory states what the merged one did: it keeps its key (the key rules still hold)
+        current[newer] = replace(
+            keep, key=keep.key or current[older].key, metadata={**keep.metadata, "merged_from": merged_from}
+        )
+        gone = current[older]
+        out.append(
+            replace(
+                gone,
+                version=gone.version + 1,
+                status="superseded",
+                op="fuse",
+                actor=actor,
+                created=now,
+                metadata={**gone.metadata, "merged_into": newer},
+            )
+        )
+    return out
+
+
+def _fused_records(
+    versions: dict[str, list[MemoryRecord]], current: dict[str, MemoryRecord], extra: list[MemoryRecord]
+) -> list[MemoryRecord]:
+    """All versions, with the metadata edits applied to each memory's last version, in creation order."""
+    records: list[MemoryRecord] = []
+    for memory_id, recs in versions.items():
+        records.extend(recs[:-1])
+        records.append(current.get(memory_id, recs[-1]))
+    records.extend(extra)
+    records.sort(key=lambda r: (r.created, r.id, r.version))
+    return records
+
+
+def _dry_run_plans(report: FuseReport, kv_plan: Plan[KvEntry], lora_plan: Plan[LoraEntry], adapters: str) -> None:
+    report.kv = {n: {"from": [p.manifest.name for p, _ in plan]} for n, plan in kv_plan.items()}
+    report.lora = {
+        n: {
+            "from": [p.manifest.name for p, _ in plan],
+            "method": _method(len(plan), consolidated=adapters == "consolidate"),
+        }
+        for n, plan in lora_plan.items()
+    }
+
+
+@dataclass
+class _Fused:
+    """What the fused cube is made of, once decided."""
+
+    records: list[MemoryRecord]
+    lm: Any
+    kv_plan: Plan[KvEntry]
+    lora_plan: Plan[LoraEntry]
+    vectors: dict[str, np.ndarray]
+    moved: dict[str, str]
+    adapters: str
+
+
+def _build_then_rename(
+    output: Path,
+    name: str | None,
+    actor: str,
+    parents: list[Cube],
+    fused: _Fused,
+    report: FuseReport,
+    embedder: EmbedderHandle,
+    progress: Progress | None,
+) -> None:
+    """Build next to the output and rename at the end: a killed fuse leaves no half-made cube at OUT."""
     output.parent.mkdir(parents=True, exist_ok=True)
     for stale in output.parent.glob(f".{glob.escape(output.name)}.fusing-*"):
         if stale.is_dir() and not stale.is_symlink():  # left by a fuse that was killed: never a cube yet
             cube_io.remove(output.parent, stale.name)
     building = Path(tempfile.mkdtemp(prefix=f".{output.name}.fusing-", dir=output.parent))
     try:
-        _write_fused(
-            building,
-            output,
-            name,
-            actor,
-            parents,
-            records,
-            report,
-            lm,
-            kv_plan,
-            lora_plan,
-            vectors,
-            embedder,
-            progress,
-            moved,
-            adapters,
-        )
+        _write_fused(building, output, name, actor, parents, fused, report, embedder, progress)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
     if output.exists():
         output.rmdir()  # an empty directory was allowed as the target
     cube_io.rename(output.parent, building.name, output.name)  # the one step that makes the cube appear
-    report.seconds = time.perf_counter() - started
-    if engine is not None:
-        engine.clear_stage()
-        report.engine = engine.stats.to_dict()
-    return report
 
 
 def _write_fused(
@@ -382,18 +448,15 @@ def _write_fused(
     name: str | None,
     actor: str | None,
     parents: list[Cube],
-    records: list[MemoryRecord],
+    plan: _Fused,
     report: FuseReport,
-    lm: Any,
-    kv_plan: Plan[KvEntry],
-    lora_plan: Plan[LoraEntry],
-    vectors: dict[str, np.ndarray],
     embedder: EmbedderHandle,
     progress: Progress | None,
-    moved: dict[str, str],
-    adapters: str,
 ) -> None:
+    """The fused cube in ``building``: its records, rebuilt snapshots and carried adapters in one
+    transaction, then its index from the parents' vectors."""
     ident = embedder.identity
+    records, lm = plan.records, plan.lm
     fused = Cube.init(
         building,
         name=name or output.resolve().name,
@@ -404,8 +467,12 @@ def _write_fused(
     for record in records:
         if record.id not in final or record.version > final[record.id].version:
             final[record.id] = record
-    snapshots = _rebuild_snapshots(lm, kv_plan, final) if kv_plan else {}
-    combined = _carry_adapters(lm, lora_plan, final, moved, building, adapters, progress) if lora_plan else {}
+    snapshots = _rebuild_snapshots(lm, plan.kv_plan, final) if plan.kv_plan else {}
+    combined = (
+        _carry_adapters(lm, plan.lora_plan, final, plan.moved, building, plan.adapters, progress)
+        if plan.lora_plan
+        else {}
+    )
     with fused.transaction(actor=actor, op="fuse") as tx:
         tx.rewrite_memories = records
         tx.manifest.lineage = report.parents
@@ -445,7 +512,7 @@ def _write_fused(
         embedder.load,
         dim=ident.dim,
         embedder_name=ident.fingerprint,
-        known_vectors=vectors,
+        known_vectors=plan.vectors,
         progress=_indexing(progress),
     )
 

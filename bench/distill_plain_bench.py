@@ -74,8 +74,8 @@ def synthetic(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
 
 def run_set(name: str, memories: list[dict], questions: list[dict], args: argparse.Namespace) -> dict:
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine import distill as dist
-    from memos_cli.engine.ingest import Source, ingest
+    from memos_cli.engine.parametric import distill as dist
+    from memos_cli.engine.plaintext.ingest import Source, ingest
     from memos_cli.engine.select import Selection
     from memos_cli.models.lm import load_lm
 

@@ -40,9 +40,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine import distill as D
     from memos_cli.engine.fuse import fuse
-    from memos_cli.engine.ingest import Source, ingest
+    from memos_cli.engine.parametric import distill as D
+    from memos_cli.engine.plaintext.ingest import Source, ingest
     from memos_cli.engine.select import Selection
     from memos_cli.models.lm import load_lm
 

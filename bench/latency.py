@@ -147,7 +147,7 @@ def thread_figures(lm, snap) -> dict[int, tuple[float, float]]:
     import torch
 
     from memos_cli.config import available_cores, configure_threads
-    from memos_cli.engine.activation import generate
+    from memos_cli.engine.activation.snapshots import generate
 
     out = {}
     try:
@@ -184,7 +184,7 @@ def main() -> None:
     import torch
 
     from memos_cli.config import thread_count
-    from memos_cli.engine.activation import build_snapshot
+    from memos_cli.engine.activation.snapshots import build_snapshot
     from memos_cli.models.lm import load_lm
 
     print(

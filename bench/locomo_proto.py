@@ -1,4 +1,4 @@
-"""LoCoMo retrieval benchmark, in process (no CLI): the ranker of ``memos_cli.engine.ranking`` on the
+"""LoCoMo retrieval benchmark, in process (no CLI): the ranker of ``memos_cli.engine.plaintext.ranking`` on the
 development split, one cube per conversation, scored with recall_any@k / recall_all@k.
 
 Rows are built the way the engine gets them from a JSONL ingest of a conversation: one memory per turn,
@@ -36,8 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memos_cli.engine import temporal  # noqa: E402
-from memos_cli.engine.lexical import LexicalIndex  # noqa: E402
-from memos_cli.engine.ranking import (  # noqa: E402
+from memos_cli.engine.plaintext.lexical import LexicalIndex  # noqa: E402
+from memos_cli.engine.plaintext.ranking import (  # noqa: E402
     DEFAULT_SETTINGS,
     RankInputs,
     RankSettings,

@@ -218,7 +218,7 @@ def main() -> None:
     qs = queries(args.queries)
 
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine.query import Searcher
+    from memos_cli.engine.plaintext.query import Searcher
     from memos_cli.models.embedder import load_embedder
 
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")

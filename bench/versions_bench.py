@@ -16,9 +16,9 @@ from dataclasses import replace
 
 from memos_cli.cube.bundle import CubeState
 from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for
-from memos_cli.engine.merge import conflicts_of
-from memos_cli.engine.sync import plan_sync
-from memos_cli.engine.versions import merge_memories
+from memos_cli.engine.plaintext.merge import conflicts_of
+from memos_cli.engine.plaintext.sync import plan_sync
+from memos_cli.engine.plaintext.versions import merge_memories
 
 
 def _record(i: int, text: str, source: str = "notes.md", heading: str | None = None) -> MemoryRecord:

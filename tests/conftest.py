@@ -38,7 +38,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_cache: Path
 @pytest.fixture
 def make_cube(tmp_path: Path) -> Callable[..., Cube]:
     """Create a cube, optionally pre-filled from JSONL records (dicts with at least 'text')."""
-    from memos_cli.engine.ingest import Source, ingest
+    from memos_cli.engine.plaintext.ingest import Source, ingest
 
     counter = iter(range(1000))
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine import activation as act
-from memos_cli.engine.activation import (
+from memos_cli.engine.activation import snapshots as act
+from memos_cli.engine.activation.snapshots import (
     ActivationError,
     InvalidSnapshot,
     Snapshot,

@@ -12,8 +12,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
+from memos_cli.engine.plaintext.ingest import Source, ingest
 
 WRITERS = 4
 PER_WRITER = 3  # batches per writer

@@ -18,8 +18,8 @@ from memos_cli.cube.bundle import Cube
 from memos_cli.cube.entries import ModelRef
 from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine import distill as dist
-from memos_cli.engine.activation import render_prompt
+from memos_cli.engine.activation.snapshots import render_prompt
+from memos_cli.engine.parametric import distill as dist
 from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
@@ -167,7 +167,7 @@ def test_training_runs_until_the_training_questions_are_recalled(
 
 
 def test_greedy_recalled_agrees_with_generation(lm: LanguageModel) -> None:
-    from memos_cli.engine.activation import generate
+    from memos_cli.engine.activation.snapshots import generate
 
     stop = lm.tokenizer.eos_token_id
     for question in ["Where does Alice live?", "Who is Miso?"]:

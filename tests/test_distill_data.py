@@ -1,10 +1,10 @@
-"""Training data from plain memories (engine/distill_data.py): spans, question forms, the third person of
+"""Training data from plain memories (engine/parametric/distill_data.py): spans, question forms, the third person of
 dialogue turns, and the held-out family that training never sees."""
 
 from __future__ import annotations
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.distill_data import HELDOUT, find_spans, memory_data, third_person
+from memos_cli.engine.parametric.distill_data import HELDOUT, find_spans, memory_data, third_person
 
 
 def kinds(sentence: str) -> dict[str, str]:

@@ -44,8 +44,8 @@ def test_documented_entry_keys_are_the_typed_fields() -> None:
 def test_documented_snapshot_header_keys_are_what_memos_writes(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
     from safetensors import safe_open
 
-    from memos_cli.engine.ingest import Source, ingest
-    from memos_cli.engine.promote import promote_to_activation
+    from memos_cli.engine.activation.promote import promote_to_activation
+    from memos_cli.engine.plaintext.ingest import Source, ingest
     from memos_cli.engine.select import Selection
 
     cube = Cube.init(tmp_path / "c")

@@ -17,8 +17,8 @@ import pytest
 from conftest import snapshot_files
 from memos_cli.cli.app import main
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
+from memos_cli.engine.plaintext.ingest import Source, ingest
 
 RECORDS = [{"text": "Ana's cat is called Miso"}, {"text": "Bob likes ramen"}, {"text": "Carla plays chess"}]
 
@@ -51,7 +51,7 @@ def test_ctrl_c_exits_130_and_says_the_cube_is_unchanged(tmp_path: Path, monkeyp
     def interrupted(*_a: object, **_k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("memos_cli.engine.ingest._embed", interrupted)
+    monkeypatch.setattr("memos_cli.engine.plaintext.ingest._embed", interrupted)
     code, _, err = run("ingest", str(cube.path), str(_records(tmp_path / "r.jsonl")))
     assert code == 130
     assert "interrupted; the cube is unchanged" in err
@@ -64,7 +64,7 @@ def test_a_failure_after_the_commit_says_what_was_stored(tmp_path: Path, monkeyp
     def disk_full(*_a: object, **_k: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(cube.path / ".memos" / "index" / "vectors.f32"))
 
-    monkeypatch.setattr("memos_cli.engine.ingest._update_index", disk_full)
+    monkeypatch.setattr("memos_cli.engine.plaintext.ingest._update_index", disk_full)
     code, _, err = run("ingest", str(cube.path), str(_records(tmp_path / "r.jsonl")))
     assert code == 5, err
     assert "3 memories stored; the index will be rebuilt by the next query" in err

@@ -10,10 +10,10 @@ import yaml
 
 from memos_cli.cube.bundle import Cube
 from memos_cli.engine.fuse import fuse
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
-from memos_cli.engine.query import Filters, query
-from memos_cli.engine.versions import Update, history, update
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.query import Filters, query
+from memos_cli.engine.plaintext.versions import Update, history, update
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.ingest import Source, ingest
-from memos_cli.engine.query import query
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.query import query
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git binary")
 

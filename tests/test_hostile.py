@@ -25,8 +25,8 @@ from memos_cli.cli.app import main
 from memos_cli.cube.bundle import Cube
 from memos_cli.cube.manifest import parse_manifest
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.ingest import Source, ingest
-from memos_cli.engine.sources import parse_source
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.sources import parse_source
 from memos_cli.errors import BadInput, InvalidCube, MemosError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -86,7 +86,7 @@ def test_any_manifest_text_is_parsed_or_refused_as_invalid(text: str) -> None:
 @FUZZ
 @given(st.binary(min_size=0, max_size=200))
 def test_any_snapshot_bytes_are_refused_cleanly(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
-    from memos_cli.engine.activation import read_snapshot_header
+    from memos_cli.engine.activation.snapshots import read_snapshot_header
 
     path = tmp_path_factory.mktemp("snap") / "x.safetensors"
     path.write_bytes(data)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import snapshot_files
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.ingest import Defaults, Source, ingest
+from memos_cli.engine.plaintext.ingest import Defaults, Source, ingest
 from memos_cli.errors import BadInput
 
 
@@ -97,7 +97,7 @@ def test_a_newer_fact_with_the_same_key_supersedes_the_older(tmp_path: Path) -> 
 
 
 def test_ingest_indexes_incrementally_and_a_fresh_clone_rebuilds(tmp_path: Path) -> None:
-    from memos_cli.engine.query import query
+    from memos_cli.engine.plaintext.query import query
 
     cube = Cube.init(tmp_path / "c")
     ingest(cube, [Source("a.jsonl", _jsonl({"text": "The cat sleeps on the red sofa"}))])

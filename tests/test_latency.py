@@ -13,10 +13,10 @@ import pytest
 
 from memos_cli import config
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.activation import generate, read_snapshot
+from memos_cli.engine.activation.promote import promote_to_activation
+from memos_cli.engine.activation.snapshots import generate, read_snapshot
 from memos_cli.engine.chat import ChatOptions, ChatSession
-from memos_cli.engine.ingest import Source, ingest
-from memos_cli.engine.promote import promote_to_activation
+from memos_cli.engine.plaintext.ingest import Source, ingest
 from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidSnapshot
 from memos_cli.models import lm as lm_mod

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memos_cli.engine.lexical import INDEX_FILE, VOCAB_FILE, LexicalIndex, tokenize
+from memos_cli.engine.plaintext.lexical import INDEX_FILE, VOCAB_FILE, LexicalIndex, tokenize
 
 DOCS = [
     "The cat sat on the mat",

@@ -14,10 +14,10 @@ import pytest
 
 from memos_cli.cube.bundle import Cube
 from memos_cli.engine.governance import PolicyChange, set_policy
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
-from memos_cli.engine.merge import conflicts_of, merge_manifest
-from memos_cli.engine.versions import Update, update
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.merge import conflicts_of, merge_manifest
+from memos_cli.engine.plaintext.versions import Update, update
 from tests.test_cli import run
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git binary")
@@ -194,7 +194,7 @@ def test_a_cube_created_on_two_branches_merges_into_one(tmp_path: Path) -> None:
 
 
 def test_snapshots_promoted_on_two_branches_merge(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
-    from memos_cli.engine.promote import promote_to_activation
+    from memos_cli.engine.activation.promote import promote_to_activation
     from memos_cli.engine.select import Selection
 
     llama = str(tiny_dirs["llama"])

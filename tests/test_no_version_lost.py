@@ -9,10 +9,10 @@ from pathlib import Path
 
 from memos_cli.cube.bundle import Cube
 from memos_cli.engine.fuse import fuse
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
 from memos_cli.engine.ops import forget
-from memos_cli.engine.versions import Update, history, merge_audit, merge_memories, update
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.versions import Update, history, merge_audit, merge_memories, update
 
 
 def _src(name: str, *texts: str) -> Source:

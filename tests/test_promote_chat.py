@@ -12,10 +12,10 @@ from safetensors import safe_open
 from conftest import snapshot_files
 from memos_cli.cube.bundle import Cube
 from memos_cli.engine import ops
+from memos_cli.engine.activation.promote import drop, promote_to_activation, refresh
 from memos_cli.engine.chat import ChatOptions, ChatSession
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
-from memos_cli.engine.promote import drop, promote_to_activation, refresh
+from memos_cli.engine.plaintext.ingest import Source, ingest
 from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, MemosError, UsageError
 from tiny_models import build_tiny_model
@@ -106,7 +106,7 @@ def test_chat_retrieves_and_remembers(cube: Cube, llama: str) -> None:
 def test_two_cubes_of_one_name_do_not_collide_and_turns_refresh_only_the_first(
     tmp_path: Path, llama: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from memos_cli.engine import query
+    from memos_cli.engine.plaintext import query
 
     first = Cube.init(tmp_path / "a" / "notes", name="notes")
     second = Cube.init(tmp_path / "b" / "notes", name="notes")
@@ -149,7 +149,7 @@ def test_unknown_snapshot_and_bad_names(cube: Cube, llama: str) -> None:
 
 
 def test_fuse_rebuilds_snapshots_by_prefilling_on_top(tmp_path: Path, llama: str) -> None:
-    from memos_cli.engine.activation import build_snapshot, load_snapshot
+    from memos_cli.engine.activation.snapshots import build_snapshot, load_snapshot
     from memos_cli.engine.fuse import fuse
     from memos_cli.models.lm import load_lm
 
@@ -202,8 +202,8 @@ def test_chat_with_adapters_and_promote_to_parametric(cube: Cube, llama: str) ->
 def test_fuse_combines_adapters_of_one_name(tmp_path: Path, llama: str) -> None:
     import safetensors.torch
 
-    from memos_cli.engine.distill import distill, load_adapters
     from memos_cli.engine.fuse import fuse
+    from memos_cli.engine.parametric.distill import distill, load_adapters
     from memos_cli.models.lm import load_lm
 
     parents = []

@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.activation import read_snapshot_header
+from memos_cli.engine.activation.promote import promote_to_activation, refresh
+from memos_cli.engine.activation.snapshots import read_snapshot_header
 from memos_cli.engine.chat import ChatOptions, ChatSession
-from memos_cli.engine.distill import distill
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
-from memos_cli.engine.promote import promote_to_activation, refresh
+from memos_cli.engine.parametric.distill import distill
+from memos_cli.engine.plaintext.ingest import Source, ingest
 from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel
 

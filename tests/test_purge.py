@@ -9,10 +9,11 @@ import pytest
 
 from memos_cli.cube.bundle import Cube
 from memos_cli.cube.entries import LoraEntry
-from memos_cli.engine import ops, usage
-from memos_cli.engine.ingest import Source, ingest
+from memos_cli.engine import ops
 from memos_cli.engine.integrity import repair, verify
-from memos_cli.engine.query import Searcher
+from memos_cli.engine.plaintext import usage
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.query import Searcher
 
 SECRET = "the vault code is XYZZY-7731"
 OTHERS = ["Ana's cat is called Miso", "Bob's favourite food is ramen", "The review moved to Thursday"]
@@ -89,7 +90,7 @@ def llama(tiny_dirs: dict[str, Path]) -> str:
 
 
 def test_purge_drops_snapshots_and_reports_or_drops_adapters(tmp_path: Path, llama: str) -> None:
-    from memos_cli.engine.promote import promote_to_activation
+    from memos_cli.engine.activation.promote import promote_to_activation
     from memos_cli.engine.select import Selection
 
     cube = _cube(tmp_path)

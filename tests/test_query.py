@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from memos_cli.engine import usage
 from memos_cli.engine.ops import forget
-from memos_cli.engine.query import Filters, Searcher, query
+from memos_cli.engine.plaintext import usage
+from memos_cli.engine.plaintext.query import Filters, Searcher, query
 from memos_cli.errors import UsageError
 
 FACTS = [
@@ -97,9 +97,9 @@ def test_index_follows_a_purge(make_cube) -> None:
 
 @pytest.mark.parametrize("kill_after", [1, 2])
 def test_a_writer_killed_between_the_index_files_leaves_it_only_behind(make_cube, monkeypatch, kill_after) -> None:
-    from memos_cli.engine import index as index_module
-    from memos_cli.engine.ingest import Source, ingest
     from memos_cli.engine.integrity import verify
+    from memos_cli.engine.plaintext import index as index_module
+    from memos_cli.engine.plaintext.ingest import Source, ingest
     from memos_cli.errors import PostCommitError
 
     cube = make_cube(FACTS[:3])

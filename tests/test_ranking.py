@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from memos_cli.engine.lexical import LexicalIndex
-from memos_cli.engine.ranking import (
+from memos_cli.engine.plaintext.lexical import LexicalIndex
+from memos_cli.engine.plaintext.ranking import (
     DEFAULT_SETTINGS,
     RankInputs,
     Row,

@@ -15,10 +15,10 @@ import pytest
 from memos_cli.cli.app import main
 from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import repair, verify
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.versions import merge_memories
 from memos_cli.engine.transfer import export_cube, import_cube
-from memos_cli.engine.versions import merge_memories
 from memos_cli.errors import BadInput, UsageError
 
 
@@ -246,7 +246,8 @@ def test_import_refuses_an_archive_whose_cube_does_not_verify(tmp_path: Path) ->
 
 @pytest.mark.parametrize("name", ["core\n", "core\nx", "", "..", "a/b", "x" * 65, "-a"])
 def test_names_must_match_in_full(name: str) -> None:
-    from memos_cli.engine import distill, promote
+    from memos_cli.engine.activation import promote
+    from memos_cli.engine.parametric import distill
 
     assert not layout.valid_name(name)
     with pytest.raises(UsageError):
@@ -269,7 +270,7 @@ def test_an_adapter_config_with_a_huge_rank_is_refused_before_peft(tmp_path: Pat
     import torch
     from safetensors.torch import save_file
 
-    from memos_cli.engine.distill import MAX_LORA_RANK, check_adapter_bounds
+    from memos_cli.engine.parametric.distill import MAX_LORA_RANK, check_adapter_bounds
     from memos_cli.errors import InvalidCube
 
     cube = Cube.init(tmp_path / "c", owner="tester")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.ingest import Source, ingest
-from memos_cli.engine.query import query
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.query import query
 from tests.test_cli import run
 
 
@@ -187,10 +187,10 @@ def test_verify_and_repair_say_what_to_do_instead_of_pointing_at_each_other(cube
 
 
 def test_snapshot_problems_are_caught_early_and_name_the_refresh(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    from memos_cli.engine.activation.promote import promote_to_activation
     from memos_cli.engine.chat import ChatOptions, ChatSession
     from memos_cli.engine.integrity import verify
     from memos_cli.engine.ops import stats
-    from memos_cli.engine.promote import promote_to_activation
     from memos_cli.engine.select import Selection
     from memos_cli.errors import InvalidSnapshot
 

@@ -20,12 +20,13 @@ from typer.testing import CliRunner
 from conftest import snapshot_files
 from memos_cli.cli.app import app, main
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine import ops, schedule, usage
+from memos_cli.engine import ops, schedule
 from memos_cli.engine.chat import ChatOptions, ChatSession
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
-from memos_cli.engine.query import Filters, Searcher
-from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG
+from memos_cli.engine.plaintext import usage
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.query import Filters, Searcher
+from memos_cli.engine.plaintext.working import ANSWER_TAG, WORKING_TAG
 from memos_cli.errors import InvalidCube
 from tiny_models import build_tiny_model
 
@@ -198,7 +199,7 @@ def test_a_rejected_adapter_keeps_the_old_one_and_is_not_retried(tmp_path: Path,
     cube, ids = _cube(tmp_path, WEEK_RECORDS[:4], policy=strict)
     now = time.time() + 3600
     # an existing adapter made by hand, which the scheduler must not lose
-    from memos_cli.engine.distill import distill
+    from memos_cli.engine.parametric.distill import distill
     from memos_cli.engine.select import Selection
 
     distill(cube, Selection(ids=[ids["Delta:"]]), name="stable", model=llama, steps=1, actor="tester")

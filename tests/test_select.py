@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from memos_cli.engine import usage
 from memos_cli.engine.ops import forget
+from memos_cli.engine.plaintext import usage
 from memos_cli.engine.select import Selection, select
 from memos_cli.errors import UsageError
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memos_cli.engine import ranking
-from memos_cli.engine.lexical import LexicalIndex
-from memos_cli.engine.shards import ShardedIndex
+from memos_cli.engine.plaintext import ranking
+from memos_cli.engine.plaintext.lexical import LexicalIndex
+from memos_cli.engine.plaintext.shards import ShardedIndex
 
 WORDS = "launch budget cat hiking parser adoption peanut allergy meeting paris guitar recipe".split()
 

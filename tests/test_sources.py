@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from memos_cli.engine.sources import MAX_PASSAGE_CHARS, detect_format, parse_source, parse_time
+from memos_cli.engine.plaintext.sources import MAX_PASSAGE_CHARS, detect_format, parse_source, parse_time
 from memos_cli.errors import BadInput
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from conftest import snapshot_files
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
-from memos_cli.engine.query import query
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.query import query
 from tests.test_cli import run
 
 NOTES = """# Launch

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine import temporal
-from memos_cli.engine.ingest import Defaults, Source, ingest
-from memos_cli.engine.lexical import LexicalIndex
-from memos_cli.engine.query import Filters, query
-from memos_cli.engine.ranking import RankInputs, RankSettings, Row, in_periods, lexical_text, rank, structure
-from memos_cli.engine.sources import parse_time
+from memos_cli.engine.plaintext import temporal
+from memos_cli.engine.plaintext.ingest import Defaults, Source, ingest
+from memos_cli.engine.plaintext.lexical import LexicalIndex
+from memos_cli.engine.plaintext.query import Filters, query
+from memos_cli.engine.plaintext.ranking import RankInputs, RankSettings, Row, in_periods, lexical_text, rank, structure
+from memos_cli.engine.plaintext.sources import parse_time
 from memos_cli.errors import BadInput, UsageError
 
 FRIDAY = date(2023, 6, 9)  # a Friday
@@ -262,7 +262,7 @@ def test_questions_asking_when_favour_rows_that_date_something() -> None:
 
 
 def test_update_of_text_or_time_resolves_event_time_again(make_cube) -> None:
-    from memos_cli.engine.versions import Update, update
+    from memos_cli.engine.plaintext.versions import Update, update
 
     cube = make_cube(RECORDS[:1])
     memory = next(iter(cube.read_state().current.values()))

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.ingest import Source, ingest
 from memos_cli.engine.integrity import verify
 from memos_cli.engine.ops import forget
-from memos_cli.engine.query import Filters, query
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.query import Filters, query
+from memos_cli.engine.plaintext.versions import Update, history, merge_memories, update
 from memos_cli.engine.transfer import export_cube, import_cube
-from memos_cli.engine.versions import Update, history, merge_memories, update
 from memos_cli.errors import BadInput, UsageError
 
 

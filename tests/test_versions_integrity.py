@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.ingest import Source, ingest
+from memos_cli.engine.activation.promote import archive, promote_to_activation
 from memos_cli.engine.integrity import verify
-from memos_cli.engine.promote import archive, promote_to_activation
+from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.plaintext.sources import parse_time
 from memos_cli.engine.select import Selection
-from memos_cli.engine.sources import parse_time
 from memos_cli.errors import IncompatibleModel, InvalidCube
 from tests.test_cli import run
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 if TYPE_CHECKING:
-    from memos_cli.engine.query import Filters
+    from memos_cli.engine.plaintext.query import Filters
 
 
 def cube_path(value: str) -> Path:
@@ -70,7 +70,7 @@ def filters_from(
     time_field: str = "either",
 ) -> Filters:
     """The engine's Filters from the shared filter options (list and query take the same ones)."""
-    from memos_cli.engine.query import Filters
+    from memos_cli.engine.plaintext.query import Filters
 
     return Filters(
         tags=list(tag or []),

@@ -127,7 +127,9 @@ def check_fields(data: dict[str, Any]) -> None:
         elif kind == "span":
             if value is not None and (type(value) is not list or not all(type(n) is int for n in value)):
                 raise ValueError("span must be a list of integers")
-        elif kind == "event_time":  # periods the text dates (engine/temporal.py); a bad item is skipped by queries
+        elif (
+            kind == "event_time"
+        ):  # periods the text dates (engine/plaintext/temporal.py); a bad item is skipped by queries
             if value is not None and type(value) is not list:
                 raise ValueError("event_time must be a list")
             if value:
@@ -195,7 +197,7 @@ class MemoryRecord:
     actor: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     # When what it says happened: [{start, end, precision, expr}], resolved from its text against `time`
-    # at ingest (engine/temporal.py); None when no time expression was found.
+    # at ingest (engine/plaintext/temporal.py); None when no time expression was found.
     event_time: list[dict[str, str]] | None = None
     # Keys written by a newer memos that this one does not know: kept and written back unchanged.
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)

@@ -1,5 +1,5 @@
 """chat: a local model answers with retrieved memories, an injected KV snapshot and LoRA adapters,
-and remembers the conversation as dialogue memories in the working tier (``engine/working.py``).
+and remembers the conversation as dialogue memories in the working tier (``engine/plaintext/working.py``).
 
 Each turn: retrieve plaintext memories (hybrid, from every cube given), render one prompt through the
 model's chat template (snapshot preamble, history, retrieved memories + question), generate, then store
@@ -17,10 +17,10 @@ from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine import ops
-from memos_cli.engine.ingest import ingest_drafts
-from memos_cli.engine.query import Filters, Searcher
-from memos_cli.engine.sources import Draft
-from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG
+from memos_cli.engine.plaintext.ingest import ingest_drafts
+from memos_cli.engine.plaintext.query import Filters, Searcher
+from memos_cli.engine.plaintext.sources import Draft
+from memos_cli.engine.plaintext.working import ANSWER_TAG, WORKING_TAG
 from memos_cli.errors import IncompatibleModel, InvalidSnapshot, UsageError
 
 
@@ -99,7 +99,7 @@ class ChatSession:
         self.snapshot = None
         self.kv_name: str | None = None
         if options.loras:
-            from memos_cli.engine.distill import load_adapters
+            from memos_cli.engine.parametric.distill import load_adapters
 
             self.lm = load_adapters(self.lm, self.cubes[0], options.loras)
             state = self.cubes[0].read_state()
@@ -111,7 +111,7 @@ class ChatSession:
         self.searcher = Searcher(self.cubes, actor=self.actor) if options.retrieval else None
 
     def _read_snapshot(self, name: str) -> tuple[Cube, str, Any]:
-        from memos_cli.engine.activation import read_snapshot, snapshot_problem
+        from memos_cli.engine.activation.snapshots import read_snapshot, snapshot_problem
         from memos_cli.errors import SnapshotMissing
         from memos_cli.models.lm import model_fingerprint, resolve_model_dir
 
@@ -149,7 +149,7 @@ class ChatSession:
         raise SnapshotMissing(self.cubes[0].path, name, list(self.cubes[0].manifest.kv))
 
     def _load_snapshot(self, cube: Cube, name: str, file: Any) -> Any:
-        from memos_cli.engine.activation import load_snapshot
+        from memos_cli.engine.activation.snapshots import load_snapshot
 
         snap = load_snapshot(file, self.lm)
         stale = ops.stale_entries(cube, cube.read_state())["kv"].get(name)
@@ -162,7 +162,7 @@ class ChatSession:
         return snap
 
     def ask(self, question: str, *, on_token: Callable[[str], None] | None = None) -> TurnResult:
-        from memos_cli.engine.activation import generate
+        from memos_cli.engine.activation.snapshots import generate
 
         if not question.strip():
             raise UsageError("empty message")

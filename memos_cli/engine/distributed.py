@@ -134,7 +134,7 @@ class _Worker:
     def rank(self, payload: Any, queries: list[Any], k: int, mode: str) -> tuple[str, list[Any]]:
         """Per query, per cube view, the ranked ``(row, score)`` list, exactly as ``Searcher`` computes it.
         Each query is ``(text, [(lexical text, periods, k) or None per view])`` (``Searcher._plan``)."""
-        from memos_cli.engine import ranking
+        from memos_cli.engine.plaintext import ranking
 
         out = []
         for text, plans in queries:

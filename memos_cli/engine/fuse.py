@@ -47,7 +47,7 @@ from memos_cli.cube.records import MemoryRecord, normalise_text
 from memos_cli.engine.claim import claim_model
 from memos_cli.engine.distributed import RayEngine
 from memos_cli.engine.embedding import EmbedderHandle
-from memos_cli.engine.index import open_index, row_for, row_key
+from memos_cli.engine.plaintext.index import open_index, row_for, row_key
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
 from memos_cli.words import plural
 
@@ -55,7 +55,7 @@ E = TypeVar("E", KvEntry, LoraEntry)
 Plan = dict[str, list[tuple[Cube, E]]]  # entry name -> (parent, its entry) for each parent that has it
 
 if TYPE_CHECKING:
-    from memos_cli.engine.distill import Progress
+    from memos_cli.engine.parametric.distill import Progress
 
 ADAPTER_MODES = ("consolidate", "combine", "drop")
 COMBINATION = "cat"  # peft combination_type: the best start for consolidation in bench/fuse_lora_bench.py
@@ -100,11 +100,11 @@ def _lineage(cube: Cube) -> dict[str, Any]:
 def _union_versions(
     parents: list[list[MemoryRecord]], actor: str | None
 ) -> tuple[dict[str, list[MemoryRecord]], int, int]:
-    """All versions per memory id across parents, merged as histories of one cube (engine/merge.py:
+    """All versions per memory id across parents, merged as histories of one cube (engine/plaintext/merge.py:
     the same version in several parents kept once, the earliest; a memory changed in several parents
     merged field by field, a field changed two ways kept both ways and marked). Returns (versions by
     id, memories with a conflict, versions found in several parents)."""
-    from memos_cli.engine.merge import merge_histories
+    from memos_cli.engine.plaintext.merge import merge_histories
 
     merged, conflicts = merge_histories(parents, actor=actor, key_rules=False)
     out: dict[str, list[MemoryRecord]] = {}
@@ -163,7 +163,7 @@ def fuse(
     now = utc_now()
     current = {i: recs[-1] for i, recs in versions.items()}
     moved = _store_exact_duplicates_once(current, versions, origin, parents, report)
-    from memos_cli.engine.merge import apply_key_rules  # the git merge's rule: one implementation
+    from memos_cli.engine.plaintext.merge import apply_key_rules  # the git merge's rule: one implementation
 
     extra_versions = [replace(gone, created=now) for gone in apply_key_rules(current, actor=actor, op="fuse")]
     report.superseded_by_key = len(extra_versions)
@@ -480,7 +480,7 @@ def _write_fused(
         if lm is not None and (snapshots or combined):
             claim_model(tx.manifest, lm, what=f"cube {output}")
         for kv_name, (snap, entry) in snapshots.items():
-            from memos_cli.engine.activation import save_snapshot
+            from memos_cli.engine.activation.snapshots import save_snapshot
 
             rel = f"{layout.KV_DIR}/{kv_name}.safetensors"
             entry.sha256 = save_snapshot(tx.stage_file(rel), snap)
@@ -540,7 +540,7 @@ def _plan(
 def _rebuild_snapshots(lm: Any, plan: Plan[KvEntry], final: dict[str, MemoryRecord]) -> dict[str, tuple[Any, KvEntry]]:
     """Each snapshot again, from the fused memories; several parents' snapshots of one name are
     prefilled one on top of the other."""
-    from memos_cli.engine.activation import build_snapshot, extend_snapshot
+    from memos_cli.engine.activation.snapshots import build_snapshot, extend_snapshot
 
     out = {}
     for kv_name, sources in plan.items():
@@ -628,7 +628,7 @@ def _carry_adapters(
     and, in mode "consolidate", trained two short passes on the parents' memories; recall of each
     parent's facts is measured after each step."""
     from memos_cli.cube.io import sha256_file
-    from memos_cli.engine import distill as D
+    from memos_cli.engine.parametric import distill as D
 
     work = building / layout.DERIVED_DIR / "fuse-lora"
     out: dict[str, tuple[Path, LoraEntry]] = {}
@@ -675,7 +675,7 @@ def _fuse_adapters(
     """Combine several parents' adapters into ``folder``; returns how (the manifest's ``method``), the
     recall of each parent's facts after peft's combination (and after consolidation), and the
     consolidation passes (None without)."""
-    from memos_cli.engine import distill as D
+    from memos_cli.engine.parametric import distill as D
 
     for (cube, _entry), parent_folder in zip(sources, folders, strict=True):  # bounded before peft allocates
         D.check_adapter_bounds(cube, folder.name, parent_folder)  # folder: <work>/<adapter name>
@@ -717,7 +717,7 @@ def _recall(
     lm: Any, model: Any, probes: dict[str, list[Any]], stage: str, progress: Progress | None
 ) -> dict[str, float]:
     """Closed-book recall of each parent's probes with ``model`` (distill's measure)."""
-    from memos_cli.engine.distill import measure_recall
+    from memos_cli.engine.parametric.distill import measure_recall
 
     adapted = replace(lm, model=model, fingerprint=f"{lm.fingerprint}+fuse-{stage}")
     return {

@@ -14,8 +14,8 @@ import yaml
 from memos_cli.cube import layout
 from memos_cli.cube.io import atomic_write_bytes
 from memos_cli.cube.manifest import dump_yaml, load_yaml, parse_manifest
-from memos_cli.engine.merge import merge_manifest
-from memos_cli.engine.versions import merge_audit, merge_memories
+from memos_cli.engine.plaintext.merge import merge_manifest
+from memos_cli.engine.plaintext.versions import merge_audit, merge_memories
 from memos_cli.errors import InvalidCube, MemosError, UsageError
 
 ATTRIBUTES = (
@@ -64,7 +64,7 @@ def git_setup(directory: Path) -> dict[str, str]:
 
 
 def merge_manifest_text(base: bytes, ours: bytes, theirs: bytes) -> bytes:
-    """Three-way merge of ``cube.yaml`` (engine/merge.py: key by key, ``updated`` the later one)."""
+    """Three-way merge of ``cube.yaml`` (engine/plaintext/merge.py: key by key, ``updated`` the later one)."""
 
     def load(data: bytes) -> dict[str, Any]:
         if len(data) > layout.MAX_MANIFEST_BYTES:

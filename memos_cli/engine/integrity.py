@@ -15,7 +15,7 @@ from memos_cli.cube import io, layout, records
 from memos_cli.cube.bundle import Cube, quarantine_journal, read_journal
 from memos_cli.cube.io import TornLine, iter_lines
 from memos_cli.cube.records import MemoryRecord, content_hash
-from memos_cli.engine.merge import conflicts_of
+from memos_cli.engine.plaintext.merge import conflicts_of
 from memos_cli.errors import InvalidCube, UnsafeJournal, UnsafePath
 
 QUARANTINE_REL = f"{layout.DERIVED_DIR}/quarantine"
@@ -193,7 +193,7 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
             )
             continue
         try:
-            from memos_cli.engine.activation import read_snapshot_header
+            from memos_cli.engine.activation.snapshots import read_snapshot_header
 
             header = read_snapshot_header(path)
             fingerprint = header.get("model_fingerprint")
@@ -475,7 +475,7 @@ def repair(cube_path: Path, *, actor: str | None = None) -> RepairReport:
         elif any(n.startswith("index is behind") for n in after.notes):
             report.fixed.append("brought the index up to date")
     if all(p.kind == "index" for p in verify(cube.path).issues):
-        from memos_cli.engine.query import Searcher
+        from memos_cli.engine.plaintext.query import Searcher
 
         Searcher([cube], record_usage=False, actor=actor)  # builds or syncs the index
     final = verify(cube.path)

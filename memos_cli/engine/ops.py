@@ -14,8 +14,8 @@ from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
 from memos_cli.cube.entries import KvEntry, LoraEntry
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine import usage
-from memos_cli.engine.query import Filters
+from memos_cli.engine.plaintext import usage
+from memos_cli.engine.plaintext.query import Filters
 from memos_cli.errors import MemoryNotFound, UsageError
 from memos_cli.words import plural
 
@@ -136,7 +136,7 @@ def forget(
 
 
 def _purge(cube: Cube, tx: Transaction, state: CubeState, ids: list[str], drop: bool, report: ForgetReport) -> None:
-    from memos_cli.engine import index
+    from memos_cli.engine.plaintext import index
 
     doomed = set(ids)
     tx.rewrite_memories = [r for r in state.versions if r.id not in doomed]
@@ -244,7 +244,7 @@ def _schedule_summary(cube: Cube) -> dict[str, Any]:
 
 def _kv_problem(cube: Cube, name: str) -> str | None:
     """Why a snapshot cannot be used (missing, a link, truncated, corrupt header), or None: no sha256, no model."""
-    from memos_cli.engine.activation import snapshot_problem
+    from memos_cli.engine.activation.snapshots import snapshot_problem
     from memos_cli.errors import UnsafePath
 
     try:

@@ -36,8 +36,8 @@ from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.entries import KvEntry, LoraEntry
 from memos_cli.cube.io import TornLine
-from memos_cli.engine import usage
-from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG, is_answer, is_working
+from memos_cli.engine.plaintext import usage
+from memos_cli.engine.plaintext.working import ANSWER_TAG, WORKING_TAG, is_answer, is_working
 from memos_cli.errors import InvalidCube, LockTimeout, MemosError, UsageError
 
 DAY = 86400.0
@@ -789,7 +789,7 @@ def _archive(cube: Cube, step: Step, plan: Plan, actor: str) -> StepResult:
 
 
 def _activation(cube: Cube, step: Step, actor: str, model: str | None) -> StepResult:
-    from memos_cli.engine.promote import promote_to_activation
+    from memos_cli.engine.activation.promote import promote_to_activation
     from memos_cli.engine.select import Selection
 
     report = promote_to_activation(
@@ -808,7 +808,7 @@ def _activation(cube: Cube, step: Step, actor: str, model: str | None) -> StepRe
 
 
 def _parametric(cube: Cube, step: Step, plan: Plan, actor: str, model: str | None, progress: Any) -> StepResult:
-    from memos_cli.engine.distill import DistillReport, distill
+    from memos_cli.engine.parametric.distill import DistillReport, distill
     from memos_cli.engine.select import Selection
 
     par = plan.policy["parametric"]

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from memos_cli.cube.bundle import Cube
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine import usage
 from memos_cli.engine.ops import resolve_id
+from memos_cli.engine.plaintext import usage
 from memos_cli.errors import UsageError
 
 
@@ -87,7 +87,7 @@ def select(cube: Cube, selection: Selection) -> list[MemoryRecord]:
             raise UsageError(f"memory {memory_id} is {state.current[memory_id].status}, not active")
         chosen.setdefault(memory_id, active[memory_id])
     if selection.query:
-        from memos_cli.engine.query import Searcher
+        from memos_cli.engine.plaintext.query import Searcher
 
         with Searcher([cube], record_usage=False) as searcher:
             for hit in searcher.search(selection.query, k=selection.k):

@@ -86,7 +86,7 @@ class LanguageModel:
     fingerprint: str
     dtype: str = "float32"
     _kv_shapes: list[tuple[int, int, int, int]] | None = field(default=None, repr=False)
-    # Where a memory preamble goes in this model's prompts; found once by engine.activation.detect_layout.
+    # Where a memory preamble goes in this model's prompts; found once by engine.activation.snapshots.detect_layout.
     prompt_layout: str | None = field(default=None, repr=False)
 
     @property

@@ -19,7 +19,7 @@ def conflicts(cube: CubeArg, json_: JsonOpt = False, as_: AsOpt = None) -> None:
       memos update notes m-6a3f --text "The beta opens on 2 April."
     """
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine.merge import list_conflicts
+    from memos_cli.engine.plaintext.merge import list_conflicts
     from memos_cli.errors import MemosError
 
     found = list_conflicts(Cube.open(cube), actor=as_)

@@ -93,7 +93,7 @@ def distill(
     if drop is not None:
         if name or ids or query or tag or all_ or hot:
             raise UsageError("--drop takes only the adapter's name")
-        from memos_cli.engine.distill import drop_adapter
+        from memos_cli.engine.parametric.distill import drop_adapter
 
         entry = drop_adapter(opened, drop, actor=who)
         if json_:
@@ -147,7 +147,7 @@ def run_distill(
 ) -> None:
     """Train, measure and report: shared by `memos distill` and `memos promote --to parametric`."""
     from memos_cli.config import model_spec
-    from memos_cli.engine.distill import distill as engine_distill
+    from memos_cli.engine.parametric.distill import distill as engine_distill
 
     with stage_progress() as bar:
         report = engine_distill(

@@ -74,8 +74,8 @@ def ingest(
     from memos_cli.config import actor
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine.embedding import EmbedderHandle
-    from memos_cli.engine.ingest import Defaults, Source
-    from memos_cli.engine.ingest import ingest as run_ingest
+    from memos_cli.engine.plaintext.ingest import Defaults, Source
+    from memos_cli.engine.plaintext.ingest import ingest as run_ingest
 
     ray_engine = engine_from(engine, address, actors)
     opened = Cube.open(cube)

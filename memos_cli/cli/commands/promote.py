@@ -66,7 +66,7 @@ def promote(
     """
     from memos_cli.config import actor, model_spec
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine import promote as engine
+    from memos_cli.engine.activation import promote as engine
     from memos_cli.engine.select import Selection
     from memos_cli.errors import UsageError
 

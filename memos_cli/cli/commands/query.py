@@ -28,7 +28,7 @@ from memos_cli.cli.options import (
 from memos_cli.cli.output import check_exclusive, emit_json, emit_jsonl, out, progress, say
 
 if TYPE_CHECKING:
-    from memos_cli.engine.query import Filters, Searcher
+    from memos_cli.engine.plaintext.query import Filters, Searcher
 
 
 def query(
@@ -85,7 +85,7 @@ def query(
     """
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine.embedding import EmbedderHandle
-    from memos_cli.engine.query import Searcher
+    from memos_cli.engine.plaintext.query import Searcher
     from memos_cli.errors import UsageError
 
     check_exclusive(json=json_, jsonl=jsonl)

@@ -31,8 +31,8 @@ def update(
     Example:  memos update notes m-6a3f --text "The beta opens on 21 March 2025." --tag moved
     """
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine.versions import Update
-    from memos_cli.engine.versions import update as run_update
+    from memos_cli.engine.plaintext.versions import Update
+    from memos_cli.engine.plaintext.versions import update as run_update
 
     change = Update(
         text=text, type=type_, time=time, speaker=speaker, add_tags=tag, remove_tags=untag, key=key, status=status
@@ -51,7 +51,7 @@ def history(cube: CubeArg, memory_id: IdArg, json_: JsonOpt = False, as_: AsOpt 
     Example:  memos history notes m-6a3f
     """
     from memos_cli.cube.bundle import Cube
-    from memos_cli.engine.versions import history as run_history
+    from memos_cli.engine.plaintext.versions import history as run_history
 
     full_id, versions, audit = run_history(Cube.open(cube), memory_id, actor=as_)
     if json_:

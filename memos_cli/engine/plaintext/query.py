@@ -15,11 +15,11 @@ import numpy as np
 
 from memos_cli.cube.bundle import Cube, CubeState
 from memos_cli.cube.records import STATUSES, MemoryRecord
-from memos_cli.engine import ranking, temporal, usage
 from memos_cli.engine.embedding import EmbedderHandle
-from memos_cli.engine.index import CubeIndex, open_index
-from memos_cli.engine.sources import parse_time
-from memos_cli.engine.working import ANSWER_TAG, WORKING_TAG, demoted_score, is_answer, is_working
+from memos_cli.engine.plaintext import ranking, temporal, usage
+from memos_cli.engine.plaintext.index import CubeIndex, open_index
+from memos_cli.engine.plaintext.sources import parse_time
+from memos_cli.engine.plaintext.working import ANSWER_TAG, WORKING_TAG, demoted_score, is_answer, is_working
 from memos_cli.errors import BadInput, UsageError
 
 MODES = ("hybrid", "dense", "lexical")
@@ -36,7 +36,7 @@ class Filters:
     status: str = "active"  # a status, or "all"
     time_field: str = "either"  # what --since/--until match: event time, said time (`time`), or either
 
-    # The working tier (engine/working.py): left out of retrieval unless asked, and then ranked below
+    # The working tier (engine/plaintext/working.py): left out of retrieval unless asked, and then ranked below
     # long-term memories; the model's own answers only when asked for by their tag.
     include_working: bool = False
 

@@ -2,7 +2,7 @@
 
 ``distill`` builds its training data from the memories alone, with no LLM: each memory's statement as
 plain text, and question-and-answer turns rendered through the model's own chat template (the very
-rendering ``chat`` uses, see ``engine.activation.render_prompt``), from the memory's explicit
+rendering ``chat`` uses, see ``engine.activation.snapshots.render_prompt``), from the memory's explicit
 ``metadata.question``/``metadata.answer``, its ``key``, speaker and time. Replay text (general prose the
 model already models well) is mixed in to limit forgetting.
 
@@ -46,7 +46,7 @@ from memos_cli.cube.entries import LoraEntry, ref_ids
 from memos_cli.cube.io import sha256_bytes, sha256_file
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.claim import claim_model
-from memos_cli.engine.distill_data import memory_data
+from memos_cli.engine.parametric.distill_data import memory_data
 from memos_cli.engine.select import Selection, select
 from memos_cli.errors import (
     AdapterNotFound,
@@ -217,7 +217,7 @@ def _answer_tokens(lm: LanguageModel, prompt_text: str, question: str, answer: s
 def qa_example(lm: LanguageModel, question: str, answer: str, *, kind: str = "qa") -> Example:
     """Question in the chat template (no loss) followed by the answer turn (loss): exactly the prompt
     that closed-book ``chat`` and the recall measurement give the model."""
-    from memos_cli.engine.activation import render_prompt
+    from memos_cli.engine.activation.snapshots import render_prompt
 
     prompt = render_prompt(lm, question)
     target = _answer_tokens(lm, prompt.text, question, answer)
@@ -380,7 +380,7 @@ def measure_recall(
     lm: LanguageModel, probes: Sequence[Probe], *, stage: str = "recall", progress: Progress | None = None
 ) -> Recall:
     """Ask every probe closed-book (greedy, no retrieval, no snapshot) and score the answers."""
-    from memos_cli.engine.activation import generate
+    from memos_cli.engine.activation.snapshots import generate
 
     pad = _pad_id(lm)
     answers = []

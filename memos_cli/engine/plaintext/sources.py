@@ -73,7 +73,7 @@ def parse_time(value: Any, where: str, base: str | None = None) -> str:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         has_time = "T" in text or " " in text
     except ValueError:
-        from memos_cli.engine import temporal
+        from memos_cli.engine.plaintext import temporal
 
         if temporal.is_relative_time(text):
             if base is None:

@@ -31,7 +31,7 @@ from datetime import datetime
 
 import numpy as np
 
-from memos_cli.engine.lexical import LexicalIndex, tokenize
+from memos_cli.engine.plaintext.lexical import LexicalIndex, tokenize
 
 MODES = ("hybrid", "dense", "lexical")
 _MONTHS = (
@@ -51,7 +51,7 @@ class Row:
     source_id: str | None = None  # e.g. a dialogue turn id "D3:12"
     type: str = "note"
     tags: list[str] = field(default_factory=list)
-    event: list[dict[str, str]] | None = None  # the record's event_time intervals (engine/temporal.py)
+    event: list[dict[str, str]] | None = None  # the record's event_time intervals (engine/plaintext/temporal.py)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _head(row: Row) -> str:
     date = _readable_date(row.time)
     when = date
     if row.event:  # when what it says happened, in the words a question would use
-        from memos_cli.engine.temporal import intervals_of, readable
+        from memos_cli.engine.plaintext.temporal import intervals_of, readable
 
         events = " ".join(dict.fromkeys(readable(i) for i in intervals_of(row.event)))
         when = f"{date}; {events}" if date and events else date or events
@@ -211,7 +211,7 @@ def _named_speakers(inputs: RankInputs, query: str) -> np.ndarray:
     return np.asarray([i for i, toks in enumerate(table.tokens) if toks & q], dtype=np.int32)
 
 
-# --- shared with engine/shards.py (the sharded index): z-score statistics from float64 partial sums, so a
+# --- shared with engine/plaintext/shards.py (the sharded index): z-score statistics from float64 partial sums, so a
 # sharded ranking can combine per-shard partials into the same statistics; ties broken by row id.
 def moments(x: np.ndarray) -> tuple[int, float, float]:
     """``(count, sum, sum of squares)`` of ``x`` in float64: partials that add up across shards."""
@@ -283,7 +283,7 @@ _EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
 
 
 def _asks_when(query: str) -> bool:
-    from memos_cli.engine.temporal import asks_when
+    from memos_cli.engine.plaintext.temporal import asks_when
 
     return asks_when(query)
 
@@ -357,7 +357,7 @@ def rank(
 
     Scores are comparable within one call only: cosine in ``dense`` mode, BM25 in ``lexical`` mode, the
     fused score (in standard deviations) in ``hybrid`` mode. ``periods`` (inclusive ISO-date pairs,
-    from :func:`memos_cli.engine.temporal.query_intervals`) add ``settings.time`` to rows whose event
+    from :func:`memos_cli.engine.plaintext.temporal.query_intervals`) add ``settings.time`` to rows whose event
     or said time falls in one of them (hybrid mode).
     """
     if mode not in MODES:

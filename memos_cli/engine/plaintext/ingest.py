@@ -16,11 +16,11 @@ import numpy as np
 
 from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
 from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for, validate
-from memos_cli.engine import index as index_mod
-from memos_cli.engine import ranking, temporal
 from memos_cli.engine.embedding import EmbedderHandle
-from memos_cli.engine.sources import Draft, Rejected, parse_source, parse_time
-from memos_cli.engine.sync import SyncPlan, plan_sync
+from memos_cli.engine.plaintext import index as index_mod
+from memos_cli.engine.plaintext import ranking, temporal
+from memos_cli.engine.plaintext.sources import Draft, Rejected, parse_source, parse_time
+from memos_cli.engine.plaintext.sync import SyncPlan, plan_sync
 from memos_cli.errors import SKIP_BAD_HINT, BadInput, UsageError, after_commit
 from memos_cli.words import plural
 
@@ -192,7 +192,7 @@ def ingest(
 ) -> IngestReport:
     """Parse, deduplicate, embed and append ``sources`` to ``cube``; the cube is unchanged on error.
 
-    A source ingested before is synced (engine/sync.py): changed passages become new versions of their
+    A source ingested before is synced (engine/plaintext/sync.py): changed passages become new versions of their
     memories; passages gone from it are reported, and archived with ``sync``. ``dry_run`` writes nothing
     and embeds nothing: the report says what would change."""
     started = time.perf_counter()

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from memos_cli.cube.io import atomic_write_bytes, atomic_write_text
-from memos_cli.engine import ranking
-from memos_cli.engine.lexical import LexicalIndex, tokenize
+from memos_cli.engine.plaintext import ranking
+from memos_cli.engine.plaintext.lexical import LexicalIndex, tokenize
 
 SHARDS_DIR = "shards"
 

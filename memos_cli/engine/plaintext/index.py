@@ -36,8 +36,8 @@ from memos_cli.cube import io, layout
 from memos_cli.cube.bundle import Cube, CubeState
 from memos_cli.cube.io import append_bytes, atomic_write_bytes, atomic_write_text
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine import ranking
-from memos_cli.engine.lexical import LexicalIndex
+from memos_cli.engine.plaintext import ranking
+from memos_cli.engine.plaintext.lexical import LexicalIndex
 from memos_cli.errors import IncompatibleModel, InvalidCube, LockTimeout
 
 INDEX_REL = f"{layout.DERIVED_DIR}/{layout.INDEX_DIR}"

@@ -81,7 +81,7 @@ def promote_to_activation(
     chat uses with those adapters (``distill.load_adapters``): the snapshot's header and manifest entry
     record each adapter's sha256, and it is refused for any other combination (its fingerprint is the
     adapted model's)."""
-    from memos_cli.engine.activation import build_snapshot, save_snapshot
+    from memos_cli.engine.activation.snapshots import build_snapshot, save_snapshot
     from memos_cli.models.lm import load_lm
 
     started = time.perf_counter()
@@ -95,7 +95,7 @@ def promote_to_activation(
     lm = base = load_lm(model)
     adapters: dict[str, str] = {}
     if loras:
-        from memos_cli.engine.distill import adapter_digests, load_adapters
+        from memos_cli.engine.parametric.distill import adapter_digests, load_adapters
 
         lm = load_adapters(base, cube, loras)
         adapters = adapter_digests(cube, loras)

@@ -13,9 +13,9 @@ from typing import Any
 from memos_cli.cube import records
 from memos_cli.cube.bundle import Cube, utc_now
 from memos_cli.cube.records import MemoryRecord, canonical_json, content_hash
-from memos_cli.engine import temporal
 from memos_cli.engine.ops import resolve_id
-from memos_cli.engine.sources import parse_time
+from memos_cli.engine.plaintext import temporal
+from memos_cli.engine.plaintext.sources import parse_time
 from memos_cli.errors import BadInput, MemoryNotFound, UsageError
 
 EDITABLE = ("text", "type", "time", "speaker", "tags", "key", "status", "metadata")
@@ -136,11 +136,11 @@ def _parse_lines(data: bytes, *, bounded: bool = True) -> list[dict[str, Any]]:
 
 
 def merge_memories(base: bytes, ours: bytes, theirs: bytes, *, actor: str | None = None) -> bytes:
-    """Three-way merge of ``memories.jsonl`` (see engine/merge.py): every version on either side is
+    """Three-way merge of ``memories.jsonl`` (see engine/plaintext/merge.py): every version on either side is
     kept, a memory changed on both sides is merged field by field against the common ancestor (a field
     changed two ways is kept both ways and marked as a conflict), a version purged on one side stays
     purged, and the key rules apply (one active memory per key). Deterministic."""
-    from memos_cli.engine.merge import merge_histories
+    from memos_cli.engine.plaintext.merge import merge_histories
 
     def parsed(data: bytes) -> list[MemoryRecord]:
         return [MemoryRecord.from_dict(r) for r in _parse_lines(data)] if data else []

@@ -49,6 +49,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from memos_cli.cube.bundle import Cube
+    from memos_cli.engine.parametric import adapters, evaluation, examples
     from memos_cli.engine.parametric import distill as dist
     from memos_cli.engine.plaintext.ingest import Source, ingest
     from memos_cli.engine.select import Selection
@@ -88,9 +89,9 @@ def main() -> None:
             total = time.perf_counter() - started
             reloaded = None
             if args.check_reload:
-                adapted = dist.load_adapters(lm, Cube.open(cube.path), [report.name])
-                probes = [dist.probes_for(r)[0] for r in dist.select(cube, Selection(all=True))]
-                reloaded = dist.measure_recall(adapted, probes).exact
+                adapted = adapters.load_adapters(lm, Cube.open(cube.path), [report.name])
+                probes = [examples.probes_for(r)[0] for r in dist.select(cube, Selection(all=True))]
+                reloaded = evaluation.measure_recall(adapted, probes).exact
             m = report.metrics()
             rows.append(
                 {

@@ -74,6 +74,7 @@ def synthetic(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
 
 def run_set(name: str, memories: list[dict], questions: list[dict], args: argparse.Namespace) -> dict:
     from memos_cli.cube.bundle import Cube
+    from memos_cli.engine.parametric import adapters, evaluation, examples
     from memos_cli.engine.parametric import distill as dist
     from memos_cli.engine.plaintext.ingest import Source, ingest
     from memos_cli.engine.select import Selection
@@ -88,7 +89,7 @@ def run_set(name: str, memories: list[dict], questions: list[dict], args: argpar
         state = cube.read_state()
         by_text = {" ".join(m.text.split()): m.ref for m in state.current.values()}
         refs = {m["id"]: by_text[" ".join(m["text"].split())] for m in memories}
-        natural = [dist.Probe(refs[q["id"]], q["question"], q["answer"], "natural") for q in questions]
+        natural = [examples.Probe(refs[q["id"]], q["question"], q["answer"], "natural") for q in questions]
         if args.questions is not None and len(natural) > args.questions:
             natural = random.Random(0).sample(natural, args.questions)
         last = [0.0]
@@ -100,7 +101,7 @@ def run_set(name: str, memories: list[dict], questions: list[dict], args: argpar
                 extra = f" loss {loss:.3f}" if loss is not None else ""
                 print(f"  [{name}] {stage} {done}/{total}{extra}", file=sys.stderr, flush=True)
 
-        before = dist.measure_recall(lm, natural, stage="natural before")
+        before = evaluation.measure_recall(lm, natural, stage="natural before")
         options: dict = {"max_minutes": args.max_minutes, "max_probes": args.max_probes}
         for key in ("steps", "epochs", "lr"):
             if getattr(args, key) is not None:
@@ -110,8 +111,8 @@ def run_set(name: str, memories: list[dict], questions: list[dict], args: argpar
             cube, Selection(all=True), name="bench", model=lm, actor="bench", progress=show, **options
         )
         distill_s = time.perf_counter() - distill_started
-        adapted = dist.load_adapters(lm, Cube.open(cube.path), ["bench"])
-        after = dist.measure_recall(adapted, natural, stage="natural after")
+        adapted = adapters.load_adapters(lm, Cube.open(cube.path), ["bench"])
+        after = evaluation.measure_recall(adapted, natural, stage="natural after")
     m = report.metrics()
     return {
         "set": name,

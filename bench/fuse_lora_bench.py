@@ -41,7 +41,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine.fuse import fuse
+    from memos_cli.engine.parametric import adapters as lora_adapters
     from memos_cli.engine.parametric import distill as D
+    from memos_cli.engine.parametric import evaluation as lora_eval
+    from memos_cli.engine.parametric import examples as lora_examples
+    from memos_cli.engine.parametric import training as lora_training
     from memos_cli.engine.plaintext.ingest import Source, ingest
     from memos_cli.engine.select import Selection
     from memos_cli.models.lm import load_lm
@@ -49,15 +53,17 @@ def main() -> None:
     lines = [line for line in args.facts.read_text().splitlines() if line.strip()][: args.limit]
     halves = {"a": lines[: len(lines) // 2], "b": lines[len(lines) // 2 :]}
     lm = load_lm()
-    heldout = D._text_examples(lm, D.read_text_resource("heldout.txt"), D.HELDOUT_TOKENS, "heldout")
-    pad = D._pad_id(lm)
-    heldout_base = D.mean_loss(lm.model, heldout, pad, token_weighted=True)
+    heldout = lora_examples.text_examples(
+        lm, lora_examples.read_text_resource("heldout.txt"), lora_examples.HELDOUT_TOKENS, "heldout"
+    )
+    pad = lora_examples.pad_id(lm)
+    heldout_base = lora_eval.mean_loss(lm.model, heldout, pad, token_weighted=True)
     results: dict[str, dict[str, float]] = {}
 
-    def measure(label: str, model: object, probes: dict[str, list[D.Probe]]) -> None:
+    def measure(label: str, model: object, probes: dict[str, list[lora_examples.Probe]]) -> None:
         adapted = replace(lm, model=model, fingerprint=f"{lm.fingerprint}+bench-{label}")
-        row = {name: D.measure_recall(adapted, questions).exact for name, questions in probes.items()}
-        row["heldout_pct"] = 100 * (D.mean_loss(model, heldout, pad, token_weighted=True) / heldout_base - 1)
+        row = {name: lora_eval.measure_recall(adapted, questions).exact for name, questions in probes.items()}
+        row["heldout_pct"] = 100 * (lora_eval.mean_loss(model, heldout, pad, token_weighted=True) / heldout_base - 1)
         results[label] = row
         print(
             f"{label:<22} "
@@ -68,13 +74,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        probes: dict[str, list[D.Probe]] = {}
+        probes: dict[str, list[lora_examples.Probe]] = {}
         for name, part in halves.items():
             cube = Cube.init(root / name, name=name)
             ingest(cube, [Source(f"{name}.jsonl", ("\n".join(part) + "\n").encode())])
             started = time.perf_counter()
             report = D.distill(cube, Selection(all=True), name="facts", model=lm)
-            probes[name] = [p for r in Cube.open(root / name).read_state().current.values() for p in D.probes_for(r)]
+            probes[name] = [
+                p for r in Cube.open(root / name).read_state().current.values() for p in lora_examples.probes_for(r)
+            ]
             results[f"own {name}"] = {name: report.recall_after.exact}
             print(
                 f"parent {name}: {len(part)} facts, {len(probes[name])} questions, own adapter's recall "
@@ -85,18 +93,21 @@ def main() -> None:
         folders = [root / name / "lora" / "facts" for name in halves]
         print("\npeft combination (weights 1, 1)   recall of each parent's facts")
         for method, options in METHODS:
-            model = D.combine_adapters(lm, folders, method=method, **options)
+            model = lora_adapters.combine_adapters(lm, folders, method=method, **options)
             measure(method + "".join(f" {k}={v}" for k, v in options.items()).replace("svd_rank", "r"), model, probes)
             del model
 
-        print(f"\nthen consolidated ({D.CONSOLIDATE_EPOCHS:g} passes over both memories, lr {D.CONSOLIDATE_LR:g})")
-        examples, _ = D.build_examples(
+        print(
+            f"\nthen consolidated ({lora_training.CONSOLIDATE_EPOCHS:g} passes over both memories, "
+            f"lr {lora_training.CONSOLIDATE_LR:g})"
+        )
+        examples, _ = lora_examples.build_examples(
             lm, [r for name in halves for r in Cube.open(root / name).read_state().current.values()]
         )
-        replay = D.replay_examples(lm)
+        replay = lora_examples.replay_examples(lm)
         for method, options in CONSOLIDATED:
-            model = D.combine_adapters(lm, folders, method=method, **options)
-            D.consolidate_adapter(lm, model, examples, replay)
+            model = lora_adapters.combine_adapters(lm, folders, method=method, **options)
+            lora_training.consolidate_adapter(lm, model, examples, replay)
             measure(f"{method} + consolidate", model, probes)
             del model
 
@@ -109,7 +120,9 @@ def main() -> None:
             f"consolidation {info['consolidation']['steps']} steps, {info['consolidation']['seconds']:.0f}s"
         )
         print("  fuse's own report:", json.dumps(info["recall"]))
-        fused_lm = D.load_adapters(lm, Cube.open(root / "ab"), ["facts"])  # the adapter as written, reloaded
+        fused_lm = lora_adapters.load_adapters(
+            lm, Cube.open(root / "ab"), ["facts"]
+        )  # the adapter as written, reloaded
         measure("fused cube's adapter", fused_lm.model, probes)
         print(json.dumps({"facts": len(lines), "results": results, "fuse_seconds": round(fused_seconds, 1)}))
 

@@ -430,7 +430,7 @@ def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
     [r"(a+)+$", r"(.*a){20}", "q_proj", ["(q|q)*_proj"], {"x": 1}],
 )
 def test_adapter_module_patterns_are_never_compiled(tmp_path: Path, target: object) -> None:
-    from memos_cli.engine.parametric.distill import private_adapters
+    from memos_cli.engine.parametric.adapters import private_adapters
 
     folder = tmp_path / "lora" / "evil"
     folder.mkdir(parents=True)
@@ -441,7 +441,7 @@ def test_adapter_module_patterns_are_never_compiled(tmp_path: Path, target: obje
 
 
 def test_memos_own_attention_pattern_becomes_a_list(tmp_path: Path) -> None:
-    from memos_cli.engine.parametric.distill import private_adapters
+    from memos_cli.engine.parametric.adapters import private_adapters
 
     folder = tmp_path / "lora" / "ok"
     folder.mkdir(parents=True)

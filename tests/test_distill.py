@@ -19,7 +19,11 @@ from memos_cli.cube.entries import ModelRef
 from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.activation.snapshots import render_prompt
+from memos_cli.engine.parametric import adapters as lora_adapters
 from memos_cli.engine.parametric import distill as dist
+from memos_cli.engine.parametric import evaluation as lora_eval
+from memos_cli.engine.parametric import examples as lora_examples
+from memos_cli.engine.parametric import training as lora_training
 from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
@@ -60,26 +64,28 @@ def test_probes_and_examples_come_from_the_memory_fields(lm: LanguageModel) -> N
     meta = MemoryRecord(
         "m-1", 2, "Alice lives in Paris.", key="alice.home", metadata={"question": "Where?", "answer": "Paris"}
     )
-    probes = dist.probes_for(meta)  # measured on: the memory's own question, then the held-out family
+    probes = lora_examples.probes_for(meta)  # measured on: the memory's own question, then the held-out family
     assert [(p.source, p.question, p.answer) for p in probes] == [
         ("metadata", "Where?", "Paris"),
         ("heldout", "I can't recall who lives in Paris. Can you tell me?", "Alice"),
         ("heldout", "Remind me where Alice lives, please.", "Paris"),
     ]
     assert probes[0].ref == "m-1@2"
-    data = dist.training_set(lm, [meta])
+    data = lora_examples.training_set(lm, [meta])
     trained = {lm.tokenizer.decode(e.ids) for e in data.examples}
     assert not any("Remind me where" in text for text in trained)  # held-out forms never train
     assert any("Where does Alice live?" in text for text in trained) and data.checks
 
-    example = dist.qa_example(lm, "Where does Alice live?", "Paris")
+    example = lora_examples.qa_example(lm, "Where does Alice live?", "Paris")
     prompt = render_prompt(lm, "Where does Alice live?")
     # the prompt is exactly what closed-book chat renders, with no loss on it; the answer turn ends the turn
     assert example.ids[: len(prompt.token_ids)] == prompt.token_ids
     assert set(example.labels[: len(prompt.token_ids)]) == {-100}
     answer = lm.tokenizer.decode(example.ids[len(prompt.token_ids) :])
     assert answer == "Paris<|im_end|>"
-    assert dist.answer_matches("Paris", "She lives in paris!") and not dist.answer_matches("Paris", "Parisian")
+    assert lora_eval.answer_matches("Paris", "She lives in paris!") and not lora_eval.answer_matches(
+        "Paris", "Parisian"
+    )
 
 
 def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: LanguageModel, tiny_dir: Path) -> None:
@@ -90,7 +96,7 @@ def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: 
     )
     # the shared model is never modified
     assert all((before[k] == v).all() for k, v in lm.model.state_dict().items())
-    n = len([p for r in cube.read_state().current.values() for p in dist.probes_for(r)])
+    n = len([p for r in cube.read_state().current.values() for p in lora_examples.probes_for(r)])
     assert ("training", 4, 4) in seen and ("recall before", n, n) in seen and ("recall after", n, n) in seen
 
     cube = Cube.open(cube.path)
@@ -112,7 +118,7 @@ def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: 
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == lm.name  # no absolute path in the bundle
     stored = json.loads((folder / "report.json").read_text())
-    probes = [p for r in state.current.values() for p in dist.probes_for(r)]
+    probes = [p for r in state.current.values() for p in lora_examples.probes_for(r)]
     assert stored["metrics"] == report.metrics() and len(stored["recall_after"]["answers"]) == len(probes)
     assert report.examples["statement"] == 4  # three memories, and bob's turn quoted
     assert report.examples["wh"] >= 2 and report.examples["cloze"] >= 3 and report.stopped == "steps given"
@@ -132,11 +138,11 @@ def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: 
 
 
 def test_training_lowers_the_loss(cube: Cube, lm: LanguageModel) -> None:
-    examples, _ = dist.build_examples(lm, list(cube.read_state().current.values()))
-    model, final = dist.train_adapter(
+    examples, _ = lora_examples.build_examples(lm, list(cube.read_state().current.values()))
+    model, final = lora_training.train_adapter(
         lm, examples, [], rank=8, alpha=16, target_modules="attention", steps=12, lr=2e-2, seed=0
     )
-    assert dist.mean_loss(model, examples, 0) < dist.mean_loss(lm.model, examples, 0)
+    assert lora_eval.mean_loss(model, examples, 0) < lora_eval.mean_loss(lm.model, examples, 0)
     # "attention" resolves to the linear layers inside the attention blocks only
     adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_modules() if ".lora_A" in n}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj"}
@@ -150,14 +156,14 @@ def test_training_runs_until_the_training_questions_are_recalled(
     report = dist.distill(
         cube, Selection(all=True), name="facts", model=lm, rank=2, progress=lambda s, d, t, x: seen.append((s, d, t))
     )
-    assert report.stopped in ("plateau", "step limit") and report.steps >= dist.MIN_STEPS
-    assert report.trace and all(t["step"] % dist.CHECK_EVERY == 0 for t in report.trace)
+    assert report.stopped in ("plateau", "step limit") and report.steps >= lora_training.MIN_STEPS
+    assert report.trace and all(t["step"] % lora_training.CHECK_EVERY == 0 for t in report.trace)
     assert any(stage == "recall of training questions" for stage, _, _ in seen)
     assert report.hyperparameters["until"] == "learned" and report.metrics()["stopped"] == report.stopped
     # once the model answers every training question, training stops at the first check
-    monkeypatch.setattr(dist, "greedy_recalled", lambda model, examples, pad: [True] * len(examples))
+    monkeypatch.setattr(lora_training, "greedy_recalled", lambda model, examples, pad: [True] * len(examples))
     learned = dist.distill(cube, Selection(all=True), name="facts", model=lm, rank=2)
-    assert learned.stopped == "learned" and learned.steps == dist.MIN_STEPS
+    assert learned.stopped == "learned" and learned.steps == lora_training.MIN_STEPS
     timed = dist.distill(cube, Selection(all=True), name="facts", model=lm, rank=2, max_minutes=1e-6)
     assert timed.stopped == "time limit" and timed.steps == 1
     fixed = dist.distill(cube, Selection(all=True), name="once", model=lm, rank=2, epochs=1.0)
@@ -173,10 +179,10 @@ def test_greedy_recalled_agrees_with_generation(lm: LanguageModel) -> None:
     for question in ["Where does Alice live?", "Who is Miso?"]:
         said = generate(lm, question, mode="none", max_new_tokens=4).token_ids
         prompt = render_prompt(lm, question).token_ids
-        right = dist.Example(prompt + said + [stop], [-100] * len(prompt) + said + [stop], "qa")
+        right = lora_examples.Example(prompt + said + [stop], [-100] * len(prompt) + said + [stop], "qa")
         other = [(said[0] + 1) % lm.vocab_size, *said[1:]]
-        wrong = dist.Example(prompt + other + [stop], [-100] * len(prompt) + other + [stop], "qa")
-        assert dist.greedy_recalled(lm.model, [right, wrong], 0) == [True, False]
+        wrong = lora_examples.Example(prompt + other + [stop], [-100] * len(prompt) + other + [stop], "qa")
+        assert lora_eval.greedy_recalled(lm.model, [right, wrong], 0) == [True, False]
 
 
 def test_adapters_for_another_model_or_with_changed_bytes_are_refused(
@@ -185,7 +191,7 @@ def test_adapters_for_another_model_or_with_changed_bytes_are_refused(
     dist.distill(cube, Selection(all=True), name="facts", model=lm, **FAST)
     other = load_lm(str(build_tiny_model(tmp_path / "other", "llama", seed=1)))
     with pytest.raises(IncompatibleModel, match="adapter facts"):
-        dist.load_adapters(other, cube, ["facts"])
+        lora_adapters.load_adapters(other, cube, ["facts"])
     with pytest.raises(IncompatibleModel):  # nor can another model add adapters to this cube
         dist.distill(cube, Selection(all=True), name="more", model=other, **FAST)
 
@@ -193,15 +199,15 @@ def test_adapters_for_another_model_or_with_changed_bytes_are_refused(
     original = weights_file.read_bytes()
     weights_file.write_bytes(original[:-4] + b"\x00\x00\x80\x3f")
     with pytest.raises(IntegrityError, match="adapter_model.safetensors"):
-        dist.load_adapters(lm, cube, ["facts"])
+        lora_adapters.load_adapters(lm, cube, ["facts"])
     weights_file.write_bytes(original)
     (weights_file.parent / "adapter_model.bin").write_bytes(b"not a pickle you want to load")
     with pytest.raises(InvalidCube, match="does not list: adapter_model.bin"):
-        dist.load_adapters(lm, cube, ["facts"])
+        lora_adapters.load_adapters(lm, cube, ["facts"])
     (weights_file.parent / "adapter_model.bin").unlink()
-    assert dist.load_adapters(lm, cube, ["facts"]).fingerprint.startswith(lm.fingerprint + "+lora-")
+    assert lora_adapters.load_adapters(lm, cube, ["facts"]).fingerprint.startswith(lm.fingerprint + "+lora-")
     with pytest.raises(dist.AdapterNotFound):
-        dist.load_adapters(lm, cube, ["nope"])
+        lora_adapters.load_adapters(lm, cube, ["nope"])
 
 
 def test_interrupted_training_leaves_the_cube_byte_identical(cube: Cube, lm: LanguageModel) -> None:
@@ -238,20 +244,20 @@ def test_several_adapters_combine_and_staleness_is_reported(cube: Cube, lm: Lang
     cube = Cube.open(cube.path)
     name = "model.layers.0.self_attn.q_proj.weight"
     base = lm.model.state_dict()[name].clone()
-    one = dist.load_adapters(lm, cube, ["travel"]).model.state_dict()[name]
-    two = dist.load_adapters(lm, cube, ["all"]).model.state_dict()[name]
-    both = dist.load_adapters(lm, cube, ["travel", "all"])
+    one = lora_adapters.load_adapters(lm, cube, ["travel"]).model.state_dict()[name]
+    two = lora_adapters.load_adapters(lm, cube, ["all"]).model.state_dict()[name]
+    both = lora_adapters.load_adapters(lm, cube, ["travel", "all"])
     assert torch.allclose(both.model.state_dict()[name] - base, (one - base) + (two - base), atol=1e-6)
     assert not torch.equal(one, base) and not torch.equal(two, base)
     assert torch.equal(lm.model.state_dict()[name], base)  # the shared model stays bare
-    assert both.fingerprint not in (lm.fingerprint, dist.load_adapters(lm, cube, ["all"]).fingerprint)
+    assert both.fingerprint not in (lm.fingerprint, lora_adapters.load_adapters(lm, cube, ["all"]).fingerprint)
 
-    assert dist.stale_adapters(cube) == {}
+    assert lora_adapters.stale_adapters(cube) == {}
     from memos_cli.engine.ops import forget
 
     travel = cube.manifest.lora["travel"].memories[0]
     forget(cube, [travel.split("@")[0]], actor="tester")
-    assert dist.stale_adapters(Cube.open(cube.path)) == {"travel": [travel], "all": [travel]}
+    assert lora_adapters.stale_adapters(Cube.open(cube.path)) == {"travel": [travel], "all": [travel]}
 
 
 def test_bad_options_fail_before_any_work(cube: Cube, lm: LanguageModel) -> None:

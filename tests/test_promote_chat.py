@@ -203,7 +203,8 @@ def test_fuse_combines_adapters_of_one_name(tmp_path: Path, llama: str) -> None:
     import safetensors.torch
 
     from memos_cli.engine.fuse import fuse
-    from memos_cli.engine.parametric.distill import distill, load_adapters
+    from memos_cli.engine.parametric.adapters import load_adapters
+    from memos_cli.engine.parametric.distill import distill
     from memos_cli.models.lm import load_lm
 
     parents = []

@@ -270,7 +270,7 @@ def test_an_adapter_config_with_a_huge_rank_is_refused_before_peft(tmp_path: Pat
     import torch
     from safetensors.torch import save_file
 
-    from memos_cli.engine.parametric.distill import MAX_LORA_RANK, check_adapter_bounds
+    from memos_cli.engine.parametric.adapters import MAX_LORA_RANK, check_adapter_bounds
     from memos_cli.errors import InvalidCube
 
     cube = Cube.init(tmp_path / "c", owner="tester")

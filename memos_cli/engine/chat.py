@@ -99,7 +99,7 @@ class ChatSession:
         self.snapshot = None
         self.kv_name: str | None = None
         if options.loras:
-            from memos_cli.engine.parametric.distill import load_adapters
+            from memos_cli.engine.parametric.adapters import load_adapters
 
             self.lm = load_adapters(self.lm, self.cubes[0], options.loras)
             state = self.cubes[0].read_state()

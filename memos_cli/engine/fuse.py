@@ -55,7 +55,7 @@ E = TypeVar("E", KvEntry, LoraEntry)
 Plan = dict[str, list[tuple[Cube, E]]]  # entry name -> (parent, its entry) for each parent that has it
 
 if TYPE_CHECKING:
-    from memos_cli.engine.parametric.distill import Progress
+    from memos_cli.engine.parametric.examples import Progress
 
 ADAPTER_MODES = ("consolidate", "combine", "drop")
 COMBINATION = "cat"  # peft combination_type: the best start for consolidation in bench/fuse_lora_bench.py
@@ -628,7 +628,6 @@ def _carry_adapters(
     and, in mode "consolidate", trained two short passes on the parents' memories; recall of each
     parent's facts is measured after each step."""
     from memos_cli.cube.io import sha256_file
-    from memos_cli.engine.parametric import distill as D
 
     work = building / layout.DERIVED_DIR / "fuse-lora"
     out: dict[str, tuple[Path, LoraEntry]] = {}
@@ -647,7 +646,7 @@ def _carry_adapters(
         )
         if len(sources) == 1:
             folder.mkdir(parents=True, exist_ok=True)
-            for name in D.ADAPTER_FILES:
+            for name in layout.ADAPTER_FILES:
                 data = cube_io.read_bytes(folders[0], name)  # never through a link or special file
                 (folder / name).write_bytes(data or b"")
             entry.method = _method(1, consolidated=False)
@@ -675,13 +674,15 @@ def _fuse_adapters(
     """Combine several parents' adapters into ``folder``; returns how (the manifest's ``method``), the
     recall of each parent's facts after peft's combination (and after consolidation), and the
     consolidation passes (None without)."""
-    from memos_cli.engine.parametric import distill as D
+    from memos_cli.engine.parametric.adapters import check_adapter_bounds, combine_adapters, save_combined
+    from memos_cli.engine.parametric.examples import build_examples, probes_for, replay_examples
+    from memos_cli.engine.parametric.training import CONSOLIDATE_EPOCHS, CONSOLIDATE_LR, consolidate_adapter
 
     for (cube, _entry), parent_folder in zip(sources, folders, strict=True):  # bounded before peft allocates
-        D.check_adapter_bounds(cube, folder.name, parent_folder)  # folder: <work>/<adapter name>
-    model = D.combine_adapters(lm, folders, method=COMBINATION)
+        check_adapter_bounds(cube, folder.name, parent_folder)  # folder: <work>/<adapter name>
+    model = combine_adapters(lm, folders, method=COMBINATION)
     probes = {
-        parent: [p for r in _sample(records, RECALL_MEMORIES) for p in D.probes_for(r)]
+        parent: [p for r in _sample(records, RECALL_MEMORIES) for p in probes_for(r)]
         for parent, records in facts.items()
     }
     recall: dict[str, dict[str, Any]] = {
@@ -693,15 +694,15 @@ def _fuse_adapters(
     method = _method(len(folders), consolidated=False)
     consolidation: dict[str, Any] | None = None
     union = list({r.id: r for records in facts.values() for r in records}.values())
-    examples = D.build_examples(lm, union)[0] if mode == "consolidate" else []
+    examples = build_examples(lm, union)[0] if mode == "consolidate" else []
     if examples:  # none when every memory the parents learned was forgotten or deleted
-        replay = D.replay_examples(lm)
+        replay = replay_examples(lm)
         started = time.perf_counter()
-        steps, loss = D.consolidate_adapter(lm, model, examples, replay, progress=progress)
+        steps, loss = consolidate_adapter(lm, model, examples, replay, progress=progress)
         method = _method(len(folders), consolidated=True)
         consolidation = {
-            "epochs": D.CONSOLIDATE_EPOCHS,
-            "lr": D.CONSOLIDATE_LR,
+            "epochs": CONSOLIDATE_EPOCHS,
+            "lr": CONSOLIDATE_LR,
             "steps": steps,
             "examples": len(examples),
             "final_loss": round(loss, 4),
@@ -709,7 +710,7 @@ def _fuse_adapters(
         }
         for parent, score in _recall(lm, model, probes, "consolidated", progress).items():
             recall[parent]["consolidated"] = score
-    D.save_combined(model, folder, lm.name)
+    save_combined(model, folder, lm.name)
     return method, recall, consolidation
 
 
@@ -717,7 +718,7 @@ def _recall(
     lm: Any, model: Any, probes: dict[str, list[Any]], stage: str, progress: Progress | None
 ) -> dict[str, float]:
     """Closed-book recall of each parent's probes with ``model`` (distill's measure)."""
-    from memos_cli.engine.parametric.distill import measure_recall
+    from memos_cli.engine.parametric.evaluation import measure_recall
 
     adapted = replace(lm, model=model, fingerprint=f"{lm.fingerprint}+fuse-{stage}")
     return {

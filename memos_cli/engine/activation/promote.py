@@ -95,7 +95,7 @@ def promote_to_activation(
     lm = base = load_lm(model)
     adapters: dict[str, str] = {}
     if loras:
-        from memos_cli.engine.parametric.distill import adapter_digests, load_adapters
+        from memos_cli.engine.parametric.adapters import adapter_digests, load_adapters
 
         lm = load_adapters(base, cube, loras)
         adapters = adapter_digests(cube, loras)

@@ -1,0 +1,149 @@
+"""Measuring parametric memory: closed-book recall of the training questions and held-out text loss
+(forgetting), with a model or an adapted one."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memos_cli.engine.parametric.examples import BATCH_SIZE, Example, Probe, Progress, pad_id, qa_example
+from memos_cli.models.lm import LanguageModel
+
+
+@dataclass
+class Recall:
+    """Closed-book recall of a set of probes: the model answers each question with nothing else."""
+
+    exact: float  # fraction of answers that contain the expected answer (case and punctuation aside)
+    answer_loss: float  # mean per-token loss of the expected answer given the question (teacher-forced)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exact": round(self.exact, 4), "answer_loss": round(self.answer_loss, 4), "answers": self.answers}
+
+
+def _scored(model: Any, batch: Sequence[Example], pad_id: int) -> tuple[Any, Any, Any]:
+    """(logits where a loss is taken, their targets, the [batch, width-1] mask of those positions)."""
+    import torch
+
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        n = len(example.ids)
+        ids[row, :n] = torch.tensor(example.ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    target = labels[:, 1:]
+    keep = target != -100
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = causal.config.get_text_config(decoder=True)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        logits = causal(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1][keep]
+    else:
+        # The output layer only where a loss is taken: a question-and-answer example has a loss on its
+        # few answer tokens, and the vocabulary projection is a fifth of a small model's compute.
+        hidden = causal.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logits = causal.get_output_embeddings()(hidden[:, :-1][keep])
+    return logits, target[keep], keep
+
+
+def token_losses(model: Any, batch: Sequence[Example], pad_id: int) -> Any:
+    """Mean loss per example (each example counts the same, whatever its length), as a tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    logits, target, keep = _scored(model, batch, pad_id)
+    nll = F.cross_entropy(logits.float(), target, reduction="none")
+    rows = keep.nonzero()[:, 0]
+    sums = torch.zeros(len(batch), dtype=nll.dtype).index_add(0, rows, nll)
+    return sums / keep.sum(dim=1).clamp(min=1)
+
+
+def greedy_recalled(model: Any, examples: Sequence[Example], pad_id: int) -> list[bool]:
+    """For each question-answer example: would greedy decoding write its answer? (Teacher-forced: the
+    most likely next token is the answer's at every answer position but the closing stop token, which is
+    exactly when greedy generation starts with the answer.) One batched forward pass, no generation."""
+    import torch
+
+    out: list[bool] = []
+    with torch.inference_mode():
+        for start in range(0, len(examples), BATCH_SIZE):
+            batch = examples[start : start + BATCH_SIZE]
+            logits, target, keep = _scored(model, batch, pad_id)
+            right = (logits.argmax(dim=-1) == target).tolist()
+            at = 0
+            for row in range(len(batch)):
+                n = int(keep[row].sum())
+                tokens = right[at : at + n]
+                at += n
+                out.append(bool(tokens) and all(tokens[: max(1, n - 1)]))
+    return out
+
+
+def mean_loss(model: Any, examples: Sequence[Example], pad_id: int, *, token_weighted: bool = False) -> float:
+    """Mean loss over ``examples`` without gradients: per example, or per token with ``token_weighted``."""
+    import torch
+
+    total, weight = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), BATCH_SIZE):
+            batch = examples[start : start + BATCH_SIZE]
+            losses = token_losses(model, batch, pad_id)
+            for example, loss in zip(batch, losses.tolist(), strict=True):
+                w = sum(1 for x in example.labels[1:] if x != -100) if token_weighted else 1
+                total += loss * w
+                weight += w
+    return total / max(weight, 1)
+
+
+def normalise_answer(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(re.sub(r"[^\w]+", " ", text).split())
+
+
+def answer_matches(expected: str, answer: str) -> bool:
+    """The expected answer appears in the model's answer, word for word (case and punctuation aside)."""
+    want = normalise_answer(expected)
+    return bool(want) and f" {want} " in f" {normalise_answer(answer)} "
+
+
+def measure_recall(
+    lm: LanguageModel, probes: Sequence[Probe], *, stage: str = "recall", progress: Progress | None = None
+) -> Recall:
+    """Ask every probe closed-book (greedy, no retrieval, no snapshot) and score the answers."""
+    from memos_cli.engine.activation.snapshots import generate
+
+    pad = pad_id(lm)
+    answers = []
+    hits = 0
+    examples = [qa_example(lm, p.question, p.answer) for p in probes]
+    losses = []
+    import torch
+
+    with torch.inference_mode():
+        for start in range(0, len(examples), BATCH_SIZE):
+            losses.extend(token_losses(lm.model, examples[start : start + BATCH_SIZE], pad).tolist())
+    for i, (probe, loss) in enumerate(zip(probes, losses, strict=True)):
+        budget = min(len(lm.encode(probe.answer)) + 12, 96)
+        result = generate(lm, probe.question, mode="none", max_new_tokens=budget)
+        hit = answer_matches(probe.answer, result.answer)
+        hits += hit
+        answers.append(
+            {
+                "ref": probe.ref,
+                "question": probe.question,
+                "expected": probe.answer,
+                "answer": result.answer,
+                "hit": hit,
+                "loss": round(loss, 4),
+            }
+        )
+        if progress is not None:
+            progress(stage, i + 1, len(probes), None)
+    n = max(len(probes), 1)
+    return Recall(exact=hits / n, answer_loss=sum(losses) / n, answers=answers)

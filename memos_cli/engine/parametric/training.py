@@ -1,0 +1,307 @@
+"""Training a LoRA adapter on memory examples with replay mixed in, until the memories are recalled
+(or a plateau, a time or step limit), and the short consolidation passes fuse runs after combining."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memos_cli.engine.parametric.adapters import active_adapter
+from memos_cli.engine.parametric.evaluation import greedy_recalled, token_losses
+from memos_cli.engine.parametric.examples import BATCH_SIZE, Example, Progress, pad_id
+from memos_cli.errors import (
+    MemosError,
+    UsageError,
+)
+from memos_cli.models.lm import LanguageModel
+
+TARGETS = ("all-linear", "attention")
+# Training until learned (no --steps/--epochs): the model's greedy recall of at most MAX_CHECKS training
+# questions is measured every CHECK_EVERY steps, never before MIN_STEPS; MAX_EPOCHS passes and
+# DEFAULT_MAX_MINUTES are the caps. (3 facts: 9 steps recalled 33%, 20 steps 100%.)
+MIN_STEPS = 20
+CHECK_EVERY = 10
+MAX_CHECKS = 96
+MAX_EPOCHS = 12
+WARMUP_STEPS = 10  # at most; a tenth of the steps when fewer
+DEFAULT_MAX_MINUTES = 30.0
+REPLAY_RATIO = 0.5  # replay sequences per memory example
+# fuse: after peft's combination, short passes over the parents' memories. On 10+10 facts (fuse_lora_bench):
+# 1 pass at 1e-3 kept 65%/55% of each parent's facts, 2 passes 95%/95% (held-out loss -1.0%), 3 passes
+# 100%/100% but held-out loss +4.1%; 2 passes at 2e-3 kept 85%/85%.
+CONSOLIDATE_EPOCHS = 2.0
+CONSOLIDATE_LR = 1e-3
+_ATTENTION_PARENTS = re.compile(r"attn|attention", re.IGNORECASE)
+
+
+def _batches(
+    memory: list[Example], replay: list[Example], steps: int, ratio: float, rng: random.Random
+) -> list[list[Example]]:
+    """``steps`` batches: every memory example once per epoch (shuffled), with replay examples mixed in
+    at ``ratio`` per memory example."""
+    out: list[list[Example]] = []
+    pool: list[Example] = []
+    offset = rng.randrange(len(replay)) if replay else 0
+    while len(out) < steps:
+        if len(pool) < BATCH_SIZE:
+            epoch = list(memory)
+            if replay and ratio > 0:
+                count = round(len(memory) * ratio)
+                epoch += [replay[(offset + i) % len(replay)] for i in range(count)]
+                offset += count
+            rng.shuffle(epoch)
+            pool += epoch
+        out.append(pool[:BATCH_SIZE])
+        pool = pool[BATCH_SIZE:]
+    return out
+
+
+def resolve_targets(model: Any, target_modules: str | Sequence[str]) -> str | list[str]:
+    """peft ``target_modules`` for "all-linear", "attention" (the linear layers inside each attention
+    block, whatever the family calls them) or an explicit list of module names."""
+    if isinstance(target_modules, str):
+        if target_modules == "all-linear":
+            return "all-linear"
+        if target_modules != "attention":
+            names = [t.strip() for t in target_modules.split(",") if t.strip()]
+            if not names:
+                raise UsageError("--target-modules is empty")
+            return names
+        import torch
+        from transformers.pytorch_utils import Conv1D
+
+        parents, leaves = set(), set()
+        for qualified, module in model.named_modules():
+            if not isinstance(module, (torch.nn.Linear, Conv1D)) or "." not in qualified:
+                continue
+            parent, leaf = qualified.rsplit(".", 1)
+            last = parent.rsplit(".", 1)[-1]
+            if _ATTENTION_PARENTS.search(last):
+                parents.add(last)
+                leaves.add(leaf)
+        if not leaves:
+            raise UsageError(
+                "this model has no linear layers inside an attention block; name them with --target-modules"
+            )
+        return rf".*\.({'|'.join(sorted(map(re.escape, parents)))})\.({'|'.join(sorted(map(re.escape, leaves)))})"
+    return list(target_modules)
+
+
+def train_adapter(
+    lm: LanguageModel,
+    examples: list[Example],
+    replay: list[Example],
+    *,
+    rank: int,
+    alpha: float,
+    target_modules: str | Sequence[str],
+    steps: int,
+    lr: float,
+    seed: int,
+    replay_ratio: float = REPLAY_RATIO,
+    progress: Progress | None = None,
+    until: Until | None = None,
+) -> tuple[Any, Fit]:
+    """A peft model (over a private copy of ``lm.model``) with a freshly trained LoRA, and how the
+    training went (``Fit``). ``lm.model`` itself is never modified."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    base = copy.deepcopy(lm.model)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; a float scale is what it computes with
+        lora_dropout=0.0,
+        target_modules=resolve_targets(base, target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations reached through peft
+            model = get_peft_model(base, config)
+    except ValueError as exc:  # peft: target modules not found
+        raise UsageError(f"--target-modules: {exc}") from exc
+    params = [p for p in model.parameters() if p.requires_grad]
+    fit = _fit(
+        model,
+        params,
+        examples,
+        replay,
+        steps=steps,
+        lr=lr,
+        rng=rng,
+        pad=pad_id(lm),
+        replay_ratio=replay_ratio,
+        stage="training",
+        progress=progress,
+        until=until,
+    )
+    return model, fit
+
+
+def steps_for(
+    epochs: float, examples: list[Example], replay: list[Example], replay_ratio: float, *, floor: int = 1
+) -> int:
+    """Batches for ``epochs`` passes over ``examples``, replay mixed in at ``replay_ratio`` each, and at
+    least ``floor``."""
+    per_epoch = len(examples) * (1 + (replay_ratio if replay else 0))
+    return max(floor, math.ceil(epochs * per_epoch / BATCH_SIZE))
+
+
+@dataclass
+class Until:
+    """When training stops without a fixed ``--steps``/``--epochs``: every ``every`` steps the model's own
+    greedy recall of ``checks`` (short-answer training questions, ``greedy_recalled``) is measured; it
+    stops once that reaches ``target`` (learned), or fails to improve for ``patience`` checks in a row
+    (plateau), or at ``max_seconds`` (time limit); the step count passed to ``_fit`` is the last cap."""
+
+    checks: list[Example]
+    every: int
+    target: float = 1.0
+    patience: int = 4
+    max_seconds: float | None = None
+
+
+@dataclass
+class Fit:
+    steps: int
+    final_loss: float
+    stopped: str  # learned, plateau, time limit, step limit, steps given
+    trace: list[dict[str, Any]] = field(default_factory=list)  # {step, loss, recall} at every check
+
+
+def _fit(
+    model: Any,
+    params: list[Any],
+    examples: list[Example],
+    replay: list[Example],
+    *,
+    steps: int,
+    lr: float,
+    rng: random.Random,
+    pad: int,
+    replay_ratio: float,
+    stage: str,
+    progress: Progress | None,
+    until: Until | None = None,
+) -> Fit:
+    """AdamW over ``params`` for at most ``steps`` batches (linear warm-up, then linear decay to 10%,
+    gradients clipped at 1), stopping early as ``until`` says; the final loss is the mean of the last 10%
+    of the steps taken. Leaves ``model`` in eval mode."""
+    import torch
+
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, min(steps // 10, WARMUP_STEPS))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 1.0 - 0.9 * (step - warmup) / max(1, steps - warmup)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    recent: list[float] = []
+    trace: list[dict[str, Any]] = []
+    stopped = "steps given" if until is None else "step limit"
+    best, best_loss, stale = -1.0, math.inf, 0
+    started = time.perf_counter()
+    model.train()
+    try:
+        for step, batch in enumerate(_batches(examples, replay, steps, replay_ratio, rng)):
+            loss = token_losses(model, batch, pad).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise MemosError("training diverged (the loss is not finite)", hint="lower --lr")
+            recent.append(value)
+            if progress is not None:
+                progress(stage, step + 1, steps, value)
+            if until is None or step + 1 == steps:
+                continue
+            if until.max_seconds is not None and time.perf_counter() - started > until.max_seconds:
+                stopped = "time limit"
+                break
+            if (step + 1) % until.every or step + 1 < MIN_STEPS:
+                continue
+            model.eval()
+            hits = sum(greedy_recalled(model, until.checks, pad))
+            model.train()
+            recall = hits / max(1, len(until.checks))
+            window = recent[-until.every :]
+            trace.append({"step": step + 1, "loss": round(sum(window) / len(window), 4), "recall": round(recall, 4)})
+            if progress is not None:
+                progress("recall of training questions", hits, len(until.checks), None)
+            if recall >= until.target:
+                stopped = "learned"
+                break
+            # a plateau: neither the recall nor the loss (by 3%) got better for `patience` checks
+            improved = recall > best or trace[-1]["loss"] < 0.97 * best_loss
+            stale = 0 if improved else stale + 1
+            best, best_loss = max(best, recall), min(best_loss, trace[-1]["loss"])
+            if stale >= until.patience:
+                stopped = "plateau"
+                break
+    finally:
+        model.eval()
+    taken = len(recent)
+    tail = recent[-max(1, taken // 10) :]
+    return Fit(taken, sum(tail) / len(tail), stopped, trace)
+
+
+def consolidate_adapter(
+    lm: LanguageModel,
+    model: Any,
+    examples: list[Example],
+    replay: list[Example],
+    *,
+    epochs: float = CONSOLIDATE_EPOCHS,
+    lr: float = CONSOLIDATE_LR,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[int, float]:
+    """Go on training the active adapter of ``model`` (a combination) for ``epochs`` short passes over
+    ``examples`` (the parents' memories, built as distill builds them) with replay mixed in, and at least
+    ``MIN_STEPS``: the parents' updates were learned apart and interfere once summed; these passes make
+    them work together.
+    Returns (steps, mean loss of the last 10% of them)."""
+    import torch
+
+    torch.manual_seed(seed)
+    active = active_adapter(model)
+    params = []
+    for qualified, param in model.named_parameters():
+        param.requires_grad = "lora_" in qualified and f".{active}." in qualified
+        if param.requires_grad:
+            params.append(param)
+    if not params:
+        raise MemosError("the combined adapter has no LoRA weights to train")
+    steps = steps_for(epochs, examples, replay, REPLAY_RATIO, floor=MIN_STEPS)
+    fit = _fit(
+        model,
+        params,
+        examples,
+        replay,
+        steps=steps,
+        lr=lr,
+        rng=random.Random(seed),
+        pad=pad_id(lm),
+        replay_ratio=REPLAY_RATIO,
+        stage="consolidating",
+        progress=progress,
+    )
+    for param in params:
+        param.requires_grad = False
+    return fit.steps, fit.final_loss

@@ -158,11 +158,19 @@ class Shard:
         return self.dense_top(q, mask, n)
 
     def lexical_top(
-        self, query: str, stats: LexicalStats, mask: np.ndarray, n: int, *, ties: bool = False
+        self,
+        query: str,
+        stats: LexicalStats,
+        mask: np.ndarray,
+        n: int,
+        *,
+        ties: bool = False,
+        scores: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best ``n`` allowed rows with a positive BM25 score (``LexicalIndex.top`` with the global
-        statistics): global ids and scores; with ``ties``, every row tied with the n-th too."""
-        s = np.where(mask, self.bm25(query, stats), 0.0).astype(np.float32)
+        statistics): global ids and scores; with ``ties``, every row tied with the n-th too. ``scores``:
+        this shard's BM25 scores for ``query`` if already computed."""
+        s = np.where(mask, self.bm25(query, stats) if scores is None else scores, 0.0).astype(np.float32)
         hits = np.flatnonzero(s > 0)
         if len(hits) > n:
             kth = np.partition(s[hits], len(hits) - n)[len(hits) - n]
@@ -202,7 +210,7 @@ class Shard:
         lex = self.bm25(query, stats)
         self._lex = lex
         dense_ids, _ = self.dense_candidates(q, mask, pool)
-        lex_ids, lex_scores = self.lexical_top(query, stats, mask, pool, ties=True)
+        lex_ids, lex_scores = self.lexical_top(query, stats, mask, pool, ties=True, scores=lex)
         ids = np.union1d(dense_ids, lex_ids) - self.start
         return {
             "dense_ids": dense_ids,

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memos_cli.engine import temporal  # noqa: E402
+from memos_cli.engine.plaintext import temporal  # noqa: E402
 from memos_cli.engine.plaintext.lexical import LexicalIndex  # noqa: E402
 from memos_cli.engine.plaintext.ranking import (  # noqa: E402
     DEFAULT_SETTINGS,

@@ -146,3 +146,25 @@ def configure_threads() -> int:
 
     threadpool_limits(limits=n, user_api="blas")
     return n
+
+
+SHARD_ROWS_ENV = "MEMOS_INDEX_SHARD_ROWS"
+
+
+def index_shard_rows() -> int | None:
+    """Rows per shard of the derived index: ``MEMOS_INDEX_SHARD_ROWS``, else config.yaml ``index_shard_rows``,
+    else None (keep the layout the index has; a new index is unsharded). ``0`` means unsharded."""
+    from memos_cli.errors import UsageError
+
+    value: object = os.environ.get(SHARD_ROWS_ENV, "").strip() or setting("index_shard_rows")
+    if value is None or value == "":
+        return None
+    try:
+        rows = int(str(value))
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        raise UsageError(
+            f"{SHARD_ROWS_ENV} (or config.yaml index_shard_rows) must be a whole number >= 0, not {value!r}"
+        )
+    return rows

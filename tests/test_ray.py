@@ -291,3 +291,33 @@ def test_a_killed_driver_loses_nothing(ray_cluster: str, tmp_path: Path) -> None
     assert runner.invoke(app, ["verify", str(cube)]).exit_code == 0
     vectors = np.fromfile(cube / ".memos" / "index" / "vectors.f32", dtype=np.float32)
     assert vectors.size == 1030 * 384
+
+
+def test_sharded_batch_query_on_the_cluster_matches_local_unsharded(
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """query --batch --engine ray over a sharded index (shards of 50 rows): the local unsharded answers."""
+    records = tmp_path / "records.jsonl"
+    records.write_text(
+        "".join(
+            json.dumps({"text": t, "speaker": "Ann" if i % 3 else "Bo", "time": f"2024-0{1 + i % 3}-1{i % 9}"}) + "\n"
+            for i, t in enumerate(_texts(170))
+        )
+    )
+    questions = tmp_path / "questions.txt"
+    questions.write_text("what about the launch?\nBo on the budget\nhiking in February 2024\nparser bug detail\n")
+    cube = tmp_path / "cube"
+    assert runner.invoke(app, ["init", str(cube)]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(cube), str(records)]).exit_code == 0
+    outputs = {}
+    for name, shard_rows, extra in (("local", "0", []), ("ray", "50", ["--engine", "ray", "--address", ray_cluster])):
+        monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", shard_rows)
+        result = runner.invoke(app, ["query", str(cube), "--batch", str(questions), "-k", "6", "--no-usage", *extra])
+        assert result.exit_code == 0, result.output
+        outputs[name] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(list((cube / ".memos" / "index" / "shards").iterdir())) == 4
+    for lines in outputs.values():
+        for line in lines:
+            for hit in line["hits"]:
+                hit["score"] = round(hit["score"], 4)  # the statistics' float rounding differs
+    assert outputs["local"] == outputs["ray"]

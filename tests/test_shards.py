@@ -1,20 +1,26 @@
-"""The sharded index ranks exactly like the unsharded one (exact mode), ties broken by row id."""
+"""The sharded index ranks exactly like the unsharded one (exact mode), ties broken by row id; the CLI
+uses it when MEMOS_INDEX_SHARD_ROWS is set, keeps it under .memos/index/shards/ and extends it on ingest."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from memos_cli.engine.plaintext import ranking
+from memos_cli.cli.app import app
+from memos_cli.engine.plaintext import ranking, shards
 from memos_cli.engine.plaintext.lexical import LexicalIndex
-from memos_cli.engine.plaintext.shards import ShardedIndex
+from memos_cli.engine.plaintext.shards import GraphSettings, ShardedIndex
+from memos_cli.errors import UsageError
 
 WORDS = "launch budget cat hiking parser adoption peanut allergy meeting paris guitar recipe".split()
+runner = CliRunner()
 
 
-def _corpus(n: int, seed: int = 7) -> tuple[list[ranking.Row], np.ndarray]:
+def _corpus(n: int, seed: int = 7, dim: int = 32) -> tuple[list[ranking.Row], np.ndarray]:
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -26,9 +32,10 @@ def _corpus(n: int, seed: int = 7) -> tuple[list[ranking.Row], np.ndarray]:
                 time=f"2024-0{1 + i % 3}-1{i % 7}",
                 source=f"s{i % 4}.jsonl",
                 source_id=str(i),
+                event=[{"start": "2024-02-01", "end": "2024-02-29"}] if i % 11 == 0 else None,
             )
         )
-    vectors = rng.normal(size=(n, 32)).astype(np.float32)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors[5] = vectors[9]  # an exact tie: row 5 must win it
     rows[9] = ranking.Row(**{**vars(rows[5]), "source_id": "9"})
@@ -41,22 +48,70 @@ def _unsharded(rows: list[ranking.Row], vectors: np.ndarray) -> ranking.RankInpu
     return ranking.RankInputs(vectors=vectors, lexical=lexical, rows=rows, structure=ranking.structure(rows))
 
 
+QUERIES = ("Ann on the launch budget", "hiking with Bo", "paris guitar recipe note", "zzz unknown", "when was the cat")
+
+
 @pytest.mark.parametrize("per_shard", [1000, 97, 250])
 def test_sharded_top_k_equals_unsharded(per_shard: int, tmp_path: Path) -> None:
     rows, vectors = _corpus(600)
     whole = _unsharded(rows, vectors)
     sharded = ShardedIndex.split(vectors, rows, per_shard)
-    sharded.save(tmp_path / "shards")
-    sharded = ShardedIndex.load(tmp_path / "shards", rows, vectors.shape[1])
+    graph = GraphSettings(20_000, 16, 100, 128)
+    for number, shard in enumerate(sharded.shards):  # through the files: saved and loaded, confined
+        shards.save_shard(tmp_path, f"idx/shards/{number:05d}", shard)
+    loaded = [
+        shards.load_shard(tmp_path, f"idx/shards/{i:05d}", s.start, vectors[s.start : s.end], graph)
+        for i, s in enumerate(sharded.shards)
+    ]
+    assert all(s is not None for s in loaded)
+    sharded = ShardedIndex(rows, loaded)  # type: ignore[arg-type]
     rng = np.random.default_rng(1)
-    masks = [None, np.arange(600) % 3 != 0]
-    for query in ("Ann on the launch budget", "hiking with Bo", "paris guitar recipe note", "zzz unknown"):
-        for mask in masks:
-            qv = vectors[int(rng.integers(600))] + 0.1 * rng.normal(size=32).astype(np.float32)
-            expected = ranking.rank(whole, query, qv, k=20, mask=mask)
-            got = sharded.rank(query, qv, k=20, mask=mask)
-            assert [r for r, _ in got] == [r for r, _ in expected]
-            np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5, atol=1e-5)
+    periods = [("2024-02-01", "2024-02-15")]
+    for query in QUERIES:
+        for mask in (None, np.arange(600) % 3 != 0):
+            for mode in ranking.MODES:
+                qv = vectors[int(rng.integers(600))] + 0.1 * rng.normal(size=32).astype(np.float32)
+                expected = ranking.rank(whole, query, qv, k=20, mask=mask, mode=mode, periods=periods)
+                got = sharded.rank(query, qv, k=20, mask=mask, mode=mode, periods=periods)
+                assert [r for r, _ in got] == [r for r, _ in expected], (query, mode)
+                np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5, atol=1e-5)
+
+
+def test_a_damaged_or_foreign_shard_is_not_loaded(tmp_path: Path) -> None:
+    rows, vectors = _corpus(120)
+    shard = ShardedIndex.split(vectors, rows, 100).shards[0]
+    graph = GraphSettings(20_000, 16, 100, 128)
+    shards.save_shard(tmp_path, "s", shard)
+    assert shards.load_shard(tmp_path, "s", 0, vectors[:100], graph) is not None
+    assert shards.load_shard(tmp_path, "s", 100, vectors[100:], graph) is None  # another range
+    (tmp_path / "s" / "shard.json").write_text('{"start": 0, "rows": 100, "hnsw_rows": 5}')
+    assert shards.load_shard(tmp_path, "s", 0, vectors[:100], graph) is not None  # no graph file: no graph
+    (tmp_path / "s" / "lexical" / "lexical.npz").unlink()
+    (tmp_path / "s" / "lexical" / "lexical.npz").symlink_to(tmp_path / "elsewhere.npz")
+    assert shards.load_shard(tmp_path, "s", 0, vectors[:100], graph) is None  # a link is never followed
+
+
+def test_approximate_mode_uses_each_shard_s_graph() -> None:
+    rows, vectors = _corpus(3000, dim=16)
+    graph = GraphSettings(min_rows=500, m=16, ef_construction=100, ef=128)
+    sharded = ShardedIndex.split(vectors, rows, 1000)
+    for shard in sharded.shards:
+        assert shard.extend_graph(graph) and shard.hnsw_rows == len(shard)
+    assert sharded.has_graph
+    whole = _unsharded(rows, vectors)
+    approx = ranking.RankSettings(exact_limit=100)  # past it, candidates come from the graphs
+    rng = np.random.default_rng(2)
+    overlap = []
+    for query in QUERIES:
+        qv = vectors[int(rng.integers(3000))] + 0.05 * rng.normal(size=16).astype(np.float32)
+        exact = [r for r, _ in ranking.rank(whole, query, qv, k=10)]
+        got = [r for r, _ in sharded.rank(query, qv, k=10, settings=approx)]
+        assert len(got) == 10
+        overlap.append(len(set(exact) & set(got)) / 10)
+        dense_exact = [r for r, _ in ranking.rank(whole, query, qv, k=10, mode="dense")]
+        dense_got = [r for r, _ in sharded.rank(query, qv, k=10, mode="dense", settings=approx)]
+        assert len(set(dense_exact) & set(dense_got)) >= 9
+    assert np.mean(overlap) >= 0.8, overlap
 
 
 def test_ties_go_to_the_earlier_row() -> None:
@@ -76,3 +131,119 @@ def test_zscore_statistics_add_up_across_parts() -> None:
     summed = tuple(sum(p[i] for p in parts) for i in range(3))
     np.testing.assert_allclose(ranking.zscore_from(x, summed), ranking._zscore(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(ranking._zscore(x), (x - x.mean()) / x.std(), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------- through the CLI
+TOPICS = ("the launch plan", "a budget review", "Caroline's adoption", "the hiking trip", "a parser bug", "paris")
+
+
+def _records(start: int, count: int) -> str:
+    lines = []
+    for i in range(start, start + count):
+        lines.append(
+            json.dumps(
+                {
+                    "text": f"Note {i}: we talked about {TOPICS[i % 6]}" + " again" * (i % 3),
+                    "speaker": ["Ann", "Bo", "Cy"][i % 3],
+                    "time": f"2024-0{1 + i % 4}-{10 + i % 9}",
+                    "source_id": f"D{i // 20}:{i % 20}",
+                }
+            )
+            + "\n"
+        )
+    return "".join(lines)
+
+
+def _answers(cube: Path, questions: Path, *extra: str) -> list[dict]:
+    result = runner.invoke(app, ["query", str(cube), "--batch", str(questions), "-k", "8", "--no-usage", *extra])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _ids(lines: list[dict]) -> list[list[str]]:
+    return [[h["id"] for h in line["hits"]] for line in lines]
+
+
+def test_cli_sharded_index_gives_the_unsharded_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.jsonl").write_text(_records(0, 130))
+    (tmp_path / "b.jsonl").write_text(_records(130, 60))  # fills the third shard, then starts a fourth
+    questions = tmp_path / "q.txt"
+    questions.write_text("what about the launch?\nBo on the budget\nwhen was the hiking trip\nparis in March 2024\n")
+    filters = ["--speaker", "Ann", "--since", "2024-02-01"]
+    answers: dict[str, list] = {}
+    for name, shard_rows in (("plain", None), ("sharded", "50")):
+        cube = tmp_path / name
+        if shard_rows is None:
+            monkeypatch.delenv("MEMOS_INDEX_SHARD_ROWS", raising=False)
+        else:
+            monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", shard_rows)
+        assert runner.invoke(app, ["init", str(cube)]).exit_code == 0
+        out = []
+        for source in ("a.jsonl", "b.jsonl"):  # the second ingest extends the index incrementally
+            assert runner.invoke(app, ["ingest", str(cube), str(tmp_path / source)]).exit_code == 0
+            out.append(_answers(cube, questions))
+            out.append(_answers(cube, questions, *filters))
+            out.append(_answers(cube, questions, "--retrieval", "lexical"))
+            out.append(_answers(cube, questions, "--retrieval", "dense"))
+        answers[name] = out
+    for lines in answers.values():
+        for line in (ln for block in lines for ln in block):
+            for hit in line["hits"]:
+                hit.pop("cube")
+                hit["score"] = round(hit["score"], 4)  # the statistics' float rounding differs
+    assert answers["plain"] == answers["sharded"]
+    index = tmp_path / "sharded" / ".memos" / "index"
+    assert sorted(p.name for p in (index / "shards").iterdir()) == ["00000", "00001", "00002", "00003"]
+    assert json.loads((index / "shards" / "00003" / "shard.json").read_text()) == {
+        "start": 150,
+        "rows": 40,
+        "hnsw_rows": 0,
+    }
+    assert json.loads((index / "meta.json").read_text())["shard_rows"] == 50
+    assert not (index / "lexical").exists()  # the shards' postings replace the global ones
+    # The layout is kept without the setting; 0 turns it back into one index (nothing re-embedded).
+    monkeypatch.delenv("MEMOS_INDEX_SHARD_ROWS")
+    assert _ids(_answers(tmp_path / "sharded", questions)) == _ids(answers["plain"][4])
+    assert (index / "shards").is_dir()
+    monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", "0")
+    back = _answers(tmp_path / "sharded", questions)
+    assert not (index / "shards").exists() and (index / "lexical").is_dir()
+    assert _ids(back) == _ids(answers["plain"][4])
+    monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", "many")
+    for command in (["query", str(tmp_path / "sharded"), "launch"], ["ingest", str(tmp_path / "sharded"), "-"]):
+        result = runner.invoke(app, command, input="a new memory\n")
+        assert isinstance(result.exception, UsageError) and "MEMOS_INDEX_SHARD_ROWS" in result.exception.message
+    assert "a new memory" not in (tmp_path / "sharded" / "memories.jsonl").read_text()  # refused before writing
+
+
+def test_cli_sharded_index_heals_and_follows_a_purge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", "40")
+    cube = tmp_path / "c"
+    (tmp_path / "a.jsonl").write_text(_records(0, 100))
+    assert runner.invoke(app, ["init", str(cube)]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(cube), str(tmp_path / "a.jsonl")]).exit_code == 0
+    shards_dir = cube / ".memos" / "index" / "shards"
+    first = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert first.exit_code == 0, first.output
+    # A shard cut off by a crash, a stray folder and a link in a shard's place: rebuilt, removed, not followed.
+    (shards_dir / "00001" / "shard.json").write_text('{"start": 40, "rows": 39, "hnsw_rows": 0}')
+    (shards_dir / "00009").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    import shutil
+
+    shutil.rmtree(shards_dir / "00002")
+    (shards_dir / "00002").symlink_to(outside)
+    again = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert sorted(p.name for p in shards_dir.iterdir()) == ["00000", "00001", "00002"]
+    assert not (shards_dir / "00002").is_symlink() and not any(outside.iterdir())
+    victim = json.loads(first.stdout)["hits"][0]
+    assert runner.invoke(app, ["forget", str(cube), victim["id"], "--purge", "--yes"]).exit_code == 0
+    after = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage", "--status", "all"])
+    assert after.exit_code == 0, after.output
+    assert victim["id"] not in {h["id"] for h in json.loads(after.stdout)["hits"]}
+    text = victim["text"].encode()
+    assert not any(text in p.read_bytes() for p in (cube / ".memos" / "index").rglob("*") if p.is_file())
+    assert runner.invoke(app, ["verify", str(cube)]).exit_code == 0

@@ -134,22 +134,19 @@ class _Worker:
     def rank(self, payload: Any, queries: list[Any], k: int, mode: str) -> tuple[str, list[Any]]:
         """Per query, per cube view, the ranked ``(row, score)`` list, exactly as ``Searcher`` computes it.
         Each query is ``(text, [(lexical text, periods, k) or None per view])`` (``Searcher._plan``)."""
-        from memos_cli.engine.plaintext import ranking
-
         out = []
         for text, plans in queries:
             vec = (
                 np.zeros(self.embedder.dim, dtype=np.float32) if mode == "lexical" else self.embedder.encode([text])[0]
             )
             per_view: list[list[tuple[int, float]]] = []
-            for (inputs, ann, mask), plan in zip(payload, plans, strict=True):
-                if inputs is None or plan is None:
+            for (ranker, mask), plan in zip(payload, plans, strict=True):
+                if ranker is None or plan is None:
                     per_view.append([])
                     continue
                 lexical, periods, view_k = plan
-                per_view.append(
-                    ranking.rank(inputs, lexical, vec, k=view_k, mode=mode, mask=mask, ann=ann, periods=periods)
-                )
+                # index.Unsharded (ranking.rank) or a shards.ShardedIndex (both rounds, on this actor)
+                per_view.append(ranker.rank(lexical, vec, k=view_k, mode=mode, mask=mask, periods=periods))
             out.append(per_view)
         return self.node(), out
 
@@ -377,7 +374,8 @@ class RayEngine:
     def rank_batch(
         self, payload: list[Any], queries: list[Any], *, k: int, mode: str, per_task: int = 64
     ) -> list[list[list[tuple[int, float]]]]:
-        """Rank ``queries`` on the cluster; ``payload`` is one ``(inputs, ann, mask)`` per cube view."""
+        """Rank ``queries`` on the cluster; ``payload`` is one ``(ranker, mask)`` per cube view
+        (``CubeIndex.ranker``: unsharded or sharded)."""
         self.start()
         ray = self._ray
         began = time.perf_counter()

@@ -82,6 +82,10 @@ def query(
 
     With --engine ray, --batch queries are embedded and ranked on the cluster (the cube stays here);
     the output is the same as with the local engine.
+
+    MEMOS_INDEX_SHARD_ROWS=N (or config.yaml index_shard_rows) keeps the cube's index in shards of N rows,
+    each with its own BM25 postings and hnswlib graph (kept until set to 0; nothing is re-embedded). The
+    hits are the same as unsharded in exact mode (up to 20,000 allowed rows, or no graph).
     """
     from memos_cli.cube.bundle import Cube
     from memos_cli.engine.embedding import EmbedderHandle

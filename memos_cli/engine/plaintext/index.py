@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
-from memos_cli.config import lock_timeout
+from memos_cli.config import index_shard_rows, lock_timeout
 from memos_cli.cube import io, layout
 from memos_cli.cube.bundle import Cube, CubeState
 from memos_cli.cube.io import append_bytes, atomic_write_bytes, atomic_write_text
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.plaintext import ranking
+from memos_cli.engine.plaintext import shards as shards_mod
 from memos_cli.engine.plaintext.lexical import LexicalIndex
 from memos_cli.errors import IncompatibleModel, InvalidCube, LockTimeout
 
@@ -59,10 +60,42 @@ class IndexMeta:
     hnsw_rows: int
     records_size: int
     records_mtime_ns: int
+    shard_rows: int = 0  # rows per shard (engine/plaintext/shards.py); 0: one unsharded index
 
     @classmethod
     def empty(cls, embedder: str, dim: int) -> IndexMeta:
         return cls(INDEX_VERSION, embedder, dim, 0, 0, -1, -1)
+
+
+def graph_settings() -> shards_mod.GraphSettings:
+    """The hnswlib settings, for the unsharded graph and each shard's alike."""
+    return shards_mod.GraphSettings(HNSW_MIN_ROWS, HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF)
+
+
+@dataclass
+class Unsharded:
+    """What ranks an unsharded index: ``ranking.rank`` over its inputs and graph (``CubeIndex.ranker``)."""
+
+    inputs: ranking.RankInputs
+    ann: Callable[[np.ndarray, int], np.ndarray] | None
+
+    def rank(
+        self,
+        query: str,
+        query_vec: np.ndarray,
+        *,
+        k: int,
+        mode: str = "hybrid",
+        mask: np.ndarray | None = None,
+        settings: ranking.RankSettings = ranking.DEFAULT_SETTINGS,
+        periods: list[tuple[str, str]] | None = None,
+    ) -> list[tuple[int, float]]:
+        return ranking.rank(
+            self.inputs, query, query_vec, k=k, mode=mode, mask=mask, ann=self.ann, settings=settings, periods=periods
+        )
+
+
+Ranker = Unsharded | shards_mod.ShardedIndex
 
 
 def row_for(record: MemoryRecord) -> ranking.Row:
@@ -105,6 +138,9 @@ class CubeIndex:
         self.current: dict[str, int] = {}
         self.hnsw: Any = None
         self._inputs: ranking.RankInputs | None = None
+        # Sharded layout (meta.shard_rows > 0): the shards replace the global postings and graph.
+        self.shards: list[shards_mod.Shard] = []
+        self._sharded: shards_mod.ShardedIndex | None = None
 
     # ------------------------------------------------------------------ loading
     @property
@@ -140,6 +176,8 @@ class CubeIndex:
             return False
         if meta.version != INDEX_VERSION or meta.embedder != self.meta.embedder or meta.dim != self.meta.dim:
             return False
+        if not all(isinstance(v, int) and v >= 0 for v in (meta.rows, meta.dim, meta.hnsw_rows, meta.shard_rows)):
+            return False
         n = meta.rows
         try:
             with io.open_read(self.root, f"{self.rel}/vectors.f32") as raw:
@@ -154,6 +192,10 @@ class CubeIndex:
             return False
         self.meta, self.keys, self.rows, self.current = meta, keys, rows, current
         self.vectors = vectors.reshape(n, meta.dim)
+        if meta.shard_rows:
+            self.meta.hnsw_rows = 0
+            self._load_shards()
+            return True
         try:
             self._subdir("lexical")
             lexical = LexicalIndex.load(self.dir / "lexical")
@@ -171,6 +213,99 @@ class CubeIndex:
             if self.hnsw is None:
                 self.meta.hnsw_rows = 0
         return True
+
+    # ------------------------------------------------------------------ shards
+    @property
+    def sharded(self) -> shards_mod.ShardedIndex | None:
+        """The coordinator over the shards (None when the index is unsharded)."""
+        if not self.meta.shard_rows:
+            return None
+        if self._sharded is None:
+            self._sharded = shards_mod.ShardedIndex(self.rows, self.shards)
+        return self._sharded
+
+    def _shard_rel(self, number: int) -> str:
+        return shards_mod.shard_rel(self.rel, number)
+
+    def _load_shards(self) -> None:
+        """Load every shard; one that is missing, cut off by a crash or damaged is rebuilt from the rows
+        (no embedding: its vectors are its rows' range of vectors.f32), and anything else under
+        ``shards/`` (and an unsharded layout's postings and graph) is removed."""
+        per, n = self.meta.shard_rows, self.meta.rows
+        graph = graph_settings()
+        self.shards = []
+        for number, start in enumerate(range(0, n, per)):
+            vectors = self.vectors[start : min(start + per, n)]
+            shard = shards_mod.load_shard(self.root, self._shard_rel(number), start, vectors, graph)
+            if shard is None:
+                shard = shards_mod.build_shard(self.vectors, self.rows, start, per)
+                self._save_shard(number, shard)
+            self.shards.append(shard)
+        self._drop_extra_shards()
+        for name in ("lexical", "hnsw.bin"):
+            io.remove(self.root, f"{self.rel}/{name}")
+        self._sharded = None
+
+    def _save_shard(self, number: int, shard: shards_mod.Shard, *, lexical: bool = True, graph: bool = False) -> None:
+        rel = self._shard_rel(number)
+        if io.kind(self.root, rel) not in (None, "dir"):
+            io.remove(self.root, rel)  # a link or file in a shard's place: derived, removed, never followed
+        shards_mod.save_shard(self.root, rel, shard, lexical=lexical, graph=graph)
+
+    def _drop_extra_shards(self) -> None:
+        folder = f"{self.rel}/{shards_mod.SHARDS_DIR}"
+        kind = io.kind(self.root, folder)
+        if kind is None:
+            return
+        if kind != "dir":
+            io.remove(self.root, folder)
+            return
+        wanted = {f"{i:05d}" for i in range(len(self.shards))}
+        for name in io.listdir(self.root, folder):
+            if name not in wanted:
+                io.remove(self.root, f"{folder}/{name}")
+
+    def relayout(self, shard_rows: int) -> None:
+        """Switch to ``shard_rows`` rows per shard (0: unsharded), from the rows and vectors at hand: nothing
+        is embedded again. The new meta.json is written by the next ``sync``; until then a crash leaves the
+        old layout's meta, whose missing parts the loader rebuilds."""
+        if shard_rows == self.meta.shard_rows:
+            return
+        self._subdir()
+        io.remove(self.root, f"{self.rel}/{shards_mod.SHARDS_DIR}")
+        for name in ("lexical", "hnsw.bin"):
+            io.remove(self.root, f"{self.rel}/{name}")
+        self.meta.shard_rows, self.meta.hnsw_rows = shard_rows, 0
+        self.hnsw, self._inputs, self._sharded, self.shards = None, None, None, []
+        if shard_rows:
+            self.lexical = LexicalIndex()
+            self._load_shards()
+        else:
+            self.lexical = LexicalIndex()
+            self.lexical.add([ranking.lexical_text(r) for r in self.rows])
+            self._subdir("lexical")
+            self.lexical.save(self.dir / "lexical")
+
+    def _extend_shards(self, first: int) -> None:
+        """Fold rows ``first ..`` into the shards: the last shard is filled up (its postings extended
+        and saved), then new shards are cut; full shards are not touched."""
+        per, n = self.meta.shard_rows, len(self.rows)
+        for shard in self.shards:  # re-point every shard at the grown vectors array
+            shard.vectors = self.vectors[shard.start : shard.end]
+        if self.shards and len(self.shards[-1]) < per:
+            last = self.shards[-1]
+            end = min(last.start + per, n)
+            if end > last.end:
+                last.lexical.add([ranking.lexical_text(r) for r in self.rows[last.end : end]])
+                last.vectors = self.vectors[last.start : end]
+                self._save_shard(len(self.shards) - 1, last)
+        start = self.shards[-1].end if self.shards else 0
+        while start < n:
+            shard = shards_mod.build_shard(self.vectors, self.rows, start, per)
+            self.shards.append(shard)
+            self._save_shard(len(self.shards) - 1, shard)
+            start = shard.end
+        self._sharded = None
 
     def _load_hnsw(self, count: int) -> Any:
         import hnswlib
@@ -271,12 +406,21 @@ class CubeIndex:
         self.vectors = np.concatenate([self.vectors, vectors]) if n else vectors.copy()
         self.keys.extend(keys)
         self.rows.extend(rows)
-        self.lexical.add([ranking.lexical_text(r) for r in rows])
-        self._subdir("lexical")
-        self.lexical.save(self.dir / "lexical")
+        if self.meta.shard_rows:
+            self._extend_shards(n)
+        else:
+            self.lexical.add([ranking.lexical_text(r) for r in rows])
+            self._subdir("lexical")
+            self.lexical.save(self.dir / "lexical")
         self.meta.rows = len(self.keys)
 
     def _maybe_extend_hnsw(self) -> None:
+        if self.meta.shard_rows:  # each shard's own graph, by the same rule
+            graph = graph_settings()
+            for number, shard in enumerate(self.shards):
+                if shard.extend_graph(graph):
+                    self._save_shard(number, shard, lexical=False, graph=True)
+            return
         total = self.meta.rows
         tail = total - self.meta.hnsw_rows
         if total < HNSW_MIN_ROWS or tail < max(1000, total // 20):
@@ -332,6 +476,13 @@ class CubeIndex:
                 structure=ranking.structure(self.rows),
             )
         return self._inputs
+
+    def ranker(self) -> Ranker:
+        """What ranks this index: the sharded coordinator, or ``ranking.rank`` over the whole index."""
+        sharded = self.sharded
+        if sharded is not None:
+            return sharded
+        return Unsharded(self.inputs(), self.ann())
 
     def ann(self) -> Callable[[np.ndarray, int], np.ndarray] | None:
         """Approximate dense candidates: the hnswlib graph plus an exact scan of the rows not in it."""
@@ -415,11 +566,16 @@ def open_index(
     known_vectors: dict[str, np.ndarray] | None = None,
     progress: Callable[[int, int], None] | None = None,
     any_embedder: bool = False,
+    shard_rows: int | None = None,
 ) -> CubeIndex:
     """Load the cube's index and bring it in step with ``state`` (building it if missing or stale).
 
     A cube whose manifest names another embedder is refused unless ``any_embedder`` (fuse --reembed):
-    its index is then rebuilt with this one."""
+    its index is then rebuilt with this one. ``shard_rows`` (default: ``MEMOS_INDEX_SHARD_ROWS`` or
+    config.yaml ``index_shard_rows``) sets the layout: that many rows per shard, 0 unsharded, None the
+    layout the index has (a new index: unsharded). A change of layout embeds nothing."""
+    if shard_rows is None:
+        shard_rows = index_shard_rows()
     expected = cube.manifest.embedder
     if not any_embedder and expected and expected.get("fingerprint") not in (None, embedder_name):
         raise IncompatibleModel(
@@ -432,11 +588,14 @@ def open_index(
     try:
         with index.lock:
             loaded = index._load()
-            if loaded and index.meta.records_size == state.size and index.fresh_for(cube.memories_path):
+            layout_ok = shard_rows is None or shard_rows == index.meta.shard_rows
+            if loaded and layout_ok and index.meta.records_size == state.size and index.fresh_for(cube.memories_path):
                 return index
             if not loaded:
                 index = CubeIndex(cube, dim, embedder_name)
                 _clear(index.dir)
+            if shard_rows is not None:
+                index.relayout(shard_rows)
 
             def factory() -> EmbedFn:
                 embedder = embedder_factory()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memos_cli.config import index_shard_rows
 from memos_cli.cube.bundle import Cube, CubeState, Transaction, utc_now
 from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for, validate
 from memos_cli.engine.embedding import EmbedderHandle
@@ -197,6 +198,7 @@ def ingest(
     and embeds nothing: the report says what would change."""
     started = time.perf_counter()
     actor = cube.check(actor, "write")  # fail before the expensive work, not after it
+    index_shard_rows()  # a bad index layout setting fails here, not after the commit
     defaults = defaults or Defaults()
     if defaults.time_base is not None:
         defaults.time_base = parse_time(defaults.time_base, "--time-base")

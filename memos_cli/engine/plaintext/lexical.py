@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +27,6 @@ import numpy as np
 import Stemmer
 
 from memos_cli.cube import io as cube_io
-from memos_cli.cube.io import atomic_write_bytes
 
 # Bump when tokenize() changes: an index saved by another tokenizer must be rebuilt, not reused.
 TOKENIZER_VERSION = "snowball-english-2-folded-cjk"
@@ -38,6 +38,7 @@ INDEX_FILE = "lexical.npz"
 K1 = 0.9
 B = 0.4
 VOCAB_FILE = "lexical.json"
+MAX_FILE_BYTES = 1 << 34  # 16 GiB: a bound on what a (derived, maybe hostile) index file makes memos read
 
 # English function words (the classic Snowball/NLTK list, trimmed of words that carry meaning in
 # memories such as "may" the month, "will", "before"/"after", "not"). Applied before stemming.
@@ -272,9 +273,13 @@ class LexicalIndex:
     # ---- persistence --------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
-        """Write ``lexical.npz`` and ``lexical.json`` into ``directory`` (each atomically)."""
+        """Write ``lexical.npz`` and ``lexical.json`` into ``directory`` (its parent trusted; each atomically)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        self.save_to(directory.parent, directory.name)
+
+    def save_to(self, root: Path, rel: str) -> None:
+        """Write the index into folder ``rel`` of ``root``, confined (cube.io: no link followed)."""
         self._compact()
         m = self._main
         meta = {
@@ -285,20 +290,36 @@ class LexicalIndex:
             "n_docs": len(self),
             "terms": self._terms,
         }
-        atomic_write_bytes(directory / VOCAB_FILE, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+        cube_io.mkdirs(root, rel)
+        cube_io.atomic_write(root, f"{rel}/{VOCAB_FILE}", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
         buffer = io.BytesIO()
         np.savez(buffer, indptr=m.indptr, terms=m.terms, docs=m.docs, tfs=m.tfs, df=self._df, doc_len=self._doc_len)
-        atomic_write_bytes(directory / INDEX_FILE, buffer.getvalue())
+        cube_io.atomic_write(root, f"{rel}/{INDEX_FILE}", buffer.getvalue())
 
     @classmethod
     def load(cls, directory: Path) -> LexicalIndex:
         """Read an index written by :meth:`save`; ``ValueError`` if it is stale or inconsistent
         (the caller rebuilds it: it is derived data)."""
         directory = Path(directory)
-        meta = json.loads(cube_io.read_bytes(directory, VOCAB_FILE) or b"")
+        return cls.load_from(directory.parent, directory.name)
+
+    @classmethod
+    def load_from(cls, root: Path, rel: str, *, limit: int = MAX_FILE_BYTES) -> LexicalIndex:
+        """:meth:`load` from folder ``rel`` of ``root``, confined, each file read up to ``limit`` bytes; the
+        ``.npz`` must be stored uncompressed (what :meth:`save` writes), so it cannot unpack to more."""
+        meta = json.loads(cube_io.read_bytes(root, f"{rel}/{VOCAB_FILE}", limit=limit) or b"")
+        if not isinstance(meta, dict):
+            raise ValueError("lexical index metadata is not an object; rebuild it")
         if meta.get("format_version") != FORMAT_VERSION or meta.get("tokenizer") != TOKENIZER_VERSION:
             raise ValueError("lexical index was written by another version; rebuild it")
-        with cube_io.open_read(directory, INDEX_FILE) as raw, np.load(raw, allow_pickle=False) as z:
+        data = cube_io.read_bytes(root, f"{rel}/{INDEX_FILE}", limit=limit) or b""
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                if any(i.compress_type != zipfile.ZIP_STORED for i in archive.infolist()):
+                    raise ValueError("lexical index arrays are compressed; memos never writes that")
+        except zipfile.BadZipFile:
+            raise ValueError("lexical index arrays are not an .npz") from None
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {name: z[name] for name in ("indptr", "terms", "docs", "tfs", "df", "doc_len")}
         index = cls(k1=float(meta["k1"]), b=float(meta["b"]))
         index._terms = list(meta["terms"])

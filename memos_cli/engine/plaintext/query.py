@@ -16,7 +16,7 @@ import numpy as np
 from memos_cli.cube.bundle import Cube, CubeState
 from memos_cli.cube.records import STATUSES, MemoryRecord
 from memos_cli.engine.embedding import EmbedderHandle
-from memos_cli.engine.plaintext import ranking, temporal, usage
+from memos_cli.engine.plaintext import temporal, usage
 from memos_cli.engine.plaintext.index import CubeIndex, open_index
 from memos_cli.engine.plaintext.sources import parse_time
 from memos_cli.engine.plaintext.working import ANSWER_TAG, WORKING_TAG, demoted_score, is_answer, is_working
@@ -246,15 +246,8 @@ class Searcher:
                 ranked.append([])
                 continue
             lexical, periods, demote = self._plan(view, mask, text, filters)
-            rows = ranking.rank(
-                view.index.inputs(),
-                lexical,
-                query_vec,
-                k=2 * k if demote else k,
-                mode=self.mode,
-                mask=mask,
-                ann=view.index.ann(),
-                periods=periods,
+            rows = view.index.ranker().rank(
+                lexical, query_vec, k=2 * k if demote else k, mode=self.mode, mask=mask, periods=periods
             )
             ranked.append(self._demoted(view, rows, k) if demote else rows)
         return self._hits(ranked, k)
@@ -284,7 +277,7 @@ class Searcher:
             return [self.search(text, k=k, filters=filters) for text in texts]
         masks = self._masks(filters)
         payload = [
-            (None, None, None) if mask is None else (view.index.inputs(), view.index.ann(), mask)
+            (None, None) if mask is None else (view.index.ranker(), mask)
             for view, mask in zip(self.views, masks, strict=True)
         ]
         plans = [

@@ -6,7 +6,8 @@ starts and stops itself (``python -c 'while True: pass'``) takes one core. Figur
 
 - ``memos chat CUBE -m Q --greedy --max-new-tokens 40`` on the example cube (examples/corpus): wall time
   of the whole process (<= 6 s quiet, <= 10 s loaded), SmolLM2 decode tokens/s (>= 25 quiet) and time
-  to first token, as ``chat --json`` reports them;
+  to first token, as ``chat --json`` reports them; each run is paired with one of the plain float32
+  decoding loop (``MEMOS_SPECULATIVE=0``, the decoding before the half-precision draft), side by side;
 - KV snapshot vs re-prefill time to first token at ~1,500 memory tokens (>= 14x), as bench/kv_bench.py;
 - ``memos query`` one shot, whole process, on a cube of ``--ingest-n`` memories (<= 1.2 s);
 - ``memos ingest`` (whole process) against the raw embedder in this process, same texts (>= 0.85x);
@@ -49,6 +50,8 @@ TARGETS: dict[str, tuple[str, Callable[[float, str], bool]]] = {
     "chat -m wall s": ("<= 6 quiet, <= 10 loaded", lambda v, c: v <= (6.0 if c == "quiet" else 10.0)),
     "chat decode tokens/s": (">= 25 quiet", lambda v, c: c != "quiet" or v >= 25.0),
     "chat TTFT ms": ("", lambda v, c: True),
+    "chat -m wall s, plain decoding": ("", lambda v, c: True),
+    "chat decode tokens/s, plain decoding": ("", lambda v, c: True),
     "KV TTFT snapshot ms": ("", lambda v, c: True),
     "KV TTFT re-prefill ms": ("", lambda v, c: True),
     "KV speed-up at ~1,500 tokens": (">= 14x", lambda v, c: v >= 14.0),
@@ -80,9 +83,10 @@ def competitor(active: bool) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def memos(*args: str, stdin: str | None = None) -> tuple[float, str]:
+def memos(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> tuple[float, str]:
     started = time.perf_counter()
-    done = subprocess.run([*MEMOS, *args], input=stdin, capture_output=True, text=True)
+    full_env = {**os.environ, **env} if env else None
+    done = subprocess.run([*MEMOS, *args], input=stdin, capture_output=True, text=True, env=full_env)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"memos {' '.join(args[:2])} failed ({done.returncode}): {done.stderr.strip()}")
@@ -90,22 +94,32 @@ def memos(*args: str, stdin: str | None = None) -> tuple[float, str]:
 
 
 def chat_figures(example: Path, work: Path, repeats: int) -> dict[str, float]:
-    """The issue's command, on a fresh copy of the example cube each run (chat remembers its turns)."""
-    walls, rates, ttfts = [], [], []
+    """The issue's command, on a fresh copy of the example cube each run (chat remembers its turns); each
+    run is followed by one with the plain decoding loop (``MEMOS_SPECULATIVE=0``), so both see the same load."""
+    walls, rates, ttfts, plain_walls, plain_rates = [], [], [], [], []
     for n in range(repeats):
-        cube = work / f"chat-{n}"
-        shutil.rmtree(cube, ignore_errors=True)
-        shutil.copytree(example, cube)
-        wall, out = memos("chat", str(cube), "-m", CHAT_Q, "--greedy", "--max-new-tokens", "40", "--json")
-        result = json.loads(out)
-        walls.append(wall)
-        rates.append(result["tokens_per_s"])
-        ttfts.append(result["ttft_ms"])
-        shutil.rmtree(cube)
+        for plain in (False, True):
+            cube = work / f"chat-{n}"
+            shutil.rmtree(cube, ignore_errors=True)
+            shutil.copytree(example, cube)
+            env = {"MEMOS_SPECULATIVE": "0" if plain else ""}
+            args = ("chat", str(cube), "-m", CHAT_Q, "--greedy", "--max-new-tokens", "40", "--json")
+            wall, out = memos(*args, env=env)
+            result = json.loads(out)
+            if plain:
+                plain_walls.append(wall)
+                plain_rates.append(result["tokens_per_s"])
+            else:
+                walls.append(wall)
+                rates.append(result["tokens_per_s"])
+                ttfts.append(result["ttft_ms"])
+            shutil.rmtree(cube)
     return {
         "chat -m wall s": statistics.median(walls),
         "chat decode tokens/s": statistics.median(rates),
         "chat TTFT ms": statistics.median(ttfts),
+        "chat -m wall s, plain decoding": statistics.median(plain_walls),
+        "chat decode tokens/s, plain decoding": statistics.median(plain_rates),
     }
 
 

@@ -108,6 +108,12 @@ class ChatSession:
                     self.stale.append(f"adapter {name}: {len(refs)} of its memories changed since it was trained")
         if found is not None:  # after the adapters: a snapshot holds the cache of the model it was made with
             self.snapshot = self._load_snapshot(*found)
+        if options.greedy:
+            from memos_cli.engine import speculative
+
+            # The half-precision draft of the (adapted) model, made once per session rather than in a turn.
+            if speculative.wanted(self.lm, greedy=True, max_new_tokens=options.max_new_tokens):
+                speculative.draft_for(self.lm.model)
         self.searcher = Searcher(self.cubes, actor=self.actor) if options.retrieval else None
 
     def _read_snapshot(self, name: str) -> tuple[Cube, str, Any]:

@@ -80,6 +80,9 @@ class Snapshot:
     # LoRA adapters applied to the model the cache was computed with: {name: sha256 of its weights}.
     # The fingerprint is then the adapted model's (distill.load_adapters), so no other combination loads it.
     adapters: dict[str, str] = field(default_factory=dict)
+    # Half-precision copies of keys and values for a speculative draft (engine/speculative.py), made once
+    # per session and dtype rather than on every turn; never saved.
+    half: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def token_count(self) -> int:
@@ -118,6 +121,10 @@ class GenerationResult:
     reused_tokens: int  # prompt tokens served from the snapshot instead of prefilled
     mode: str
     stop_reason: str  # "eos" or "length"
+    # Speculative decoding (engine/speculative.py): tokens the half-precision draft proposed, and how many
+    # of them the float32 model accepted; both 0 when the plain loop decoded.
+    drafted: int = 0
+    accepted: int = 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -713,6 +720,7 @@ def generate(
     top_p: float = 0.9,
     seed: int | None = None,
     on_token: Callable[[str], None] | None = None,
+    speculative: bool | None = None,
 ) -> GenerationResult:
     """Answer ``question`` after a memory preamble, retrieved memories and conversation history.
 
@@ -726,6 +734,10 @@ def generate(
     - ``mode="none"``: no preamble; the template's default system message, if any, applies.
 
     ``on_token`` receives the answer's text as it grows, piece by piece (for streaming).
+
+    ``speculative``: greedy decoding with a half-precision draft checked by the model itself
+    (engine/speculative.py; the same tokens, faster where half precision is). None decides by model size,
+    CPU and ``MEMOS_SPECULATIVE``; it never applies to sampling.
     """
     import torch
 
@@ -762,29 +774,47 @@ def generate(
 
     stops = lm.stop_token_ids()
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    greedy = greedy or temperature <= 0
+    if speculative is None:
+        from memos_cli.engine import speculative as spec_mod
+
+        speculative = spec_mod.wanted(lm, greedy=greedy, max_new_tokens=max_new_tokens)
+    speculative = speculative and greedy
     out_ids: list[int] = []
     stream = TextStream(lm.tokenizer) if on_token is not None else None
     emitted = ""
     stop_reason = "length"
-    first_at = None
+    first_at: float | None = None
+
+    def take(token: int) -> bool:
+        """Record one chosen token; False when the answer ends with it."""
+        nonlocal emitted, stop_reason, first_at
+        if first_at is None:
+            first_at = time.perf_counter()
+        if token in stops:
+            stop_reason = "eos"
+            return False
+        out_ids.append(token)
+        if stream is not None and on_token is not None:
+            piece = stream.push(token)  # decodes a few tokens, not the whole answer again
+            if piece:
+                on_token(piece)
+                emitted += piece
+        return len(out_ids) < max_new_tokens
+
+    drafted = accepted = 0
     with torch.inference_mode():
         out = _prefill(lm, todo, cache)
-        for step in range(max_new_tokens):
-            logits = out.logits[0, -1].float()
-            token = _pick(logits, greedy, temperature, top_p, generator)
-            if first_at is None:
-                first_at = time.perf_counter()
-            if token in stops:
-                stop_reason = "eos"
-                break
-            out_ids.append(token)
-            if stream is not None and on_token is not None:
-                piece = stream.push(token)  # decodes a few tokens, not the whole answer again
-                if piece:
-                    on_token(piece)
-                    emitted += piece
-            if step + 1 < max_new_tokens:
-                out = _prefill(lm, [token], out.past_key_values)
+        if max_new_tokens > 0:
+            token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
+            if speculative:
+                if take(token):
+                    room = lambda: max_new_tokens - len(out_ids)  # noqa: E731
+                    drafted, accepted = _speculate(lm, snapshot if reused else None, out, token, take, room)
+            else:
+                while take(token):
+                    out = _prefill(lm, [token], out.past_key_values)
+                    token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
     ended = time.perf_counter()
     first_at = first_at or ended
     answer = lm.tokenizer.decode(out_ids, skip_special_tokens=True)
@@ -802,7 +832,38 @@ def generate(
         reused_tokens=reused,
         mode=mode,
         stop_reason=stop_reason,
+        drafted=drafted,
+        accepted=accepted,
     )
+
+
+def _speculate(
+    lm: LanguageModel,
+    snapshot: Snapshot | None,
+    out: Any,
+    token: int,
+    take: Callable[[int], bool],
+    room: Callable[[], int],
+) -> tuple[int, int]:
+    """Greedy decoding after ``token`` with a half-precision draft (engine/speculative.py); returns
+    (tokens drafted, tokens accepted). The draft's cache is a half copy of the float32 cache after the
+    prefill; an injected snapshot's part of it is converted once per session and dtype."""
+    from memos_cli.engine import speculative as spec
+
+    draft = spec.draft_for(lm.model)
+    dtype = draft.dtype
+    head: list[tuple[Any, Any]] = []
+    if snapshot is not None:
+        key = str(dtype)
+        if key not in snapshot.half:
+            snapshot.half[key] = [
+                (k.to(dtype), v.to(dtype)) for k, v in zip(snapshot.keys, snapshot.values, strict=True)
+            ]
+        head = snapshot.half[key]
+    draft_cache = spec.half_copy(out.past_key_values, draft.config, dtype, head)
+    stats = spec.Stats()
+    spec.greedy_loop(lm.model, draft, out.past_key_values, draft_cache, token, take, room, stats)
+    return stats.drafted, stats.accepted
 
 
 def _pick(logits: Any, greedy: bool, temperature: float, top_p: float, generator: Any) -> int:

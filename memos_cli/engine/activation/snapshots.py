@@ -80,7 +80,7 @@ class Snapshot:
     # LoRA adapters applied to the model the cache was computed with: {name: sha256 of its weights}.
     # The fingerprint is then the adapted model's (distill.load_adapters), so no other combination loads it.
     adapters: dict[str, str] = field(default_factory=dict)
-    # Half-precision copies of keys and values for a speculative draft (engine/speculative.py), made once
+    # Half-precision copies of keys and values for a speculative draft (engine/activation/speculative.py), made once
     # per session and dtype rather than on every turn; never saved.
     half: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -121,7 +121,7 @@ class GenerationResult:
     reused_tokens: int  # prompt tokens served from the snapshot instead of prefilled
     mode: str
     stop_reason: str  # "eos" or "length"
-    # Speculative decoding (engine/speculative.py): tokens the half-precision draft proposed, and how many
+    # Speculative decoding (engine/activation/speculative.py): tokens the half-precision draft proposed, and how many
     # of them the float32 model accepted; both 0 when the plain loop decoded.
     drafted: int = 0
     accepted: int = 0
@@ -736,7 +736,7 @@ def generate(
     ``on_token`` receives the answer's text as it grows, piece by piece (for streaming).
 
     ``speculative``: greedy decoding with a half-precision draft checked by the model itself
-    (engine/speculative.py; the same tokens, faster where half precision is). None decides by model size,
+    (engine/activation/speculative.py; the same tokens, faster where half precision is). None decides by model size,
     CPU and ``MEMOS_SPECULATIVE``; it never applies to sampling.
     """
     import torch
@@ -776,7 +776,7 @@ def generate(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     greedy = greedy or temperature <= 0
     if speculative is None:
-        from memos_cli.engine import speculative as spec_mod
+        from memos_cli.engine.activation import speculative as spec_mod
 
         speculative = spec_mod.wanted(lm, greedy=greedy, max_new_tokens=max_new_tokens)
     speculative = speculative and greedy
@@ -845,10 +845,10 @@ def _speculate(
     take: Callable[[int], bool],
     room: Callable[[], int],
 ) -> tuple[int, int]:
-    """Greedy decoding after ``token`` with a half-precision draft (engine/speculative.py); returns
+    """Greedy decoding after ``token`` with a half-precision draft (engine/activation/speculative.py); returns
     (tokens drafted, tokens accepted). The draft's cache is a half copy of the float32 cache after the
     prefill; an injected snapshot's part of it is converted once per session and dtype."""
-    from memos_cli.engine import speculative as spec
+    from memos_cli.engine.activation import speculative as spec
 
     draft = spec.draft_for(lm.model)
     dtype = draft.dtype

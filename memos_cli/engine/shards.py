@@ -11,12 +11,13 @@ cube, exactly as the unsharded index does.
 A hybrid query is two rounds, so that no shard needs another's data:
 
 1. every shard scores its allowed rows (dense cosine and BM25 with the global statistics) and returns
-   the float64 partial sums of each leg (count, sum, sum of squares): the coordinator adds them into
-   the z-score statistics of the whole cube (``ranking.moments`` / ``ranking.zscore_from``, which the
-   unsharded ranking uses too);
-2. every shard returns the fused scores of its candidates, which in exact mode are all its allowed
-   rows; the coordinator scatters them into one array, adds the neighbour and episode context and the
-   speaker boost (``ranking._with_context``), and takes the top k, ties broken by row id.
+   the cosines of its allowed rows and the float64 partial sums of the BM25 leg (count, sum, sum of
+   squares): the coordinator adds the neighbours' share to each cosine (``ranking.dense_with_context``:
+   a neighbour may live in another shard) and adds the partials into the z-score statistics of the
+   whole cube (``ranking.moments`` / ``ranking.zscore_from``, which the unsharded ranking uses too);
+2. every shard returns the weighted BM25 z-scores of its candidates, which in exact mode are all its
+   allowed rows; the coordinator adds them to the dense z-scores, adds the neighbour and episode
+   context and the speaker boost (``ranking._with_context``), and takes the top k, ties broken by row id.
 
 Exact mode (every allowed row scored, what ``rank`` does up to ``RankSettings.exact_limit`` rows) gives
 the same ranking as the unsharded index; scores agree to float rounding of the statistics. Shards are
@@ -67,13 +68,14 @@ class Shard:
     # ---- round 1
     def score(
         self, query: str, q: np.ndarray, mask: np.ndarray, stats: LexicalStats
-    ) -> tuple[tuple[int, float, float], tuple[int, float, float]]:
-        """Score the allowed rows; return the partial sums of the dense and the BM25 leg."""
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, float, float]]:
+        """Score the allowed rows; return their global ids, their cosines and the partial sums of the
+        BM25 leg."""
         idx = np.flatnonzero(mask)
         dense = ranking._dense(self.vectors, idx, q)
         lex = self._bm25(query, stats)[idx]
-        self._legs = (idx, dense, lex)
-        return ranking.moments(dense), ranking.moments(lex)
+        self._legs = (idx, lex)
+        return idx + self.start, dense, ranking.moments(lex)
 
     def _bm25(self, query: str, stats: LexicalStats) -> np.ndarray:
         """``LexicalIndex.scores`` with the global idf and average length (same arithmetic, same order)."""
@@ -101,15 +103,13 @@ class Shard:
         return out
 
     # ---- round 2
-    def fused(
-        self, dense_stats: tuple[int, float, float], lex_stats: tuple[int, float, float], weight: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Global row ids and fused scores of this shard's candidates (exact mode: all allowed rows)."""
+    def lexical_z(self, lex_stats: tuple[int, float, float], weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """Global row ids and weighted BM25 z-scores of this shard's candidates (exact mode: all
+        allowed rows)."""
         assert self._legs is not None, "round 1 first"
-        idx, dense, lex = self._legs
+        idx, lex = self._legs
         self._legs = None
-        z = ranking.zscore_from(dense, dense_stats) + weight * ranking.zscore_from(lex, lex_stats)
-        return idx + self.start, z.astype(np.float32)
+        return idx + self.start, weight * ranking.zscore_from(lex, lex_stats)
 
     # ---- persistence
     def save(self, directory: Path) -> None:
@@ -196,18 +196,23 @@ class ShardedIndex:
         allowed = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)[:n]
         if not allowed.any():
             return []
-        # Round 1: partial sums of each leg from every shard.
-        dense_parts, lex_parts = [], []
+        # Round 1: the cosines and the BM25 partial sums from every shard.
+        ids, dense_parts, lex_parts = [], [], []
         for shard in self.shards:
-            d, lx = shard.score(query, q, allowed[shard.start : shard.start + len(shard)], self.stats)
+            i, d, lx = shard.score(query, q, allowed[shard.start : shard.start + len(shard)], self.stats)
+            ids.append(i)
             dense_parts.append(d)
             lex_parts.append(lx)
-        dense_stats = _sum(dense_parts)
+        idx = np.concatenate(ids)
+        dense = np.concatenate(dense_parts)
+        if settings.context_dense:
+            dense = ranking.dense_with_context(self._meta.structure, idx, dense, allowed, settings.context_dense)
+        z_dense = ranking.zscore_from(dense, ranking.moments(dense))
         lex_stats = _sum(lex_parts)
-        # Round 2: fused scores of the candidates, then context and boost on the coordinator.
-        pieces = [shard.fused(dense_stats, lex_stats, settings.lexical_weight) for shard in self.shards]
-        idx = np.concatenate([p[0] for p in pieces])
-        fused = np.concatenate([p[1] for p in pieces])
+        # Round 2: weighted BM25 z-scores of the candidates, then fusion, context and boost here.
+        pieces = [shard.lexical_z(lex_stats, settings.lexical_weight) for shard in self.shards]
+        assert np.array_equal(np.concatenate([p[0] for p in pieces]), idx)
+        fused = (z_dense + np.concatenate([p[1] for p in pieces])).astype(np.float32)
         score = ranking._with_context(self._meta, idx, fused, settings)
         if settings.speaker:
             named = ranking._named_speakers(self._meta, query)

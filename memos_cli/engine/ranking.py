@@ -264,8 +264,8 @@ def _dense_moments(inputs: RankInputs, share: float = 0.0, size: int = 4096) -> 
     slow on a busy machine).
     """
     n = len(inputs.rows)
-    cached = inputs._cache.get("moments")
-    if isinstance(cached, tuple) and cached[0] == (n, share):
+    cached = inputs._cache.get(f"moments:{share}")
+    if isinstance(cached, tuple) and cached[0] == n:
         return cached[1], cached[2]
     sample = np.unique(np.linspace(0, n - 1, num=min(size, n)).astype(np.int64))
     x = inputs.vectors[sample].astype(np.float64)
@@ -280,7 +280,7 @@ def _dense_moments(inputs: RankInputs, share: float = 0.0, size: int = 4096) -> 
         x = x + share * np.where(count[:, None] > 0, total / np.maximum(count, 1)[:, None], x)
     mu = x.mean(axis=0)
     cov = np.cov(x, rowvar=False, bias=True) if len(x) > 1 else np.zeros((x.shape[1], x.shape[1]))
-    inputs._cache["moments"] = ((n, share), mu, cov)
+    inputs._cache[f"moments:{share}"] = (n, mu, cov)
     return mu, cov
 
 
@@ -458,23 +458,36 @@ def dense_with_context(
     from ``vectors`` and ``q`` (the approximate path), or must be allowed-and-scored (exact paths,
     where ``idx`` is every allowed row). Rows outside ``allowed`` never lend context.
     """
-    full = np.full(len(st.prev), np.nan, dtype=np.float32)
-    full[idx] = dense
-    links = [st.prev[idx], st.next[idx]]
+    # Neighbour scores are looked up in the scored rows by binary search: no array as long as the cube.
+    keys, vals = np.asarray(idx, dtype=np.int64), np.asarray(dense, dtype=np.float32)
+    if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        order = np.argsort(keys, kind="stable")
+        keys, vals = keys[order], vals[order]
+    links = [st.prev[idx].astype(np.int64), st.next[idx].astype(np.int64)]
     oks = []
     for nb in links:
         ok = nb >= 0
         ok[ok] = allowed[nb[ok]]
         oks.append(ok)
+
+    def lookup(nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.minimum(np.searchsorted(keys, nb), max(len(keys) - 1, 0))
+        return keys[pos] == nb, vals[pos]
+
     if vectors is not None and q is not None:
         want = np.concatenate([nb[ok] for nb, ok in zip(links, oks, strict=True)])
-        missing = np.unique(want[np.isnan(full[want])])
+        missing = np.unique(want[~lookup(want)[0]]) if len(want) else want
         if len(missing):
-            full[missing] = vectors[missing] @ q
+            keys = np.concatenate([keys, missing])
+            vals = np.concatenate([vals, (vectors[missing] @ q).astype(np.float32)])
+            order = np.argsort(keys, kind="stable")
+            keys, vals = keys[order], vals[order]
     total = np.zeros(len(idx), dtype=np.float32)
     count = np.zeros(len(idx), dtype=np.float32)
     for nb, ok in zip(links, oks, strict=True):
-        total += np.where(ok, full[np.where(ok, nb, 0)], 0.0).astype(np.float32)
+        found, val = lookup(nb)
+        ok = ok & found
+        total += np.where(ok, val, 0.0).astype(np.float32)
         count += ok
     mean = np.where(count > 0, total / np.maximum(count, 1.0), dense)
     return (dense + np.float32(share) * mean).astype(np.float32)

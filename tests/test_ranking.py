@@ -11,7 +11,10 @@ from memos_cli.engine.plaintext.lexical import LexicalIndex
 from memos_cli.engine.plaintext.ranking import (
     DEFAULT_SETTINGS,
     RankInputs,
+    RankSettings,
     Row,
+    _dense_moments,
+    dense_with_context,
     embed_rows,
     embed_text,
     lexical_text,
@@ -120,7 +123,9 @@ def test_modes_differ_sensibly() -> None:
     assert rank(inputs, "zeppelin", query_vec, k=1, mode="lexical")[0][0] == 0
     lexical_hits = rank(inputs, "zeppelin", query_vec, k=10, mode="lexical")
     assert [r for r, _ in lexical_hits] == [0]  # only rows that share a word
-    hybrid = [r for r, _ in rank(inputs, "zeppelin", query_vec, k=2, mode="hybrid")]
+    # the two legs alone (no context: with it, the dense winner's neighbour may rightly come second)
+    legs = RankSettings(window=0.0, episode=0.0, context_dense=0.0)
+    hybrid = [r for r, _ in rank(inputs, "zeppelin", query_vec, k=2, mode="hybrid", settings=legs)]
     assert set(hybrid) == {0, len(texts) - 1}
     with pytest.raises(ValueError):
         rank(inputs, "zeppelin", query_vec, k=2, mode="semantic")
@@ -236,3 +241,55 @@ def test_ann_that_only_finds_masked_rows_falls_back_to_exact() -> None:
     assert (
         rank(inputs, "note", inputs.vectors[95], k=1, mode="dense", mask=mask, ann=useless, settings=small)[0][0] == 95
     )
+
+
+def test_dense_context_adds_a_share_of_the_neighbours_mean_cosine() -> None:
+    rows = chat(["a", "b", "c"]) + [Row(text="alone", source="other.md")]
+    st = structure(rows)
+    idx = np.arange(4)
+    dense = np.array([0.8, 0.1, 0.4, 0.3], dtype=np.float32)
+    got = dense_with_context(st, idx, dense, np.ones(4, dtype=bool), 0.5)
+    # row 0: its one neighbour (0.1); row 1: mean of 0.8 and 0.4; row 3 has none and counts itself
+    np.testing.assert_allclose(got, [0.8 + 0.05, 0.1 + 0.3, 0.4 + 0.05, 0.3 + 0.15], rtol=1e-6)
+    # a masked-out neighbour lends nothing: row 1 then only sees row 2
+    allowed = np.array([False, True, True, True])
+    got = dense_with_context(st, idx[1:], dense[1:], allowed, 0.5)
+    np.testing.assert_allclose(got, [0.1 + 0.2, 0.4 + 0.05, 0.3 + 0.15], rtol=1e-6)
+
+
+def test_dense_context_scores_missing_neighbours_from_the_vectors() -> None:
+    rows = chat([f"t{i}" for i in range(6)])
+    vectors = unit(np.random.default_rng(5).normal(size=(6, DIM)))
+    st, q, allowed = structure(rows), vectors[2], np.ones(6, dtype=bool)
+    full = dense_with_context(st, np.arange(6), vectors @ q, allowed, 0.25)
+    some = np.array([1, 4])  # the approximate path: candidates only, their neighbours scored on demand
+    got = dense_with_context(st, some, vectors[some] @ q, allowed, 0.25, vectors, q)
+    np.testing.assert_allclose(got, full[some], rtol=1e-6)
+
+
+def test_dense_context_moments_match_the_context_cosines() -> None:
+    rows = chat([f"t{i}" for i in range(40)]) + [Row(text=f"n{i}", source="n.md") for i in range(20)]
+    vectors = unit(np.random.default_rng(6).normal(size=(60, DIM)))
+    inputs = make_inputs(rows, vectors)
+    q = unit(np.random.default_rng(7).normal(size=DIM))
+    ctx = dense_with_context(inputs.structure, np.arange(60), vectors @ q, np.ones(60, dtype=bool), 0.25)
+    mu, cov = _dense_moments(inputs, 0.25)
+    assert float(q @ mu) == pytest.approx(float(ctx.mean()), abs=1e-5)
+    assert float(np.sqrt(q @ cov @ q)) == pytest.approx(float(ctx.std()), abs=1e-5)
+    mu0, _ = _dense_moments(inputs, 0.0)  # the cache is keyed by the share too
+    assert float(q @ mu0) == pytest.approx(float((vectors @ q).mean()), abs=1e-5)
+
+
+def test_dense_context_lifts_a_contentless_reply_to_a_matching_question() -> None:
+    # "sounds fun, I'm in" says nothing alone; its turn before is what the query is about
+    texts = [*FILLER, "want to go kayaking on the lake on saturday?", "sounds fun, I'm in", *FILLER]
+    rng = np.random.default_rng(8)
+    vectors = unit(rng.normal(size=(len(texts), DIM)))
+    q = vectors[6].copy()
+    vectors[7] = unit(0.35 * q + rng.normal(size=DIM) * 0.2)  # the reply is only loosely related
+    inputs = make_inputs(chat(texts), vectors)
+    plain = RankSettings(window=0.0, episode=0.0, context_dense=0.0, speaker=0.0)
+    with_ctx = dataclasses.replace(plain, context_dense=0.5)
+    before = [r for r, _ in rank(inputs, "zzz", q, k=len(texts), settings=plain)]
+    after = [r for r, _ in rank(inputs, "zzz", q, k=len(texts), settings=with_ctx)]
+    assert after.index(7) < before.index(7)

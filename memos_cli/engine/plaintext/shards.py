@@ -87,9 +87,9 @@ class Shard:
         self.lexical = lexical
         self.hnsw = hnsw
         self.hnsw_rows = hnsw_rows if hnsw is not None else 0
-        self._legs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # round 1's scores, for round 2
+        self._legs: tuple[np.ndarray, np.ndarray] | None = None  # round 1's scores, for round 2
         self._lex: np.ndarray | None = None  # round 1's BM25 scores of every row (approximate mode)
-        self._sample: tuple[tuple[int, ...], tuple[int, np.ndarray, np.ndarray]] | None = None
+        self._sample: tuple[tuple[float, ...], tuple[int, np.ndarray, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -182,28 +182,33 @@ class Shard:
     # ---- hybrid, exact mode: round 1
     def score(
         self, query: str, q: np.ndarray, mask: np.ndarray, stats: LexicalStats
-    ) -> tuple[tuple[int, float, float], tuple[int, float, float]]:
-        """Score the allowed rows; return the partial sums of the dense and the BM25 leg."""
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, float, float]]:
+        """Score the allowed rows; return their global ids, their cosines (the coordinator adds the
+        neighbours' share: a neighbour may live in another shard) and the partial sums of the BM25 leg."""
         idx = np.flatnonzero(mask)
         dense = ranking._dense(self.vectors, idx, q)
         lex = self.bm25(query, stats)[idx]
-        self._legs = (idx, dense, lex)
-        return ranking.moments(dense), ranking.moments(lex)
+        self._legs = (idx, lex)
+        return idx + self.start, dense, ranking.moments(lex)
 
     # ---- hybrid, exact mode: round 2
-    def fused(
-        self, dense_stats: tuple[int, float, float], lex_stats: tuple[int, float, float], weight: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Global row ids and fused scores of this shard's allowed rows."""
+    def lexical_z(self, lex_stats: tuple[int, float, float], weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """Global row ids and weighted BM25 z-scores of this shard's allowed rows."""
         assert self._legs is not None, "round 1 first"
-        idx, dense, lex = self._legs
+        idx, lex = self._legs
         self._legs = None
-        z = ranking.zscore_from(dense, dense_stats) + weight * ranking.zscore_from(lex, lex_stats)
-        return idx + self.start, z.astype(np.float32)
+        return idx + self.start, weight * ranking.zscore_from(lex, lex_stats)
 
     # ---- hybrid, approximate mode: round 1
     def candidates(
-        self, query: str, q: np.ndarray, mask: np.ndarray, stats: LexicalStats, pool: int, sample: np.ndarray
+        self,
+        query: str,
+        q: np.ndarray,
+        mask: np.ndarray,
+        stats: LexicalStats,
+        pool: int,
+        sample: np.ndarray,
+        context: tuple[ranking.Structure, float] | None = None,
     ) -> dict[str, Any]:
         """Dense and BM25 candidates with both legs' scores, the BM25 partial sums over the allowed rows,
         and the sums of this shard's rows of the dense sample (local ids ``sample``)."""
@@ -220,14 +225,29 @@ class Shard:
             "dense": (self.vectors[ids] @ q).astype(np.float32),
             "lex": lex[ids],
             "lex_moments": ranking.moments(lex[mask]),
-            "sample": self._sample_sums(sample),
+            "sample": self._sample_sums(sample, context),
         }
 
-    def _sample_sums(self, sample: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-        key = (len(sample), int(sample[0]) if len(sample) else -1, int(sample[-1]) if len(sample) else -1)
+    def _sample_sums(
+        self, sample: np.ndarray, context: tuple[ranking.Structure, float] | None = None
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """Sums of the sample rows' vectors; with a dense ``context`` (structure, share), of the vectors
+        ``v + share * mean of the neighbours' v`` (``ranking._dense_moments``; a neighbour in another
+        shard is left out of the mean, which moves the estimated spread by a hair)."""
+        share = context[1] if context else 0.0
+        key = (len(sample), int(sample[0]) if len(sample) else -1, int(sample[-1]) if len(sample) else -1, share)
         if self._sample is not None and self._sample[0] == key:
             return self._sample[1]
         x = self.vectors[sample].astype(np.float64)
+        if context is not None and share:
+            st = context[0]
+            total, count = np.zeros_like(x), np.zeros(len(sample))
+            for links in (st.prev, st.next):
+                nb = links[sample + self.start].astype(np.int64)
+                ok = (nb >= self.start) & (nb < self.end)
+                total[ok] += self.vectors[nb[ok] - self.start]
+                count += ok
+            x = x + share * np.where(count[:, None] > 0, total / np.maximum(count, 1)[:, None], x)
         sums = (len(x), x.sum(axis=0), x.T @ x)
         self._sample = (key, sums)
         return sums
@@ -338,7 +358,7 @@ class ShardedIndex:
             ]
             return ranking._top(*_concat(pieces), k)
         if exact:
-            idx, fused = self._fused_exact(query, q, parts, settings)
+            idx, fused = self._fused_exact(query, q, allowed, parts, settings)
         else:
             idx, fused = self._fused_approximate(query, q, allowed, parts, settings)
         score = ranking._with_context(self._meta, idx, fused, settings)
@@ -346,17 +366,27 @@ class ShardedIndex:
         return ranking._top(idx, score, k)
 
     def _fused_exact(
-        self, query: str, q: np.ndarray, parts: list[np.ndarray], settings: ranking.RankSettings
+        self,
+        query: str,
+        q: np.ndarray,
+        allowed: np.ndarray,
+        parts: list[np.ndarray],
+        settings: ranking.RankSettings,
     ) -> tuple[np.ndarray, np.ndarray]:
-        # Round 1: partial sums of each leg from every shard.
-        dense_parts, lex_parts = [], []
+        # Round 1: the cosines and the BM25 partial sums from every shard.
+        ids, dense_parts, lex_parts = [], [], []
         for shard, part in zip(self.shards, parts, strict=True):
-            d, lx = shard.score(query, q, part, self.stats)
+            i, d, lx = shard.score(query, q, part, self.stats)
+            ids.append(i)
             dense_parts.append(d)
             lex_parts.append(lx)
-        dense_stats, lex_stats = _sum(dense_parts), _sum(lex_parts)
-        # Round 2: fused scores of the allowed rows.
-        return _concat([s.fused(dense_stats, lex_stats, settings.lexical_weight) for s in self.shards])
+        idx, dense = np.concatenate(ids), np.concatenate(dense_parts)
+        if settings.context_dense:
+            dense = ranking.dense_with_context(self._meta.structure, idx, dense, allowed, settings.context_dense)
+        z_dense = ranking.zscore_from(dense, ranking.moments(dense))
+        # Round 2: the weighted BM25 z-scores of the allowed rows; fused here.
+        pieces = [s.lexical_z(_sum(lex_parts), settings.lexical_weight) for s in self.shards]
+        return idx, (z_dense + np.concatenate([p[1] for p in pieces])).astype(np.float32)
 
     def _fused_approximate(
         self, query: str, q: np.ndarray, allowed: np.ndarray, parts: list[np.ndarray], settings: ranking.RankSettings
@@ -365,8 +395,11 @@ class ShardedIndex:
         pool = settings.pool
         sample = np.unique(np.linspace(0, n - 1, num=min(_SAMPLE, n)).astype(np.int64))
         # Round 1: candidates with their scores, and the statistics' partial sums.
+        context = (self._meta.structure, settings.context_dense) if settings.context_dense else None
         found = [
-            s.candidates(query, q, p, self.stats, pool, sample[(sample >= s.start) & (sample < s.end)] - s.start)
+            s.candidates(
+                query, q, p, self.stats, pool, sample[(sample >= s.start) & (sample < s.end)] - s.start, context
+            )
             for s, p in zip(self.shards, parts, strict=True)
         ]
         lex_ids = np.concatenate([f["lex_ids"] for f in found])
@@ -386,12 +419,27 @@ class ShardedIndex:
             pos = np.searchsorted(idx, f["ids"])
             hit = (pos < len(idx)) & (idx[np.minimum(pos, len(idx) - 1)] == f["ids"])
             dense[pos[hit]], lex[pos[hit]], known[pos[hit]] = f["dense"][hit], f["lex"][hit], True
-        # Round 2: the legs of the neighbours no shard has scored yet, from the shard that holds them.
+        # Round 2: the legs of the neighbours no shard has scored yet, from the shard that holds them, and
+        # the cosines of the rows only the dense context needs (a neighbour of a neighbour).
+        extra = np.zeros(0, dtype=np.int64)
+        if settings.context_dense:
+            hop = np.concatenate([st.prev[idx], st.next[idx]]).astype(np.int64)
+            hop = hop[hop >= 0]
+            extra = np.setdiff1d(hop[allowed[hop]], idx)
+        extra_dense = np.zeros(len(extra), dtype=np.float32)
         for shard in self.shards:
             missing = np.flatnonzero(~known & (idx >= shard.start) & (idx < shard.end))
             if len(missing):
                 dense[missing], lex[missing] = shard.scores_of(idx[missing], q)
+            more = np.flatnonzero((extra >= shard.start) & (extra < shard.end))
+            if len(more):
+                extra_dense[more] = shard.scores_of(extra[more], q)[0]
             shard.done()
+        if settings.context_dense:
+            with_extra = ranking.dense_with_context(
+                st, np.concatenate([idx, extra]), np.concatenate([dense, extra_dense]), allowed, settings.context_dense
+            )
+            dense = with_extra[: len(idx)]
         # The dense leg's spread over the cube from the sample's sums; the BM25 leg's over the allowed rows.
         count = sum(f["sample"][0] for f in found)
         mu = sum(f["sample"][1] for f in found) / count

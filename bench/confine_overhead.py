@@ -21,7 +21,10 @@ from pathlib import Path
 QUERY = r"""
 import json, statistics, sys, time
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.plaintext.query import Searcher
+try:
+    from memos_cli.engine.plaintext.query import Searcher
+except ImportError:  # a tree from before engine/ was grouped by memory kind
+    from memos_cli.engine.query import Searcher
 cube = Cube.open(sys.argv[1])
 with Searcher([cube], record_usage=False) as s:
     s.search("warm up", k=10)

@@ -158,15 +158,14 @@ def ingest_figures(texts_path: Path, texts: list[str], work: Path, query_text: s
 
 def thread_figures(lm, snap) -> dict[int, tuple[float, float]]:
     """Per torch thread count: (decode tokens/s over 40 greedy tokens, re-prefill TTFT ms at ~1,500)."""
-    import torch
-
-    from memos_cli.config import available_cores, configure_threads
+    from memos_cli.config import THREADS_ENV, available_cores, configure_threads
     from memos_cli.engine.activation.snapshots import generate
 
     out = {}
+    before = os.environ.get(THREADS_ENV)
     try:
         for threads in sorted({1, available_cores()}):
-            torch.set_num_threads(threads)
+            os.environ[THREADS_ENV] = str(threads)  # generate() sizes torch's pool from it
             generate(lm, "Tell me about dragons.", mode="none", greedy=True, max_new_tokens=4)  # warm-up
             rates = [
                 generate(lm, "Tell me a long story about a dragon.", mode="none", greedy=True, max_new_tokens=40)
@@ -175,6 +174,10 @@ def thread_figures(lm, snap) -> dict[int, tuple[float, float]]:
             prefill = min(kv_ttft_ms(lm, snap, "recompute") for _ in range(2))
             out[threads] = (statistics.median(r.tokens_per_s for r in rates), prefill)
     finally:
+        if before is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = before
         configure_threads()
     return out
 

@@ -34,13 +34,39 @@ TEXT = "Héllo wörld 🎉 — the beta opens on 14 March.\n  Done! 日本語, n
 
 def test_threads_default_is_one_per_core_less_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(config.THREADS_ENV, raising=False)
+    monkeypatch.setattr(config, "_machine_idle", lambda: False)
     for cores, expected in ((1, 1), (2, 1), (4, 3), (16, 15)):
         monkeypatch.setattr(config, "available_cores", lambda cores=cores: cores)
         assert config.thread_count() == expected
 
 
+def test_an_idle_machine_gets_every_core_for_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(config.THREADS_ENV, raising=False)
+    monkeypatch.setattr(config, "_machine_idle", lambda: True)
+    for cores, expected in ((1, 1), (2, 2), (4, 4)):
+        monkeypatch.setattr(config, "available_cores", lambda cores=cores: cores)
+        assert config.thread_count(interactive=True) == expected
+        assert config.thread_count() == max(1, cores - 1)  # bulk work keeps the margin
+
+
+def test_busy_cores_sees_a_competing_process() -> None:
+    import subprocess
+    import sys
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert config._busy_cores(0.2) >= 0.5  # the spinner holds most of a core
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def test_memos_threads_overrides_and_bad_values_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config, "available_cores", lambda: 8)
+    monkeypatch.setattr(config, "_machine_idle", lambda: False)
     monkeypatch.setenv(config.THREADS_ENV, "3")
     assert config.thread_count() == 3
     monkeypatch.setenv(config.THREADS_ENV, "0")

@@ -355,7 +355,7 @@ def load_lm(spec: str | None = None, *, dtype: str = "float32") -> LanguageModel
 
     from memos_cli.config import configure_threads
 
-    configure_threads()
+    configure_threads(interactive=True)
     name, folder = resolve_model_dir(spec)
     return _load_cached(name, str(folder), dtype)
 

@@ -741,6 +741,9 @@ def generate(
     """
     import torch
 
+    from memos_cli.config import configure_threads
+
+    configure_threads(interactive=True)  # chat embeds its question at bulk width first: take the cores back
     if mode not in ("kv", "recompute", "none"):
         raise UsageError(f"mode must be kv, recompute or none, not {mode!r}")
     if mode == "kv" and snapshot is None:

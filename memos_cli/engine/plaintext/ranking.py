@@ -377,16 +377,10 @@ def rank(
     from :func:`memos_cli.engine.plaintext.temporal.query_intervals`) add ``settings.time`` to rows whose event
     or said time falls in one of them (hybrid mode).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown ranking mode {mode!r}; expected one of {', '.join(MODES)}")
-    n = len(inputs.rows)
-    if k <= 0 or n == 0:
+    prepared = prepare(len(inputs.rows), mode, k, query_vec, mask)
+    if prepared is None:
         return []
-    q = np.asarray(query_vec, dtype=np.float32).reshape(-1)
-    allowed = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)[:n]
-    n_allowed = int(allowed.sum())
-    if n_allowed == 0:
-        return []
+    q, allowed, n_allowed = prepared
 
     if mode == "lexical":
         rows, scores = inputs.lexical.top(query, k, mask=allowed)
@@ -436,6 +430,24 @@ def rank(
         dated[table.ev_row] = True
         score = score + settings.dated * dated[idx]
     return _top(idx, score, k)
+
+
+def prepare(
+    n: int, mode: str, k: int, query_vec: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The query vector as float32, the allowed rows of ``n`` and their count; None when nothing can be
+    ranked (k < 1, no rows, none allowed). ValueError for an unknown ``mode``. Shared by ``rank`` and the
+    sharded index, so both refuse and filter alike."""
+    if mode not in MODES:
+        raise ValueError(f"unknown ranking mode {mode!r}; expected one of {', '.join(MODES)}")
+    if k <= 0 or n == 0:
+        return None
+    q = np.asarray(query_vec, dtype=np.float32).reshape(-1)
+    allowed = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)[:n]
+    n_allowed = int(allowed.sum())
+    if n_allowed == 0:
+        return None
+    return q, allowed, n_allowed
 
 
 def _dense(vectors: np.ndarray, idx: np.ndarray, q: np.ndarray) -> np.ndarray:

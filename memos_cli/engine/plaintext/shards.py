@@ -332,16 +332,10 @@ class ShardedIndex:
         periods: list[tuple[str, str]] | None = None,
     ) -> list[tuple[int, float]]:
         """``ranking.rank`` over the shards: in exact mode the same rows, in the same order."""
-        if mode not in ranking.MODES:
-            raise ValueError(f"unknown ranking mode {mode!r}; expected one of {', '.join(ranking.MODES)}")
-        n = len(self.rows)
-        if k <= 0 or n == 0:
+        prepared = ranking.prepare(len(self.rows), mode, k, query_vec, mask)
+        if prepared is None:
             return []
-        q = np.asarray(query_vec, dtype=np.float32).reshape(-1)
-        allowed = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)[:n]
-        n_allowed = int(allowed.sum())
-        if n_allowed == 0:
-            return []
+        q, allowed, n_allowed = prepared
         parts = [allowed[s.start : s.end] for s in self.shards]
         if mode == "lexical":
             ids, scores = _concat(

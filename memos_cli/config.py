@@ -173,13 +173,27 @@ def thread_count(interactive: bool = False) -> int:
     return default_threads(interactive)
 
 
+_FORKED = False
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+# A child forked from a process whose OpenMP pool ran with several threads hangs in its first parallel
+# region (GNU libgomp does not survive fork); such a child runs torch on one thread.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def configure_threads(interactive: bool = False) -> int:
     """Size torch's intra-op pool (if torch is imported) and the BLAS pools (numpy's OpenBLAS, through
     threadpoolctl) to ``thread_count()``; return that count. Cheap and idempotent: call it wherever heavy
     numeric work starts (model loads, bulk embedding)."""
     import sys
 
-    n = thread_count(interactive)
+    n = 1 if _FORKED else thread_count(interactive)
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)

@@ -270,3 +270,20 @@ def test_exit_now_runs_exit_handlers_flushes_and_keeps_the_code(tmp_path: Path) 
     assert done.returncode == 3
     assert done.stdout == "partial line without newlinehandler ran\n"
     assert done.stderr == "to stderr"
+
+
+def test_a_forked_child_runs_torch_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv(config.THREADS_ENV, raising=False)
+    monkeypatch.setattr(config, "_machine_idle", lambda: True)
+    monkeypatch.setattr(config, "available_cores", lambda: 4)
+    assert config.thread_count(interactive=True) == 4
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, str(config.configure_threads(interactive=True)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"1"

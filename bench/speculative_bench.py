@@ -42,7 +42,8 @@ def main() -> None:
 
     from memos_cli.cube.records import MemoryRecord
     from memos_cli.engine.activation import speculative as spec
-    from memos_cli.engine.activation.snapshots import build_snapshot, generate
+    from memos_cli.engine.activation.generation import generate
+    from memos_cli.engine.activation.snapshots import build_snapshot
     from memos_cli.models.lm import load_lm
 
     lm = load_lm()

@@ -15,20 +15,18 @@ from pathlib import Path
 import pytest
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.activation import snapshots as act
+from memos_cli.engine.activation import prompt as prompt_module
+from memos_cli.engine.activation.generation import generate
+from memos_cli.engine.activation.prompt import render_prompt
 from memos_cli.engine.activation.snapshots import (
-    ActivationError,
-    InvalidSnapshot,
     Snapshot,
     build_snapshot,
     extend_snapshot,
-    generate,
     load_snapshot,
     read_snapshot_header,
-    render_prompt,
     save_snapshot,
 )
-from memos_cli.errors import IncompatibleModel, IntegrityError, UsageError
+from memos_cli.errors import ActivationError, IncompatibleModel, IntegrityError, InvalidSnapshot, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
 from tiny_models import FAMILIES, build_tiny_model
 
@@ -116,7 +114,7 @@ def test_snapshot_tokens_are_exactly_the_prompt_prefix(family: str, models: dict
         assert prompt.aligned
         assert prompt.token_ids[: snap.token_count] == snap.token_ids  # tokenized in one piece
         assert prompt.prefix_len == snap.token_count
-        assert lm.tokenizer.decode(snap.token_ids).endswith(act.memory_line(MEMORIES[3]))
+        assert lm.tokenizer.decode(snap.token_ids).endswith(prompt_module.memory_line(MEMORIES[3]))
     expected_layout = {"llama": "system", "qwen2": "system", "mistral": "user", "gpt2": "plain"}[family]
     assert snap.layout == expected_layout
 
@@ -128,7 +126,7 @@ def test_default_system_message_is_replaced_not_prepended(models: dict[str, Lang
     without = render_prompt(lm, "Hi").text
     assert "You are a helpful AI assistant." in without
     assert "You are a helpful AI assistant." not in with_memories
-    assert with_memories.startswith("<|im_start|>system\n" + act.PREAMBLE_HEADER)
+    assert with_memories.startswith("<|im_start|>system\n" + prompt_module.PREAMBLE_HEADER)
 
 
 def test_streaming_pieces_make_the_answer(models: dict[str, LanguageModel]) -> None:

@@ -18,7 +18,7 @@ from memos_cli.cube.bundle import Cube
 from memos_cli.cube.entries import ModelRef
 from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.activation.snapshots import render_prompt
+from memos_cli.engine.activation.prompt import render_prompt
 from memos_cli.engine.parametric import adapters as lora_adapters
 from memos_cli.engine.parametric import distill as dist
 from memos_cli.engine.parametric import evaluation as lora_eval
@@ -173,7 +173,7 @@ def test_training_runs_until_the_training_questions_are_recalled(
 
 
 def test_greedy_recalled_agrees_with_generation(lm: LanguageModel) -> None:
-    from memos_cli.engine.activation.snapshots import generate
+    from memos_cli.engine.activation.generation import generate
 
     stop = lm.tokenizer.eos_token_id
     for question in ["Where does Alice live?", "Who is Miso?"]:

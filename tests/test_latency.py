@@ -13,8 +13,9 @@ import pytest
 
 from memos_cli import config
 from memos_cli.cube.bundle import Cube
+from memos_cli.engine.activation.generation import generate
 from memos_cli.engine.activation.promote import promote_to_activation
-from memos_cli.engine.activation.snapshots import generate, read_snapshot
+from memos_cli.engine.activation.snapshots import read_snapshot
 from memos_cli.engine.chat import ChatOptions, ChatSession
 from memos_cli.engine.plaintext.ingest import Source, ingest
 from memos_cli.engine.select import Selection

@@ -14,7 +14,8 @@ import pytest
 
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.activation import speculative as spec
-from memos_cli.engine.activation.snapshots import build_snapshot, generate
+from memos_cli.engine.activation.generation import generate
+from memos_cli.engine.activation.snapshots import build_snapshot
 from memos_cli.models.lm import LanguageModel, load_lm
 from tiny_models import FAMILIES, build_tiny_model
 

@@ -168,7 +168,7 @@ class ChatSession:
         return snap
 
     def ask(self, question: str, *, on_token: Callable[[str], None] | None = None) -> TurnResult:
-        from memos_cli.engine.activation.snapshots import generate
+        from memos_cli.engine.activation.generation import generate
 
         if not question.strip():
             raise UsageError("empty message")

@@ -28,16 +28,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout as cube_layout
 from memos_cli.cube.io import atomic_write_bytes
 from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine.activation.prompt import (
+    PREAMBLE_HEADER,
+    Layout,
+    check_length,
+    detect_layout,
+    fit_memories,
+    memory_line,
+    prefill,
+    prefix_ids,
+    render_preamble,
+)
 from memos_cli.errors import (
     ActivationError,
     IncompatibleModel,
@@ -45,16 +55,10 @@ from memos_cli.errors import (
     InvalidSnapshot,
     UsageError,
 )
-from memos_cli.models.lm import DTYPES, LanguageModel, TextStream, torch_dtype
+from memos_cli.models.lm import DTYPES, LanguageModel, torch_dtype
 
 FORMAT = "memos-kv"
 FORMAT_VERSION = 1
-PREAMBLE_HEADER = "You are a helpful assistant. Use these memories about the user when they are relevant.\nMemories:"
-RETRIEVED_HEADER = "Relevant memories:"
-Layout = Literal["system", "user", "plain"]
-Mode = Literal["kv", "recompute", "none"]
-# Used only to probe where a chat template puts things; never part of a real prompt.
-_PROBE = "\u2063memos-probe-{}\u2063"
 _MAX_HEADER_BYTES = cube_layout.MAX_SNAPSHOT_HEADER_BYTES
 
 
@@ -94,226 +98,6 @@ class Snapshot:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
-
-
-@dataclass
-class Prompt:
-    """A rendered prompt: its token ids and how many of them are the memory preamble (``prefix_len``).
-
-    ``aligned`` is False when tokenizing the whole text would have merged tokens across the preamble's
-    end; the ids are then the preamble's ids followed by the rest's, in every mode alike.
-    """
-
-    text: str
-    token_ids: list[int]
-    prefix_len: int
-    aligned: bool = True
-
-
-@dataclass
-class GenerationResult:
-    answer: str
-    token_ids: list[int]  # generated ids, without the stop token
-    ttft_ms: float  # from the call to the first token chosen: rendering, cache copy and prefill included
-    new_tokens: int
-    tokens_per_s: float  # decoding speed after the first token
-    prompt_tokens: int
-    reused_tokens: int  # prompt tokens served from the snapshot instead of prefilled
-    mode: str
-    stop_reason: str  # "eos" or "length"
-    # Speculative decoding (engine/activation/speculative.py): tokens the half-precision draft proposed, and how many
-    # of them the float32 model accepted; both 0 when the plain loop decoded.
-    drafted: int = 0
-    accepted: int = 0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Rendering
-
-
-def memory_line(record: MemoryRecord) -> str:
-    """One memory as one preamble line: ``- (2024-05-01, alice) text``.
-
-    Whitespace is collapsed so every memory is one line, and the line never ends in whitespace (a clean
-    token boundary for the text that follows it).
-    """
-    text = " ".join(record.text.split())
-    tags = [t for t in ((record.time or "")[:10], record.speaker or "") if t]
-    return f"- ({', '.join(tags)}) {text}" if tags else f"- {text}"
-
-
-def render_preamble(memories: Sequence[MemoryRecord]) -> str:
-    return "\n".join([PREAMBLE_HEADER, *(memory_line(m) for m in memories)])
-
-
-def _user_content(question: str, retrieved: Sequence[MemoryRecord]) -> str:
-    if not retrieved:
-        return question
-    lines = "\n".join(memory_line(m) for m in retrieved)
-    return f"{RETRIEVED_HEADER}\n{lines}\n\n{question}"
-
-
-def _messages(
-    layout: Layout | None, preamble: str | None, history: Sequence[dict[str, str]], user: str
-) -> list[dict[str, str]]:
-    messages = [{"role": m["role"], "content": m["content"]} for m in history]
-    messages.append({"role": "user", "content": user})
-    if preamble is None:
-        return messages
-    if layout == "system":
-        return [{"role": "system", "content": preamble}, *messages]
-    first = messages[0]  # layout "user": the preamble opens the first user message
-    messages[0] = {"role": first["role"], "content": f"{preamble}\n\n{first['content']}"}
-    return messages
-
-
-def _render(
-    lm: LanguageModel, layout: Layout | None, preamble: str | None, history: Sequence[dict[str, str]], user: str
-) -> str:
-    if layout == "plain" or (layout is None and not lm.has_chat_template):
-        turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in history)
-        head = f"{preamble}\n\n" if preamble is not None else ""
-        return f"{head}{turns}User: {user}\nAssistant:"
-    messages = _messages(layout, preamble, history, user)
-    return str(lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-
-
-def _prefix_text(lm: LanguageModel, layout: Layout, preamble: str) -> str:
-    """The rendered text up to the end of the preamble (what a snapshot covers)."""
-    text = _render(lm, layout, preamble, (), _PROBE.format(0))
-    at = text.find(preamble)
-    if at < 0:
-        raise ActivationError(f"the chat template of {lm.name} does not keep the memory preamble verbatim")
-    return text[: at + len(preamble)]
-
-
-def detect_layout(lm: LanguageModel) -> Layout:
-    """Where this model's chat template lets a memory preamble be a fixed prefix of every prompt.
-
-    A layout qualifies when the text before the end of the preamble is the same whatever follows (other
-    questions, conversation history): then a cache of it is valid for every turn.
-    """
-    if lm.prompt_layout is not None:
-        return lm.prompt_layout  # type: ignore[return-value]
-    layout: Layout = "plain"
-    if lm.has_chat_template:
-        preamble = f"{PREAMBLE_HEADER}\n- {_PROBE.format('m')}"
-        history = [{"role": "user", "content": _PROBE.format(1)}, {"role": "assistant", "content": _PROBE.format(2)}]
-        for candidate in ("system", "user"):
-            try:
-                prefix = _prefix_text(lm, candidate, preamble)
-                renders = [
-                    _render(lm, candidate, preamble, (), _PROBE.format(3)),
-                    _render(lm, candidate, preamble, history, _PROBE.format(4)),
-                ]
-            except Exception:  # noqa: BLE001 - a template may raise anything (jinja errors) for a role it refuses
-                continue
-            if all(r.startswith(prefix) for r in renders):
-                layout = candidate
-                break
-        else:
-            raise ActivationError(
-                f"the chat template of {lm.name} has no place for a fixed memory preamble",
-                hint="use a model whose chat template accepts a system message",
-            )
-    lm.prompt_layout = layout
-    return layout
-
-
-def _prefix_ids(lm: LanguageModel, layout: Layout, preamble: str) -> tuple[str, list[int]]:
-    text = _prefix_text(lm, layout, preamble)
-    return text, lm.encode(text, special=layout == "plain")
-
-
-def render_prompt(
-    lm: LanguageModel,
-    question: str,
-    *,
-    preamble: str | None = None,
-    layout: Layout | None = None,
-    prefix_ids: Sequence[int] | None = None,
-    retrieved: Sequence[MemoryRecord] = (),
-    history: Sequence[dict[str, str]] = (),
-) -> Prompt:
-    """Render preamble + history + (retrieved memories + question) + generation prompt, in one template call.
-
-    With ``prefix_ids`` (a snapshot's), checks the token boundary: the full text's tokens must start with
-    them; where the tokenizer would merge across the boundary, the prompt is the prefix ids followed by
-    the rest's ids (``aligned=False``), so that a snapshot and a re-prefill see the very same tokens.
-    """
-    if preamble is None:  # no fixed prefix needed: any template renders it
-        text = _render(lm, None, None, history, _user_content(question, retrieved))
-        return Prompt(text, lm.encode(text, special=not lm.has_chat_template), 0)
-    layout = layout or detect_layout(lm)
-    prefix_text = _prefix_text(lm, layout, preamble)
-    text = _render(lm, layout, preamble, history, _user_content(question, retrieved))
-    if not text.startswith(prefix_text):
-        raise ActivationError(f"the chat template of {lm.name} moved the memory preamble for this conversation")
-    special = layout == "plain"
-    head = list(prefix_ids) if prefix_ids is not None else lm.encode(prefix_text, special=special)
-    ids = lm.encode(text, special=special)
-    if ids[: len(head)] == head:
-        return Prompt(text, ids, len(head))
-    rest = lm.encode(text[len(prefix_text) :], special=False)
-    return Prompt(text, head + rest, len(head), aligned=False)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Building and extending snapshots
-
-
-def _fit(
-    lm: LanguageModel, layout: Layout, lines_before: list[str], candidates: Sequence[MemoryRecord], budget: int | None
-) -> int:
-    """How many of ``candidates`` (in order) fit in ``budget`` tokens after ``lines_before``.
-
-    The token count grows with every memory added, so a binary search finds the first one that would
-    overflow with O(log n) renderings instead of n.
-    """
-    if budget is None:
-        return len(candidates)
-
-    def tokens(k: int) -> int:
-        preamble = "\n".join([*lines_before, *(memory_line(m) for m in candidates[:k])])
-        return len(_prefix_ids(lm, layout, preamble)[1])
-
-    lo, hi = 0, len(candidates)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if tokens(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _check_length(lm: LanguageModel, n_tokens: int, *, snapshot: bool = True) -> None:
-    window = lm.sliding_window
-    if snapshot and window is not None and n_tokens >= window - 1:
-        # A sliding-window cache keeps only the last window-1 tokens: a longer snapshot could not be
-        # restored with its true positions.
-        raise ActivationError(
-            f"a {n_tokens}-token snapshot does not fit {lm.name}'s sliding window ({window})",
-            hint="lower --budget",
-        )
-    limit = lm.max_positions
-    if limit is not None and n_tokens >= limit:
-        raise ActivationError(
-            f"{n_tokens} tokens exceed {lm.name}'s context ({limit})", hint="lower --budget or --max-new-tokens"
-        )
-
-
-def _prefill(lm: LanguageModel, ids: Sequence[int], cache: Any | None) -> Any:
-    import torch
-
-    with torch.inference_mode():
-        out = lm.model(
-            input_ids=torch.tensor([list(ids)], dtype=torch.long),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    return out
 
 
 def _snapshot_from_cache(
@@ -365,15 +149,15 @@ def build_snapshot(
     if not memories:
         raise UsageError("no memories selected for the snapshot")
     layout = detect_layout(lm)
-    count = _fit(lm, layout, [PREAMBLE_HEADER], memories, budget)
+    count = fit_memories(lm, layout, [PREAMBLE_HEADER], memories, budget)
     if count == 0:
-        need = len(_prefix_ids(lm, layout, render_preamble(memories[:1]))[1])
+        need = len(prefix_ids(lm, layout, render_preamble(memories[:1]))[1])
         raise UsageError(f"--budget {budget} is too small: the first memory alone needs {need} tokens")
     chosen = list(memories[:count])
     preamble = render_preamble(chosen)
-    _, ids = _prefix_ids(lm, layout, preamble)
-    _check_length(lm, len(ids))
-    cache = _prefill(lm, ids, None).past_key_values
+    _, ids = prefix_ids(lm, layout, preamble)
+    check_length(lm, len(ids))
+    cache = prefill(lm, ids, None).past_key_values
     return _snapshot_from_cache(
         lm,
         cache,
@@ -404,20 +188,20 @@ def extend_snapshot(
     check_compatible(lm, snap, what="KV snapshot")
     known = set(snap.memory_refs)
     fresh = [m for m in more if m.ref not in known]
-    count = _fit(lm, snap.layout, [snap.preamble], fresh, budget)
+    count = fit_memories(lm, snap.layout, [snap.preamble], fresh, budget)
     chosen = fresh[:count]
     if not chosen:
         raise UsageError("nothing to add: the memories are already in the snapshot or exceed the budget")
     preamble = "\n".join([snap.preamble, *(memory_line(m) for m in chosen)])
-    _, ids = _prefix_ids(lm, snap.layout, preamble)
+    _, ids = prefix_ids(lm, snap.layout, preamble)
     if ids[: snap.token_count] != snap.token_ids:
         raise ActivationError(
             "the new memories change how the snapshot's last tokens are split, so it cannot be extended",
             hint="rebuild it with: memos promote CUBE --refresh NAME",
         )
-    _check_length(lm, len(ids))
-    cache = _inject(lm, snap)
-    cache = _prefill(lm, ids[snap.token_count :], cache).past_key_values
+    check_length(lm, len(ids))
+    cache = inject(lm, snap)
+    cache = prefill(lm, ids[snap.token_count :], cache).past_key_values
     return _snapshot_from_cache(
         lm,
         cache,
@@ -430,7 +214,7 @@ def extend_snapshot(
     )
 
 
-def _inject(lm: LanguageModel, snap: Snapshot) -> Any:
+def inject(lm: LanguageModel, snap: Snapshot) -> Any:
     """A fresh DynamicCache holding a *copy* of the snapshot, in the model's dtype.
 
     transformers' ``DynamicLayer.update`` concatenates into new tensors and ``generate`` grows the cache
@@ -649,7 +433,7 @@ def load_snapshot(
     if any(t < 0 or t >= lm.vocab_size for t in token_ids):
         raise InvalidSnapshot(path, "a token id is outside the model's vocabulary")
     # The header's text and token ids must agree, or a re-prefill would not reproduce the cache.
-    if _prefix_ids(lm, layout, preamble)[1] != token_ids:  # type: ignore[arg-type]
+    if prefix_ids(lm, layout, preamble)[1] != token_ids:  # type: ignore[arg-type]
         raise InvalidSnapshot(path, "the token ids do not match the preamble text in the header")
 
     adapters: dict[str, str] = {}
@@ -699,184 +483,3 @@ def load_snapshot(
         sha256=digest,
         adapters=adapters,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Generation
-
-
-def generate(
-    lm: LanguageModel,
-    question: str,
-    *,
-    snapshot: Snapshot | None = None,
-    memories: Sequence[MemoryRecord] = (),
-    mode: Mode = "kv",
-    retrieved: Sequence[MemoryRecord] = (),
-    history: Sequence[dict[str, str]] = (),
-    greedy: bool = True,
-    max_new_tokens: int = 128,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    seed: int | None = None,
-    on_token: Callable[[str], None] | None = None,
-    speculative: bool | None = None,
-) -> GenerationResult:
-    """Answer ``question`` after a memory preamble, retrieved memories and conversation history.
-
-    The prompt is, in one chat-template rendering: [preamble] + ``history`` (``{"role", "content"}``
-    dicts) + a user message holding the ``retrieved`` memories and the question + the generation prompt.
-
-    - ``mode="kv"``: the preamble is ``snapshot``'s; a copy of its cache is injected and only the
-      rest of the prompt is prefilled. The snapshot is never modified.
-    - ``mode="recompute"``: the same text (the snapshot's preamble, or one rendered from ``memories``)
-      is prefilled from scratch: the reference that ``kv`` is checked against.
-    - ``mode="none"``: no preamble; the template's default system message, if any, applies.
-
-    ``on_token`` receives the answer's text as it grows, piece by piece (for streaming).
-
-    ``speculative``: greedy decoding with a half-precision draft checked by the model itself
-    (engine/activation/speculative.py; the same tokens, faster where half precision is). None decides by model size,
-    CPU and ``MEMOS_SPECULATIVE``; it never applies to sampling.
-    """
-    import torch
-
-    from memos_cli.config import configure_threads
-
-    configure_threads(interactive=True)  # chat embeds its question at bulk width first: take the cores back
-    if mode not in ("kv", "recompute", "none"):
-        raise UsageError(f"mode must be kv, recompute or none, not {mode!r}")
-    if mode == "kv" and snapshot is None:
-        raise UsageError("mode kv needs a snapshot")
-    if snapshot is not None and memories:
-        raise UsageError("give either a snapshot or memories for the preamble, not both")
-    started = time.perf_counter()
-    preamble: str | None = None
-    layout: Layout | None = None
-    prefix_ids: list[int] | None = None
-    if mode != "none":
-        if snapshot is not None:
-            check_compatible(lm, snapshot)
-            preamble, layout, prefix_ids = snapshot.preamble, snapshot.layout, snapshot.token_ids
-        elif memories:
-            preamble = render_preamble(memories)
-    prompt = render_prompt(
-        lm, question, preamble=preamble, layout=layout, prefix_ids=prefix_ids, retrieved=retrieved, history=history
-    )
-    _check_length(lm, len(prompt.token_ids) + max_new_tokens, snapshot=False)
-
-    cache = None
-    todo = prompt.token_ids
-    reused = 0
-    if mode == "kv" and snapshot is not None:
-        cache = _inject(lm, snapshot)
-        reused = snapshot.token_count
-        todo = prompt.token_ids[reused:]
-        if not todo:  # the model needs at least one new token to produce logits
-            raise ActivationError("the prompt adds nothing after the snapshot")
-
-    stops = lm.stop_token_ids()
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    greedy = greedy or temperature <= 0
-    if speculative is None:
-        from memos_cli.engine.activation import speculative as spec_mod
-
-        speculative = spec_mod.wanted(lm, greedy=greedy, max_new_tokens=max_new_tokens)
-    speculative = speculative and greedy
-    out_ids: list[int] = []
-    stream = TextStream(lm.tokenizer) if on_token is not None else None
-    emitted = ""
-    stop_reason = "length"
-    first_at: float | None = None
-
-    def take(token: int) -> bool:
-        """Record one chosen token; False when the answer ends with it."""
-        nonlocal emitted, stop_reason, first_at
-        if first_at is None:
-            first_at = time.perf_counter()
-        if token in stops:
-            stop_reason = "eos"
-            return False
-        out_ids.append(token)
-        if stream is not None and on_token is not None:
-            piece = stream.push(token)  # decodes a few tokens, not the whole answer again
-            if piece:
-                on_token(piece)
-                emitted += piece
-        return len(out_ids) < max_new_tokens
-
-    drafted = accepted = 0
-    with torch.inference_mode():
-        out = _prefill(lm, todo, cache)
-        if max_new_tokens > 0:
-            token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
-            if speculative:
-                if take(token):
-                    room = lambda: max_new_tokens - len(out_ids)  # noqa: E731
-                    drafted, accepted = _speculate(lm, snapshot if reused else None, out, token, take, room)
-            else:
-                while take(token):
-                    out = _prefill(lm, [token], out.past_key_values)
-                    token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
-    ended = time.perf_counter()
-    first_at = first_at or ended
-    answer = lm.tokenizer.decode(out_ids, skip_special_tokens=True)
-    if on_token is not None and len(answer) > len(emitted) and answer.startswith(emitted):
-        on_token(answer[len(emitted) :])
-    decode_s = ended - first_at
-    rate = (len(out_ids) - 1) / decode_s if len(out_ids) > 1 and decode_s > 0 else 0.0
-    return GenerationResult(
-        answer=answer.strip(),
-        token_ids=out_ids,
-        ttft_ms=(first_at - started) * 1000.0,
-        new_tokens=len(out_ids),
-        tokens_per_s=rate,
-        prompt_tokens=len(prompt.token_ids),
-        reused_tokens=reused,
-        mode=mode,
-        stop_reason=stop_reason,
-        drafted=drafted,
-        accepted=accepted,
-    )
-
-
-def _speculate(
-    lm: LanguageModel,
-    snapshot: Snapshot | None,
-    out: Any,
-    token: int,
-    take: Callable[[int], bool],
-    room: Callable[[], int],
-) -> tuple[int, int]:
-    """Greedy decoding after ``token`` with a half-precision draft (engine/activation/speculative.py); returns
-    (tokens drafted, tokens accepted). The draft's cache is a half copy of the float32 cache after the
-    prefill; an injected snapshot's part of it is converted once per session and dtype."""
-    from memos_cli.engine.activation import speculative as spec
-
-    draft = spec.draft_for(lm.model)
-    dtype = draft.dtype
-    head: list[tuple[Any, Any]] = []
-    if snapshot is not None:
-        key = str(dtype)
-        if key not in snapshot.half:
-            snapshot.half[key] = [
-                (k.to(dtype), v.to(dtype)) for k, v in zip(snapshot.keys, snapshot.values, strict=True)
-            ]
-        head = snapshot.half[key]
-    draft_cache = spec.half_copy(out.past_key_values, draft.config, dtype, head)
-    stats = spec.Stats()
-    spec.greedy_loop(lm.model, draft, out.past_key_values, draft_cache, token, take, room, stats)
-    return stats.drafted, stats.accepted
-
-
-def _pick(logits: Any, greedy: bool, temperature: float, top_p: float, generator: Any) -> int:
-    import torch
-
-    if greedy or temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
-    ordered, index = torch.sort(probs, descending=True)
-    keep = torch.cumsum(ordered, dim=-1) - ordered < top_p  # the smallest set whose mass reaches top_p
-    ordered = ordered * keep
-    choice = torch.multinomial(ordered / ordered.sum(), 1, generator=generator)
-    return int(index[choice])

@@ -1,0 +1,216 @@
+"""Answering: a prompt after an injected KV snapshot (or with the memories prefilled), decoded greedily
+(speculatively, with a half-precision draft) or by sampling, streamed piece by piece."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine.activation.prompt import Layout, Mode, check_length, prefill, render_preamble, render_prompt
+from memos_cli.engine.activation.snapshots import Snapshot, check_compatible, inject
+from memos_cli.errors import (
+    ActivationError,
+    UsageError,
+)
+from memos_cli.models.lm import LanguageModel, TextStream
+
+
+@dataclass
+class GenerationResult:
+    answer: str
+    token_ids: list[int]  # generated ids, without the stop token
+    ttft_ms: float  # from the call to the first token chosen: rendering, cache copy and prefill included
+    new_tokens: int
+    tokens_per_s: float  # decoding speed after the first token
+    prompt_tokens: int
+    reused_tokens: int  # prompt tokens served from the snapshot instead of prefilled
+    mode: str
+    stop_reason: str  # "eos" or "length"
+    # Speculative decoding (engine/activation/speculative.py): tokens the half-precision draft proposed, and how many
+    # of them the float32 model accepted; both 0 when the plain loop decoded.
+    drafted: int = 0
+    accepted: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def generate(
+    lm: LanguageModel,
+    question: str,
+    *,
+    snapshot: Snapshot | None = None,
+    memories: Sequence[MemoryRecord] = (),
+    mode: Mode = "kv",
+    retrieved: Sequence[MemoryRecord] = (),
+    history: Sequence[dict[str, str]] = (),
+    greedy: bool = True,
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int | None = None,
+    on_token: Callable[[str], None] | None = None,
+    speculative: bool | None = None,
+) -> GenerationResult:
+    """Answer ``question`` after a memory preamble, retrieved memories and conversation history.
+
+    The prompt is, in one chat-template rendering: [preamble] + ``history`` (``{"role", "content"}``
+    dicts) + a user message holding the ``retrieved`` memories and the question + the generation prompt.
+
+    - ``mode="kv"``: the preamble is ``snapshot``'s; a copy of its cache is injected and only the
+      rest of the prompt is prefilled. The snapshot is never modified.
+    - ``mode="recompute"``: the same text (the snapshot's preamble, or one rendered from ``memories``)
+      is prefilled from scratch: the reference that ``kv`` is checked against.
+    - ``mode="none"``: no preamble; the template's default system message, if any, applies.
+
+    ``on_token`` receives the answer's text as it grows, piece by piece (for streaming).
+
+    ``speculative``: greedy decoding with a half-precision draft checked by the model itself
+    (engine/activation/speculative.py; the same tokens, faster where half precision is). None decides by model size,
+    CPU and ``MEMOS_SPECULATIVE``; it never applies to sampling.
+    """
+    import torch
+
+    from memos_cli.config import configure_threads
+
+    configure_threads(interactive=True)  # chat embeds its question at bulk width first: take the cores back
+    if mode not in ("kv", "recompute", "none"):
+        raise UsageError(f"mode must be kv, recompute or none, not {mode!r}")
+    if mode == "kv" and snapshot is None:
+        raise UsageError("mode kv needs a snapshot")
+    if snapshot is not None and memories:
+        raise UsageError("give either a snapshot or memories for the preamble, not both")
+    started = time.perf_counter()
+    preamble: str | None = None
+    layout: Layout | None = None
+    prefix_ids: list[int] | None = None
+    if mode != "none":
+        if snapshot is not None:
+            check_compatible(lm, snapshot)
+            preamble, layout, prefix_ids = snapshot.preamble, snapshot.layout, snapshot.token_ids
+        elif memories:
+            preamble = render_preamble(memories)
+    prompt = render_prompt(
+        lm, question, preamble=preamble, layout=layout, prefix_ids=prefix_ids, retrieved=retrieved, history=history
+    )
+    check_length(lm, len(prompt.token_ids) + max_new_tokens, snapshot=False)
+
+    cache = None
+    todo = prompt.token_ids
+    reused = 0
+    if mode == "kv" and snapshot is not None:
+        cache = inject(lm, snapshot)
+        reused = snapshot.token_count
+        todo = prompt.token_ids[reused:]
+        if not todo:  # the model needs at least one new token to produce logits
+            raise ActivationError("the prompt adds nothing after the snapshot")
+
+    stops = lm.stop_token_ids()
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    greedy = greedy or temperature <= 0
+    if speculative is None:
+        from memos_cli.engine.activation import speculative as spec_mod
+
+        speculative = spec_mod.wanted(lm, greedy=greedy, max_new_tokens=max_new_tokens)
+    speculative = speculative and greedy
+    out_ids: list[int] = []
+    stream = TextStream(lm.tokenizer) if on_token is not None else None
+    emitted = ""
+    stop_reason = "length"
+    first_at: float | None = None
+
+    def take(token: int) -> bool:
+        """Record one chosen token; False when the answer ends with it."""
+        nonlocal emitted, stop_reason, first_at
+        if first_at is None:
+            first_at = time.perf_counter()
+        if token in stops:
+            stop_reason = "eos"
+            return False
+        out_ids.append(token)
+        if stream is not None and on_token is not None:
+            piece = stream.push(token)  # decodes a few tokens, not the whole answer again
+            if piece:
+                on_token(piece)
+                emitted += piece
+        return len(out_ids) < max_new_tokens
+
+    drafted = accepted = 0
+    with torch.inference_mode():
+        out = prefill(lm, todo, cache)
+        if max_new_tokens > 0:
+            token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
+            if speculative:
+                if take(token):
+                    room = lambda: max_new_tokens - len(out_ids)  # noqa: E731
+                    drafted, accepted = _speculate(lm, snapshot if reused else None, out, token, take, room)
+            else:
+                while take(token):
+                    out = prefill(lm, [token], out.past_key_values)
+                    token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
+    ended = time.perf_counter()
+    first_at = first_at or ended
+    answer = lm.tokenizer.decode(out_ids, skip_special_tokens=True)
+    if on_token is not None and len(answer) > len(emitted) and answer.startswith(emitted):
+        on_token(answer[len(emitted) :])
+    decode_s = ended - first_at
+    rate = (len(out_ids) - 1) / decode_s if len(out_ids) > 1 and decode_s > 0 else 0.0
+    return GenerationResult(
+        answer=answer.strip(),
+        token_ids=out_ids,
+        ttft_ms=(first_at - started) * 1000.0,
+        new_tokens=len(out_ids),
+        tokens_per_s=rate,
+        prompt_tokens=len(prompt.token_ids),
+        reused_tokens=reused,
+        mode=mode,
+        stop_reason=stop_reason,
+        drafted=drafted,
+        accepted=accepted,
+    )
+
+
+def _speculate(
+    lm: LanguageModel,
+    snapshot: Snapshot | None,
+    out: Any,
+    token: int,
+    take: Callable[[int], bool],
+    room: Callable[[], int],
+) -> tuple[int, int]:
+    """Greedy decoding after ``token`` with a half-precision draft (engine/activation/speculative.py); returns
+    (tokens drafted, tokens accepted). The draft's cache is a half copy of the float32 cache after the
+    prefill; an injected snapshot's part of it is converted once per session and dtype."""
+    from memos_cli.engine.activation import speculative as spec
+
+    draft = spec.draft_for(lm.model)
+    dtype = draft.dtype
+    head: list[tuple[Any, Any]] = []
+    if snapshot is not None:
+        key = str(dtype)
+        if key not in snapshot.half:
+            snapshot.half[key] = [
+                (k.to(dtype), v.to(dtype)) for k, v in zip(snapshot.keys, snapshot.values, strict=True)
+            ]
+        head = snapshot.half[key]
+    draft_cache = spec.half_copy(out.past_key_values, draft.config, dtype, head)
+    stats = spec.Stats()
+    spec.greedy_loop(lm.model, draft, out.past_key_values, draft_cache, token, take, room, stats)
+    return stats.drafted, stats.accepted
+
+
+def _pick(logits: Any, greedy: bool, temperature: float, top_p: float, generator: Any) -> int:
+    import torch
+
+    if greedy or temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    ordered, index = torch.sort(probs, descending=True)
+    keep = torch.cumsum(ordered, dim=-1) - ordered < top_p  # the smallest set whose mass reaches top_p
+    ordered = ordered * keep
+    choice = torch.multinomial(ordered / ordered.sum(), 1, generator=generator)
+    return int(index[choice])

@@ -96,6 +96,18 @@ def _digests(data: dict[str, Any], key: str, where: str) -> dict[str, str]:
     return value
 
 
+def _to_dict(entry: KvEntry | LoraEntry, path_key: str, where_they_apply: tuple[str, ...]) -> dict[str, Any]:
+    """Every field but the name, its place under ``path_key``, unknown keys kept; the fields in
+    ``where_they_apply`` only when set (they belong to promote --lora or to fuse)."""
+    out: dict[str, Any] = {**entry.extra, path_key: entry.rel}
+    for f in fields(entry):
+        value = getattr(entry, f.name)
+        if f.name in ("name", "extra") or (f.name in where_they_apply and not value):
+            continue
+        out[f.name] = value
+    return out
+
+
 def _known(cls: type) -> set[str]:
     return {f.name for f in fields(cls)} - {"name", "extra"}
 
@@ -151,15 +163,7 @@ class KvEntry:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.extra, "file": self.rel}
-        for f in fields(self):
-            if f.name in ("name", "extra"):
-                continue
-            value = getattr(self, f.name)
-            if f.name in ("adapters", "base_model_fingerprint", "fused_from") and not value:
-                continue  # written only where they apply
-            out[f.name] = value
-        return out
+        return _to_dict(self, "file", ("adapters", "base_model_fingerprint", "fused_from"))
 
 
 @dataclass
@@ -215,12 +219,4 @@ class LoraEntry:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.extra, "path": self.rel}
-        for f in fields(self):
-            if f.name in ("name", "extra"):
-                continue
-            value = getattr(self, f.name)
-            if f.name in ("fused_from", "method", "recall", "consolidation") and not value:
-                continue
-            out[f.name] = value
-        return out
+        return _to_dict(self, "path", ("fused_from", "method", "recall", "consolidation"))

@@ -229,8 +229,9 @@ def ingest_drafts(
     started = time.perf_counter()
     actor = cube.check(actor, "write")
     now = utc_now()
-    records = _records(Source(source, b""), list(drafts), Defaults(), fmt, now, actor, skip_bad=False, rejected=[])
-    parsed: Parsed = [(Source(source, b""), fmt, records, 0)]
+    origin = Source(source, b"")
+    records = _records(origin, list(drafts), Defaults(), fmt, now, actor, skip_bad=False, rejected=[])
+    parsed: Parsed = [(origin, fmt, records, 0)]
     return _store(cube, parsed, [], now=now, actor=actor, embedder=embedder, started=started)
 
 

@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import Stemmer
@@ -237,6 +238,19 @@ class LexicalIndex:
         df = self._df[np.asarray(term_ids, dtype=np.int64)].astype(np.float64)
         return np.log1p((n - df + 0.5) / (df + 0.5))
 
+    def add_term(self, out: np.ndarray, tid: int, w: float | np.floating[Any], avgdl: float) -> None:
+        """Add term ``tid``'s BM25 contribution, with idf ``w`` and average length ``avgdl``, to every
+        document's score in ``out`` (the one place the BM25 arithmetic is written: the sharded index
+        passes its global statistics)."""
+        k1, b = self.k1, self.b
+        for seg in (self._main, self._delta):
+            docs, tf = seg.postings(tid)
+            if not len(docs):
+                continue
+            tf = tf.astype(np.float32)
+            norm = k1 * (1.0 - b + b * self._doc_len[docs] / avgdl)
+            out[docs] += np.float32(w * (k1 + 1.0)) * tf / (tf + norm)
+
     def scores(self, query: str, rows: np.ndarray | None = None) -> np.ndarray:
         """BM25 score of every row (float32 [n]), or of the given rows only, in that order."""
         n = len(self)
@@ -244,15 +258,8 @@ class LexicalIndex:
         term_ids = self.query_terms(query)
         if n and term_ids:
             avgdl = max(float(self._doc_len.sum()) / n, 1e-9)
-            k1, b = self.k1, self.b
             for tid, w in zip(term_ids, self.idf(term_ids), strict=True):
-                for seg in (self._main, self._delta):
-                    docs, tf = seg.postings(tid)
-                    if not len(docs):
-                        continue
-                    tf = tf.astype(np.float32)
-                    norm = k1 * (1.0 - b + b * self._doc_len[docs] / avgdl)
-                    out[docs] += np.float32(w * (k1 + 1.0)) * tf / (tf + norm)
+                self.add_term(out, tid, w, avgdl)  # w keeps its numpy type: the arithmetic is unchanged
         if rows is not None:
             return out[np.asarray(rows, dtype=np.int64)]
         return out

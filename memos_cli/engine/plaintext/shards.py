@@ -110,22 +110,14 @@ class Shard:
         if not stats.n_docs:
             return out
         avgdl = max(float(stats.total_length) / stats.n_docs, 1e-9)
-        k1, b = lex.k1, lex.b
         for token in dict.fromkeys(tokenize(query)):
             global_df = stats.df.get(token)
             if global_df is None:
                 continue  # unknown to the whole cube: the unsharded index skips it too
             w = float(np.log1p((stats.n_docs - global_df + 0.5) / (global_df + 0.5)))
             tid = lex._vocab.get(token)
-            if tid is None:
-                continue
-            for seg in (lex._main, lex._delta):
-                docs, tf = seg.postings(tid)
-                if not len(docs):
-                    continue
-                tf = tf.astype(np.float32)
-                norm = k1 * (1.0 - b + b * lex._doc_len[docs] / avgdl)
-                out[docs] += np.float32(w * (k1 + 1.0)) * tf / (tf + norm)
+            if tid is not None:
+                lex.add_term(out, tid, w, avgdl)
         return out
 
     # ---- one-round queries (dense or lexical mode)

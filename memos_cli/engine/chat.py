@@ -177,11 +177,10 @@ class ChatSession:
             in_snapshot = set(self.snapshot.memory_refs) if self.snapshot is not None else set()
             # earlier turns (the working tier) come in below long-term memories; answers never as facts
             hits = self.searcher.search(question, k=self.options.k, filters=Filters(include_working=True))
-            by_path = {str(c.path): c for c in self.cubes}
             for hit in hits:
                 if f"{hit.id}@{hit.version}" in in_snapshot:
                     continue  # already in the preamble: do not spend tokens twice
-                state_record = self._record(by_path.get(hit.cube_path), hit.id)
+                state_record = self.searcher.record(hit.cube_path, hit.id)
                 if state_record is not None:
                     retrieved.append(state_record)
         mode = "none"
@@ -218,17 +217,6 @@ class ChatSession:
             retrieved=retrieved,
         )
 
-    def _record(self, cube: Cube | None, memory_id: str) -> MemoryRecord | None:
-        if cube is None:
-            return None
-        if not hasattr(self, "_states"):
-            self._states: dict[str, Any] = {}
-        key = str(cube.path)
-        if key not in self._states:
-            self._states[key] = cube.read_state()
-        record: MemoryRecord | None = self._states[key].current.get(memory_id)
-        return record
-
     def _remember(self, question: str, answer: str) -> list[str]:
         """Store the turn (and the answer, if asked) in the working tier of the first cube, through the
         engine's ingest of drafts; only that cube's view is refreshed for the next turn."""
@@ -259,8 +247,6 @@ class ChatSession:
             actor=self.actor,
             embedder=self.searcher.embedder if self.searcher else None,
         )
-        if hasattr(self, "_states"):
-            self._states.pop(str(self.cubes[0].path), None)
         if self.searcher is not None:  # the next turn can retrieve what was just said
             self.searcher.flush_usage()
             self.searcher.refresh(self.cubes[0])

@@ -148,6 +148,7 @@ class _CubeView:
 
     def __init__(self, cube: Cube, state: CubeState, index: CubeIndex) -> None:
         self.cube = cube
+        self.state = state
         self.index = index
         n = len(index.rows)
         self.records: list[MemoryRecord | None] = [None] * n
@@ -218,6 +219,13 @@ class Searcher:
         if self.embedder.engine is not None:
             self.embedder.engine.clear_stage()  # the index holds the vectors now
         return _CubeView(cube, state, index)
+
+    def record(self, cube_path: str, memory_id: str) -> MemoryRecord | None:
+        """The current version of ``memory_id`` in the searched cube at ``cube_path`` (a hit's cube)."""
+        for view in self.views:
+            if str(view.cube.path) == cube_path:
+                return view.state.current.get(memory_id)
+        return None
 
     def refresh(self, cube: Cube) -> None:
         """Bring the view of ``cube`` (by path) up to date after a write to it; the other cubes' views

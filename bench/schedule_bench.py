@@ -108,26 +108,44 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--uses", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--conditions", default="quiet,loaded", help="quiet, and/or loaded (a busy loop the bench starts)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         path = build(Path(tmp), args.n, args.uses)
         print(f"built {args.n} memories, {args.uses} usage lines in {time.perf_counter() - started:.1f}s")
-        results = {}
-        for label, extra in (("schedule", []), ("schedule --dry-run", ["--dry-run"]), ("stats", [])):
-            command = ["stats", str(path), "--json"] if label == "stats" else ["schedule", str(path), "--json", *extra]
-            times = []
-            for _ in range(args.repeat):
-                seconds, done = timed(command)
-                if done.returncode != 0:
-                    sys.exit(f"{label} failed ({done.returncode}): {done.stderr}")
-                times.append(seconds)
-            if label.startswith("schedule"):
-                steps = json.loads(done.stdout)["steps"]
-                assert steps == [], f"something was due: {steps}"
-            results[label] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3)}
-            print(f"{label}: median {statistics.median(times):.2f}s, best {min(times):.2f}s over {args.repeat} runs")
-        print(json.dumps({"n": args.n, "uses": args.uses, **results}, indent=1))
+        report = {}
+        for condition in args.conditions.split(","):
+            competitor = None
+            if condition == "loaded":  # one CPU-bound process, started and stopped by the bench itself
+                competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                report[condition] = measure(path, args.repeat, condition)
+            finally:
+                if competitor is not None:
+                    competitor.kill()
+                    competitor.wait()
+        print(json.dumps({"n": args.n, "uses": args.uses, **report}, indent=1))
+
+
+def measure(path: Path, repeat: int, condition: str) -> dict[str, dict[str, float]]:
+    results = {}
+    for label, extra in (("schedule", []), ("schedule --dry-run", ["--dry-run"]), ("stats", [])):
+        command = ["stats", str(path), "--json"] if label == "stats" else ["schedule", str(path), "--json", *extra]
+        times = []
+        for _ in range(repeat):
+            seconds, done = timed(command)
+            if done.returncode != 0:
+                sys.exit(f"{label} failed ({done.returncode}): {done.stderr}")
+            times.append(seconds)
+        if label.startswith("schedule"):
+            steps = json.loads(done.stdout)["steps"]
+            assert steps == [], f"something was due: {steps}"
+        results[label] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3)}
+        print(f"{condition} {label}: median {statistics.median(times):.2f}s, best {min(times):.2f}s over {repeat} runs")
+    return results
 
 
 if __name__ == "__main__":

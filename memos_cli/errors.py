@@ -1,28 +1,58 @@
 """Typed errors raised by the cube and engine layers.
 
-Every error carries the fields a caller needs and a ``hint``: the next thing a person should do.
-The CLI turns each one into a single line plus the hint, with the exit code named by ``exit_code``
-(see docs/FORMAT.md and the README): 1 operation failed, 2 usage, 3 not a cube / invalid bundle,
-4 refused by the cube's policy, 5 committed but a later step failed (``PostCommitError``: the change is
-stored, derived data catches up by itself), 130 interrupted (Ctrl-C) with the cube unchanged.
+Every error carries the fields a caller needs and a ``hint``: advice in words, never a command line.
+The engine knows its parameters, not the CLI's flags or commands: a message or hint that names a
+parameter writes it as ``{name}`` and lists it in ``options``; the engine's own ``message`` shows it
+as ``'name'``, and the CLI's table (``memos_cli/cli/errors.py``) shows its flag and adds the next
+``memos`` command to run, from the error's fields. The exit code is ``exit_code`` (docs/FORMAT.md,
+README): 1 operation failed, 2 usage, 3 not a cube / invalid bundle, 4 refused by the cube's policy,
+5 committed but a later step failed (``PostCommitError``: the change is stored, derived data catches
+up by itself), 130 interrupted (Ctrl-C) with the cube unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
+
+
+def parameter(option: str) -> str:
+    """How the engine's own messages name a parameter (the CLI shows its flag instead)."""
+    return f"'{option}'"
 
 
 class MemosError(Exception):
     """Base of every error memos raises on purpose."""
 
     exit_code = 1
-    hint: str | None = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if hint is not None:
-            self.hint = hint
+    def __init__(self, message: str, *, hint: str | None = None, options: tuple[str, ...] = ()) -> None:
+        self.template = message
+        self.hint_template = hint
+        self.options = options  # parameter names written as {name} in the message and the hint
+        super().__init__(self.message)
+
+    def render(self, text: str | None, name: Callable[[str], str]) -> str | None:
+        """``text`` with each ``{option}`` written as ``name(option)`` (the CLI passes its flag)."""
+        if text is None:
+            return None
+        for option in self.options:
+            text = text.replace("{" + option + "}", name(option))
+        return text
+
+    @property
+    def message(self) -> str:
+        return self.render(self.template, parameter) or ""
+
+    @property
+    def hint(self) -> str | None:
+        return self.render(self.hint_template, parameter)
+
+    def advise(self, hint: str, *options: str) -> None:
+        """Replace the hint (a caller that knows more, such as ingest naming its skip_bad)."""
+        self.hint_template = hint
+        self.options = tuple(dict.fromkeys((*self.options, *options)))
 
     def __str__(self) -> str:
         return self.message
@@ -38,7 +68,7 @@ class CubeNotFound(MemosError):
     exit_code = 3
 
     def __init__(self, path: Path) -> None:
-        super().__init__(f"not a memos cube: {path} (no cube.yaml)", hint=f"create one with: memos init {path}")
+        super().__init__(f"not a memos cube: {path} (no cube.yaml)", hint="check the path, or create a cube there")
         self.path = path
 
 
@@ -48,15 +78,38 @@ class CubeExists(MemosError):
         self.path = path
 
 
+# What to do about an invalid cube: the CLI's table turns each into a command.
+Remedy = Literal["verify", "repair", "restore"]
+_REMEDY_ADVICE = {
+    "verify": "verify the cube to see every problem",
+    "repair": "repair the cube (it moves what it cannot read aside)",
+    "restore": "restore the file from version control, then verify the cube",
+}
+
+
 class InvalidCube(MemosError):
-    """The bundle is malformed: bad manifest, torn or malformed records, unsafe paths, bad checksums."""
+    """The bundle is malformed: bad manifest, torn or malformed records, unsafe paths, bad checksums.
+    ``remedy`` is what to do next when ``hint`` gives no advice of its own; ``file`` the one to restore."""
 
     exit_code = 3
 
-    def __init__(self, path: Path, problem: str, *, hint: str | None = None) -> None:
-        super().__init__(f"invalid cube {path}: {problem}", hint=hint or f"run: memos verify {path}")
+    def __init__(
+        self,
+        path: Path,
+        problem: str,
+        *,
+        hint: str | None = None,
+        options: tuple[str, ...] = (),
+        remedy: Remedy | None = "verify",
+        file: str | None = None,
+    ) -> None:
+        remedy = None if hint is not None else remedy
+        advice = _REMEDY_ADVICE[remedy] if remedy is not None else None
+        super().__init__(f"invalid cube {path}: {problem}", hint=hint or advice, options=options)
         self.path = path
         self.problem = problem
+        self.remedy: Remedy | None = remedy
+        self.file = file
 
 
 class UnsupportedFormat(InvalidCube):
@@ -70,22 +123,32 @@ class UnsupportedFormat(InvalidCube):
         self.supported = supported
 
 
-SKIP_BAD_HINT = "fix the input, or pass --skip-bad to store the good records and report the rest"
+SKIP_BAD_HINT = "fix the input, or pass {skip_bad} to store the good records and report the rest"
+
+
+FIX_INPUT = "fix the input"
 
 
 class BadInput(MemosError):
     """An input file or record could not be read. ``where`` is ``file:line``. (ingest adds the hint of
-    its --skip-bad; other readers, import among them, have no such option.)"""
+    its skip_bad; other readers, import among them, have no such option.)"""
 
     def __init__(self, where: str, problem: str, *, hint: str | None = None) -> None:
-        super().__init__(f"{where}: {problem}", hint=hint or "fix the input")
+        super().__init__(f"{where}: {problem}", hint=hint or FIX_INPUT)
         self.where = where
         self.problem = problem
 
 
+class NotAnExport(BadInput):
+    """A file given to import is not an archive memos export wrote."""
+
+    def __init__(self, archive: str, problem: str) -> None:
+        super().__init__(archive, f"not a memos export ({problem})", hint="import reads archives made by export")
+
+
 class MemoryNotFound(MemosError):
     def __init__(self, memory_id: str) -> None:
-        super().__init__(f"no memory with id {memory_id}", hint="list ids with: memos list CUBE")
+        super().__init__(f"no memory with id {memory_id}", hint="list the cube's memories to see their ids")
         self.memory_id = memory_id
 
 
@@ -103,24 +166,28 @@ class PermissionRefused(MemosError):
     exit_code = 4
 
     def __init__(self, actor: str, action: str, cube: Path, why: str) -> None:
-        super().__init__(f"{actor} may not {action} {cube}: {why}", hint="see: memos policy " + str(cube))
+        super().__init__(f"{actor} may not {action} {cube}: {why}", hint="see the cube's policy in cube.yaml")
         self.actor = actor
         self.action = action
+        self.cube = cube
 
 
 class ModelUnavailable(MemosError):
-    def __init__(self, name: str, problem: str, *, hint: str | None = None) -> None:
-        super().__init__(f"model {name}: {problem}", hint=hint)
+    def __init__(self, name: str, problem: str, *, hint: str | None = None, options: tuple[str, ...] = ()) -> None:
+        super().__init__(f"model {name}: {problem}", hint=hint, options=options)
         self.name = name
 
 
 class IncompatibleModel(MemosError):
     """A snapshot, adapter or index was made for another model than the one in use."""
 
-    def __init__(self, what: str, expected: str, found: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, what: str, expected: str, found: str, *, hint: str | None = None, options: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(
             f"{what} was made for model {expected}, not {found}",
             hint=hint or "rebuild it for this model, or use the model it was made for",
+            options=options,
         )
         self.what = what
         self.expected = expected
@@ -139,22 +206,63 @@ class IntegrityError(InvalidCube):
         self.file = file
 
 
+class AdaptersMismatch(IncompatibleModel):
+    """A KV snapshot made with one set of LoRA adapters applied, used with another."""
+
+    def __init__(self, cube: Path, name: str, made_with: list[str], wanted: list[str]) -> None:
+        def model(adapters: list[str]) -> str:
+            return "the base model + " + ", ".join(adapters) if adapters else "the base model alone"
+
+        super().__init__(
+            f"KV snapshot {name}",
+            model(made_with),
+            model(wanted),
+            hint="use the adapters it was made with, or make a snapshot for these adapters",
+        )
+        self.cube = cube
+        self.name = name
+        self.made_with = made_with
+        self.wanted = wanted
+
+
 class ActivationError(MemosError):
     """A snapshot cannot be built or used with this model (layout, length, extension)."""
 
 
 class InvalidSnapshot(MemosError):
-    """A snapshot file is truncated, malformed, or its header contradicts its tensors."""
+    """A snapshot file is truncated, malformed, or its header contradicts its tensors. ``cube`` and
+    ``name``, where the caller knows them, let the CLI name the command that rebuilds it."""
 
     exit_code = 3
 
-    def __init__(self, path: Path | str, problem: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        problem: str,
+        *,
+        hint: str | None = None,
+        cube: Path | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(
-            f"invalid KV snapshot {path}: {problem}",
-            hint=hint or "rebuild it with: memos promote CUBE --refresh NAME",
+            f"invalid KV snapshot {path}: {problem}", hint=hint or "rebuild the snapshot from its memories"
         )
+        self.rebuild = hint is None  # rebuilding it is the remedy (not, say, upgrading memos)
         self.path = Path(path)
         self.problem = problem
+        self.cube = cube
+        self.name = name
+
+
+class SnapshotExists(UsageError):
+    def __init__(self, path: Path, name: str) -> None:
+        super().__init__(
+            f"snapshot {name!r} exists",
+            hint=f"rebuild it with {{refresh}} {name}, or {{drop}} it first",
+            options=("refresh", "drop"),
+        )
+        self.path = path
+        self.name = name
 
 
 class UnsafePath(InvalidCube):
@@ -166,7 +274,7 @@ class UnsafePath(InvalidCube):
         super().__init__(
             path,
             f"{shown} {why}; memos never follows links or special files out of a cube",
-            hint=f"run: memos verify {path} (memos repair moves what it can aside)",
+            remedy="repair",
         )
         self.rel = rel
         self.why = why
@@ -188,7 +296,7 @@ class UnsafeJournal(InvalidCube):
         super().__init__(
             path,
             f".memos/journal.json is not a journal memos wrote ({problem}); it was not acted on",
-            hint=f"run: memos repair {path} (it moves the journal aside without acting on it)",
+            remedy="repair",
         )
 
 
@@ -211,7 +319,7 @@ class SnapshotMissing(MemosError):
         names = ", ".join(sorted(available)) or "none"
         super().__init__(
             f"cube {path} has no KV snapshot {name!r} (it has: {names})",
-            hint=f"make one: memos promote {path} --to activation --name {name} --all",
+            hint="promote memories to a snapshot of that name first",
         )
         self.path = path
         self.name = name
@@ -222,7 +330,7 @@ class AdapterNotFound(MemosError):
     """The cube has no LoRA adapter of that name."""
 
     def __init__(self, path: Path, name: str) -> None:
-        super().__init__(f"no adapter named {name!r} in {path}", hint=f"see the adapters with: memos stats {path}")
+        super().__init__(f"no adapter named {name!r} in {path}", hint="the cube's stats list its adapters")
         self.path = path
         self.name = name
 
@@ -304,7 +412,19 @@ class ScheduleFailed(MemosError):
     def __init__(self, path: Path, failed: list[str], total: int) -> None:
         super().__init__(
             f"{len(failed)} of {total} schedule steps failed on {path}: {'; '.join(failed)}",
-            hint=f"fix the cause and rerun: memos schedule {path} (done steps are not repeated)",
+            hint="fix the cause and run the schedule again (done steps are not repeated)",
         )
         self.path = path
         self.failed = failed
+
+
+class InvalidPolicy(InvalidCube):
+    """cube.yaml's schedule section has a value of the wrong kind."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(path, problem, hint="compare it with the documented example of the schedule policy")
+
+
+class TrainingDiverged(MemosError):
+    def __init__(self) -> None:
+        super().__init__("training diverged (the loss is not finite)", hint="lower {lr}", options=("lr",))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from memos_cli.cli.errors import describe
 from memos_cli.cube.bundle import Cube
 from memos_cli.engine.fuse import fuse
 from memos_cli.engine.integrity import verify
@@ -102,7 +103,7 @@ def test_fuse_refuses_other_embedders_and_bad_arguments(tmp_path: Path) -> None:
     b.manifest_path.write_text(yaml.safe_dump(data))
     with pytest.raises(IncompatibleModel) as err:
         fuse([a.path, b.path], tmp_path / "ab")
-    assert "--reembed" in (err.value.hint or "")
+    assert err.value.options == ("reembed",) and "--reembed" in (describe(err.value)[1] or "")
     assert fuse([a.path, b.path], tmp_path / "ab", reembed=True).memories == 2
     with pytest.raises(UsageError):
         fuse([a.path], tmp_path / "x")

@@ -220,7 +220,7 @@ def test_fuse_combines_adapters_of_one_name(tmp_path: Path, llama: str) -> None:
 
     dropped = fuse(paths, tmp_path / "dropped", model=llama, adapters="drop")
     assert dropped.lora == {} and any("lora facts of a, b" in d for d in dropped.dropped)
-    with pytest.raises(UsageError, match="--adapters"):
+    with pytest.raises(UsageError, match="'adapters' must be one of"):
         fuse(paths, tmp_path / "x", model=llama, adapters="average")
 
     # peft's combination alone: 'cat' puts the factors side by side, so the update is the parents' sum

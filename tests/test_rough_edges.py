@@ -187,6 +187,7 @@ def test_verify_and_repair_say_what_to_do_instead_of_pointing_at_each_other(cube
 
 
 def test_snapshot_problems_are_caught_early_and_name_the_refresh(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    from memos_cli.cli.errors import describe
     from memos_cli.engine.activation.promote import promote_to_activation
     from memos_cli.engine.chat import ChatOptions, ChatSession
     from memos_cli.engine.integrity import verify
@@ -211,7 +212,9 @@ def test_snapshot_problems_are_caught_early_and_name_the_refresh(tmp_path: Path,
     assert any("--refresh all" in p for p in verify(cube.path).problems)
     with pytest.raises(InvalidSnapshot) as err_info:
         ChatSession([Cube.open(cube.path)], ChatOptions(kv="all", model=str(tmp_path / "no-such-model")))
-    assert "--refresh all" in (err_info.value.hint or "")  # refused before the (missing) model was loaded
+    # refused before the (missing) model was loaded; the CLI names the command that rebuilds it
+    assert err_info.value.name == "all" and err_info.value.cube == cube.path
+    assert f"memos promote {cube.path} --refresh all" in (describe(err_info.value)[1] or "")
 
 
 def test_json_errors_do_not_say_at_at(cube: Path) -> None:

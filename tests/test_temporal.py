@@ -9,6 +9,7 @@ from datetime import date
 import numpy as np
 import pytest
 
+from memos_cli.cli.errors import describe
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.plaintext import temporal
 from memos_cli.engine.plaintext.ingest import Defaults, Source, ingest
@@ -201,8 +202,9 @@ def test_relative_record_time_needs_a_base(make_cube) -> None:
     cube = make_cube()
     body = json.dumps({"text": "dentist appointment", "time": "next tuesday"}).encode()
     before = cube.memories_path.read_bytes()
-    with pytest.raises(BadInput, match="--time-base"):
+    with pytest.raises(BadInput, match="'time_base' DATE") as refused:
         ingest(cube, [Source("r.jsonl", body)], actor="tester")
+    assert "(ingest: --time-base DATE" in describe(refused.value)[0]  # as the CLI shows it
     assert cube.memories_path.read_bytes() == before
     ingest(cube, [Source("r.jsonl", body)], actor="tester", defaults=Defaults(time_base="2024-03-14"))
     own = json.dumps({"text": "call mum", "time": "tomorrow", "time_base": "2024-03-14"}).encode()

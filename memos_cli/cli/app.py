@@ -147,9 +147,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(exc: MemosError) -> int:
-    sys.stderr.write(f"memos: error: {escape_controls(exc.message, newlines=True)}\n")
-    if exc.hint:
-        sys.stderr.write(f"  hint: {escape_controls(exc.hint, newlines=True)}\n")
+    from memos_cli.cli.errors import describe
+
+    message, hint = describe(exc)
+    sys.stderr.write(f"memos: error: {escape_controls(message, newlines=True)}\n")
+    if hint:
+        sys.stderr.write(f"  hint: {escape_controls(hint, newlines=True)}\n")
     return exc.exit_code
 
 

@@ -321,7 +321,8 @@ class Cube:
                 raise InvalidCube(
                     self.path,
                     f"{layout.MEMORIES} is missing",
-                    hint=f"restore it from version control (git checkout -- {layout.MEMORIES}), then: memos verify",
+                    remedy="restore",
+                    file=layout.MEMORIES,
                 )
         data = self._read_committed(layout.MEMORIES)
         versions: list[MemoryRecord] = []
@@ -332,7 +333,7 @@ class Cube:
                 except (ValueError, UnicodeDecodeError, TypeError) as exc:
                     raise InvalidCube(self.path, f"{layout.MEMORIES}:{number}: {exc}") from None
         except TornLine as exc:
-            raise InvalidCube(self.path, f"{layout.MEMORIES}: {exc}", hint=f"run: memos repair {self.path}") from None
+            raise InvalidCube(self.path, f"{layout.MEMORIES}: {exc}", remedy="repair") from None
         current: dict[str, MemoryRecord] = {}
         for record in versions:
             held = current.get(record.id)
@@ -353,7 +354,7 @@ class Cube:
                     raise InvalidCube(self.path, f"{layout.AUDIT}:{number}: not a JSON object")
                 entries.append(entry)
         except TornLine as exc:
-            raise InvalidCube(self.path, f"{layout.AUDIT}: {exc}", hint=f"run: memos repair {self.path}") from None
+            raise InvalidCube(self.path, f"{layout.AUDIT}: {exc}", remedy="repair") from None
         return entries
 
     def reload_manifest(self) -> Manifest:

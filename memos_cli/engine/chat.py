@@ -21,7 +21,7 @@ from memos_cli.engine.plaintext.ingest import ingest_drafts
 from memos_cli.engine.plaintext.query import Filters, Searcher
 from memos_cli.engine.plaintext.sources import Draft
 from memos_cli.engine.plaintext.working import ANSWER_TAG, WORKING_TAG
-from memos_cli.errors import IncompatibleModel, InvalidSnapshot, UsageError
+from memos_cli.errors import AdaptersMismatch, IncompatibleModel, InvalidSnapshot, UsageError
 
 
 @dataclass
@@ -127,24 +127,12 @@ class ChatSession:
                 continue
             made_with = list(entry.adapters)
             if made_with != list(dict.fromkeys(self.options.loras)):
-                raise IncompatibleModel(
-                    f"KV snapshot {name}",
-                    "the base model + " + ", ".join(made_with) if made_with else "the base model alone",
-                    "the base model + " + ", ".join(self.options.loras)
-                    if self.options.loras
-                    else "the base model alone",
-                    hint=f"chat with --kv {name}"
-                    + "".join(f" --lora {a}" for a in made_with)
-                    + f", or make a snapshot for these adapters: memos promote {cube.path} --to activation"
-                    + "".join(f" --lora {a}" for a in self.options.loras),
-                )
+                raise AdaptersMismatch(cube.path, name, made_with, list(self.options.loras))
             # the file's shape first (truncated, a link, a broken header: named with the rebuild command),
             # then its sha256 and, for the bare model, its fingerprint: all before the model loads
             problem = snapshot_problem(cube.path, cube.committed_rel(layout.kv_rel(name)))
             if problem:
-                raise InvalidSnapshot(
-                    layout.kv_rel(name), problem, hint=f"rebuild it with: memos promote {cube.path} --refresh {name}"
-                )
+                raise InvalidSnapshot(layout.kv_rel(name), problem, cube=cube.path, name=name)
             file = read_snapshot(cube.committed_path(layout.kv_rel(name)), expected_sha256=entry.sha256)
             if not made_with:  # an adapted model's fingerprint is known once the adapters load (load_snapshot)
                 made_for = file.meta.get("model_fingerprint", "unknown")

@@ -21,6 +21,7 @@ def claim_model(manifest: Manifest, lm: Any, *, replacing: tuple[str, str] | Non
             f"{what} (its KV snapshots and adapters)",
             f"{manifest.model.name if manifest.model is not None else None} ({held})",
             f"{lm.name} ({lm.fingerprint})",
-            hint="use the cube's model (--model), or drop its snapshots and adapters first",
+            hint="use the cube's model ({model}), or drop its snapshots and adapters first",
+            options=("model",),
         )
     manifest.model = ModelRef(lm.name, lm.fingerprint)

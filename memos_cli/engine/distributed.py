@@ -43,7 +43,7 @@ class EngineUnavailable(UsageError):
     """``--engine ray`` without Ray installed (a usage error: exit 2, with the install hint)."""
 
     def __init__(self) -> None:
-        super().__init__("--engine ray needs Ray, which is not installed", hint=RAY_HINT)
+        super().__init__("{engine} ray needs Ray, which is not installed", hint=RAY_HINT, options=("engine",))
 
 
 class ClusterError(MemosError):
@@ -62,9 +62,9 @@ class EngineOptions:
     def resolve(cls, engine: str | None, address: str | None, actors: int | None) -> EngineOptions:
         engine = engine or os.environ.get("MEMOS_ENGINE") or "local"
         if engine not in ENGINES:
-            raise UsageError(f"--engine must be one of {', '.join(ENGINES)}")
+            raise UsageError(f"{{engine}} must be one of {', '.join(ENGINES)}", options=("engine",))
         if actors is not None and actors < 1:
-            raise UsageError("--actors must be at least 1")
+            raise UsageError("{actors} must be at least 1", options=("actors",))
         return cls(engine, address or os.environ.get("MEMOS_RAY_ADDRESS") or None, actors)
 
 
@@ -187,7 +187,8 @@ class RayEngine:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ClusterError(
                     f"cannot reach the Ray cluster at {self.options.address or 'a new local instance'}: {exc}",
-                    hint="check --address / MEMOS_RAY_ADDRESS (and RAY_AUTH_TOKEN where token auth is on)",
+                    hint="check {address} / MEMOS_RAY_ADDRESS (and RAY_AUTH_TOKEN where token auth is on)",
+                    options=("address",),
                 ) from None
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         self.stats.nodes = len(nodes)

@@ -201,11 +201,11 @@ def fuse(
 
 def _check_arguments(cube_paths: list[Path], output: Path, adapters: str, dedup_threshold: float) -> None:
     if adapters not in ADAPTER_MODES:
-        raise UsageError(f"--adapters must be one of {', '.join(ADAPTER_MODES)}")
+        raise UsageError(f"{{adapters}} must be one of {', '.join(ADAPTER_MODES)}", options=("adapters",))
     if len(cube_paths) < 2:
         raise UsageError("fuse needs at least two cubes")
     if not 0 < dedup_threshold <= 1:
-        raise UsageError("--dedup-threshold must be in (0, 1]")
+        raise UsageError("{dedup_threshold} must be in (0, 1]", options=("dedup_threshold",))
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise CubeExists(output)
     if len({p.resolve() for p in cube_paths}) != len(cube_paths):
@@ -218,7 +218,11 @@ def _check_embedders(parents: list[Cube], fingerprint: str, reembed: bool) -> No
     if foreign and not reembed:
         name0, fp = next(iter(foreign.items()))
         raise IncompatibleModel(
-            f"cube {name0}", fp, fingerprint, hint="pass --reembed to index every memory again with this embedder"
+            f"cube {name0}",
+            fp,
+            fingerprint,
+            hint="pass {reembed} to index every memory again with this embedder",
+            options=("reembed",),
         )
 
 
@@ -240,7 +244,8 @@ def _language_model(parents: list[Cube], model: str | None, drop_incompatible: b
             "a parent's KV snapshot or adapter",
             sorted(strangers)[0],
             lm.fingerprint,
-            hint="pass --model with the model they were made for, or --drop-incompatible to leave them out",
+            hint="pass {model} with the model they were made for, or {drop_incompatible} to leave them out",
+            options=("model", "drop_incompatible"),
         )
     return lm, lm.fingerprint
 

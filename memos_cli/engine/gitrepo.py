@@ -97,6 +97,6 @@ def merge_driver(ancestor: Path, ours: Path, theirs: Path, name: str) -> None:
             merged = merge_memories(base, mine, other, actor=actor())
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, yaml.YAMLError, InvalidCube) as exc:
         raise MemosError(
-            f"cannot merge {name}: {exc}", hint="resolve the conflict by hand, then: memos verify"
+            f"cannot merge {name}: {exc}", hint="resolve the conflict by hand, then verify the cube"
         ) from None
     atomic_write_bytes(ours, merged)

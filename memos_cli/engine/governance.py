@@ -66,6 +66,8 @@ def audit_log(
     everything = cube.read_audit()
     present = {str(e.get("op")) for e in everything}
     if op is not None and op not in AUDIT_OPS and op not in present:
-        raise UsageError(f"unknown --op {op!r}: choose from {', '.join(sorted(AUDIT_OPS | present))}")
+        raise UsageError(
+            f"unknown {{op}} {op!r}: choose from {', '.join(sorted(AUDIT_OPS | present))}", options=("op",)
+        )
     entries = [e for e in everything if op is None or e.get("op") == op]
     return entries[-limit:] if limit else entries

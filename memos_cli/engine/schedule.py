@@ -38,7 +38,7 @@ from memos_cli.cube.entries import KvEntry, LoraEntry
 from memos_cli.cube.io import TornLine
 from memos_cli.engine.plaintext import usage
 from memos_cli.engine.plaintext.working import ANSWER_TAG, WORKING_TAG, is_answer, is_working
-from memos_cli.errors import InvalidCube, LockTimeout, MemosError, UsageError
+from memos_cli.errors import InvalidCube, InvalidPolicy, LockTimeout, MemosError, UsageError
 
 DAY = 86400.0
 # promote.check_name's rule, spelt here too: importing promote pulls in numpy (a third of a run's time)
@@ -169,10 +169,8 @@ def _check(cube: Cube, where: str, kind: str, value: Any) -> Any:
             "ttl": "a mapping of memory type to days (> 0)",
             "dtype": "float32, float16 or bfloat16",
         }[kind]
-        raise InvalidCube(
-            cube.path,
-            f"cube.yaml schedule.{where} is {value!r}; expected {expected}{' or null' if nullable else ''}",
-            hint=f"see the documented example: memos schedule {cube.path} --init --dry-run",
+        raise InvalidPolicy(
+            cube.path, f"cube.yaml schedule.{where} is {value!r}; expected {expected}{' or null' if nullable else ''}"
         )
     return float(value) if kind in ("num", "share") else value
 
@@ -215,7 +213,9 @@ def write_init(cube: Cube, *, actor: str | None = None, force: bool = False) -> 
     with cube.transaction(actor=actor, op="schedule") as tx:
         if SECTION in tx.manifest.extra and not force:
             raise UsageError(
-                f"cube {cube.path} already has a schedule policy", hint="edit cube.yaml, or pass --force to reset it"
+                f"cube {cube.path} already has a schedule policy",
+                hint="edit cube.yaml, or pass {force} to reset it",
+                options=("force",),
             )
         tx.manifest.extra[SECTION] = yaml.safe_load(INIT_TEXT)[SECTION]
         tx.manifest.verbatim[SECTION] = INIT_TEXT
@@ -236,7 +236,7 @@ def parse_now(value: str | None) -> float:
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--now {value!r} is not an ISO date or date-time") from None
+        raise UsageError(f"{{now}} {value!r} is not an ISO date or date-time", options=("now",)) from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 

@@ -77,7 +77,10 @@ def select(cube: Cube, selection: Selection) -> list[MemoryRecord]:
     """The active memories a selection names, in a stable order (ids, query rank, hotness, then time);
     each memory once. Raises UsageError when the selection is empty or matches nothing."""
     if selection.empty():
-        raise UsageError("choose memories with --ids, --query, --tag, --hot N or --all")
+        raise UsageError(
+            "choose memories with {ids}, {query}, {tag}, {hot} N or {all}",
+            options=("ids", "query", "tag", "hot", "all"),
+        )
     state = cube.read_state()
     active = {i: r for i, r in state.current.items() if r.status == "active"}
     chosen: dict[str, MemoryRecord] = {}

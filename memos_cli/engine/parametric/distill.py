@@ -191,13 +191,16 @@ def distill(
     """
     check_name(name)
     if steps is not None and epochs is not None:
-        raise UsageError("give --steps or --epochs, not both")
+        raise UsageError("give {steps} or {epochs}, not both", options=("steps", "epochs"))
     if rank < 1 or alpha <= 0 or lr <= 0 or (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
-        raise UsageError("--rank, --alpha, --lr, --steps and --epochs must be positive")
+        raise UsageError(
+            "{rank}, {alpha}, {lr}, {steps} and {epochs} must be positive",
+            options=("rank", "alpha", "lr", "steps", "epochs"),
+        )
     if (max_minutes is not None and max_minutes <= 0) or (max_probes is not None and max_probes < 1):
-        raise UsageError("--max-minutes and --max-probes must be positive")
+        raise UsageError("{max_minutes} and {max_probes} must be positive", options=("max_minutes", "max_probes"))
     if isinstance(target_modules, str) and target_modules not in TARGETS and not target_modules.strip():
-        raise UsageError("--target-modules is empty")
+        raise UsageError("{target_modules} is empty", options=("target_modules",))
     who = cube.check(actor, "write")
     memories = select(cube, selection)
     lm = model if isinstance(model, LanguageModel) else load_lm(model)

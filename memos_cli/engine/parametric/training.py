@@ -18,6 +18,7 @@ from memos_cli.engine.parametric.evaluation import greedy_recalled, token_losses
 from memos_cli.engine.parametric.examples import BATCH_SIZE, Example, Progress, pad_id
 from memos_cli.errors import (
     MemosError,
+    TrainingDiverged,
     UsageError,
 )
 from memos_cli.models.lm import LanguageModel
@@ -72,7 +73,7 @@ def resolve_targets(model: Any, target_modules: str | Sequence[str]) -> str | li
         if target_modules != "attention":
             names = [t.strip() for t in target_modules.split(",") if t.strip()]
             if not names:
-                raise UsageError("--target-modules is empty")
+                raise UsageError("{target_modules} is empty", options=("target_modules",))
             return names
         import torch
         from transformers.pytorch_utils import Conv1D
@@ -88,7 +89,8 @@ def resolve_targets(model: Any, target_modules: str | Sequence[str]) -> str | li
                 leaves.add(leaf)
         if not leaves:
             raise UsageError(
-                "this model has no linear layers inside an attention block; name them with --target-modules"
+                "this model has no linear layers inside an attention block; name them with {target_modules}",
+                options=("target_modules",),
             )
         return rf".*\.({'|'.join(sorted(map(re.escape, parents)))})\.({'|'.join(sorted(map(re.escape, leaves)))})"
     return list(target_modules)
@@ -130,7 +132,7 @@ def train_adapter(
             warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations reached through peft
             model = get_peft_model(base, config)
     except ValueError as exc:  # peft: target modules not found
-        raise UsageError(f"--target-modules: {exc}") from exc
+        raise UsageError(f"{{target_modules}}: {exc}", options=("target_modules",)) from exc
     params = [p for p in model.parameters() if p.requires_grad]
     fit = _fit(
         model,
@@ -225,7 +227,7 @@ def _fit(
             optimizer.zero_grad(set_to_none=True)
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise MemosError("training diverged (the loss is not finite)", hint="lower --lr")
+                raise TrainingDiverged()
             recent.append(value)
             if progress is not None:
                 progress(stage, step + 1, steps, value)

@@ -22,7 +22,7 @@ from memos_cli.engine.plaintext import index as index_mod
 from memos_cli.engine.plaintext import ranking, temporal
 from memos_cli.engine.plaintext.sources import Draft, Rejected, parse_source, parse_time
 from memos_cli.engine.plaintext.sync import SyncPlan, plan_sync
-from memos_cli.errors import SKIP_BAD_HINT, BadInput, UsageError, after_commit
+from memos_cli.errors import FIX_INPUT, SKIP_BAD_HINT, BadInput, UsageError, after_commit
 from memos_cli.words import plural
 
 Progress = Callable[[int, int], None]
@@ -201,11 +201,11 @@ def ingest(
     index_shard_rows()  # a bad index layout setting fails here, not after the commit
     defaults = defaults or Defaults()
     if defaults.time_base is not None:
-        defaults.time_base = parse_time(defaults.time_base, "--time-base")
+        defaults.time_base = _option_time(defaults.time_base, "time_base")
     if defaults.time is not None:
-        defaults.time = parse_time(defaults.time, "--time", defaults.time_base)
+        defaults.time = _option_time(defaults.time, "time", defaults.time_base)
     if not sources:
-        raise UsageError("nothing to ingest: name files, or pipe text into 'memos ingest CUBE -'")
+        raise UsageError("nothing to ingest: name files, or pipe text into standard input ('-')")
     now = utc_now()
     parsed, rejected = _parse_sources(sources, fmt, defaults, skip_bad, now, actor)
     return _store(
@@ -235,6 +235,15 @@ def ingest_drafts(
     return _store(cube, parsed, [], now=now, actor=actor, embedder=embedder, started=started)
 
 
+def _option_time(value: str, option: str, base: str | None = None) -> str:
+    """A time given as an option (``time``, ``time_base``), its errors naming the option."""
+    try:
+        return parse_time(value, "{" + option + "}", base)
+    except BadInput as exc:
+        exc.options = (*exc.options, option)
+        raise
+
+
 def _parse_sources(
     sources: Sequence[Source], fmt: str | None, defaults: Defaults, skip_bad: bool, now: str, actor: str | None
 ) -> tuple[Parsed, list[Rejected]]:
@@ -247,8 +256,8 @@ def _parse_sources(
             )
         except BadInput as exc:
             if not skip_bad:
-                if exc.hint == "fix the input":
-                    exc.hint = SKIP_BAD_HINT
+                if exc.hint_template == FIX_INPUT:
+                    exc.advise(SKIP_BAD_HINT, "skip_bad")
                 raise
             rejected.append(Rejected(exc.where, exc.problem))
             parsed.append((source, fmt or "?", [], 1))

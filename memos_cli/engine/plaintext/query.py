@@ -42,14 +42,14 @@ class Filters:
 
     def __post_init__(self) -> None:
         if self.status != "all" and self.status not in STATUSES:
-            raise UsageError(f"--status must be one of {', '.join(STATUSES)} or all")
+            raise UsageError(f"{{status}} must be one of {', '.join(STATUSES)} or all", options=("status",))
         if self.time_field not in TIME_FIELDS:
-            raise UsageError(f"--time-field must be one of {', '.join(TIME_FIELDS)}")
+            raise UsageError(f"{{time_field}} must be one of {', '.join(TIME_FIELDS)}", options=("time_field",))
         try:
-            self.since = parse_time(self.since, "--since") if self.since else None
-            self.until = parse_time(self.until, "--until") if self.until else None
+            self.since = parse_time(self.since, "{since}") if self.since else None
+            self.until = parse_time(self.until, "{until}") if self.until else None
         except BadInput as exc:
-            raise UsageError(exc.message) from None
+            raise UsageError(exc.template, options=(*exc.options, "since", "until")) from None
         self._since = _epoch(self.since) if self.since else None
         self._until = _epoch(self.until) if self.until else None
         if self._until is not None and self.until and "T" not in self.until:
@@ -198,7 +198,7 @@ class Searcher:
         actor: str | None = None,
     ) -> None:
         if mode not in MODES:
-            raise UsageError(f"--retrieval must be one of {', '.join(MODES)}")
+            raise UsageError(f"{{retrieval}} must be one of {', '.join(MODES)}", options=("retrieval",))
         self.mode = mode
         self.embedder = embedder or EmbedderHandle()
         self.record_usage = record_usage

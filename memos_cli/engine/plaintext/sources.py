@@ -77,11 +77,13 @@ def parse_time(value: Any, where: str, base: str | None = None) -> str:
 
         if temporal.is_relative_time(text):
             if base is None:
-                raise BadInput(
+                error = BadInput(
                     where,
                     f"time {value!r} is relative (it depends on when it is read); give an absolute date, "
-                    "or a base date to read it against (ingest: --time-base DATE or a 'time_base' field)",
-                ) from None
+                    "or a base date to read it against (ingest: {time_base} DATE or a 'time_base' field)",
+                )
+                error.options = ("time_base",)
+                raise error from None
             resolved = temporal.resolve_time_value(text, base)
             if resolved is None:
                 raise BadInput(where, f"cannot read {value!r} as a date or time (base {base})") from None
@@ -435,7 +437,9 @@ def parse_source(
 ) -> tuple[list[Draft], list[Rejected], str]:
     """Parse one source; returns drafts, rejected records (only with ``skip_bad``) and the format used."""
     if fmt is not None and fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r} for --format (choose from {', '.join(FORMATS)})")
+        raise UsageError(
+            f"unknown format {fmt!r} for {{format}} (choose from {', '.join(FORMATS)})", options=("format",)
+        )
     text = decode(data, source)
     fmt = fmt or detect_format(source, text)
     if fmt == "text":

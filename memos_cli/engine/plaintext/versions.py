@@ -40,15 +40,18 @@ class Update:
 def update(cube: Cube, ref: str, change: Update, *, actor: str | None = None) -> MemoryRecord:
     """Write version n+1 of a memory with ``change`` applied; returns the new version."""
     if change.empty():
-        raise UsageError("nothing to change: give --text, --tag, --time, ...")
+        raise UsageError("nothing to change: give {text}, {tag}, {time}, ...", options=("text", "tag", "time"))
     if change.status is not None and change.status not in ("active", "archived"):
-        raise UsageError("--status can set active or archived (supersession and purge have their own commands)")
+        raise UsageError(
+            "{status} can set active or archived (supersession and purge have their own commands)",
+            options=("status",),
+        )
     if change.text is not None and not change.text.strip():
-        raise UsageError("--text must not be empty")
+        raise UsageError("{text} must not be empty", options=("text",))
     try:
-        when = parse_time(change.time, "--time") if change.time else None
+        when = parse_time(change.time, "{time}") if change.time else None
     except BadInput as exc:
-        raise UsageError(exc.message) from None
+        raise UsageError(exc.template, options=(*exc.options, "time")) from None
     with cube.transaction(actor=actor, op="update") as tx:
         state = cube.read_state()
         memory_id = resolve_id(state, ref)

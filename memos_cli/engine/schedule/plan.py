@@ -1,232 +1,25 @@
-"""The memory scheduler: one plan from the cube's ``schedule:`` policy, its usage log and its memories,
-applied step by step.
-
-The policy lives in ``cube.yaml`` (docs/FORMAT.md, "schedule"); every key has a default, so a cube
-without the section is scheduled too (archive by ``expires``, working memories idle 14 days). A plan has
-at most three steps, in this order, each one journaled transaction with an audit entry ``op: schedule``:
-
-1. **archive**: memories past a per-type time-to-live, unused for ``unused_days``, past their own
-   ``expires`` time, and working memories (chat turns) nobody used for ``working.idle_days``;
-2. **activation**: (re)build KV snapshot NAME of the hottest memories (decayed use score), when it is
-   missing, stale, or the hot set changed by more than ``rebuild_share``;
-3. **parametric**: distill the memories used at least ``min_uses`` times over at least ``min_days``
-   days (or tagged with one of ``tags``) into adapter NAME once ``min_new`` of them are not in it yet;
-   the new adapter replaces the old only if its measured recall and forgetting pass the thresholds,
-   otherwise the old one stays and the audit log says why (and the same memories are not retried).
-
-Planning reads no index and loads no model: a cube with nothing due is answered in well under a second
-(``bench/schedule_bench.py``). The plan is computed against the archive step's outcome, so a second run
-right after the first finds nothing to do.
-"""
+"""Planning: which memories are due for archive, activation and parametric steps, read from plain
+JSON rows (cached in .memos/) and the usage log, loading no index and no model; ``explain`` for one
+memory."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
-from memos_cli.cube.bundle import Cube, utc_now
+from memos_cli.cube.bundle import Cube
 from memos_cli.cube.entries import KvEntry, LoraEntry
 from memos_cli.cube.io import TornLine
 from memos_cli.engine.plaintext import usage
 from memos_cli.engine.plaintext.working import ANSWER_TAG, WORKING_TAG, is_answer, is_working
-from memos_cli.errors import InvalidCube, InvalidPolicy, LockTimeout, MemosError, UsageError
-
-DAY = 86400.0
-# promote.check_name's rule, spelt here too: importing promote pulls in numpy (a third of a run's time)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-SECTION = "schedule"
-
-# kind of each key: "bool", "name", "int", "num" (>= 0), "share" (0..1), "tags", "ttl", "dtype";
-# a trailing "?" allows null. The defaults are what a cube without the section gets.
-SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
-    "activation": {
-        "enabled": ("bool", False),
-        "name": ("name", "hot"),
-        "max_memories": ("int", 20),
-        "budget": ("int?", 1500),
-        "min_score": ("num", 1.0),
-        "half_life_days": ("num", usage.DEFAULT_HALF_LIFE_DAYS),
-        "rebuild_share": ("share", 0.25),
-        "dtype": ("dtype", "float32"),
-    },
-    "parametric": {
-        "enabled": ("bool", False),
-        "name": ("name", "stable"),
-        "min_uses": ("int", 5),
-        "min_days": ("num", 7.0),
-        "tags": ("tags", []),
-        "min_new": ("int", 5),
-        "min_recall": ("share", 0.5),
-        "max_forgetting_pct": ("num", 10.0),
-        "steps": ("int?", None),
-        "lr": ("num", 2e-3),
-        "rank": ("int", 8),
-    },
-    "archive": {
-        "enabled": ("bool", True),
-        "ttl_days": ("ttl", {}),
-        "unused_days": ("num?", None),
-        "expires": ("bool", True),
-        "keep_tags": ("tags", ["pinned"]),
-    },
-    "working": {
-        "enabled": ("bool", True),
-        "idle_days": ("num", 14.0),
-    },
-}
-
-INIT_TEXT = """\
-schedule:
-  # The memory scheduler's policy, applied by `memos schedule CUBE` (cron- and CI-friendly: exit 0
-  # when nothing was due or all was done, 1 when a step failed). Every key is optional; the values
-  # below are the defaults unless a comment says otherwise. Times are in days.
-  activation:
-    # Keep KV snapshot `name` made of the hottest memories (each query or chat hit is a use,
-    # decayed by its age with `half_life_days`), within `budget` tokens.
-    enabled: true             # default: false (building a snapshot loads the language model)
-    name: hot
-    max_memories: 20
-    budget: 1500
-    min_score: 1.0            # decayed uses a memory needs to count as hot
-    half_life_days: 7.0
-    rebuild_share: 0.25       # rebuild when the hot set changed by more than this share, or is stale
-    dtype: float32
-  parametric:
-    # Distill stable knowledge into LoRA adapter `name`: memories used at least `min_uses` times
-    # over at least `min_days`, or carrying one of `tags`, once `min_new` of them are not in it yet.
-    # The new adapter replaces the old only if it recalls at least `min_recall` of its memories and
-    # raises the loss on held-out text by at most `max_forgetting_pct` percent.
-    enabled: false
-    name: stable
-    min_uses: 5
-    min_days: 7.0
-    tags: []
-    min_new: 5
-    min_recall: 0.5
-    max_forgetting_pct: 10.0
-    steps: null               # training steps (null: distill's default)
-    lr: 0.002
-    rank: 8
-  archive:
-    # Archive (never delete) long-term memories: older than a per-type time-to-live, unused for
-    # `unused_days`, or past a record's own `expires` time. Memories tagged with one of `keep_tags`
-    # are never archived by the scheduler.
-    enabled: true
-    ttl_days: {}              # for example {event: 365, dialogue: 90}
-    unused_days: null         # for example 180
-    expires: true
-    keep_tags: [pinned]
-  working:
-    # Chat turns are working memories (tag `working`): archived once nobody used them for `idle_days`.
-    enabled: true
-    idle_days: 14.0
-"""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Policy
-
-
-def _check(cube: Cube, where: str, kind: str, value: Any) -> Any:
-    nullable = kind.endswith("?")
-    kind = kind.rstrip("?")
-    if value is None and nullable:
-        return None
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {
-        "bool": isinstance(value, bool),
-        "name": isinstance(value, str),
-        "int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-        "num": number and math.isfinite(value) and value >= 0,
-        "share": number and 0 <= value <= 1,
-        "tags": isinstance(value, list) and all(isinstance(t, str) and t for t in value),
-        "ttl": isinstance(value, dict)
-        and all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-            for k, v in value.items()
-        ),  # fmt: skip
-        "dtype": value in ("float32", "float16", "bfloat16"),
-    }[kind]
-    if kind == "name" and ok:
-        ok = bool(_NAME.match(value))
-    if not ok:
-        expected = {
-            "bool": "true or false",
-            "name": "a plain name (letters, digits, '.', '-', '_')",
-            "int": "a whole number >= 0",
-            "num": "a number >= 0",
-            "share": "a number from 0 to 1",
-            "tags": "a list of tags",
-            "ttl": "a mapping of memory type to days (> 0)",
-            "dtype": "float32, float16 or bfloat16",
-        }[kind]
-        raise InvalidPolicy(
-            cube.path, f"cube.yaml schedule.{where} is {value!r}; expected {expected}{' or null' if nullable else ''}"
-        )
-    return float(value) if kind in ("num", "share") else value
-
-
-def load_policy(cube: Cube) -> dict[str, dict[str, Any]]:
-    """The validated ``schedule:`` section with every default filled in. Raises InvalidCube naming the
-    first wrong key (unknown keys too: a misspelt key would silently do nothing)."""
-    raw = cube.manifest.extra.get(SECTION)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InvalidCube(cube.path, "cube.yaml 'schedule' must be a mapping")
-    unknown = sorted(set(raw) - set(SCHEMA))
-    if unknown:
-        raise InvalidCube(
-            cube.path, f"cube.yaml schedule has unknown section {unknown[0]!r} (known: {', '.join(SCHEMA)})"
-        )
-    policy: dict[str, dict[str, Any]] = {}
-    for section, keys in SCHEMA.items():
-        given = raw.get(section) or {}
-        if not isinstance(given, dict):
-            raise InvalidCube(cube.path, f"cube.yaml schedule.{section} must be a mapping")
-        unknown = sorted(set(given) - set(keys))
-        if unknown:
-            raise InvalidCube(
-                cube.path,
-                f"cube.yaml schedule.{section} has unknown key {unknown[0]!r} (known: {', '.join(keys)})",
-            )
-        policy[section] = {
-            key: _check(cube, f"{section}.{key}", kind, given.get(key, default))
-            for key, (kind, default) in keys.items()
-        }
-    return policy
-
-
-def write_init(cube: Cube, *, actor: str | None = None, force: bool = False) -> str:
-    """Add the commented example section to cube.yaml (one transaction); returns its text."""
-    import yaml
-
-    with cube.transaction(actor=actor, op="schedule") as tx:
-        if SECTION in tx.manifest.extra and not force:
-            raise UsageError(
-                f"cube {cube.path} already has a schedule policy",
-                hint="edit cube.yaml, or pass {force} to reset it",
-                options=("force",),
-            )
-        tx.manifest.extra[SECTION] = yaml.safe_load(INIT_TEXT)[SECTION]
-        tx.manifest.verbatim[SECTION] = INIT_TEXT
-        load_policy(cube)  # the example is valid: a test of the template as much as a check
-        tx.touch_manifest()
-        tx.log([], "wrote the example schedule policy", step="init")
-    return INIT_TEXT
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Plan
+from memos_cli.engine.schedule.policy import DAY, SECTION, load_policy
+from memos_cli.errors import InvalidCube, UsageError
 
 
 def parse_now(value: str | None) -> float:
@@ -448,7 +241,7 @@ def _archive_reason(ctx: _Context, row: Row) -> tuple[str, str] | None:
     return None
 
 
-def _rule_counts(reasons: Any) -> dict[str, int]:
+def rule_counts(reasons: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     for rule, _words in reasons:
         counts[rule] = counts.get(rule, 0) + 1
@@ -503,7 +296,7 @@ def _plan(ctx: _Context) -> Plan:
             plan.archive_reasons[memory_id] = why
     plan.archive_reasons = dict(sorted(plan.archive_reasons.items()))
     if plan.archive_reasons:
-        kinds = _rule_counts(plan.archive_reasons.values())
+        kinds = rule_counts(plan.archive_reasons.values())
         plan.steps.append(
             Step(
                 "archive",
@@ -606,10 +399,6 @@ def _plan(ctx: _Context) -> Plan:
     return plan
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Explain
-
-
 def explain(cube: Cube, ref: str, *, now: float | None = None, actor: str | None = None) -> dict[str, Any]:
     """Why one memory is where it is: tier, status, uses, snapshots and adapters, and what the policy
     says about it now."""
@@ -670,203 +459,3 @@ def explain(cube: Cube, ref: str, *, now: float | None = None, actor: str | None
         if memory_id in step.ids:
             lines.append(f"  next run: {step.kind} {step.action}{' ' + step.name if step.name else ''}")
     return {"id": memory_id, "version": record.version, "status": record.status, "lines": lines}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Apply
-
-
-@dataclass
-class StepResult:
-    step: Step
-    outcome: str  # done, kept (adapter rejected, old one stays), skipped, failed
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.step.to_dict(), "outcome": self.outcome, "message": self.message}
-
-
-@dataclass
-class ScheduleReport:
-    plan: Plan
-    dry_run: bool
-    results: list[StepResult] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return any(r.outcome == "failed" for r in self.results)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.plan.to_dict(),
-            "dry_run": self.dry_run,
-            "results": [r.to_dict() for r in self.results],
-            "failed": self.failed,
-        }
-
-
-Notify = Callable[[str], None]
-
-
-def wait_for_lock(cube: Cube, wait: float, notify: Notify) -> None:
-    """Block until no other writer holds the cube lock (never breaking it), for at most ``wait`` s."""
-    from filelock import Timeout
-
-    lock = cube.file_lock()  # checked: never a link
-    lock.timeout = 0
-    try:
-        lock.acquire()
-        lock.release()
-        return
-    except Timeout:
-        notify("another memos process holds the cube lock: waiting for it")
-    lock.timeout = wait
-    try:
-        lock.acquire()
-    except Timeout:
-        raise LockTimeout(cube.path, wait) from None
-    lock.release()
-
-
-def run(
-    cube: Cube,
-    *,
-    now: float | None = None,
-    dry_run: bool = False,
-    model: str | None = None,
-    actor: str | None = None,
-    wait: float = 600.0,
-    notify: Notify | None = None,
-    progress: Any = None,
-) -> ScheduleReport:
-    """Plan, then (unless ``dry_run``) apply each step in its own transaction. A failed step is
-    reported and the others still run; ``report.failed`` says whether any failed."""
-    say = notify or (lambda message: None)
-    who = cube.check(actor, "read" if dry_run else "write")
-    plan = make_plan(cube, now=now)
-    report = ScheduleReport(plan=plan, dry_run=dry_run)
-    if dry_run:
-        return report
-    for number, step in enumerate(plan.steps, start=1):
-        say(f"step {number}/{len(plan.steps)}: {step.kind} {step.action} {step.name or ''}: {step.reason}")
-        try:
-            wait_for_lock(cube, wait, say)
-            fresh = Cube.open(cube.path)
-            if step.kind == "archive":
-                result = _archive(fresh, step, plan, who)
-            elif step.kind == "activation":
-                result = _activation(fresh, step, who, model)
-            else:
-                result = _parametric(fresh, step, plan, who, model, progress)
-        except MemosError as exc:
-            result = StepResult(step, "failed", exc.message)
-        except (OSError, ValueError, RuntimeError) as exc:  # a model or disk failure: report, go on
-            result = StepResult(step, "failed", f"{type(exc).__name__}: {exc}")
-        say(f"  {result.outcome}: {result.message}")
-        report.results.append(result)
-    return report
-
-
-def _archive(cube: Cube, step: Step, plan: Plan, actor: str) -> StepResult:
-    done: list[str] = []
-    with cube.transaction(actor=actor, op=SECTION) as tx:
-        state = cube.read_state()
-        now = utc_now()
-        for memory_id in step.ids:
-            record = state.current.get(memory_id)
-            # Changed since the plan was made (another writer): leave it to the next run.
-            if record is None or record.status != "active" or record.version != step.detail["versions"][memory_id]:
-                continue
-            tx.add(replace(record, version=record.version + 1, status="archived", op=SECTION, actor=actor, created=now))
-            done.append(memory_id)
-        if done:
-            reasons = _rule_counts(plan.archive_reasons[i] for i in done)
-            tx.log(done, f"scheduler archived {len(done)} memories", step="archive", reasons=reasons)
-    skipped = len(step.ids) - len(done)
-    return StepResult(
-        step, "done", f"archived {len(done)} memories" + (f" ({skipped} changed meanwhile, left)" if skipped else "")
-    )
-
-
-def _activation(cube: Cube, step: Step, actor: str, model: str | None) -> StepResult:
-    from memos_cli.engine.activation.promote import promote_to_activation
-    from memos_cli.engine.select import Selection
-
-    report = promote_to_activation(
-        cube,
-        Selection(ids=list(step.ids)),
-        name=step.name or "hot",
-        model=model,
-        budget=step.detail.get("budget"),
-        dtype=step.detail.get("dtype", "float32"),
-        actor=actor,
-        replace=True,
-        op=SECTION,
-    )
-    left = f", {len(report.skipped)} left out by the budget" if report.skipped else ""
-    return StepResult(step, "done", f"kv/{report.name}: {len(report.memories)} memories, {report.tokens} tokens{left}")
-
-
-def _parametric(cube: Cube, step: Step, plan: Plan, actor: str, model: str | None, progress: Any) -> StepResult:
-    from memos_cli.engine.parametric.distill import DistillReport, distill
-    from memos_cli.engine.select import Selection
-
-    par = plan.policy["parametric"]
-
-    def accept(report: DistillReport) -> str | None:
-        recall = report.recall_after.exact
-        if recall < par["min_recall"]:
-            return f"recall {recall:.0%} < {par['min_recall']:.0%}"
-        if report.forgetting_pct > par["max_forgetting_pct"]:
-            return f"forgetting {report.forgetting_pct:+.1f}% > {par['max_forgetting_pct']:g}%"
-        return None
-
-    name = step.name or "stable"
-    report = distill(
-        cube,
-        Selection(ids=list(step.ids)),
-        name=name,
-        model=model,
-        rank=par["rank"],
-        steps=par["steps"],
-        lr=par["lr"],
-        actor=actor,
-        progress=progress,
-        accept=accept,
-        op=SECTION,
-    )
-    metrics = report.metrics()
-    if report.rejected is None:
-        return StepResult(
-            step,
-            "done",
-            f"lora/{name}: {len(report.memories)} memories, recall {metrics['recall_after']:.0%}, "
-            f"held-out loss {metrics['forgetting_pct']:+.1f}%",
-        )
-    held = "the old adapter stays" if name in cube.manifest.lora else "no adapter written"
-    why = f"new adapter refused: {report.rejected}; {held}"
-    with Cube.open(cube.path).transaction(actor=actor, op=SECTION) as tx:
-        tx.log(
-            [ref.split("@")[0] for ref in report.memories],
-            f"scheduler kept adapter {name}: {why}",
-            step="parametric",
-            name=name,
-            rejected=step.detail["digest"],
-            why=report.rejected,
-            metrics=metrics,
-        )
-    return StepResult(step, "kept", why)
-
-
-def summary(cube: Cube, *, now: float | None = None) -> dict[str, Any]:
-    """For ``stats``: the hot set, what is stale, what is due (or the policy's error)."""
-    try:
-        plan = make_plan(cube, now=now)
-    except InvalidCube as exc:
-        return {"error": exc.problem}
-    return {
-        "hot": plan.hot,
-        "stale": plan.stale,
-        "due": [f"{s.kind} {s.action}{' ' + s.name if s.name else ''}: {s.reason}" for s in plan.steps],
-        "qualifying": len(plan.qualifying),
-    }

@@ -42,12 +42,20 @@ from memos_cli.config import actor as resolve_actor
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout
 from memos_cli.cube.bundle import Cube, utc_now
-from memos_cli.cube.entries import KvEntry, LoraEntry, ref_ids
-from memos_cli.cube.records import MemoryRecord, normalise_text
+from memos_cli.cube.entries import KvEntry, LoraEntry
+from memos_cli.cube.records import MemoryRecord
+from memos_cli.engine.activation.fusion import rebuild_snapshots
 from memos_cli.engine.claim import claim_model
 from memos_cli.engine.distributed import RayEngine
 from memos_cli.engine.embedding import EmbedderHandle
-from memos_cli.engine.plaintext.index import open_index, row_for, row_key
+from memos_cli.engine.parametric.fusion import carry_adapters, method_name
+from memos_cli.engine.plaintext.dedup import (
+    merge_near_duplicates,
+    near_duplicates,
+    parent_vectors,
+    store_exact_duplicates_once,
+)
+from memos_cli.engine.plaintext.index import open_index
 from memos_cli.errors import CubeExists, IncompatibleModel, UsageError
 from memos_cli.words import plural
 
@@ -58,8 +66,6 @@ if TYPE_CHECKING:
     from memos_cli.engine.parametric.examples import Progress
 
 ADAPTER_MODES = ("consolidate", "combine", "drop")
-COMBINATION = "cat"  # peft combination_type: the best start for consolidation in bench/fuse_lora_bench.py
-RECALL_MEMORIES = 64  # recall of each parent's facts is measured on at most this many of its memories
 
 
 @dataclass
@@ -117,14 +123,6 @@ def _union_versions(
     return out, len(conflicts), written - unique
 
 
-def _provenance(record: MemoryRecord, cube: str) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in {"cube": cube, "id": record.id, "source": record.source, "source_id": record.source_id}.items()
-        if v is not None
-    }
-
-
 def fuse(
     cube_paths: list[Path],
     output: Path,
@@ -154,7 +152,7 @@ def fuse(
     report = FuseReport(output=str(output), parents=[_lineage(p) for p in parents], dry_run=dry_run)
     states = [p.read_state() for p in parents]
     versions, report.version_conflicts, report.shared_versions = _union_versions([s.versions for s in states], actor)
-    vectors = _parent_vectors(parents, states, embedder, engine, _indexing(progress), reembed)
+    vectors = parent_vectors(parents, states, embedder, engine, _indexing(progress), reembed)
     origin: dict[str, str] = {}
     for parent, state in zip(parents, states, strict=True):
         for memory_id in state.current:
@@ -162,16 +160,19 @@ def fuse(
 
     now = utc_now()
     current = {i: recs[-1] for i, recs in versions.items()}
-    moved = _store_exact_duplicates_once(current, versions, origin, parents, report)
+    moved = store_exact_duplicates_once(current, versions, origin, parents)
+    report.exact_duplicates = len(moved)
     from memos_cli.engine.plaintext.merge import apply_key_rules  # the git merge's rule: one implementation
 
     extra_versions = [replace(gone, created=now) for gone in apply_key_rules(current, actor=actor, op="fuse")]
     report.superseded_by_key = len(extra_versions)
     superseded = {r.id for r in extra_versions}
     active = [i for i, r in current.items() if r.status == "active" and i not in superseded]
-    merged_into = _near_duplicates(current, active, vectors, origin, dedup_threshold, embedder.identity.dim, report)
+    merged_into, report.near_duplicates = near_duplicates(
+        current, active, vectors, origin, dedup_threshold, embedder.identity.dim
+    )
     moved.update(merged_into)
-    extra_versions += _merge_near_duplicates(current, merged_into, origin, actor, now)
+    extra_versions += merge_near_duplicates(current, merged_into, origin, actor, now)
     records = _fused_records(versions, current, extra_versions)
     report.versions = len(records)
     report.memories = len(versions)
@@ -250,140 +251,6 @@ def _language_model(parents: list[Cube], model: str | None, drop_incompatible: b
     return lm, lm.fingerprint
 
 
-def _parent_vectors(
-    parents: list[Cube],
-    states: list[Any],
-    embedder: EmbedderHandle,
-    engine: RayEngine | None,
-    indexing: Callable[[int, int], None] | None,
-    reembed: bool,
-) -> dict[str, np.ndarray]:
-    """Vectors of every current memory, from the parents' indexes (embedding only what is missing)."""
-    ident = embedder.identity
-    vectors: dict[str, np.ndarray] = {}
-    for parent, state in zip(parents, states, strict=True):
-        if engine is not None:
-            engine.stage_in(parent.path)
-        index = open_index(
-            parent,
-            state,
-            embedder.load,
-            dim=ident.dim,
-            embedder_name=ident.fingerprint,
-            progress=indexing,
-            any_embedder=reembed,
-        )
-        for row in index.current.values():
-            vectors[index.keys[row]] = index.vectors[row]
-    return vectors
-
-
-def _store_exact_duplicates_once(
-    current: dict[str, MemoryRecord],
-    versions: dict[str, list[MemoryRecord]],
-    origin: dict[str, str],
-    parents: list[Cube],
-    report: FuseReport,
-) -> dict[str, str]:
-    """The same text from different sources is stored once (the first parent's), the others named in its
-    ``also_from``; returns {dropped memory: the memory that now holds it}."""
-    by_text: dict[str, str] = {}
-    moved: dict[str, str] = {}
-    rank = {p.manifest.name: n for n, p in enumerate(parents)}
-    for memory_id in sorted(current, key=lambda i: (rank[origin[i]], current[i].created, i)):  # first parent wins
-        record = current[memory_id]
-        if record.status == "deleted":
-            continue
-        text_key = normalise_text(record.text)
-        keeper = by_text.get(text_key)
-        if keeper is None:
-            by_text[text_key] = memory_id
-            continue
-        kept = current[keeper]
-        also = list(kept.metadata.get("also_from", [])) + [_provenance(record, origin[memory_id])]
-        current[keeper] = replace(kept, metadata={**kept.metadata, "also_from": also})
-        moved[memory_id] = keeper
-        report.exact_duplicates += 1
-    for memory_id in moved:
-        del current[memory_id]
-        del versions[memory_id]
-    return moved
-
-
-def _near_duplicates(
-    current: dict[str, MemoryRecord],
-    active: list[str],
-    vectors: dict[str, np.ndarray],
-    origin: dict[str, str],
-    threshold: float,
-    dim: int,
-    report: FuseReport,
-) -> dict[str, str]:
-    """Pairs of active memories from different parents at cosine >= ``threshold`` (and no different
-    keys): {older: newer}, in blocks of 2,048 rows so memory stays bounded."""
-    merged_into: dict[str, str] = {}
-    if len(active) < 2 or threshold >= 1:
-        return merged_into
-    matrix = np.stack([vectors[row_key(row_for(current[i]))] for i in active]) if active else np.zeros((0, dim))
-    names = sorted({origin[i] for i in active})
-    parent_of = np.array([names.index(origin[i]) for i in active])
-    block = 2048
-    for start in range(0, len(active), block):
-        sims = matrix[start : start + block] @ matrix.T
-        for offset in range(sims.shape[0]):
-            i = start + offset
-            row = sims[offset]
-            row[: i + 1] = -1  # each pair once
-            row[parent_of == parent_of[i]] = -1  # within one parent, dedup is ingest's business
-            for j in np.nonzero(row >= threshold)[0]:
-                a, b = active[i], active[int(j)]
-                if a in merged_into or b in merged_into:
-                    continue
-                if current[a].key and current[b].key and current[a].key != current[b].key:
-                    continue  # statements about different subjects are not duplicates
-                ra, rb = current[a], current[b]
-                newer, older = (a, b) if (ra.time or ra.created, a) >= (rb.time or rb.created, b) else (b, a)
-                merged_into[older] = newer
-                report.near_duplicates.append(
-                    {
-                        "kept": newer,
-                        "merged": older,
-                        "similarity": round(float(row[j]), 4),
-                        "kept_text": current[newer].text[:120],
-                        "merged_text": current[older].text[:120],
-                    }
-                )
-    return merged_into
-
-
-def _merge_near_duplicates(
-    current: dict[str, MemoryRecord], merged_into: dict[str, str], origin: dict[str, str], actor: str, now: str
-) -> list[MemoryRecord]:
-    """The kept memory records what it absorbed (``merged_from``) and keeps a key; the merged one gets a
-    ``superseded`` version naming the memory it went into."""
-    out = []
-    for older, newer in merged_into.items():
-        keep = current[newer]
-        merged_from = list(keep.metadata.get("merged_from", [])) + [_provenance(current[older], origin[older])]
-        # the kept memory states what the merged one did: it keeps its key (the key rules still hold)
-        current[newer] = replace(
-            keep, key=keep.key or current[older].key, metadata={**keep.metadata, "merged_from": merged_from}
-        )
-        gone = current[older]
-        out.append(
-            replace(
-                gone,
-                version=gone.version + 1,
-                status="superseded",
-                op="fuse",
-                actor=actor,
-                created=now,
-                metadata={**gone.metadata, "merged_into": newer},
-            )
-        )
-    return out
-
-
 def _fused_records(
     versions: dict[str, list[MemoryRecord]], current: dict[str, MemoryRecord], extra: list[MemoryRecord]
 ) -> list[MemoryRecord]:
@@ -402,7 +269,7 @@ def _dry_run_plans(report: FuseReport, kv_plan: Plan[KvEntry], lora_plan: Plan[L
     report.lora = {
         n: {
             "from": [p.manifest.name for p, _ in plan],
-            "method": _method(len(plan), consolidated=adapters == "consolidate"),
+            "method": method_name(len(plan), consolidated=adapters == "consolidate"),
         }
         for n, plan in lora_plan.items()
     }
@@ -472,9 +339,9 @@ def _write_fused(
     for record in records:
         if record.id not in final or record.version > final[record.id].version:
             final[record.id] = record
-    snapshots = _rebuild_snapshots(lm, plan.kv_plan, final) if plan.kv_plan else {}
+    snapshots = rebuild_snapshots(lm, plan.kv_plan, final) if plan.kv_plan else {}
     combined = (
-        _carry_adapters(lm, plan.lora_plan, final, plan.moved, building, plan.adapters, progress)
+        carry_adapters(lm, plan.lora_plan, final, plan.moved, building, plan.adapters, progress)
         if plan.lora_plan
         else {}
     )
@@ -542,193 +409,8 @@ def _plan(
     return plan
 
 
-def _rebuild_snapshots(lm: Any, plan: Plan[KvEntry], final: dict[str, MemoryRecord]) -> dict[str, tuple[Any, KvEntry]]:
-    """Each snapshot again, from the fused memories; several parents' snapshots of one name are
-    prefilled one on top of the other."""
-    from memos_cli.engine.activation.snapshots import build_snapshot, extend_snapshot
-
-    out = {}
-    for kv_name, sources in plan.items():
-        snap = None
-        refs: list[str] = []
-        for _parent, entry in sources:
-            memories = []
-            for memory_id in entry.ids():
-                record = final.get(memory_id)
-                if record is not None and record.status == "active" and record.ref not in refs:
-                    memories.append(record)
-                    refs.append(record.ref)
-            if not memories:
-                continue
-            dtype = entry.dtype
-            snap = build_snapshot(lm, memories, dtype=dtype) if snap is None else extend_snapshot(lm, snap, memories)
-        if snap is None:
-            continue
-        first = sources[0][1]
-        out[kv_name] = (
-            snap,
-            KvEntry(
-                name=kv_name,
-                model=lm.name,
-                model_fingerprint=lm.fingerprint,
-                dtype=snap.dtype,
-                tokens=snap.token_count,
-                memories=list(snap.memory_refs),
-                skipped=list(snap.skipped_refs),
-                selection={"ids": ref_ids(snap.memory_refs)},
-                budget=first.budget,
-                created=utc_now(),
-                fused_from=[p.manifest.name for p, _ in sources],
-            ),
-        )
-    return out
-
-
-def _parent_facts(entry: LoraEntry, final: dict[str, MemoryRecord], moved: dict[str, str]) -> list[MemoryRecord]:
-    """The fused cube's active memories that a parent's adapter was trained on (following memories that
-    fuse stored once or merged into another)."""
-    out: dict[str, MemoryRecord] = {}
-    for memory_id in entry.ids():
-        hops = set()
-        while memory_id in moved and memory_id not in hops:
-            hops.add(memory_id)
-            memory_id = moved[memory_id]
-        record = final.get(memory_id)
-        if record is not None and record.status == "active":
-            out.setdefault(memory_id, record)
-    return list(out.values())
-
-
-def _method(parents: int, *, consolidated: bool) -> str:
-    """How an adapter of the fused cube was made, as the manifest and the report name it."""
-    if parents == 1:
-        return "copy"
-    return f"{COMBINATION}+consolidate" if consolidated else COMBINATION
-
-
 def _indexing(progress: Progress | None) -> Callable[[int, int], None] | None:
     """The (done, total) callback the index takes, as the "indexing" stage of ``progress``."""
     if progress is None:
         return None
     return lambda done, total: progress("indexing", done, total, None)
-
-
-def _sample(records: list[MemoryRecord], limit: int) -> list[MemoryRecord]:
-    """At most ``limit`` records, evenly spread and deterministic."""
-    if len(records) <= limit:
-        return records
-    return [records[i * len(records) // limit] for i in range(limit)]
-
-
-def _carry_adapters(
-    lm: Any,
-    plan: Plan[LoraEntry],
-    final: dict[str, MemoryRecord],
-    moved: dict[str, str],
-    building: Path,
-    mode: str,
-    progress: Progress | None,
-) -> dict[str, tuple[Path, LoraEntry]]:
-    """Each adapter name once: a parent's adapter as it is, or several parents' combined (peft ``cat``)
-    and, in mode "consolidate", trained two short passes on the parents' memories; recall of each
-    parent's facts is measured after each step."""
-    from memos_cli.cube.io import sha256_file
-
-    work = building / layout.DERIVED_DIR / "fuse-lora"
-    out: dict[str, tuple[Path, LoraEntry]] = {}
-    for lora_name, sources in plan.items():
-        folder = work / lora_name
-        folders = [p.committed_path(layout.lora_rel(lora_name)) for p, _entry in sources]
-        facts = {p.manifest.name: _parent_facts(entry, final, moved) for p, entry in sources}
-        refs = list(dict.fromkeys(r.ref for records in facts.values() for r in records))
-        entry = LoraEntry(
-            name=lora_name,
-            base_model_fingerprint=lm.fingerprint,
-            model=lm.name,
-            memories=refs,
-            fused_from=[p.manifest.name for p, _ in sources],
-            created=utc_now(),
-        )
-        if len(sources) == 1:
-            folder.mkdir(parents=True, exist_ok=True)
-            for name in layout.ADAPTER_FILES:
-                data = cube_io.read_bytes(folders[0], name)  # never through a link or special file
-                (folder / name).write_bytes(data or b"")
-            entry.method = _method(1, consolidated=False)
-            parent_entry = sources[0][1]
-            entry.hyperparameters, entry.metrics = parent_entry.hyperparameters, parent_entry.metrics
-            entry.selection = parent_entry.selection
-        else:
-            entry.method, entry.recall, entry.consolidation = _fuse_adapters(
-                lm, folders, sources, facts, folder, mode, progress
-            )
-        entry.files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
-        out[lora_name] = (folder, entry)
-    return out
-
-
-def _fuse_adapters(
-    lm: Any,
-    folders: list[Path],
-    sources: list[tuple[Cube, LoraEntry]],
-    facts: dict[str, list[MemoryRecord]],
-    folder: Path,
-    mode: str,
-    progress: Progress | None,
-) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """Combine several parents' adapters into ``folder``; returns how (the manifest's ``method``), the
-    recall of each parent's facts after peft's combination (and after consolidation), and the
-    consolidation passes (None without)."""
-    from memos_cli.engine.parametric.adapters import check_adapter_bounds, combine_adapters, save_combined
-    from memos_cli.engine.parametric.examples import build_examples, probes_for, replay_examples
-    from memos_cli.engine.parametric.training import CONSOLIDATE_EPOCHS, CONSOLIDATE_LR, consolidate_adapter
-
-    for (cube, _entry), parent_folder in zip(sources, folders, strict=True):  # bounded before peft allocates
-        check_adapter_bounds(cube, folder.name, parent_folder)  # folder: <work>/<adapter name>
-    model = combine_adapters(lm, folders, method=COMBINATION)
-    probes = {
-        parent: [p for r in _sample(records, RECALL_MEMORIES) for p in probes_for(r)]
-        for parent, records in facts.items()
-    }
-    recall: dict[str, dict[str, Any]] = {
-        p.manifest.name: {"own": e.metrics.get("recall_after"), "probes": len(probes[p.manifest.name])}
-        for p, e in sources
-    }
-    for parent, score in _recall(lm, model, probes, "combined", progress).items():
-        recall[parent]["combined"] = score
-    method = _method(len(folders), consolidated=False)
-    consolidation: dict[str, Any] | None = None
-    union = list({r.id: r for records in facts.values() for r in records}.values())
-    examples = build_examples(lm, union)[0] if mode == "consolidate" else []
-    if examples:  # none when every memory the parents learned was forgotten or deleted
-        replay = replay_examples(lm)
-        started = time.perf_counter()
-        steps, loss = consolidate_adapter(lm, model, examples, replay, progress=progress)
-        method = _method(len(folders), consolidated=True)
-        consolidation = {
-            "epochs": CONSOLIDATE_EPOCHS,
-            "lr": CONSOLIDATE_LR,
-            "steps": steps,
-            "examples": len(examples),
-            "final_loss": round(loss, 4),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        for parent, score in _recall(lm, model, probes, "consolidated", progress).items():
-            recall[parent]["consolidated"] = score
-    save_combined(model, folder, lm.name)
-    return method, recall, consolidation
-
-
-def _recall(
-    lm: Any, model: Any, probes: dict[str, list[Any]], stage: str, progress: Progress | None
-) -> dict[str, float]:
-    """Closed-book recall of each parent's probes with ``model`` (distill's measure)."""
-    from memos_cli.engine.parametric.evaluation import measure_recall
-
-    adapted = replace(lm, model=model, fingerprint=f"{lm.fingerprint}+fuse-{stage}")
-    return {
-        parent: round(
-            measure_recall(adapted, questions, stage=f"recall {stage} ({parent})", progress=progress).exact, 4
-        )
-        for parent, questions in probes.items()
-    }

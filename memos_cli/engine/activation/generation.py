@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.activation.prompt import Layout, Mode, check_length, prefill, render_preamble, render_prompt
+from memos_cli.engine.activation.prompt import (
+    Layout,
+    Mode,
+    Prompt,
+    check_length,
+    prefill,
+    render_preamble,
+    render_prompt,
+)
 from memos_cli.engine.activation.snapshots import Snapshot, check_compatible, inject
 from memos_cli.errors import (
     ActivationError,
@@ -78,13 +86,67 @@ def generate(
     from memos_cli.config import configure_threads
 
     configure_threads(interactive=True)  # chat embeds its question at bulk width first: take the cores back
+    started = time.perf_counter()
+    prompt, cache, reused = _start(lm, question, mode, snapshot, memories, retrieved, history, max_new_tokens)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    greedy = greedy or temperature <= 0
+    if speculative is None:
+        from memos_cli.engine.activation import speculative as spec_mod
+
+        speculative = spec_mod.wanted(lm, greedy=greedy, max_new_tokens=max_new_tokens)
+    speculative = speculative and greedy
+    answer = _Answer(lm, max_new_tokens, on_token)
+    drafted = accepted = 0
+    with torch.inference_mode():
+        out = prefill(lm, prompt.token_ids[reused:], cache)
+        if max_new_tokens > 0:
+            token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
+            if speculative:
+                if answer.take(token):
+                    room = lambda: max_new_tokens - len(answer.ids)  # noqa: E731
+                    drafted, accepted = _speculate(lm, snapshot if reused else None, out, token, answer.take, room)
+            else:
+                while answer.take(token):
+                    out = prefill(lm, [token], out.past_key_values)
+                    token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
+    ended = time.perf_counter()
+    first_at = answer.first_at or ended
+    text = answer.finish()
+    decode_s = ended - first_at
+    rate = (len(answer.ids) - 1) / decode_s if len(answer.ids) > 1 and decode_s > 0 else 0.0
+    return GenerationResult(
+        answer=text.strip(),
+        token_ids=answer.ids,
+        ttft_ms=(first_at - started) * 1000.0,
+        new_tokens=len(answer.ids),
+        tokens_per_s=rate,
+        prompt_tokens=len(prompt.token_ids),
+        reused_tokens=reused,
+        mode=mode,
+        stop_reason=answer.stop_reason,
+        drafted=drafted,
+        accepted=accepted,
+    )
+
+
+def _start(
+    lm: LanguageModel,
+    question: str,
+    mode: Mode,
+    snapshot: Snapshot | None,
+    memories: Sequence[MemoryRecord],
+    retrieved: Sequence[MemoryRecord],
+    history: Sequence[dict[str, str]],
+    max_new_tokens: int,
+) -> tuple[Prompt, Any, int]:
+    """The rendered prompt, the injected cache (None unless ``mode`` is "kv") and how many of the
+    prompt's tokens that cache already holds."""
     if mode not in ("kv", "recompute", "none"):
         raise UsageError(f"mode must be kv, recompute or none, not {mode!r}")
     if mode == "kv" and snapshot is None:
         raise UsageError("mode kv needs a snapshot")
     if snapshot is not None and memories:
         raise UsageError("give either a snapshot or memories for the preamble, not both")
-    started = time.perf_counter()
     preamble: str | None = None
     layout: Layout | None = None
     prefix_ids: list[int] | None = None
@@ -98,80 +160,48 @@ def generate(
         lm, question, preamble=preamble, layout=layout, prefix_ids=prefix_ids, retrieved=retrieved, history=history
     )
     check_length(lm, len(prompt.token_ids) + max_new_tokens, snapshot=False)
+    if mode != "kv" or snapshot is None:
+        return prompt, None, 0
+    if not prompt.token_ids[snapshot.token_count :]:  # the model needs at least one new token for logits
+        raise ActivationError("the prompt adds nothing after the snapshot")
+    return prompt, inject(lm, snapshot), snapshot.token_count
 
-    cache = None
-    todo = prompt.token_ids
-    reused = 0
-    if mode == "kv" and snapshot is not None:
-        cache = inject(lm, snapshot)
-        reused = snapshot.token_count
-        todo = prompt.token_ids[reused:]
-        if not todo:  # the model needs at least one new token to produce logits
-            raise ActivationError("the prompt adds nothing after the snapshot")
 
-    stops = lm.stop_token_ids()
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    greedy = greedy or temperature <= 0
-    if speculative is None:
-        from memos_cli.engine.activation import speculative as spec_mod
+class _Answer:
+    """The answer's tokens as they are chosen, streamed piece by piece to ``on_token``."""
 
-        speculative = spec_mod.wanted(lm, greedy=greedy, max_new_tokens=max_new_tokens)
-    speculative = speculative and greedy
-    out_ids: list[int] = []
-    stream = TextStream(lm.tokenizer) if on_token is not None else None
-    emitted = ""
-    stop_reason = "length"
-    first_at: float | None = None
+    def __init__(self, lm: LanguageModel, max_new_tokens: int, on_token: Callable[[str], None] | None) -> None:
+        self.tokenizer = lm.tokenizer
+        self.stops = lm.stop_token_ids()
+        self.max_new_tokens = max_new_tokens
+        self.on_token = on_token
+        self.stream = TextStream(lm.tokenizer) if on_token is not None else None
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.stop_reason = "length"
+        self.first_at: float | None = None
 
-    def take(token: int) -> bool:
+    def take(self, token: int) -> bool:
         """Record one chosen token; False when the answer ends with it."""
-        nonlocal emitted, stop_reason, first_at
-        if first_at is None:
-            first_at = time.perf_counter()
-        if token in stops:
-            stop_reason = "eos"
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        if token in self.stops:
+            self.stop_reason = "eos"
             return False
-        out_ids.append(token)
-        if stream is not None and on_token is not None:
-            piece = stream.push(token)  # decodes a few tokens, not the whole answer again
+        self.ids.append(token)
+        if self.stream is not None and self.on_token is not None:
+            piece = self.stream.push(token)  # decodes a few tokens, not the whole answer again
             if piece:
-                on_token(piece)
-                emitted += piece
-        return len(out_ids) < max_new_tokens
+                self.on_token(piece)
+                self.emitted += piece
+        return len(self.ids) < self.max_new_tokens
 
-    drafted = accepted = 0
-    with torch.inference_mode():
-        out = prefill(lm, todo, cache)
-        if max_new_tokens > 0:
-            token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
-            if speculative:
-                if take(token):
-                    room = lambda: max_new_tokens - len(out_ids)  # noqa: E731
-                    drafted, accepted = _speculate(lm, snapshot if reused else None, out, token, take, room)
-            else:
-                while take(token):
-                    out = prefill(lm, [token], out.past_key_values)
-                    token = _pick(out.logits[0, -1].float(), greedy, temperature, top_p, generator)
-    ended = time.perf_counter()
-    first_at = first_at or ended
-    answer = lm.tokenizer.decode(out_ids, skip_special_tokens=True)
-    if on_token is not None and len(answer) > len(emitted) and answer.startswith(emitted):
-        on_token(answer[len(emitted) :])
-    decode_s = ended - first_at
-    rate = (len(out_ids) - 1) / decode_s if len(out_ids) > 1 and decode_s > 0 else 0.0
-    return GenerationResult(
-        answer=answer.strip(),
-        token_ids=out_ids,
-        ttft_ms=(first_at - started) * 1000.0,
-        new_tokens=len(out_ids),
-        tokens_per_s=rate,
-        prompt_tokens=len(prompt.token_ids),
-        reused_tokens=reused,
-        mode=mode,
-        stop_reason=stop_reason,
-        drafted=drafted,
-        accepted=accepted,
-    )
+    def finish(self) -> str:
+        """The whole answer; what streaming has not sent yet (a last partial character) is sent now."""
+        text: str = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if self.on_token is not None and len(text) > len(self.emitted) and text.startswith(self.emitted):
+            self.on_token(text[len(self.emitted) :])
+        return text
 
 
 def _speculate(

@@ -189,18 +189,7 @@ def distill(
     Replay text is mixed in. Raises before anything is written if the selection, the options or the model
     are wrong; an interruption before the final transaction leaves the cube unchanged.
     """
-    check_name(name)
-    if steps is not None and epochs is not None:
-        raise UsageError("give {steps} or {epochs}, not both", options=("steps", "epochs"))
-    if rank < 1 or alpha <= 0 or lr <= 0 or (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
-        raise UsageError(
-            "{rank}, {alpha}, {lr}, {steps} and {epochs} must be positive",
-            options=("rank", "alpha", "lr", "steps", "epochs"),
-        )
-    if (max_minutes is not None and max_minutes <= 0) or (max_probes is not None and max_probes < 1):
-        raise UsageError("{max_minutes} and {max_probes} must be positive", options=("max_minutes", "max_probes"))
-    if isinstance(target_modules, str) and target_modules not in TARGETS and not target_modules.strip():
-        raise UsageError("{target_modules} is empty", options=("target_modules",))
+    _check_options(name, rank, alpha, lr, steps, epochs, max_minutes, max_probes, target_modules)
     who = cube.check(actor, "write")
     memories = select(cube, selection)
     lm = model if isinstance(model, LanguageModel) else load_lm(model)
@@ -214,17 +203,7 @@ def distill(
         probes = random.Random(seed).sample(probes, max_probes)
     replay = replay_examples(lm, replay_text)
     heldout = text_examples(lm, read_text_resource("heldout.txt"), HELDOUT_TOKENS, "heldout")
-    until = None
-    if steps is None and epochs is None:
-        steps = steps_for(MAX_EPOCHS, examples, replay, replay_ratio, floor=MIN_STEPS)
-        checks = random.Random(seed).sample(data.checks, min(MAX_CHECKS, len(data.checks)))
-        until = Until(
-            [qa_example(lm, c.question, c.answer) for c in checks],
-            every=CHECK_EVERY,
-            max_seconds=None if max_minutes is None else 60.0 * max_minutes,
-        )
-    elif steps is None:
-        steps = steps_for(epochs or 1, examples, replay, replay_ratio, floor=1)
+    steps, until = _length(lm, data, examples, replay, steps, epochs, replay_ratio, max_minutes, seed)
     pad = pad_id(lm)
     recall_before = measure_recall(lm, probes, stage="recall before", progress=progress)
     heldout_before = mean_loss(lm.model, heldout, pad, token_weighted=True)
@@ -257,30 +236,15 @@ def distill(
     for example in examples:
         counts[example.kind] = counts.get(example.kind, 0) + 1
     counts["replay"] = len(replay)
-    hyper = {
-        "rank": rank,
-        "alpha": alpha,
-        "dropout": 0.0,
-        "target_modules": target_modules if isinstance(target_modules, str) else list(target_modules),
-        "steps": steps if until is None else None,
-        "max_steps": steps if until is not None else None,
-        "max_minutes": max_minutes if until is not None else None,
-        "epochs": epochs,
-        "min_steps": MIN_STEPS if until is not None else None,
-        "until": "learned" if until is not None else None,
-        "probes": f"{len(probes)} of {len(data.probes)}",
-        "lr": lr,
-        "batch_size": BATCH_SIZE,
-        "seed": seed,
-        "replay": Path(replay_path).name if replay_path else "builtin:replay.txt",
-        "replay_ratio": replay_ratio,
-    }
     report = DistillReport(
         name=name,
         path=f"{layout.LORA_DIR}/{name}",
         model={"name": lm.name, "fingerprint": lm.fingerprint},
         memories=[m.ref for m in memories],
-        hyperparameters=hyper,
+        hyperparameters=_hyperparameters(
+            rank, alpha, target_modules, steps, epochs, until, max_minutes, lr, seed, replay_path, replay_ratio
+        )
+        | {"probes": f"{len(probes)} of {len(data.probes)}"},
         examples=counts,
         recall_before=recall_before,
         recall_after=recall_after,
@@ -299,6 +263,90 @@ def distill(
         return report
     _commit_adapter(cube, lm, trained, report, who, selection, op=op)
     return report
+
+
+def _check_options(
+    name: str,
+    rank: int,
+    alpha: float,
+    lr: float,
+    steps: int | None,
+    epochs: float | None,
+    max_minutes: float | None,
+    max_probes: int | None,
+    target_modules: str | Sequence[str],
+) -> None:
+    check_name(name)
+    if steps is not None and epochs is not None:
+        raise UsageError("give {steps} or {epochs}, not both", options=("steps", "epochs"))
+    if rank < 1 or alpha <= 0 or lr <= 0 or (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
+        raise UsageError(
+            "{rank}, {alpha}, {lr}, {steps} and {epochs} must be positive",
+            options=("rank", "alpha", "lr", "steps", "epochs"),
+        )
+    if (max_minutes is not None and max_minutes <= 0) or (max_probes is not None and max_probes < 1):
+        raise UsageError("{max_minutes} and {max_probes} must be positive", options=("max_minutes", "max_probes"))
+    if isinstance(target_modules, str) and target_modules not in TARGETS and not target_modules.strip():
+        raise UsageError("{target_modules} is empty", options=("target_modules",))
+
+
+def _length(
+    lm: LanguageModel,
+    data: Any,
+    examples: list[Any],
+    replay: list[Any],
+    steps: int | None,
+    epochs: float | None,
+    replay_ratio: float,
+    max_minutes: float | None,
+    seed: int,
+) -> tuple[int, Until | None]:
+    """How long to train: ``steps``, or ``epochs`` passes, or (neither given) until the model answers
+    its training questions (``Until``), at most ``MAX_EPOCHS`` passes and ``max_minutes``."""
+    if steps is not None:
+        return steps, None
+    if epochs is not None:
+        return steps_for(epochs, examples, replay, replay_ratio, floor=1), None
+    checks = random.Random(seed).sample(data.checks, min(MAX_CHECKS, len(data.checks)))
+    until = Until(
+        [qa_example(lm, c.question, c.answer) for c in checks],
+        every=CHECK_EVERY,
+        max_seconds=None if max_minutes is None else 60.0 * max_minutes,
+    )
+    return steps_for(MAX_EPOCHS, examples, replay, replay_ratio, floor=MIN_STEPS), until
+
+
+def _hyperparameters(
+    rank: int,
+    alpha: float,
+    target_modules: str | Sequence[str],
+    steps: int,
+    epochs: float | None,
+    until: Until | None,
+    max_minutes: float | None,
+    lr: float,
+    seed: int,
+    replay_path: Path | None,
+    replay_ratio: float,
+) -> dict[str, Any]:
+    """The manifest entry's ``hyperparameters``: what a rerun needs to train the same adapter."""
+    return {
+        "rank": rank,
+        "alpha": alpha,
+        "dropout": 0.0,
+        "target_modules": target_modules if isinstance(target_modules, str) else list(target_modules),
+        "steps": steps if until is None else None,
+        "max_steps": steps if until is not None else None,
+        "max_minutes": max_minutes if until is not None else None,
+        "epochs": epochs,
+        "min_steps": MIN_STEPS if until is not None else None,
+        "until": "learned" if until is not None else None,
+        "lr": lr,
+        "batch_size": BATCH_SIZE,
+        "seed": seed,
+        "replay": Path(replay_path).name if replay_path else "builtin:replay.txt",
+        "replay_ratio": replay_ratio,
+    }
 
 
 def _commit_adapter(

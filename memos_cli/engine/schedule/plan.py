@@ -286,11 +286,23 @@ def make_plan(cube: Cube, *, now: float | None = None) -> Plan:
 
 
 def _plan(ctx: _Context) -> Plan:
-    cube, policy = ctx.cube, ctx.policy
-    plan = Plan(now=ctx.now, policy=policy)
-    rows = ctx.rows
+    """The three steps in order; activation and parametric see the memories the archive step leaves."""
+    plan = Plan(now=ctx.now, policy=ctx.policy)
+    _plan_archive(ctx, plan)
+    _mark_stale(ctx, plan)
+    _plan_activation(ctx, plan)
+    _plan_parametric(ctx, plan)
+    return plan
 
-    # 1. archive
+
+def _remains(ctx: _Context, plan: Plan, memory_id: str) -> bool:
+    """Active now and not archived by this plan."""
+    row = ctx.rows.get(memory_id)
+    return row is not None and row.status == "active" and memory_id not in plan.archive_reasons
+
+
+def _plan_archive(ctx: _Context, plan: Plan) -> None:
+    rows = ctx.rows
     for memory_id, row in rows.items():
         if row.status == "active" and (why := _archive_reason(ctx, row)) is not None:
             plan.archive_reasons[memory_id] = why
@@ -308,95 +320,90 @@ def _plan(ctx: _Context) -> Plan:
             )
         )
 
-    def remains(memory_id: str) -> bool:
-        row = rows.get(memory_id)
-        return row is not None and row.status == "active" and memory_id not in plan.archive_reasons
 
+def _mark_stale(ctx: _Context, plan: Plan) -> None:
+    """Snapshots and adapters holding a memory that changed or that the plan archives."""
+    cube, rows = ctx.cube, ctx.rows
     held_by: list[tuple[str, str, KvEntry | LoraEntry]] = [("kv", n, e) for n, e in cube.manifest.kv.items()]
     held_by += [("lora", n, e) for n, e in cube.manifest.lora.items()]
     for kind, name, entry in held_by:
         changed = []
         for ref in entry.memories:
             memory_id, _, version = str(ref).partition("@")
-            if not remains(memory_id) or str(rows[memory_id].version) != version:
+            if not _remains(ctx, plan, memory_id) or str(rows[memory_id].version) != version:
                 changed.append(str(ref))
         if changed:
             plan.stale[f"{kind} {name}"] = changed
 
-    # 2. activation
-    act = policy["activation"]
+
+def _plan_activation(ctx: _Context, plan: Plan) -> None:
+    rows, act = ctx.rows, ctx.policy["activation"]
     scored = sorted(
-        ((u.score, i) for i, u in ctx.uses.items() if remains(i) and _long_term(rows[i])),
+        ((u.score, i) for i, u in ctx.uses.items() if _remains(ctx, plan, i) and _long_term(rows[i])),
         key=lambda pair: (-pair[0], pair[1]),
     )
     plan.hot = [i for score, i in scored if score >= act["min_score"]][: act["max_memories"]]
-    if act["enabled"]:
-        name = act["name"]
-        snapshot = cube.manifest.kv.get(name)
-        detail = {"budget": act["budget"], "dtype": act["dtype"]}
-        if not plan.hot:
-            plan.notes.append(f"activation: no memory has a use score of {act['min_score']:g} yet")
-        elif snapshot is None:
-            plan.steps.append(
-                Step("activation", "build", name, plan.hot, f"{len(plan.hot)} hot memories, no snapshot yet", detail)
-            )
-        else:
-            held = _entry_ids(snapshot)
-            union = set(plan.hot) | set(held)
-            share = len(set(plan.hot) ^ set(held)) / len(union) if union else 0.0
-            stale = plan.stale.get(f"kv {name}")
-            if stale:
-                reason = f"stale: {len(stale)} of its memories changed or are archived"
-            elif share > act["rebuild_share"]:
-                reason = f"the hot set changed by {share:.0%} (> {act['rebuild_share']:.0%})"
-            else:
-                reason = ""
-                plan.notes.append(f"activation: kv/{name} is current (hot set changed {share:.0%})")
-            if reason:
-                plan.steps.append(Step("activation", "rebuild", name, plan.hot, reason, detail))
+    if not act["enabled"]:
+        return
+    name = act["name"]
+    snapshot = ctx.cube.manifest.kv.get(name)
+    detail = {"budget": act["budget"], "dtype": act["dtype"]}
+    if not plan.hot:
+        plan.notes.append(f"activation: no memory has a use score of {act['min_score']:g} yet")
+        return
+    if snapshot is None:
+        plan.steps.append(
+            Step("activation", "build", name, plan.hot, f"{len(plan.hot)} hot memories, no snapshot yet", detail)
+        )
+        return
+    held = _entry_ids(snapshot)
+    union = set(plan.hot) | set(held)
+    share = len(set(plan.hot) ^ set(held)) / len(union) if union else 0.0
+    stale = plan.stale.get(f"kv {name}")
+    if stale:
+        reason = f"stale: {len(stale)} of its memories changed or are archived"
+    elif share > act["rebuild_share"]:
+        reason = f"the hot set changed by {share:.0%} (> {act['rebuild_share']:.0%})"
+    else:
+        plan.notes.append(f"activation: kv/{name} is current (hot set changed {share:.0%})")
+        return
+    plan.steps.append(Step("activation", "rebuild", name, plan.hot, reason, detail))
 
-    # 3. parametric
-    par = policy["parametric"]
+
+def _plan_parametric(ctx: _Context, plan: Plan) -> None:
+    rows, par = ctx.rows, ctx.policy["parametric"]
     tags = set(par["tags"])
     candidates = set(ctx.uses)
     if tags:
         candidates |= {i for i, row in rows.items() if row.tags and tags & set(row.tags)}
     for memory_id in sorted(candidates):
-        if not remains(memory_id) or not _long_term(rows[memory_id]):
+        if not _remains(ctx, plan, memory_id) or not _long_term(rows[memory_id]):
             continue
         u = ctx.uses.get(memory_id)
         used = u is not None and u.count >= par["min_uses"] and (u.last - u.first) >= par["min_days"] * DAY
         if used or tags & set(rows[memory_id].tags):
             plan.qualifying.append(memory_id)
-    if par["enabled"]:
-        name = par["name"]
-        adapter = cube.manifest.lora.get(name)
-        have = set(adapter.memories) if adapter is not None else set()
-        new = [i for i in plan.qualifying if rows[i].ref not in have]
-        if len(new) < max(par["min_new"], 1):
-            plan.notes.append(f"parametric: {len(new)} new memories qualify, {par['min_new']} needed")
-        else:
-            kept = [i for i in _entry_ids(adapter) if remains(i) and i not in plan.qualifying]
-            ids = plan.qualifying + kept
-            digest = _digest([rows[i].ref for i in ids])
-            rejected = _last_rejection(cube, name)
-            if rejected is not None and rejected.get("rejected") == digest:
-                plan.notes.append(
-                    f"parametric: training these {len(ids)} memories was rejected on {rejected.get('time')} "
-                    f"({rejected.get('why')}); waiting for new ones"
-                )
-            else:
-                plan.steps.append(
-                    Step(
-                        "parametric",
-                        "distill",
-                        name,
-                        ids,
-                        f"{len(new)} new memories qualify (>= {par['min_new']})",
-                        {"digest": digest},
-                    )
-                )
-    return plan
+    if not par["enabled"]:
+        return
+    name = par["name"]
+    adapter = ctx.cube.manifest.lora.get(name)
+    have = set(adapter.memories) if adapter is not None else set()
+    new = [i for i in plan.qualifying if rows[i].ref not in have]
+    if len(new) < max(par["min_new"], 1):
+        plan.notes.append(f"parametric: {len(new)} new memories qualify, {par['min_new']} needed")
+        return
+    kept = [i for i in _entry_ids(adapter) if _remains(ctx, plan, i) and i not in plan.qualifying]
+    ids = plan.qualifying + kept
+    digest = _digest([rows[i].ref for i in ids])
+    rejected = _last_rejection(ctx.cube, name)
+    if rejected is not None and rejected.get("rejected") == digest:
+        plan.notes.append(
+            f"parametric: training these {len(ids)} memories was rejected on {rejected.get('time')} "
+            f"({rejected.get('why')}); waiting for new ones"
+        )
+        return
+    reason = f"{len(new)} new memories qualify (>= {par['min_new']})"
+    plan.steps.append(Step("parametric", "distill", name, ids, reason, {"digest": digest}))
 
 
 def explain(cube: Cube, ref: str, *, now: float | None = None, actor: str | None = None) -> dict[str, Any]:

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.activation.generation import generate
 from memos_cli.engine.activation.snapshots import Snapshot, build_snapshot, load_snapshot, save_snapshot
+from memos_cli.models.generation import generate
 from memos_cli.models.lm import DTYPES, LanguageModel, load_lm
 
 SIZES = (500, 1500, 3000)

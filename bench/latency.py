@@ -159,7 +159,7 @@ def ingest_figures(texts_path: Path, texts: list[str], work: Path, query_text: s
 def thread_figures(lm, snap) -> dict[int, tuple[float, float]]:
     """Per torch thread count: (decode tokens/s over 40 greedy tokens, re-prefill TTFT ms at ~1,500)."""
     from memos_cli.config import THREADS_ENV, available_cores, configure_threads
-    from memos_cli.engine.activation.generation import generate
+    from memos_cli.models.generation import generate
 
     out = {}
     before = os.environ.get(THREADS_ENV)

@@ -1,4 +1,4 @@
-"""SmolLM2 greedy decoding: the plain float32 loop against self-speculative decoding (engine/activation/speculative.py).
+"""SmolLM2 greedy decoding: the plain float32 loop against self-speculative decoding (models/speculative.py).
 
 In one process, interleaved (plain, speculative, plain, ...) so that both see the same machine load: each
 prompt is answered by both, with and without a KV snapshot injected, ``--repeats`` times. Prints the
@@ -41,9 +41,9 @@ def main() -> None:
     import torch
 
     from memos_cli.cube.records import MemoryRecord
-    from memos_cli.engine.activation import speculative as spec
-    from memos_cli.engine.activation.generation import generate
     from memos_cli.engine.activation.snapshots import build_snapshot
+    from memos_cli.models import speculative as spec
+    from memos_cli.models.generation import generate
     from memos_cli.models.lm import load_lm
 
     lm = load_lm()

@@ -15,9 +15,6 @@ from pathlib import Path
 import pytest
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.activation import prompt as prompt_module
-from memos_cli.engine.activation.generation import generate
-from memos_cli.engine.activation.prompt import render_prompt
 from memos_cli.engine.activation.snapshots import (
     Snapshot,
     build_snapshot,
@@ -27,7 +24,10 @@ from memos_cli.engine.activation.snapshots import (
     save_snapshot,
 )
 from memos_cli.errors import ActivationError, IncompatibleModel, IntegrityError, InvalidSnapshot, UsageError
+from memos_cli.models import prompt as prompt_module
+from memos_cli.models.generation import generate
 from memos_cli.models.lm import LanguageModel, load_lm
+from memos_cli.models.prompt import render_prompt
 from tiny_models import FAMILIES, build_tiny_model
 
 pytestmark = pytest.mark.usefixtures("memos_threads")

@@ -18,7 +18,6 @@ from memos_cli.cube.bundle import Cube
 from memos_cli.cube.entries import ModelRef
 from memos_cli.cube.io import sha256_file
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.activation.prompt import render_prompt
 from memos_cli.engine.parametric import adapters as lora_adapters
 from memos_cli.engine.parametric import distill as dist
 from memos_cli.engine.parametric import evaluation as lora_eval
@@ -27,6 +26,7 @@ from memos_cli.engine.parametric import training as lora_training
 from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidCube, UsageError
 from memos_cli.models.lm import LanguageModel, load_lm
+from memos_cli.models.prompt import render_prompt
 from tiny_models import build_tiny_model
 
 FACTS = [
@@ -168,12 +168,12 @@ def test_training_runs_until_the_training_questions_are_recalled(
     assert timed.stopped == "time limit" and timed.steps == 1
     fixed = dist.distill(cube, Selection(all=True), name="once", model=lm, rank=2, epochs=1.0)
     assert fixed.stopped == "steps given" and not fixed.trace
-    with pytest.raises(UsageError, match="max-minutes"):
+    with pytest.raises(UsageError, match="'max_minutes' and 'max_probes' must be positive"):
         dist.distill(cube, Selection(all=True), name="x", model=lm, max_minutes=0)
 
 
 def test_greedy_recalled_agrees_with_generation(lm: LanguageModel) -> None:
-    from memos_cli.engine.activation.generation import generate
+    from memos_cli.models.generation import generate
 
     stop = lm.tokenizer.eos_token_id
     for question in ["Where does Alice live?", "Who is Miso?"]:

@@ -13,7 +13,6 @@ import pytest
 
 from memos_cli import config
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.activation.generation import generate
 from memos_cli.engine.activation.promote import promote_to_activation
 from memos_cli.engine.activation.snapshots import read_snapshot
 from memos_cli.engine.chat import ChatOptions, ChatSession
@@ -21,6 +20,7 @@ from memos_cli.engine.plaintext.ingest import Source, ingest
 from memos_cli.engine.select import Selection
 from memos_cli.errors import IncompatibleModel, IntegrityError, InvalidSnapshot
 from memos_cli.models import lm as lm_mod
+from memos_cli.models.generation import generate
 from memos_cli.models.lm import TextStream, load_lm
 from tiny_models import _tokenizer, build_tiny_model
 

@@ -1,4 +1,4 @@
-"""Self-speculative greedy decoding (engine/activation/speculative.py): the same tokens as the plain float32 loop.
+"""Self-speculative greedy decoding (models/speculative.py): the same tokens as the plain float32 loop.
 
 The half-precision draft only proposes; every token comes from the float32 model. Checked on the four tiny
 families (with the model's own draft, and with a draft from other random weights that is nearly always
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.activation import speculative as spec
-from memos_cli.engine.activation.generation import generate
 from memos_cli.engine.activation.snapshots import build_snapshot
+from memos_cli.models import speculative as spec
+from memos_cli.models.generation import generate
 from memos_cli.models.lm import LanguageModel, load_lm
 from tiny_models import FAMILIES, build_tiny_model
 

@@ -109,7 +109,7 @@ class ChatSession:
         if found is not None:  # after the adapters: a snapshot holds the cache of the model it was made with
             self.snapshot = self._load_snapshot(*found)
         if options.greedy:
-            from memos_cli.engine.activation import speculative
+            from memos_cli.models import speculative
 
             # The half-precision draft of the (adapted) model, made once per session rather than in a turn.
             if speculative.wanted(self.lm, greedy=True, max_new_tokens=options.max_new_tokens):
@@ -156,7 +156,7 @@ class ChatSession:
         return snap
 
     def ask(self, question: str, *, on_token: Callable[[str], None] | None = None) -> TurnResult:
-        from memos_cli.engine.activation.generation import generate
+        from memos_cli.models.generation import generate
 
         if not question.strip():
             raise UsageError("empty message")

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,16 @@ from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout as cube_layout
 from memos_cli.cube.io import atomic_write_bytes
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.activation.prompt import (
+from memos_cli.errors import (
+    ActivationError,
+    IncompatibleModel,
+    IntegrityError,
+    InvalidSnapshot,
+    UsageError,
+)
+from memos_cli.models.kvcache import Snapshot, check_compatible, inject
+from memos_cli.models.lm import DTYPES, LanguageModel, torch_dtype
+from memos_cli.models.prompt import (
     PREAMBLE_HEADER,
     Layout,
     check_length,
@@ -48,56 +57,10 @@ from memos_cli.engine.activation.prompt import (
     prefix_ids,
     render_preamble,
 )
-from memos_cli.errors import (
-    ActivationError,
-    IncompatibleModel,
-    IntegrityError,
-    InvalidSnapshot,
-    UsageError,
-)
-from memos_cli.models.lm import DTYPES, LanguageModel, torch_dtype
 
 FORMAT = "memos-kv"
 FORMAT_VERSION = 1
 _MAX_HEADER_BYTES = cube_layout.MAX_SNAPSHOT_HEADER_BYTES
-
-
-@dataclass
-class Snapshot:
-    """A KV cache of a memory preamble, in memory.
-
-    ``keys[i]``/``values[i]`` are layer ``i``'s ``[1, heads, tokens, dim]`` tensors in ``dtype``.
-    ``skipped_refs`` (not saved) names the selected memories left out because of the token budget.
-    """
-
-    keys: list[Any]
-    values: list[Any]
-    token_ids: list[int]
-    memory_refs: list[str]
-    preamble: str
-    layout: Layout
-    model_fingerprint: str
-    model_family: str
-    dtype: str
-    skipped_refs: list[str] = field(default_factory=list)
-    sha256: str | None = None
-    # LoRA adapters applied to the model the cache was computed with: {name: sha256 of its weights}.
-    # The fingerprint is then the adapted model's (distill.load_adapters), so no other combination loads it.
-    adapters: dict[str, str] = field(default_factory=dict)
-    # Half-precision copies of keys and values for a speculative draft (engine/activation/speculative.py), made once
-    # per session and dtype rather than on every turn; never saved.
-    half: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def token_count(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def layer_count(self) -> int:
-        return len(self.keys)
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
 def _snapshot_from_cache(
@@ -215,28 +178,6 @@ def extend_snapshot(
         dtype=dtype or snap.dtype,
         skipped=[m.ref for m in fresh[count:]],
     )
-
-
-def inject(lm: LanguageModel, snap: Snapshot) -> Any:
-    """A fresh DynamicCache holding a *copy* of the snapshot, in the model's dtype.
-
-    transformers' ``DynamicLayer.update`` concatenates into new tensors and ``generate`` grows the cache
-    it is given, so the snapshot's own tensors are never handed over to be grown.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    target = lm.model.dtype
-    # No explicit clone: DynamicLayer.update concatenates onto an empty tensor, which allocates the copy
-    # (tests check that the snapshot's tensors are unchanged after generating).
-    data = [(k.to(target), v.to(target)) for k, v in zip(snap.keys, snap.values, strict=True)]
-    with torch.inference_mode():
-        return DynamicCache(ddp_cache_data=data, config=lm.model.config)
-
-
-def check_compatible(lm: LanguageModel, snap: Snapshot, *, what: str = "KV snapshot") -> None:
-    if snap.model_fingerprint != lm.fingerprint:
-        raise IncompatibleModel(what, snap.model_fingerprint, lm.fingerprint)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def measure_recall(
     lm: LanguageModel, probes: Sequence[Probe], *, stage: str = "recall", progress: Progress | None = None
 ) -> Recall:
     """Ask every probe closed-book (greedy, no retrieval, no snapshot) and score the answers."""
-    from memos_cli.engine.activation.generation import generate
+    from memos_cli.models.generation import generate
 
     pad = pad_id(lm)
     answers = []

@@ -75,7 +75,7 @@ def _answer_tokens(lm: LanguageModel, prompt_text: str, question: str, answer: s
 def qa_example(lm: LanguageModel, question: str, answer: str, *, kind: str = "qa") -> Example:
     """Question in the chat template (no loss) followed by the answer turn (loss): exactly the prompt
     that closed-book ``chat`` and the recall measurement give the model."""
-    from memos_cli.engine.activation.prompt import render_prompt
+    from memos_cli.models.prompt import render_prompt
 
     prompt = render_prompt(lm, question)
     target = _answer_tokens(lm, prompt.text, question, answer)

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.activation.prompt import (
+from memos_cli.errors import (
+    ActivationError,
+    UsageError,
+)
+from memos_cli.models.kvcache import Snapshot, check_compatible, inject
+from memos_cli.models.lm import LanguageModel, TextStream
+from memos_cli.models.prompt import (
     Layout,
     Mode,
     Prompt,
@@ -18,12 +24,6 @@ from memos_cli.engine.activation.prompt import (
     render_preamble,
     render_prompt,
 )
-from memos_cli.engine.activation.snapshots import Snapshot, check_compatible, inject
-from memos_cli.errors import (
-    ActivationError,
-    UsageError,
-)
-from memos_cli.models.lm import LanguageModel, TextStream
 
 
 @dataclass
@@ -37,7 +37,7 @@ class GenerationResult:
     reused_tokens: int  # prompt tokens served from the snapshot instead of prefilled
     mode: str
     stop_reason: str  # "eos" or "length"
-    # Speculative decoding (engine/activation/speculative.py): tokens the half-precision draft proposed, and how many
+    # Speculative decoding (models/speculative.py): tokens the half-precision draft proposed, and how many
     # of them the float32 model accepted; both 0 when the plain loop decoded.
     drafted: int = 0
     accepted: int = 0
@@ -78,7 +78,7 @@ def generate(
     ``on_token`` receives the answer's text as it grows, piece by piece (for streaming).
 
     ``speculative``: greedy decoding with a half-precision draft checked by the model itself
-    (engine/activation/speculative.py; the same tokens, faster where half precision is). None decides by model size,
+    (models/speculative.py; the same tokens, faster where half precision is). None decides by model size,
     CPU and ``MEMOS_SPECULATIVE``; it never applies to sampling.
     """
     import torch
@@ -91,7 +91,7 @@ def generate(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     greedy = greedy or temperature <= 0
     if speculative is None:
-        from memos_cli.engine.activation import speculative as spec_mod
+        from memos_cli.models import speculative as spec_mod
 
         speculative = spec_mod.wanted(lm, greedy=greedy, max_new_tokens=max_new_tokens)
     speculative = speculative and greedy
@@ -212,10 +212,10 @@ def _speculate(
     take: Callable[[int], bool],
     room: Callable[[], int],
 ) -> tuple[int, int]:
-    """Greedy decoding after ``token`` with a half-precision draft (engine/activation/speculative.py); returns
+    """Greedy decoding after ``token`` with a half-precision draft (models/speculative.py); returns
     (tokens drafted, tokens accepted). The draft's cache is a half copy of the float32 cache after the
     prefill; an injected snapshot's part of it is converted once per session and dtype."""
-    from memos_cli.engine.activation import speculative as spec
+    from memos_cli.models import speculative as spec
 
     draft = spec.draft_for(lm.model)
     dtype = draft.dtype

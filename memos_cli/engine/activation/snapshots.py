@@ -333,11 +333,41 @@ def load_snapshot(
     (InvalidSnapshot), a snapshot made for another model (IncompatibleModel). Only safetensors parses the
     tensors: nothing in the file is executed.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     file = path if isinstance(path, SnapshotFile) else read_snapshot(path, expected_sha256=expected_sha256)
     path, data, digest, meta = file.path, file.data, file.sha256, file.meta
+    header = _checked_header(path, meta, lm)
+    keys, values = _checked_layers(path, data, header, lm)
+    return Snapshot(
+        keys=keys,
+        values=values,
+        token_ids=header.token_ids,
+        memory_refs=header.refs,
+        preamble=header.preamble,
+        layout=header.layout,
+        model_fingerprint=header.fingerprint,
+        model_family=header.family,
+        dtype=header.dtype,
+        sha256=digest,
+        adapters=header.adapters,
+    )
+
+
+@dataclass
+class _Header:
+    fingerprint: str
+    family: str
+    dtype: str
+    layout: Layout
+    token_ids: list[int]
+    refs: list[str]
+    preamble: str
+    layer_count: int
+    adapters: dict[str, str]
+
+
+def _checked_header(path: Path, meta: dict[str, str], lm: LanguageModel) -> _Header:
+    """The header's fields, each checked against the others and against ``lm`` (InvalidSnapshot or
+    IncompatibleModel on the first that is wrong)."""
 
     def field_(name: str) -> str:
         if name not in meta:
@@ -389,6 +419,26 @@ def load_snapshot(
         if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
             raise InvalidSnapshot(path, "adapters must map adapter names to sha256 strings")
 
+    return _Header(
+        fingerprint=fingerprint,
+        family=field_("model_family"),
+        dtype=dtype,
+        layout=layout,  # type: ignore[arg-type]  # one of the three, checked above
+        token_ids=token_ids,
+        refs=refs,
+        preamble=preamble,
+        layer_count=layer_count,
+        adapters=adapters,
+    )
+
+
+def _checked_layers(path: Path, data: bytes, header: _Header, lm: LanguageModel) -> tuple[list[Any], list[Any]]:
+    """Keys and values of every layer, parsed by safetensors only and checked against the header and
+    ``lm``'s cache shapes: names, shapes, dtype, finite values."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    layer_count, dtype, token_count = header.layer_count, header.dtype, len(header.token_ids)
     try:
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -414,16 +464,4 @@ def load_snapshot(
             raise InvalidSnapshot(path, f"layer {i} holds non-finite values")
         keys.append(k)
         values.append(v)
-    return Snapshot(
-        keys=keys,
-        values=values,
-        token_ids=token_ids,
-        memory_refs=refs,
-        preamble=preamble,
-        layout=layout,  # type: ignore[arg-type]
-        model_fingerprint=fingerprint,
-        model_family=field_("model_family"),
-        dtype=dtype,
-        sha256=digest,
-        adapters=adapters,
-    )
+    return keys, values

@@ -10,9 +10,10 @@ import pytest
 from conftest import snapshot_files
 from memos_cli.cube.bundle import Cube
 from memos_cli.engine.governance import PolicyChange, audit_log, set_policy
-from memos_cli.engine.integrity import repair, verify
+from memos_cli.engine.integrity import verify
 from memos_cli.engine.ops import forget, list_memories
 from memos_cli.engine.plaintext.ingest import Source, ingest
+from memos_cli.engine.repair import repair
 from memos_cli.errors import PermissionRefused
 
 ONE = Source("a.jsonl", b'{"text": "a memory"}\n')

@@ -10,10 +10,11 @@ import pytest
 from memos_cli.cube.bundle import Cube
 from memos_cli.cube.entries import LoraEntry
 from memos_cli.engine import ops
-from memos_cli.engine.integrity import repair, verify
+from memos_cli.engine.integrity import verify
 from memos_cli.engine.plaintext import usage
 from memos_cli.engine.plaintext.ingest import Source, ingest
 from memos_cli.engine.plaintext.query import Searcher
+from memos_cli.engine.repair import repair
 
 SECRET = "the vault code is XYZZY-7731"
 OTHERS = ["Ana's cat is called Miso", "Bob's favourite food is ramen", "The review moved to Thursday"]

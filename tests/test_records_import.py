@@ -15,9 +15,10 @@ import pytest
 from memos_cli.cli.app import main
 from memos_cli.cube import layout, records
 from memos_cli.cube.bundle import Cube
-from memos_cli.engine.integrity import repair, verify
+from memos_cli.engine.integrity import verify
 from memos_cli.engine.plaintext.ingest import Source, ingest
 from memos_cli.engine.plaintext.versions import merge_memories
+from memos_cli.engine.repair import repair
 from memos_cli.engine.transfer import export_cube, import_cube
 from memos_cli.errors import BadInput, UsageError
 

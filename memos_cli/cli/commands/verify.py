@@ -42,7 +42,7 @@ def repair(cube: CubeArg, as_: AsOpt = None, json_: JsonOpt = False) -> None:
 
     Example:  memos repair notes
     """
-    from memos_cli.engine.integrity import repair as run_repair
+    from memos_cli.engine.repair import repair as run_repair
     from memos_cli.errors import InvalidCube
 
     report = run_repair(cube, actor=as_)

@@ -2,6 +2,9 @@
 
 The expensive part (embedding) runs before the cube lock is taken; the transaction that appends the
 records is short. Bad input fails the whole ingest before anything is written, unless ``skip_bad``.
+
+Why one module of ~450 lines: parse (drafts -> records) and store (one transaction, then the index) are
+split into functions, not modules, because ``ingest_drafts`` (chat turns) enters between them.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ weekends ("last weekend", "two weekends ago"), "the other day", "a few / a coupl
 <units> ago", durations ("for three years" = began three years before), seasons ("last summer",
 "summer 2022"), and in queries "early/mid/late <month> <year>", "the first/last week of <month>
 <year>" and "between <date> and <date>".
+
+Why one module of ~470 lines: memories and queries are read with one grammar of time expressions, so
+that what ingest stores as an event time is what a query's period matches.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Planning: which memories are due for archive, activation and parametric steps, read from plain
 JSON rows (cached in .memos/) and the usage log, loading no index and no model; ``explain`` for one
-memory."""
+memory.
+
+Why one module of ~470 lines: the rows cache, the rules and ``explain`` read the same rows and policy;
+``explain`` must say exactly what the planner would do.
+"""
 
 from __future__ import annotations
 

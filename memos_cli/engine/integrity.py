@@ -56,10 +56,6 @@ def unsafe_entries(root: Path) -> list[tuple[str, str, str]]:
     return found
 
 
-def _refresh(cube: Cube, name: str) -> str:
-    return f"rebuild it: memos promote {cube.path} --refresh {name}"
-
-
 # What a problem is about; repair acts on these, never on the wording of a message.
 ProblemKind = Literal["unsafe", "journal", "manifest", "records", "audit", "torn", "payload", "stray", "index"]
 
@@ -171,66 +167,18 @@ def _check_records(cube: Cube, report: VerifyReport) -> dict[str, MemoryRecord]:
 
 
 def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: VerifyReport) -> None:
-    manifest = cube.manifest
-    referenced: set[str] = set()
-    active_refs = {r.ref for r in current.values() if r.status == "active"}
-    for name, entry in manifest.kv.items():
-        rel = f"{layout.KV_DIR}/{name}.safetensors"
-        referenced.add(rel)
-        try:
-            committed = cube.committed_rel(rel)
-        except InvalidCube as exc:
-            report.add("payload", f"kv {name}: {exc.problem}")
-            continue
-        path = cube.path / committed
-        if io.kind(cube.path, committed) != "file":
-            report.add("payload", f"kv {name}: {rel} is missing ({_refresh(cube, name)})")
-            continue
-        if entry.sha256 and io.sha256(cube.path, committed) != entry.sha256:
-            report.add(
-                "payload",
-                f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted; {_refresh(cube, name)})",
-            )
-            continue
-        try:
-            from memos_cli.engine.activation.snapshots import read_snapshot_header
+    """Each kind checks its own payloads (activation: snapshot files, parametric: adapter folders); what
+    is in kv/ or lora/ without a manifest entry is stray."""
+    from memos_cli.engine.activation.snapshots import check_snapshots
+    from memos_cli.engine.parametric.adapters import check_adapters
 
-            header = read_snapshot_header(path)
-            fingerprint = header.get("model_fingerprint")
-            if fingerprint and entry.model_fingerprint and fingerprint != entry.model_fingerprint:
-                report.add(
-                    "payload", f"kv {name}: header names model {fingerprint}, manifest {entry.model_fingerprint}"
-                )
-        except Exception as exc:  # noqa: BLE001 - any unreadable header is a problem to name, not a crash
-            report.add("payload", f"kv {name}: unreadable snapshot header ({exc}; {_refresh(cube, name)})")
-        stale = [m for m in entry.memories if m not in active_refs]
-        if stale:
-            report.notes.append(
-                f"kv {name} is stale: {len(stale)} of its memories changed (memos promote --refresh {name})"
-            )
-    for name, adapter in manifest.lora.items():
-        folder = f"{layout.LORA_DIR}/{name}"
-        referenced.add(folder)
-        try:
-            base = cube.committed_rel(folder)
-        except InvalidCube as exc:
-            report.add("payload", f"lora {name}: {exc.problem}")
-            continue
-        if io.kind(cube.path, base) != "dir":
-            report.add(
-                "payload",
-                f"lora {name}: {folder}/ is missing (restore it from version control, or drop it: "
-                f"memos distill {cube.path} --drop {name})",
-            )
-            continue
-        for rel, digest in adapter.files.items():
-            if io.kind(cube.path, f"{base}/{rel}") != "file":
-                report.add("payload", f"lora {name}: {folder}/{rel} is missing")
-            elif io.sha256(cube.path, f"{base}/{rel}") != digest:
-                report.add("payload", f"lora {name}: {folder}/{rel} does not match its recorded sha256")
-        stale = [m for m in adapter.memories if m not in active_refs]
-        if stale:
-            report.notes.append(f"lora {name} is stale: {len(stale)} of its memories changed")
+    active_refs = {r.ref for r in current.values() if r.status == "active"}
+
+    def problem(message: str) -> None:
+        report.add("payload", message)
+
+    referenced = check_snapshots(cube, active_refs, problem, report.notes.append)
+    referenced |= check_adapters(cube, active_refs, problem, report.notes.append)
     pending = set(cube.pending_created())
     for directory in (layout.KV_DIR, layout.LORA_DIR):
         if io.kind(cube.path, directory) == "dir":
@@ -242,8 +190,8 @@ def _check_payloads(cube: Cube, current: dict[str, MemoryRecord], report: Verify
                         repairable=True,
                         message=f"{rel} is not named in cube.yaml (left by an interrupted command? {QUARANTINE_FIX})",
                     )
-    report.checked["kv"] = len(manifest.kv)
-    report.checked["lora"] = len(manifest.lora)
+    report.checked["kv"] = len(cube.manifest.kv)
+    report.checked["lora"] = len(cube.manifest.lora)
 
 
 def _check_index(cube: Cube, current: dict[str, MemoryRecord], report: VerifyReport) -> None:

@@ -32,19 +32,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from memos_cli.cube import io as cube_io
 from memos_cli.cube import layout as cube_layout
+from memos_cli.cube.bundle import Cube
 from memos_cli.cube.io import atomic_write_bytes
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.errors import (
     ActivationError,
     IncompatibleModel,
     IntegrityError,
+    InvalidCube,
     InvalidSnapshot,
     UsageError,
 )
@@ -469,3 +471,36 @@ def _checked_layers(path: Path, data: bytes, header: _Header, lm: LanguageModel)
         keys.append(k)
         values.append(v)
     return keys, values
+
+
+def check_snapshots(
+    cube: Cube, active_refs: set[str], problem: Callable[[str], None], note: Callable[[str], None]
+) -> set[str]:
+    """verify's activation part: each KV snapshot the manifest names is a file of its recorded sha256
+    whose header names the manifest's model; a stale one is noted. Returns the files it covered."""
+    referenced: set[str] = set()
+    for name, entry in cube.manifest.kv.items():
+        rel = f"{cube_layout.KV_DIR}/{name}.safetensors"
+        referenced.add(rel)
+        refresh = f"rebuild it: memos promote {cube.path} --refresh {name}"
+        try:
+            committed = cube.committed_rel(rel)
+        except InvalidCube as exc:
+            problem(f"kv {name}: {exc.problem}")
+            continue
+        if cube_io.kind(cube.path, committed) != "file":
+            problem(f"kv {name}: {rel} is missing ({refresh})")
+            continue
+        if entry.sha256 and cube_io.sha256(cube.path, committed) != entry.sha256:
+            problem(f"kv {name}: {rel} does not match its recorded sha256 (modified or corrupted; {refresh})")
+            continue
+        try:
+            fingerprint = read_snapshot_header(cube.path / committed).get("model_fingerprint")
+            if fingerprint and entry.model_fingerprint and fingerprint != entry.model_fingerprint:
+                problem(f"kv {name}: header names model {fingerprint}, manifest {entry.model_fingerprint}")
+        except Exception as exc:  # noqa: BLE001 - any unreadable header is a problem to name, not a crash
+            problem(f"kv {name}: unreadable snapshot header ({exc}; {refresh})")
+        stale = [m for m in entry.memories if m not in active_refs]
+        if stale:
+            note(f"kv {name} is stale: {len(stale)} of its memories changed (memos promote --refresh {name})")
+    return referenced

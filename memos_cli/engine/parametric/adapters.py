@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -329,3 +329,34 @@ def save_combined(model: Any, out: Path, model_name: str) -> None:
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = model_name
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def check_adapters(
+    cube: Cube, active_refs: set[str], problem: Callable[[str], None], note: Callable[[str], None]
+) -> set[str]:
+    """verify's parametric part: each adapter the manifest names is a folder holding its files, each of
+    its recorded sha256; a stale one is noted. Returns the folders it covered."""
+    referenced: set[str] = set()
+    for name, adapter in cube.manifest.lora.items():
+        folder = f"{layout.LORA_DIR}/{name}"
+        referenced.add(folder)
+        try:
+            base = cube.committed_rel(folder)
+        except InvalidCube as exc:
+            problem(f"lora {name}: {exc.problem}")
+            continue
+        if cube_io.kind(cube.path, base) != "dir":
+            problem(
+                f"lora {name}: {folder}/ is missing (restore it from version control, or drop it: "
+                f"memos distill {cube.path} --drop {name})"
+            )
+            continue
+        for rel, digest in adapter.files.items():
+            if cube_io.kind(cube.path, f"{base}/{rel}") != "file":
+                problem(f"lora {name}: {folder}/{rel} is missing")
+            elif cube_io.sha256(cube.path, f"{base}/{rel}") != digest:
+                problem(f"lora {name}: {folder}/{rel} does not match its recorded sha256")
+        stale = [m for m in adapter.memories if m not in active_refs]
+        if stale:
+            note(f"lora {name} is stale: {len(stale)} of its memories changed")
+    return referenced

@@ -1,5 +1,5 @@
 """CLI tests for the commands the round-trip tests do not reach: update, history, log, verify, repair,
-policy, export and import. Each runs the real engine through ``main()`` (the real error handling)."""
+policy, export, import and merge-driver. Each runs the real engine through ``main()`` (the real error handling)."""
 
 from __future__ import annotations
 
@@ -142,3 +142,28 @@ def test_export_import_round_trip(cube: tuple[str, list[str]], tmp_path: Path) -
     (tmp_path / "junk.tgz").write_bytes(b"not an archive")
     code, out, err = run("import", str(tmp_path / "junk.tgz"), "-o", str(tmp_path / "e"))
     assert code in (1, 3) and not (tmp_path / "e").exists()
+
+
+def test_merge_driver_keeps_both_sides(cube: tuple[str, list[str]], tmp_path: Path) -> None:
+    """git calls `memos merge-driver %O %A %B %P`; here it is called as git would, on two copies of one
+    cube that each changed: one updated a memory, the other ingested a new one."""
+    import shutil
+
+    path, ids = cube
+    base = tmp_path / "base.jsonl"
+    shutil.copyfile(Path(path) / "memories.jsonl", base)
+    other = tmp_path / "other"
+    shutil.copytree(path, other)
+    assert run("update", path, ids[0], "--text", "Ana adopted a black cat named Miso")[0] == 0
+    new = tmp_path / "new.txt"
+    new.write_text("Chen moved to Lisbon in May\n")
+    assert run("ingest", str(other), str(new))[0] == 0
+    ours = tmp_path / "ours.jsonl"
+    shutil.copyfile(Path(path) / "memories.jsonl", ours)
+    code, _, err = run("merge-driver", str(base), str(ours), str(other / "memories.jsonl"), "memories.jsonl")
+    assert code == 0, err
+    merged = [json.loads(line) for line in ours.read_text().splitlines()]
+    texts = {r["text"] for r in merged}
+    assert {"Ana adopted a grey cat named Miso", "Ana adopted a black cat named Miso"} <= texts  # both versions
+    assert "Chen moved to Lisbon in May" in texts and "Bob is allergic to peanuts" in texts
+    assert max(r["version"] for r in merged if r["id"] == ids[0]) == 2

@@ -21,7 +21,7 @@ import numpy as np
 from memos_cli.config import configure_threads
 from memos_cli.engine.plaintext import index, ranking
 from memos_cli.engine.plaintext.lexical import LexicalIndex
-from memos_cli.engine.plaintext.shards import ShardedIndex
+from memos_cli.engine.plaintext.sharded import ShardedIndex
 
 WORDS = (
     "launch budget cat hiking parser adoption peanut allergy meeting paris guitar recipe lisbon marathon "

@@ -296,7 +296,22 @@ def test_a_killed_driver_loses_nothing(ray_cluster: str, tmp_path: Path) -> None
 def test_sharded_batch_query_on_the_cluster_matches_local_unsharded(
     ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """query --batch --engine ray over a sharded index (shards of 50 rows): the local unsharded answers."""
+    """query --batch --engine ray over a sharded index (shards of 50 rows): the local unsharded answers,
+    with every shard's work done by its shard actor and the driver reading one shard's vectors at a time
+    (to ship it), never the whole file."""
+    from memos_cli.engine.plaintext import shard_store
+    from memos_cli.engine.plaintext.sharded import ShardedIndex
+
+    reads: list[tuple[int, int]] = []
+    read_rows = shard_store.read_rows
+
+    def counted(root: Path, rel: str, start: int, count: int, dim: int) -> bytes:
+        reads.append((start, count))
+        return read_rows(root, rel, start, count, dim)
+
+    def no_local_work(*args: object) -> None:
+        raise AssertionError("the driver ran a shard's work itself")
+
     records = tmp_path / "records.jsonl"
     records.write_text(
         "".join(
@@ -312,10 +327,14 @@ def test_sharded_batch_query_on_the_cluster_matches_local_unsharded(
     outputs = {}
     for name, shard_rows, extra in (("local", "0", []), ("ray", "50", ["--engine", "ray", "--address", ray_cluster])):
         monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", shard_rows)
+        if name == "ray":
+            monkeypatch.setattr(shard_store, "read_rows", counted)
+            monkeypatch.setattr(ShardedIndex, "_run_local", no_local_work)
         result = runner.invoke(app, ["query", str(cube), "--batch", str(questions), "-k", "6", "--no-usage", *extra])
         assert result.exit_code == 0, result.output
         outputs[name] = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(list((cube / ".memos" / "index" / "shards").iterdir())) == 4
+    assert reads == [(0, 50), (50, 50), (100, 50), (150, 20)]  # each shard's rows, once
     for lines in outputs.values():
         for line in lines:
             for hit in line["hits"]:

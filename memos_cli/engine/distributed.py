@@ -131,6 +131,12 @@ class _Worker:
     def encode(self, texts: list[str]) -> tuple[str, np.ndarray]:
         return self.node(), self.embedder.encode(texts)
 
+    def query_vectors(self, texts: list[str], mode: str) -> tuple[str, np.ndarray]:
+        """Each query's vector as ``rank`` computes it (one text at a time: the same bytes as local)."""
+        if mode == "lexical":
+            return self.node(), np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
+        return self.node(), np.stack([self.embedder.encode([text])[0] for text in texts])
+
     def rank(self, payload: Any, queries: list[Any], k: int, mode: str) -> tuple[str, list[Any]]:
         """Per query, per cube view, the ranked ``(row, score)`` list, exactly as ``Searcher`` computes it.
         Each query is ``(text, [(lexical text, periods, k) or None per view])`` (``Searcher._plan``)."""
@@ -145,10 +151,30 @@ class _Worker:
                     per_view.append([])
                     continue
                 lexical, periods, view_k = plan
-                # index.Unsharded (ranking.rank) or a shards.ShardedIndex (both rounds, on this actor)
+                # index.Unsharded (ranking.rank); a sharded view is ranked by shard actors (_rank_sharded)
                 per_view.append(ranker.rank(lexical, vec, k=view_k, mode=mode, mask=mask, periods=periods))
             out.append(per_view)
         return self.node(), out
+
+
+class _ShardWorker:
+    """One Ray actor holding one shard of a sharded index: it loads the shard once (from the bytes the
+    driver read, so it needs no access to the cube) and answers every round of a batch's queries."""
+
+    def __init__(self, packed: Any, graph: Any) -> None:
+        from memos_cli.engine.plaintext.shard_store import unpack_shard
+
+        self.shard = unpack_shard(packed, graph)
+
+    def run(self, calls: list[tuple[int, tuple[str, tuple[Any, ...]]]]) -> list[Any]:
+        """Each ``(token, (method, args))`` of one round, for the queries in flight (``Shard.call``)."""
+        return [self.shard.call(token, method, args) for token, (method, args) in calls]
+
+    def peak_rss(self) -> int:
+        """This actor's peak resident memory in bytes (for bench/shard_bench.py)."""
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class RayEngine:
@@ -168,6 +194,7 @@ class RayEngine:
         self._remote: Any = None
         self._node_names: dict[str, str] = {}
         self._local: Any = None
+        self.shard_peak_rss: list[int] = []  # the last sharded batch's shard actors, bytes each
 
     # ------------------------------------------------------------------ the cluster
     def start(self) -> None:
@@ -375,25 +402,109 @@ class RayEngine:
         self, payload: list[Any], queries: list[Any], *, k: int, mode: str, per_task: int = 64
     ) -> list[list[list[tuple[int, float]]]]:
         """Rank ``queries`` on the cluster; ``payload`` is one ``(ranker, mask)`` per cube view
-        (``CubeIndex.ranker``: unsharded or sharded)."""
+        (``CubeIndex.ranker``). An unsharded view is shipped whole to the embedder actors, which split the
+        queries; a sharded one stays here as its coordinator, and its shards go to shard actors
+        (``_rank_sharded``). Each query is ``(text, [(lexical text, periods, k) or None per view])``."""
+        from memos_cli.engine.plaintext.sharded import ShardedIndex
+
         self.start()
         ray = self._ray
         began = time.perf_counter()
-        ref = ray.put(payload)  # shipped to each node once
-        results: dict[int, list[Any]] = {}
-        jobs = [
-            (start, _call("rank", ref, queries[start : start + per_task], k, mode))
-            for start in range(0, len(queries), per_task)
-        ]
+        sharded = {i for i, (ranker, _mask) in enumerate(payload) if isinstance(ranker, ShardedIndex)}
+        plain = [(None, None) if i in sharded else view for i, view in enumerate(payload)]
+        out: list[list[list[tuple[int, float]]]] = [[[] for _ in payload] for _ in queries]
+        if any(ranker is not None for ranker, _mask in plain):
+            ref = ray.put(plain)  # shipped to each node once
+            results: dict[int, list[Any]] = {}
+            jobs = [
+                (start, _call("rank", ref, queries[start : start + per_task], k, mode))
+                for start in range(0, len(queries), per_task)
+            ]
 
-        def done(start: int, ranked: list[Any]) -> None:
-            results[start] = ranked
-            self.stats.items += len(ranked)
-            self.stats.chunks += 1
+            def done(start: int, ranked: list[Any]) -> None:
+                results[start] = ranked
+                self.stats.items += len(ranked)
+                self.stats.chunks += 1
 
-        self._run(jobs, done)
+            self._run(jobs, done)
+            out = [r for start in sorted(results) for r in results[start]]
+        if sharded:
+            vectors = self._query_vectors([text for text, _plans in queries], mode, per_task)
+            for i in sorted(sharded):
+                ranker, mask = payload[i]
+                ranked = self._rank_sharded(ranker, mask, vectors, [plans[i] for _text, plans in queries], mode)
+                for per_view, rows in zip(out, ranked, strict=True):
+                    per_view[i] = rows
+            if len(sharded) == len(payload):
+                self.stats.items += len(queries)
         self.stats.compute_seconds += time.perf_counter() - began
-        return [r for start in sorted(results) for r in results[start]]
+        return out
+
+    def _query_vectors(self, texts: list[str], mode: str, per_task: int) -> np.ndarray:
+        parts: dict[int, np.ndarray] = {}
+        jobs = [
+            (start, _call("query_vectors", texts[start : start + per_task], mode))
+            for start in range(0, len(texts), per_task)
+        ]
+        self._run(jobs, lambda start, vectors: parts.__setitem__(start, np.asarray(vectors, dtype=np.float32)))
+        return np.concatenate([parts[start] for start in sorted(parts)])
+
+    def _rank_sharded(
+        self, index: Any, mask: Any, vectors: np.ndarray, plans: list[Any], mode: str, per_round: int = 16
+    ) -> list[list[tuple[int, float]]]:
+        """Rank with ``index`` (a ``ShardedIndex``) as the coordinator here and one shard actor per shard:
+        every actor loads its shard once, then each round of ``per_round`` queries is one call per actor."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        from memos_cli.engine.plaintext.index import graph_settings
+        from memos_cli.engine.plaintext.shard_store import pack_shard
+        from memos_cli.engine.plaintext.sharded import run_steps
+
+        ray = self._ray
+        if index.source is None:
+            raise ValueError("a sharded index ranked on the cluster needs the folder it was loaded from")
+        root, rel = index.source
+        remote = ray.remote(num_cpus=0, max_restarts=0)(_ShardWorker)
+        actors = []
+        try:
+            for number, shard in enumerate(index.shards):
+                # One shard read and shipped at a time: the driver never holds more than one.
+                actor = remote.options(scheduling_strategy="SPREAD").remote(
+                    pack_shard(root, rel, number, shard), graph_settings()
+                )
+                ray.get(actor.peak_rss.remote())
+                actors.append(actor)
+
+            def run(rounds: list[tuple[int, Any]]) -> list[list[Any]]:
+                refs = [
+                    actor.run.remote([(token, calls[n]) for token, calls in rounds if calls[n] is not None])
+                    for n, actor in enumerate(actors)
+                ]
+                per_shard = [iter(answers) for answers in ray.get(refs)]
+                return [
+                    [None if calls[n] is None else next(per_shard[n]) for n in range(len(actors))]
+                    for _token, calls in rounds
+                ]
+
+            ranked: list[list[tuple[int, float]]] = [[] for _ in plans]
+            todo = [i for i, plan in enumerate(plans) if plan is not None]
+            for begin in range(0, len(todo), per_round):
+                chunk = todo[begin : begin + per_round]
+                steps = [
+                    index.steps(
+                        token, plans[i][0], vectors[i], k=plans[i][2], mode=mode, mask=mask, periods=plans[i][1]
+                    )
+                    for token, i in enumerate(chunk)
+                ]
+                for i, rows in zip(chunk, run_steps(steps, run), strict=True):
+                    ranked[i] = rows
+            self.shard_peak_rss = ray.get([actor.peak_rss.remote() for actor in actors])
+            return ranked
+        except (RayActorError, RayTaskError) as exc:
+            raise ClusterError(f"a shard actor failed: {exc}") from None
+        finally:
+            for actor in actors:
+                ray.kill(actor)
 
     def close(self) -> None:
         """Release the actors (the cluster itself keeps running; it is never stopped from here)."""

@@ -158,23 +158,27 @@ class _Worker:
 
 
 class _ShardWorker:
-    """One Ray actor holding one shard of a sharded index: it loads the shard once (from the bytes the
-    driver read, so it needs no access to the cube) and answers every round of a batch's queries."""
+    """One Ray actor holding one shard of a sharded index: it loads the shard once and answers every round
+    of a batch's queries. It reads the shard where the driver found it (``ShardSource``) when it sees the
+    same files there; otherwise it is given the shard's bytes (``PackedShard``) and touches no cube."""
 
-    def __init__(self, packed: Any, graph: Any) -> None:
-        from memos_cli.engine.plaintext.shard_store import unpack_shard
+    def __init__(self, source: Any, graph: Any) -> None:
+        from memos_cli.engine.plaintext.shard_store import PackedShard, open_source, unpack_shard
 
-        self.shard = unpack_shard(packed, graph)
+        self.shard = unpack_shard(source, graph) if isinstance(source, PackedShard) else open_source(source, graph)
+
+    def loaded(self) -> bool:
+        """Whether the shard loaded (False: send its bytes)."""
+        return self.shard is not None
 
     def run(self, calls: list[tuple[int, tuple[str, tuple[Any, ...]]]]) -> list[Any]:
         """Each ``(token, (method, args))`` of one round, for the queries in flight (``Shard.call``)."""
+        assert self.shard is not None, "the driver sends the bytes of a shard that did not load"
         return [self.shard.call(token, method, args) for token, (method, args) in calls]
 
     def peak_rss(self) -> int:
-        """This actor's peak resident memory in bytes (for bench/shard_bench.py)."""
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        """This actor's peak resident memory in bytes (for bench/shard_bench.py; 0 where unknown)."""
+        return peak_rss()
 
 
 class RayEngine:
@@ -453,11 +457,12 @@ class RayEngine:
         self, index: Any, mask: Any, vectors: np.ndarray, plans: list[Any], mode: str, per_round: int = 16
     ) -> list[list[tuple[int, float]]]:
         """Rank with ``index`` (a ``ShardedIndex``) as the coordinator here and one shard actor per shard:
-        every actor loads its shard once, then each round of ``per_round`` queries is one call per actor."""
+        every actor loads its shard once (where it is, or from the bytes of that one shard, read here), then
+        each round of ``per_round`` queries is one call per actor."""
         from ray.exceptions import RayActorError, RayTaskError
 
         from memos_cli.engine.plaintext.index import graph_settings
-        from memos_cli.engine.plaintext.shard_store import pack_shard
+        from memos_cli.engine.plaintext.shard_store import locate_shard, pack_shard
         from memos_cli.engine.plaintext.sharded import run_steps
 
         ray = self._ray
@@ -468,11 +473,12 @@ class RayEngine:
         actors = []
         try:
             for number, shard in enumerate(index.shards):
-                # One shard read and shipped at a time: the driver never holds more than one.
-                actor = remote.options(scheduling_strategy="SPREAD").remote(
-                    pack_shard(root, rel, number, shard), graph_settings()
-                )
-                ray.get(actor.peak_rss.remote())
+                spread = remote.options(scheduling_strategy="SPREAD")
+                actor = spread.remote(locate_shard(root, rel, number, shard), graph_settings())
+                if not ray.get(actor.loaded.remote()):  # it cannot see the files: this one shard's bytes
+                    ray.kill(actor)
+                    actor = spread.remote(pack_shard(root, rel, number, shard), graph_settings())
+                    ray.get(actor.loaded.remote())
                 actors.append(actor)
 
             def run(rounds: list[tuple[int, Any]]) -> list[list[Any]]:
@@ -515,6 +521,18 @@ class RayEngine:
                 except Exception:  # noqa: BLE001 - an actor that is already gone is fine
                     pass
         self._actors = []
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM, which (unlike ``ru_maxrss``) does not carry
+    the parent's peak over a fork and exec; 0 where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _call(method: str, *args: Any) -> Callable[[Any], Any]:

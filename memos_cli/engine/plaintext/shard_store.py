@@ -7,9 +7,11 @@ row range of the index's append-only ``vectors.f32``, never copied: the loader m
 process again when the shard is done with the query (``Shard.release``). Resident memory is then about one
 shard's vectors however large the index is; the page cache (the kernel's, reclaimable) may keep the rest.
 
-For a shard actor on a Ray cluster (engine/distributed.py), ``pack_shard`` reads one shard's files and
-vector rows as bytes (the driver ships one shard at a time and never builds the matrix) and
-``unpack_shard`` loads them on the actor, through the same checks as a shard loaded from the cube.
+A shard actor on a Ray cluster (engine/distributed.py) loads its shard where it is (``open_source``: the
+files the driver saw, on the same machine or shared storage; its vectors mapped), so the driver reads no
+vectors at all. Where the actor cannot see them, ``pack_shard`` reads that one shard's files and vector
+rows as bytes on the driver (one shard at a time, never the matrix) and ``unpack_shard`` loads them on
+the actor, through the same checks as a shard loaded from the cube.
 
 Every file access goes through cube.io, relative to a trusted root (no link followed, regular files only).
 """
@@ -160,6 +162,54 @@ def _load_graph(root: Path, rel: str, count: int, dim: int, settings: GraphSetti
 
 
 # ---------------------------------------------------------------------------------- to a shard actor
+@dataclass
+class ShardSource:
+    """Where a shard actor finds shard ``number`` of the index folder ``root/index_rel`` itself, and what
+    the files looked like to the driver (``identity``): an actor on a node that sees other files there, or
+    none, refuses to load (``open_source`` gives None) and is sent the shard's bytes instead."""
+
+    root: str
+    index_rel: str
+    number: int
+    start: int
+    rows: int
+    dim: int
+    identity: list[tuple[str, int, int, int]]  # (name, inode, size, mtime_ns) of the shard's files
+
+
+def locate_shard(root: Path, index_rel: str, number: int, shard: Shard) -> ShardSource:
+    rel = shard_rel(index_rel, number)
+    return ShardSource(
+        str(root), index_rel, number, shard.start, len(shard), shard.vectors.shape[1], _identity(root, rel)
+    )
+
+
+def _identity(root: Path, rel: str) -> list[tuple[str, int, int, int]]:
+    out = []
+    for name in io.check_tree(root, rel):
+        st = io.lstat(root, name)
+        if st is not None:
+            out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def open_source(source: ShardSource, graph: GraphSettings) -> Shard | None:
+    """The shard ``source`` names, read where it is (its vectors mapped, its graph loaded now), if its files
+    are the ones the driver saw; None otherwise (another node without them, or they changed)."""
+    root, rel = Path(source.root), shard_rel(source.index_rel, source.number)
+    try:
+        if not root.is_dir() or _identity(root, rel) != source.identity:
+            return None
+        pages = MappedRows(root, f"{source.index_rel}/{VECTORS_FILE}", source.start + source.rows, source.dim)
+    except (OSError, ValueError, InvalidCube):
+        return None
+    vectors = pages.array[source.start :]
+    shard = load_shard(root, rel, source.start, vectors, graph, pages)
+    if shard is not None:
+        shard.hnsw  # noqa: B018 - loaded once, with the shard
+    return shard
+
+
 @dataclass
 class PackedShard:
     """One shard as bytes, for a process that cannot read the cube (a Ray actor on another node)."""

@@ -8,8 +8,10 @@ The contract that keeps results identical:
 
 - the embedder's batching plan (``minilm.PLAN_CHUNK``) makes a text's vector depend only on its chunk,
   and every Ray task is exactly one chunk of the plan, so the vectors are byte-identical to a local run;
-- workers only compute: they receive texts (or rank inputs) and return arrays. They never open a cube;
-  the driver commits the results with the usual journaled transaction;
+- workers only compute: they receive texts (or rank inputs) and return arrays. They never write a cube;
+  the driver commits the results with the usual journaled transaction. (A shard actor reads its shard of
+  a sharded index where the driver found it, read-only through cube.io, if it sees the very files the
+  driver saw; otherwise the driver sends it that shard's bytes. Its answers are the same either way.);
 - each finished chunk is staged under the cube's ``.memos/stage/`` (content-addressed by the embedder
   fingerprint and the chunk's texts, validated on reuse), so a rerun after a killed driver or a lost
   node skips the chunks that were done; a chunk whose worker fails is retried on a fresh actor.
@@ -469,17 +471,18 @@ class RayEngine:
         if index.source is None:
             raise ValueError("a sharded index ranked on the cluster needs the folder it was loaded from")
         root, rel = index.source
-        remote = ray.remote(num_cpus=0, max_restarts=0)(_ShardWorker)
-        actors = []
+        spread = ray.remote(num_cpus=0, max_restarts=0)(_ShardWorker).options(scheduling_strategy="SPREAD")
+        started = time.perf_counter()
+        actors = [spread.remote(locate_shard(root, rel, n, s), graph_settings()) for n, s in enumerate(index.shards)]
         try:
-            for number, shard in enumerate(index.shards):
-                spread = remote.options(scheduling_strategy="SPREAD")
-                actor = spread.remote(locate_shard(root, rel, number, shard), graph_settings())
-                if not ray.get(actor.loaded.remote()):  # it cannot see the files: this one shard's bytes
-                    ray.kill(actor)
-                    actor = spread.remote(pack_shard(root, rel, number, shard), graph_settings())
-                    ray.get(actor.loaded.remote())
-                actors.append(actor)
+            for number, loaded in enumerate(ray.get([actor.loaded.remote() for actor in actors])):
+                if not loaded:  # its node does not see the files: this one shard's bytes, read here
+                    ray.kill(actors[number])
+                    actors[number] = spread.remote(
+                        pack_shard(root, rel, number, index.shards[number]), graph_settings()
+                    )
+                    ray.get(actors[number].loaded.remote())
+            self.stats.fixed_seconds += time.perf_counter() - started  # like the embedder actors' start
 
             def run(rounds: list[tuple[int, Any]]) -> list[list[Any]]:
                 refs = [

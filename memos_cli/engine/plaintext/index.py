@@ -289,6 +289,7 @@ class CubeIndex:
             self.lexical = LexicalIndex()
             self._load_shards()
         else:
+            self.pages = None  # the vectors stay as they are (mapped or read); only shards release pages
             self.lexical = LexicalIndex()
             self.lexical.add([ranking.lexical_text(r) for r in self.rows])
             self._subdir("lexical")

@@ -69,7 +69,8 @@ class MappedRows:
             return
         first = start * self.row_bytes // mmap.PAGESIZE * mmap.PAGESIZE
         end = min(stop * self.row_bytes, self.size)
-        self._map.madvise(mmap.MADV_DONTNEED, first, end - first)
+        if end > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 def read_rows(root: Path, rel: str, start: int, count: int, dim: int) -> bytes:

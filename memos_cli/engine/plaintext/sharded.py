@@ -15,10 +15,11 @@ A hybrid query is two rounds, so that no shard needs another's data:
 rule). Round 1: every shard scores its allowed rows (dense cosine, BM25 with the global statistics) and
 returns the float64 partial sums of each leg (count, sum, sum of squares); the coordinator adds them into
 the z-score statistics of the whole cube (``ranking.moments`` / ``ranking.zscore_from``, which the
-unsharded ranking uses too). Round 2: every shard returns the fused scores of its allowed rows; the
-coordinator scatters them, adds the neighbour and episode context and the boosts (``ranking._with_context``)
-and takes the top k, ties broken by row id. The ranking is the unsharded one (scores agree to float
-rounding of the statistics; tests/test_shards.py, tests/test_query.py check it through the CLI).
+unsharded ranking uses too). Round 2: every shard returns the weighted BM25 z-scores of its allowed
+rows; the coordinator fuses them with the dense leg's, adds the neighbour and episode context and the
+boosts (``ranking._with_context``) and takes the top k, ties broken by row id. The ranking is the
+unsharded one (scores agree to float rounding of the statistics; tests/test_shards.py, tests/test_query.py
+check it through the CLI).
 
 *Approximate mode* (more allowed rows, graphs present). Round 1: every shard returns its dense candidates
 (its graph's nearest rows plus an exact scan of the rows past its graph; an exact top of its allowed rows

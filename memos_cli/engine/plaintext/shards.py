@@ -183,7 +183,7 @@ class Shard:
     # ---- hybrid, exact mode: round 2
     def lexical_z(self, token: int, lex_stats: tuple[int, float, float], weight: float) -> np.ndarray:
         """The weighted BM25 z-scores of this shard's allowed rows (in the order round 1 gave them)."""
-        idx, lex = self._legs.pop(token)
+        _idx, lex = self._legs.pop(token)
         return weight * ranking.zscore_from(lex, lex_stats)
 
     # ---- hybrid, approximate mode: round 1

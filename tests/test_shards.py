@@ -366,3 +366,32 @@ def test_an_index_sharded_by_the_previous_version_is_used_as_it_is(tmp_path: Pat
     assert got == expected
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in shards_dir.rglob("*") if p.is_file()}
     assert after == before  # no shard was rebuilt or rewritten
+
+
+def test_a_sharded_index_s_vectors_file_is_mapped_only_when_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vectors.f32 cut short or replaced by a link: the sharded loader neither maps past its end (which
+    would kill the process with SIGBUS on use) nor follows the link; the index is rebuilt."""
+    monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", "40")
+    cube = tmp_path / "c"
+    (tmp_path / "a.jsonl").write_text(_records(0, 100))
+    assert runner.invoke(app, ["init", str(cube)]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(cube), str(tmp_path / "a.jsonl")]).exit_code == 0
+    first = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert first.exit_code == 0, first.output
+    vectors = cube / ".memos" / "index" / "vectors.f32"
+    whole = vectors.read_bytes()
+    vectors.write_bytes(whole[: len(whole) // 2])
+    again = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert vectors.stat().st_size == len(whole)  # rebuilt whole
+    outside = tmp_path / "outside.f32"
+    outside.write_bytes(whole)
+    vectors.unlink()
+    vectors.symlink_to(outside)
+    third = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert third.exit_code == 0, third.output
+    assert json.loads(third.stdout) == json.loads(first.stdout)
+    assert not vectors.is_symlink() and outside.read_bytes() == whole

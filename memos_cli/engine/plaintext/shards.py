@@ -62,7 +62,7 @@ class Shard:
         self._load_graph = load_graph if hnsw is None else None
         self.hnsw_rows = hnsw_rows if hnsw is not None or load_graph is not None else 0
         self.pages = pages
-        self._legs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # round 1's scores, for round 2 (exact)
+        self._legs: dict[int, np.ndarray] = {}  # round 1's BM25 scores of the allowed rows (exact mode)
         self._lex: dict[int, np.ndarray] = {}  # round 1's BM25 scores of every row (approximate mode)
         self._sample: tuple[tuple[float, ...], tuple[int, np.ndarray, np.ndarray]] | None = None
 
@@ -177,14 +177,13 @@ class Shard:
         idx = np.flatnonzero(mask)
         dense = ranking._dense(self.vectors, idx, q)
         lex = self.bm25(query, stats)[idx]
-        self._legs[token] = (idx, lex)
+        self._legs[token] = lex
         return idx + self.start, dense, ranking.moments(lex)
 
     # ---- hybrid, exact mode: round 2
     def lexical_z(self, token: int, lex_stats: tuple[int, float, float], weight: float) -> np.ndarray:
         """The weighted BM25 z-scores of this shard's allowed rows (in the order round 1 gave them)."""
-        _idx, lex = self._legs.pop(token)
-        return weight * ranking.zscore_from(lex, lex_stats)
+        return weight * ranking.zscore_from(self._legs.pop(token), lex_stats)
 
     # ---- hybrid, approximate mode: round 1
     def candidates(

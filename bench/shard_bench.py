@@ -199,6 +199,7 @@ def child(folder: Path, mode: str, engine: str, args: argparse.Namespace) -> Non
         import ray
 
         from memos_cli.engine.distributed import EngineOptions, RayEngine
+        from memos_cli.engine.shard_actors import rank_sharded
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         try:
@@ -210,14 +211,14 @@ def child(folder: Path, mode: str, engine: str, args: argparse.Namespace) -> Non
             plans = [(t, [], 10) for t, _q in queries]
             vectors = np.stack([q for _t, q in queries])
             began = time.perf_counter()
-            result = eng._rank_sharded(ranker, mask, vectors, plans, "hybrid")
+            result = rank_sharded(eng, ranker, mask, vectors, plans, "hybrid")
             fixed = eng.stats.fixed_seconds  # starting the shard actors and loading their shards
             times = [(time.perf_counter() - began - fixed) / len(queries)]  # a batch: time per query
             ranked = [[r for r, _ in rows] for rows in result]
             actors = [b / 2**20 for b in eng.shard_peak_rss]
         finally:
             ray.shutdown()
-    from memos_cli.engine.distributed import peak_rss
+    from memos_cli.engine.shard_actors import peak_rss
 
     peak = peak_rss() / 2**20
     out = {"peak_mib": peak, "base_mib": base / 2**20, "p50_ms": 1000 * float(np.median(times)), "load_s": load_s}
@@ -237,8 +238,8 @@ class _Blank:
     """An actor with a shard actor's imports and no shard: the baseline of a shard actor's memory."""
 
     def rss(self) -> int:
-        from memos_cli.engine.distributed import peak_rss
         from memos_cli.engine.plaintext import shard_store  # noqa: F401 - what a shard actor imports
+        from memos_cli.engine.shard_actors import peak_rss
 
         return peak_rss()
 

@@ -153,34 +153,10 @@ class _Worker:
                     per_view.append([])
                     continue
                 lexical, periods, view_k = plan
-                # index.Unsharded (ranking.rank); a sharded view is ranked by shard actors (_rank_sharded)
+                # index.Unsharded (ranking.rank); a sharded view is ranked by shard actors (shard_actors.py)
                 per_view.append(ranker.rank(lexical, vec, k=view_k, mode=mode, mask=mask, periods=periods))
             out.append(per_view)
         return self.node(), out
-
-
-class _ShardWorker:
-    """One Ray actor holding one shard of a sharded index: it loads the shard once and answers every round
-    of a batch's queries. It reads the shard where the driver found it (``ShardSource``) when it sees the
-    same files there; otherwise it is given the shard's bytes (``PackedShard``) and touches no cube."""
-
-    def __init__(self, source: Any, graph: Any) -> None:
-        from memos_cli.engine.plaintext.shard_store import PackedShard, open_source, unpack_shard
-
-        self.shard = unpack_shard(source, graph) if isinstance(source, PackedShard) else open_source(source, graph)
-
-    def loaded(self) -> bool:
-        """Whether the shard loaded (False: send its bytes)."""
-        return self.shard is not None
-
-    def run(self, calls: list[tuple[int, tuple[str, tuple[Any, ...]]]]) -> list[Any]:
-        """Each ``(token, (method, args))`` of one round, for the queries in flight (``Shard.call``)."""
-        assert self.shard is not None, "the driver sends the bytes of a shard that did not load"
-        return [self.shard.call(token, method, args) for token, (method, args) in calls]
-
-    def peak_rss(self) -> int:
-        """This actor's peak resident memory in bytes (for bench/shard_bench.py; 0 where unknown)."""
-        return peak_rss()
 
 
 class RayEngine:
@@ -410,8 +386,9 @@ class RayEngine:
         """Rank ``queries`` on the cluster; ``payload`` is one ``(ranker, mask)`` per cube view
         (``CubeIndex.ranker``). An unsharded view is shipped whole to the embedder actors, which split the
         queries; a sharded one stays here as its coordinator, and its shards go to shard actors
-        (``_rank_sharded``). Each query is ``(text, [(lexical text, periods, k) or None per view])``."""
+        (``shard_actors.rank_sharded``). Each query is ``(text, [(lexical text, periods, k) or None per view])``."""
         from memos_cli.engine.plaintext.sharded import ShardedIndex
+        from memos_cli.engine.shard_actors import rank_sharded
 
         self.start()
         ray = self._ray
@@ -438,7 +415,7 @@ class RayEngine:
             vectors = self._query_vectors([text for text, _plans in queries], mode, per_task)
             for i in sorted(sharded):
                 ranker, mask = payload[i]
-                ranked = self._rank_sharded(ranker, mask, vectors, [plans[i] for _text, plans in queries], mode)
+                ranked = rank_sharded(self, ranker, mask, vectors, [plans[i] for _text, plans in queries], mode)
                 for per_view, rows in zip(out, ranked, strict=True):
                     per_view[i] = rows
             if len(sharded) == len(payload):
@@ -455,66 +432,6 @@ class RayEngine:
         self._run(jobs, lambda start, vectors: parts.__setitem__(start, np.asarray(vectors, dtype=np.float32)))
         return np.concatenate([parts[start] for start in sorted(parts)])
 
-    def _rank_sharded(
-        self, index: Any, mask: Any, vectors: np.ndarray, plans: list[Any], mode: str, per_round: int = 16
-    ) -> list[list[tuple[int, float]]]:
-        """Rank with ``index`` (a ``ShardedIndex``) as the coordinator here and one shard actor per shard:
-        every actor loads its shard once (where it is, or from the bytes of that one shard, read here), then
-        each round of ``per_round`` queries is one call per actor."""
-        from ray.exceptions import RayActorError, RayTaskError
-
-        from memos_cli.engine.plaintext.index import graph_settings
-        from memos_cli.engine.plaintext.shard_store import locate_shard, pack_shard
-        from memos_cli.engine.plaintext.sharded import run_steps
-
-        ray = self._ray
-        if index.source is None:
-            raise ValueError("a sharded index ranked on the cluster needs the folder it was loaded from")
-        root, rel = index.source
-        spread = ray.remote(num_cpus=0, max_restarts=0)(_ShardWorker).options(scheduling_strategy="SPREAD")
-        started = time.perf_counter()
-        actors = [spread.remote(locate_shard(root, rel, n, s), graph_settings()) for n, s in enumerate(index.shards)]
-        try:
-            for number, loaded in enumerate(ray.get([actor.loaded.remote() for actor in actors])):
-                if not loaded:  # its node does not see the files: this one shard's bytes, read here
-                    ray.kill(actors[number])
-                    actors[number] = spread.remote(
-                        pack_shard(root, rel, number, index.shards[number]), graph_settings()
-                    )
-                    ray.get(actors[number].loaded.remote())
-            self.stats.fixed_seconds += time.perf_counter() - started  # like the embedder actors' start
-
-            def run(rounds: list[tuple[int, Any]]) -> list[list[Any]]:
-                refs = [
-                    actor.run.remote([(token, calls[n]) for token, calls in rounds if calls[n] is not None])
-                    for n, actor in enumerate(actors)
-                ]
-                per_shard = [iter(answers) for answers in ray.get(refs)]
-                return [
-                    [None if calls[n] is None else next(per_shard[n]) for n in range(len(actors))]
-                    for _token, calls in rounds
-                ]
-
-            ranked: list[list[tuple[int, float]]] = [[] for _ in plans]
-            todo = [i for i, plan in enumerate(plans) if plan is not None]
-            for begin in range(0, len(todo), per_round):
-                chunk = todo[begin : begin + per_round]
-                steps = [
-                    index.steps(
-                        token, plans[i][0], vectors[i], k=plans[i][2], mode=mode, mask=mask, periods=plans[i][1]
-                    )
-                    for token, i in enumerate(chunk)
-                ]
-                for i, rows in zip(chunk, run_steps(steps, run), strict=True):
-                    ranked[i] = rows
-            self.shard_peak_rss = ray.get([actor.peak_rss.remote() for actor in actors])
-            return ranked
-        except (RayActorError, RayTaskError) as exc:
-            raise ClusterError(f"a shard actor failed: {exc}") from None
-        finally:
-            for actor in actors:
-                ray.kill(actor)
-
     def close(self) -> None:
         """Release the actors (the cluster itself keeps running; it is never stopped from here)."""
         if self._ray is not None:
@@ -524,18 +441,6 @@ class RayEngine:
                 except Exception:  # noqa: BLE001 - an actor that is already gone is fine
                     pass
         self._actors = []
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes: VmHWM, which (unlike ``ru_maxrss``) does not carry
-    the parent's peak over a fork and exec; 0 where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _call(method: str, *args: Any) -> Callable[[Any], Any]:

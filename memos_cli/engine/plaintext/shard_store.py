@@ -7,7 +7,7 @@ row range of the index's append-only ``vectors.f32``, never copied: the loader m
 process again when the shard is done with the query (``Shard.release``). Resident memory is then about one
 shard's vectors however large the index is; the page cache (the kernel's, reclaimable) may keep the rest.
 
-A shard actor on a Ray cluster (engine/distributed.py) loads its shard where it is (``open_source``: the
+A shard actor on a Ray cluster (engine/shard_actors.py) loads its shard where it is (``open_source``: the
 files the driver saw, on the same machine or shared storage; its vectors mapped), so the driver reads no
 vectors at all. Where the actor cannot see them, ``pack_shard`` reads that one shard's files and vector
 rows as bytes on the driver (one shard at a time, never the matrix) and ``unpack_shard`` loads them on

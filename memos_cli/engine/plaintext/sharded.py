@@ -36,7 +36,7 @@ per shard) and ``run_steps`` drives many queries' steps in lockstep. In one proc
 (``ShardedIndex.rank``) the calls run on the shards here, one shard at a time, each one's mapped vectors
 released after its work (shard_store.py), so a query holds about one shard's vectors at once. With
 ``query --batch --engine ray`` each shard is held by a shard actor that loads it once and answers a whole
-batch's rounds (engine/distributed.py): the driver keeps only the rows' metadata and the statistics.
+batch's rounds (engine/shard_actors.py): the driver keeps only the rows' metadata and the statistics.
 """
 
 from __future__ import annotations

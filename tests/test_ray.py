@@ -296,7 +296,28 @@ def test_a_killed_driver_loses_nothing(ray_cluster: str, tmp_path: Path) -> None
 def test_sharded_batch_query_on_the_cluster_matches_local_unsharded(
     ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """query --batch --engine ray over a sharded index (shards of 50 rows): the local unsharded answers."""
+    """query --batch --engine ray over a sharded index (shards of 50 rows): the local unsharded answers,
+    with every shard's work done by its shard actor. The actors read their shards where they are (this
+    machine), so the driver reads no vectors; an actor that cannot (told other files than it sees) is
+    sent its shard, read on the driver one shard at a time, never the whole file."""
+    from memos_cli.engine.plaintext import shard_store
+    from memos_cli.engine.plaintext.sharded import ShardedIndex
+
+    reads: list[tuple[int, int]] = []
+    read_rows, locate_shard = shard_store.read_rows, shard_store.locate_shard
+
+    def counted(root: Path, rel: str, start: int, count: int, dim: int) -> bytes:
+        reads.append((start, count))
+        return read_rows(root, rel, start, count, dim)
+
+    def elsewhere(*args: object) -> shard_store.ShardSource:
+        source = locate_shard(*args)  # type: ignore[arg-type]
+        source.identity = [(name, ino + 1, size, mtime) for name, ino, size, mtime in source.identity]
+        return source
+
+    def no_local_work(*args: object) -> None:
+        raise AssertionError("the driver ran a shard's work itself")
+
     records = tmp_path / "records.jsonl"
     records.write_text(
         "".join(
@@ -309,15 +330,25 @@ def test_sharded_batch_query_on_the_cluster_matches_local_unsharded(
     cube = tmp_path / "cube"
     assert runner.invoke(app, ["init", str(cube)]).exit_code == 0
     assert runner.invoke(app, ["ingest", str(cube), str(records)]).exit_code == 0
-    outputs = {}
-    for name, shard_rows, extra in (("local", "0", []), ("ray", "50", ["--engine", "ray", "--address", ray_cluster])):
+    on_cluster = ["--engine", "ray", "--address", ray_cluster]
+    outputs, shipped = {}, {}
+    for name, shard_rows, extra in (("local", "0", []), ("ray", "50", on_cluster), ("ray-shipped", "50", on_cluster)):
         monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", shard_rows)
+        if name.startswith("ray"):
+            monkeypatch.setattr(shard_store, "read_rows", counted)
+            monkeypatch.setattr(ShardedIndex, "_run_local", no_local_work)
+        if name == "ray-shipped":
+            monkeypatch.setattr(shard_store, "locate_shard", elsewhere)
+        reads.clear()
         result = runner.invoke(app, ["query", str(cube), "--batch", str(questions), "-k", "6", "--no-usage", *extra])
         assert result.exit_code == 0, result.output
         outputs[name] = [json.loads(line) for line in result.stdout.splitlines()]
+        shipped[name] = list(reads)
     assert len(list((cube / ".memos" / "index" / "shards").iterdir())) == 4
+    assert shipped["ray"] == []  # every actor read its own shard
+    assert shipped["ray-shipped"] == [(0, 50), (50, 50), (100, 50), (150, 20)]  # each shard's rows, once
     for lines in outputs.values():
         for line in lines:
             for hit in line["hits"]:
                 hit["score"] = round(hit["score"], 4)  # the statistics' float rounding differs
-    assert outputs["local"] == outputs["ray"]
+    assert outputs["local"] == outputs["ray"] == outputs["ray-shipped"]

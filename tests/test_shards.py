@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from memos_cli.cli.app import app
-from memos_cli.engine.plaintext import ranking, shards
+from memos_cli.engine.plaintext import ranking, shard_store
 from memos_cli.engine.plaintext.lexical import LexicalIndex
-from memos_cli.engine.plaintext.shards import GraphSettings, ShardedIndex
+from memos_cli.engine.plaintext.sharded import ShardedIndex, run_steps
+from memos_cli.engine.plaintext.shards import GraphSettings, Shard, build_shard
 from memos_cli.errors import UsageError
 
 WORDS = "launch budget cat hiking parser adoption peanut allergy meeting paris guitar recipe".split()
@@ -58,9 +59,9 @@ def test_sharded_top_k_equals_unsharded(per_shard: int, tmp_path: Path) -> None:
     sharded = ShardedIndex.split(vectors, rows, per_shard)
     graph = GraphSettings(20_000, 16, 100, 128)
     for number, shard in enumerate(sharded.shards):  # through the files: saved and loaded, confined
-        shards.save_shard(tmp_path, f"idx/shards/{number:05d}", shard)
+        shard_store.save_shard(tmp_path, f"idx/shards/{number:05d}", shard)
     loaded = [
-        shards.load_shard(tmp_path, f"idx/shards/{i:05d}", s.start, vectors[s.start : s.end], graph)
+        shard_store.load_shard(tmp_path, f"idx/shards/{i:05d}", s.start, vectors[s.start : s.end], graph)
         for i, s in enumerate(sharded.shards)
     ]
     assert all(s is not None for s in loaded)
@@ -81,14 +82,14 @@ def test_a_damaged_or_foreign_shard_is_not_loaded(tmp_path: Path) -> None:
     rows, vectors = _corpus(120)
     shard = ShardedIndex.split(vectors, rows, 100).shards[0]
     graph = GraphSettings(20_000, 16, 100, 128)
-    shards.save_shard(tmp_path, "s", shard)
-    assert shards.load_shard(tmp_path, "s", 0, vectors[:100], graph) is not None
-    assert shards.load_shard(tmp_path, "s", 100, vectors[100:], graph) is None  # another range
+    shard_store.save_shard(tmp_path, "s", shard)
+    assert shard_store.load_shard(tmp_path, "s", 0, vectors[:100], graph) is not None
+    assert shard_store.load_shard(tmp_path, "s", 100, vectors[100:], graph) is None  # another range
     (tmp_path / "s" / "shard.json").write_text('{"start": 0, "rows": 100, "hnsw_rows": 5}')
-    assert shards.load_shard(tmp_path, "s", 0, vectors[:100], graph) is not None  # no graph file: no graph
+    assert shard_store.load_shard(tmp_path, "s", 0, vectors[:100], graph) is not None  # no graph file: no graph
     (tmp_path / "s" / "lexical" / "lexical.npz").unlink()
     (tmp_path / "s" / "lexical" / "lexical.npz").symlink_to(tmp_path / "elsewhere.npz")
-    assert shards.load_shard(tmp_path, "s", 0, vectors[:100], graph) is None  # a link is never followed
+    assert shard_store.load_shard(tmp_path, "s", 0, vectors[:100], graph) is None  # a link is never followed
 
 
 def test_approximate_mode_uses_each_shard_s_graph() -> None:
@@ -247,3 +248,150 @@ def test_cli_sharded_index_heals_and_follows_a_purge(tmp_path: Path, monkeypatch
     text = victim["text"].encode()
     assert not any(text in p.read_bytes() for p in (cube / ".memos" / "index").rglob("*") if p.is_file())
     assert runner.invoke(app, ["verify", str(cube)]).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------- memory: one shard at a time
+def _mapped_rss(path: Path) -> int:
+    """Bytes of ``path``'s pages resident in this process (its mappings' Rss in /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):
+            inside = line.endswith(str(path))
+        elif inside and head == "Rss:":
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_a_sharded_query_holds_about_one_shard_of_vectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    n, dim, per = 10_000, 512, 2000  # shards of 4 MB in a 20 MB file
+    rows, vectors = _corpus(n, dim=dim)
+    (tmp_path / "vectors.f32").write_bytes(vectors.tobytes())
+    path = (tmp_path / "vectors.f32").resolve()
+    pages = shard_store.MappedRows(tmp_path, "vectors.f32", n, dim)
+    index = ShardedIndex(rows, [build_shard(pages.array, rows, start, per, pages) for start in range(0, n, per)])
+    seen: list[int] = []
+    release = Shard.release
+
+    def measured(shard: Shard) -> None:  # resident just before each shard lets go of its pages
+        seen.append(_mapped_rss(path))
+        release(shard)
+
+    monkeypatch.setattr(Shard, "release", measured)
+    whole = _unsharded(rows, vectors)
+    rng = np.random.default_rng(4)
+    for mode in ranking.MODES:
+        qv = vectors[int(rng.integers(n))] + 0.1 * rng.normal(size=dim).astype(np.float32)
+        got = index.rank("Ann on the launch budget", qv, k=10, mode=mode)
+        expected = ranking.rank(whole, "Ann on the launch budget", qv, k=10, mode=mode)
+        assert [r for r, _ in got] == [r for r, _ in expected], mode
+    shard_bytes = per * dim * 4
+    assert max(seen) >= shard_bytes * 0.9  # an exact query pages a whole shard in (the probe sees it) ...
+    # ... but never much more than one: the kernel maps file pages in folios of up to 2 MB, one may reach
+    # past each end of the shard.
+    assert max(seen) <= shard_bytes + (4 << 20) < n * dim * 4 // 2
+    assert _mapped_rss(path) <= 256 << 10  # and nothing stays resident after the query
+
+
+def test_queries_in_lockstep_rank_as_one_at_a_time() -> None:
+    """What a Ray shard actor does (many queries' rounds at once, state kept per query) ranks each query
+    exactly as ``rank`` does alone."""
+    rows, vectors = _corpus(3000, dim=16)
+    index = ShardedIndex.split(vectors, rows, 700)
+    for shard in index.shards:
+        shard.extend_graph(GraphSettings(min_rows=500, m=16, ef_construction=100, ef=128))
+    rng = np.random.default_rng(6)
+    for settings in (ranking.RankSettings(exact_limit=5000), ranking.RankSettings(exact_limit=100)):
+        for mode in ranking.MODES:
+            qvs = [vectors[int(rng.integers(3000))] + 0.05 * rng.normal(size=16).astype(np.float32) for _ in QUERIES]
+            alone = [index.rank(t, qv, k=8, mode=mode, settings=settings) for t, qv in zip(QUERIES, qvs, strict=True)]
+            steps = [
+                index.steps(token, t, qv, k=8, mode=mode, settings=settings)
+                for token, (t, qv) in enumerate(zip(QUERIES, qvs, strict=True))
+            ]
+            assert run_steps(steps, index._run_local) == alone, (mode, settings.exact_limit)
+            assert not any(s._legs or s._lex for s in index.shards)  # every query's state was dropped
+
+
+def test_the_sharded_index_never_reads_the_whole_vectors_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a sharded index maps vectors.f32 (shard_store.MappedRows) instead of reading it; the guard
+    on np.fromfile (the unsharded loader's read of vectors.f32, memos' only use of it) shows that it would
+    notice a whole read."""
+    monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", "30")
+    cube = tmp_path / "c"
+    (tmp_path / "a.jsonl").write_text(_records(0, 100))
+    assert runner.invoke(app, ["init", str(cube)]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(cube), str(tmp_path / "a.jsonl")]).exit_code == 0
+
+    def guarded(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the whole vectors file was read")
+
+    monkeypatch.setattr(np, "fromfile", guarded)
+    sharded = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert sharded.exit_code == 0, sharded.output
+    monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", "0")
+    assert runner.invoke(app, ["query", str(cube), "parser bug", "--no-usage"]).exit_code == 0  # re-cut: mapped
+    unsharded = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert isinstance(unsharded.exception, AssertionError)  # the unsharded loader reads it whole
+
+
+DATA = Path(__file__).resolve().parent / "data" / "sharded_index_v1"
+
+
+def test_an_index_sharded_by_the_previous_version_is_used_as_it_is(tmp_path: Path) -> None:
+    """tests/data/sharded_index_v1: a cube of 40 memories and its index in shards of 15 rows, written by
+    the version before shards mapped their vectors (commit 7fef704), with that version's answers. The
+    format did not change: its shards load without a rebuild and give the same answers."""
+    import shutil
+
+    cube = tmp_path / "cube"
+    cube.mkdir()
+    for name in ("cube.yaml", "memories.jsonl", "audit.jsonl"):
+        shutil.copy(DATA / name, cube / name)
+    shutil.copytree(DATA / "index", cube / ".memos" / "index")  # copy2: the files keep their times
+    shards_dir = cube / ".memos" / "index" / "shards"
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in shards_dir.rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["query", str(cube), "--batch", str(DATA / "questions.txt"), "-k", "5", "--no-usage"])
+    assert result.exit_code == 0, result.output
+    got = [json.loads(line) for line in result.stdout.splitlines()]
+    for line in got:
+        for hit in line["hits"]:
+            hit.pop("cube"), hit.pop("cube_path")
+    expected = [json.loads(line) for line in (DATA / "answers.jsonl").read_text().splitlines()]
+    for lines in (got, expected):
+        for line in lines:
+            for hit in line["hits"]:
+                hit["score"] = round(hit["score"], 4)
+    assert got == expected
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in shards_dir.rglob("*") if p.is_file()}
+    assert after == before  # no shard was rebuilt or rewritten
+
+
+def test_a_sharded_index_s_vectors_file_is_mapped_only_when_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vectors.f32 cut short or replaced by a link: the sharded loader neither maps past its end (which
+    would kill the process with SIGBUS on use) nor follows the link; the index is rebuilt."""
+    monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", "40")
+    cube = tmp_path / "c"
+    (tmp_path / "a.jsonl").write_text(_records(0, 100))
+    assert runner.invoke(app, ["init", str(cube)]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(cube), str(tmp_path / "a.jsonl")]).exit_code == 0
+    first = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert first.exit_code == 0, first.output
+    vectors = cube / ".memos" / "index" / "vectors.f32"
+    whole = vectors.read_bytes()
+    vectors.write_bytes(whole[: len(whole) // 2])
+    again = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert vectors.stat().st_size == len(whole)  # rebuilt whole
+    outside = tmp_path / "outside.f32"
+    outside.write_bytes(whole)
+    vectors.unlink()
+    vectors.symlink_to(outside)
+    third = runner.invoke(app, ["query", str(cube), "parser bug", "--json", "--no-usage"])
+    assert third.exit_code == 0, third.output
+    assert json.loads(third.stdout) == json.loads(first.stdout)
+    assert not vectors.is_symlink() and outside.read_bytes() == whole

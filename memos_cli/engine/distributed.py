@@ -8,8 +8,10 @@ The contract that keeps results identical:
 
 - the embedder's batching plan (``minilm.PLAN_CHUNK``) makes a text's vector depend only on its chunk,
   and every Ray task is exactly one chunk of the plan, so the vectors are byte-identical to a local run;
-- workers only compute: they receive texts (or rank inputs) and return arrays. They never open a cube;
-  the driver commits the results with the usual journaled transaction;
+- workers only compute: they receive texts (or rank inputs) and return arrays. They never write a cube;
+  the driver commits the results with the usual journaled transaction. (A shard actor reads its shard of
+  a sharded index where the driver found it, read-only through cube.io, if it sees the very files the
+  driver saw; otherwise the driver sends it that shard's bytes. Its answers are the same either way.);
 - each finished chunk is staged under the cube's ``.memos/stage/`` (content-addressed by the embedder
   fingerprint and the chunk's texts, validated on reuse), so a rerun after a killed driver or a lost
   node skips the chunks that were done; a chunk whose worker fails is retried on a fresh actor.
@@ -134,6 +136,12 @@ class _Worker:
     def encode(self, texts: list[str]) -> tuple[str, np.ndarray]:
         return self.node(), self.embedder.encode(texts)
 
+    def query_vectors(self, texts: list[str], mode: str) -> tuple[str, np.ndarray]:
+        """Each query's vector as ``rank`` computes it (one text at a time: the same bytes as local)."""
+        if mode == "lexical":
+            return self.node(), np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
+        return self.node(), np.stack([self.embedder.encode([text])[0] for text in texts])
+
     def rank(self, payload: Any, queries: list[Any], k: int, mode: str) -> tuple[str, list[Any]]:
         """Per query, per cube view, the ranked ``(row, score)`` list, exactly as ``Searcher`` computes it.
         Each query is ``(text, [(lexical text, periods, k) or None per view])`` (``Searcher._plan``)."""
@@ -148,7 +156,7 @@ class _Worker:
                     per_view.append([])
                     continue
                 lexical, periods, view_k = plan
-                # index.Unsharded (ranking.rank) or a shards.ShardedIndex (both rounds, on this actor)
+                # index.Unsharded (ranking.rank); a sharded view is ranked by shard actors (shard_actors.py)
                 per_view.append(ranker.rank(lexical, vec, k=view_k, mode=mode, mask=mask, periods=periods))
             out.append(per_view)
         return self.node(), out
@@ -171,6 +179,7 @@ class RayEngine:
         self._remote: Any = None
         self._node_names: dict[str, str] = {}
         self._local: Any = None
+        self.shard_peak_rss: list[int] = []  # the last sharded batch's shard actors, bytes each
 
     # ------------------------------------------------------------------ the cluster
     def start(self) -> None:
@@ -379,25 +388,53 @@ class RayEngine:
         self, payload: list[Any], queries: list[Any], *, k: int, mode: str, per_task: int = 64
     ) -> list[list[list[tuple[int, float]]]]:
         """Rank ``queries`` on the cluster; ``payload`` is one ``(ranker, mask)`` per cube view
-        (``CubeIndex.ranker``: unsharded or sharded)."""
+        (``CubeIndex.ranker``). An unsharded view is shipped whole to the embedder actors, which split the
+        queries; a sharded one stays here as its coordinator, and its shards go to shard actors
+        (``shard_actors.rank_sharded``). Each query is ``(text, [(lexical text, periods, k) or None per view])``."""
+        from memos_cli.engine.plaintext.sharded import ShardedIndex
+        from memos_cli.engine.shard_actors import rank_sharded
+
         self.start()
         ray = self._ray
         began = time.perf_counter()
-        ref = ray.put(payload)  # shipped to each node once
-        results: dict[int, list[Any]] = {}
-        jobs = [
-            (start, _call("rank", ref, queries[start : start + per_task], k, mode))
-            for start in range(0, len(queries), per_task)
-        ]
+        sharded = {i for i, (ranker, _mask) in enumerate(payload) if isinstance(ranker, ShardedIndex)}
+        plain = [(None, None) if i in sharded else view for i, view in enumerate(payload)]
+        out: list[list[list[tuple[int, float]]]] = [[[] for _ in payload] for _ in queries]
+        if any(ranker is not None for ranker, _mask in plain):
+            ref = ray.put(plain)  # shipped to each node once
+            results: dict[int, list[Any]] = {}
+            jobs = [
+                (start, _call("rank", ref, queries[start : start + per_task], k, mode))
+                for start in range(0, len(queries), per_task)
+            ]
 
-        def done(start: int, ranked: list[Any]) -> None:
-            results[start] = ranked
-            self.stats.items += len(ranked)
-            self.stats.chunks += 1
+            def done(start: int, ranked: list[Any]) -> None:
+                results[start] = ranked
+                self.stats.items += len(ranked)
+                self.stats.chunks += 1
 
-        self._run(jobs, done)
+            self._run(jobs, done)
+            out = [r for start in sorted(results) for r in results[start]]
+        if sharded:
+            vectors = self._query_vectors([text for text, _plans in queries], mode, per_task)
+            for i in sorted(sharded):
+                ranker, mask = payload[i]
+                ranked = rank_sharded(self, ranker, mask, vectors, [plans[i] for _text, plans in queries], mode)
+                for per_view, rows in zip(out, ranked, strict=True):
+                    per_view[i] = rows
+            if len(sharded) == len(payload):
+                self.stats.items += len(queries)
         self.stats.compute_seconds += time.perf_counter() - began
-        return [r for start in sorted(results) for r in results[start]]
+        return out
+
+    def _query_vectors(self, texts: list[str], mode: str, per_task: int) -> np.ndarray:
+        parts: dict[int, np.ndarray] = {}
+        jobs = [
+            (start, _call("query_vectors", texts[start : start + per_task], mode))
+            for start in range(0, len(texts), per_task)
+        ]
+        self._run(jobs, lambda start, vectors: parts.__setitem__(start, np.asarray(vectors, dtype=np.float32)))
+        return np.concatenate([parts[start] for start in sorted(parts)])
 
     def close(self) -> None:
         """Release the actors (the cluster itself keeps running; it is never stopped from here)."""

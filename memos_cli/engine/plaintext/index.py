@@ -36,9 +36,10 @@ from memos_cli.cube import io, layout
 from memos_cli.cube.bundle import Cube, CubeState
 from memos_cli.cube.io import append_bytes, atomic_write_bytes, atomic_write_text
 from memos_cli.cube.records import MemoryRecord
-from memos_cli.engine.plaintext import ranking
+from memos_cli.engine.plaintext import ranking, shard_store
 from memos_cli.engine.plaintext import shards as shards_mod
 from memos_cli.engine.plaintext.lexical import LexicalIndex
+from memos_cli.engine.plaintext.sharded import ShardedIndex
 from memos_cli.errors import IncompatibleModel, InvalidCube, LockTimeout
 
 INDEX_REL = f"{layout.DERIVED_DIR}/{layout.INDEX_DIR}"
@@ -60,7 +61,7 @@ class IndexMeta:
     hnsw_rows: int
     records_size: int
     records_mtime_ns: int
-    shard_rows: int = 0  # rows per shard (engine/plaintext/shards.py); 0: one unsharded index
+    shard_rows: int = 0  # rows per shard (engine/plaintext/sharded.py); 0: one unsharded index
 
     @classmethod
     def empty(cls, embedder: str, dim: int) -> IndexMeta:
@@ -95,7 +96,7 @@ class Unsharded:
         )
 
 
-Ranker = Unsharded | shards_mod.ShardedIndex
+Ranker = Unsharded | ShardedIndex
 
 
 def row_for(record: MemoryRecord) -> ranking.Row:
@@ -140,7 +141,10 @@ class CubeIndex:
         self._inputs: ranking.RankInputs | None = None
         # Sharded layout (meta.shard_rows > 0): the shards replace the global postings and graph.
         self.shards: list[shards_mod.Shard] = []
-        self._sharded: shards_mod.ShardedIndex | None = None
+        self._sharded: ShardedIndex | None = None
+        # Sharded, the vectors are mapped, not read (shard_store.MappedRows): each shard's rows are paged
+        # in when a query uses them and released after, so no step holds the whole matrix.
+        self.pages: shard_store.MappedRows | None = None
 
     # ------------------------------------------------------------------ loading
     @property
@@ -180,8 +184,12 @@ class CubeIndex:
             return False
         n = meta.rows
         try:
-            with io.open_read(self.root, f"{self.rel}/vectors.f32") as raw:
-                vectors = np.fromfile(raw, dtype=np.float32, count=n * meta.dim)
+            if meta.shard_rows:
+                self.pages = shard_store.MappedRows(self.root, f"{self.rel}/{shard_store.VECTORS_FILE}", n, meta.dim)
+                vectors = self.pages.array
+            else:
+                with io.open_read(self.root, f"{self.rel}/{shard_store.VECTORS_FILE}") as raw:
+                    vectors = np.fromfile(raw, dtype=np.float32, count=n * meta.dim)
             keys = self._read("keys.txt").decode("utf-8").split("\n")[:n]
             lines = self._read("rows.jsonl").decode("utf-8").split("\n")
             rows = [ranking.Row(**json.loads(lines[i])) for i in range(n)]
@@ -216,16 +224,16 @@ class CubeIndex:
 
     # ------------------------------------------------------------------ shards
     @property
-    def sharded(self) -> shards_mod.ShardedIndex | None:
+    def sharded(self) -> ShardedIndex | None:
         """The coordinator over the shards (None when the index is unsharded)."""
         if not self.meta.shard_rows:
             return None
         if self._sharded is None:
-            self._sharded = shards_mod.ShardedIndex(self.rows, self.shards)
+            self._sharded = ShardedIndex(self.rows, self.shards, source=(self.root, self.rel))
         return self._sharded
 
     def _shard_rel(self, number: int) -> str:
-        return shards_mod.shard_rel(self.rel, number)
+        return shard_store.shard_rel(self.rel, number)
 
     def _load_shards(self) -> None:
         """Load every shard; one that is missing, cut off by a crash or damaged is rebuilt from the rows
@@ -236,9 +244,9 @@ class CubeIndex:
         self.shards = []
         for number, start in enumerate(range(0, n, per)):
             vectors = self.vectors[start : min(start + per, n)]
-            shard = shards_mod.load_shard(self.root, self._shard_rel(number), start, vectors, graph)
+            shard = shard_store.load_shard(self.root, self._shard_rel(number), start, vectors, graph, self.pages)
             if shard is None:
-                shard = shards_mod.build_shard(self.vectors, self.rows, start, per)
+                shard = shards_mod.build_shard(self.vectors, self.rows, start, per, self.pages)
                 self._save_shard(number, shard)
             self.shards.append(shard)
         self._drop_extra_shards()
@@ -250,10 +258,10 @@ class CubeIndex:
         rel = self._shard_rel(number)
         if io.kind(self.root, rel) not in (None, "dir"):
             io.remove(self.root, rel)  # a link or file in a shard's place: derived, removed, never followed
-        shards_mod.save_shard(self.root, rel, shard, lexical=lexical, graph=graph)
+        shard_store.save_shard(self.root, rel, shard, lexical=lexical, graph=graph)
 
     def _drop_extra_shards(self) -> None:
-        folder = f"{self.rel}/{shards_mod.SHARDS_DIR}"
+        folder = f"{self.rel}/{shard_store.SHARDS_DIR}"
         kind = io.kind(self.root, folder)
         if kind is None:
             return
@@ -272,7 +280,7 @@ class CubeIndex:
         if shard_rows == self.meta.shard_rows:
             return
         self._subdir()
-        io.remove(self.root, f"{self.rel}/{shards_mod.SHARDS_DIR}")
+        io.remove(self.root, f"{self.rel}/{shard_store.SHARDS_DIR}")
         for name in ("lexical", "hnsw.bin"):
             io.remove(self.root, f"{self.rel}/{name}")
         self.meta.shard_rows, self.meta.hnsw_rows = shard_rows, 0
@@ -281,6 +289,7 @@ class CubeIndex:
             self.lexical = LexicalIndex()
             self._load_shards()
         else:
+            self.pages = None  # the vectors stay as they are (mapped or read); only shards release pages
             self.lexical = LexicalIndex()
             self.lexical.add([ranking.lexical_text(r) for r in self.rows])
             self._subdir("lexical")
@@ -291,7 +300,7 @@ class CubeIndex:
         and saved), then new shards are cut; full shards are not touched."""
         per, n = self.meta.shard_rows, len(self.rows)
         for shard in self.shards:  # re-point every shard at the grown vectors array
-            shard.vectors = self.vectors[shard.start : shard.end]
+            shard.vectors, shard.pages = self.vectors[shard.start : shard.end], self.pages
         if self.shards and len(self.shards[-1]) < per:
             last = self.shards[-1]
             end = min(last.start + per, n)
@@ -301,7 +310,7 @@ class CubeIndex:
                 self._save_shard(len(self.shards) - 1, last)
         start = self.shards[-1].end if self.shards else 0
         while start < n:
-            shard = shards_mod.build_shard(self.vectors, self.rows, start, per)
+            shard = shards_mod.build_shard(self.vectors, self.rows, start, per, self.pages)
             self.shards.append(shard)
             self._save_shard(len(self.shards) - 1, shard)
             start = shard.end
@@ -403,7 +412,13 @@ class CubeIndex:
             self.dir / "rows.jsonl",
             "".join(json.dumps(vars(r), ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8"),
         )
-        self.vectors = np.concatenate([self.vectors, vectors]) if n else vectors.copy()
+        if self.meta.shard_rows:  # mapped again, grown: the rows written are not kept in memory
+            self.pages = shard_store.MappedRows(
+                self.root, f"{self.rel}/{shard_store.VECTORS_FILE}", n + len(rows), self.meta.dim
+            )
+            self.vectors = self.pages.array
+        else:
+            self.vectors = np.concatenate([self.vectors, vectors]) if n else vectors.copy()
         self.keys.extend(keys)
         self.rows.extend(rows)
         if self.meta.shard_rows:

@@ -218,7 +218,7 @@ def _named_speakers(inputs: RankInputs, query: str) -> np.ndarray:
     return np.asarray([i for i, toks in enumerate(table.tokens) if toks & q], dtype=np.int32)
 
 
-# --- shared with engine/plaintext/shards.py (the sharded index): z-score statistics from float64 partial sums, so a
+# --- shared with engine/plaintext/sharded.py (the sharded index): z-score statistics from float64 partial sums, so a
 # sharded ranking can combine per-shard partials into the same statistics; ties broken by row id.
 def moments(x: np.ndarray) -> tuple[int, float, float]:
     """``(count, sum, sum of squares)`` of ``x`` in float64: partials that add up across shards."""

@@ -136,7 +136,7 @@ def forget(
 
 
 def _purge(cube: Cube, tx: Transaction, state: CubeState, ids: list[str], drop: bool, report: ForgetReport) -> None:
-    from memos_cli.engine.plaintext import index
+    from memos_cli.engine.plaintext.scrub import scrub
 
     doomed = set(ids)
     tx.rewrite_memories = [r for r in state.versions if r.id not in doomed]
@@ -169,7 +169,7 @@ def _purge(cube: Cube, tx: Transaction, state: CubeState, ids: list[str], drop: 
     report.purged = ids
     # Derived copies go before the commit: if the commit then fails, the index only lacks rows the next
     # query rebuilds; the other order could leave the purged text behind.
-    index.scrub(cube, [r for r in state.versions if r.id in doomed], tx.rewrite_memories)
+    scrub(cube, [r for r in state.versions if r.id in doomed], tx.rewrite_memories)
     usage.forget_ids(cube, doomed)
     for leftover in ("staging", "backups"):  # earlier interrupted writes' copies (recovered already)
         cube_io.remove(cube.path, f"{layout.DERIVED_DIR}/{leftover}")  # a link in its place goes, unfollowed

@@ -16,6 +16,10 @@ progress bar). The index is kept in step with ``memories.jsonl`` incrementally:
 
 All index reads and writes hold ``.memos/index.lock`` (separate from the cube's write lock, so queries
 never wait for a long ingest's embedding work).
+
+Why one module of ~590 lines: ``CubeIndex`` writes and checks its files (vectors, keys, rows, BM25,
+graph, current.json, meta.json) together, in the order the paragraph above depends on; where the index
+lives is index_location.py, purging text from it scrub.py, shards shards.py/sharded.py/shard_store.py.
 """
 
 from __future__ import annotations
@@ -32,18 +36,18 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from memos_cli.config import index_shard_rows, lock_timeout
-from memos_cli.cube import io, layout
+from memos_cli.cube import io
 from memos_cli.cube.bundle import Cube, CubeState
-from memos_cli.cube.io import append_bytes, atomic_write_bytes, atomic_write_text
+from memos_cli.cube.io import append_bytes, atomic_write_text
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.plaintext import ranking, shard_store
 from memos_cli.engine.plaintext import shards as shards_mod
+from memos_cli.engine.plaintext.index_location import index_location
 from memos_cli.engine.plaintext.lexical import LexicalIndex
 from memos_cli.engine.plaintext.sharded import ShardedIndex
 from memos_cli.errors import IncompatibleModel, InvalidCube, LockTimeout
 
-INDEX_REL = f"{layout.DERIVED_DIR}/{layout.INDEX_DIR}"
-_MAX_META_BYTES = 1 << 20
+MAX_META_BYTES = 1 << 20
 
 INDEX_VERSION = 2  # 2: vectors of the bare text (ranking.embed_rows)
 HNSW_MIN_ROWS = 20_000  # below this, exact scoring is as fast as the graph and always exact
@@ -175,7 +179,7 @@ class CubeIndex:
 
     def _load_checked(self) -> bool:
         try:
-            meta = IndexMeta(**json.loads(self._read("meta.json", _MAX_META_BYTES)))
+            meta = IndexMeta(**json.loads(self._read("meta.json", MAX_META_BYTES)))
         except (OSError, ValueError, TypeError):
             return False
         if meta.version != INDEX_VERSION or meta.embedder != self.meta.embedder or meta.dim != self.meta.dim:
@@ -518,59 +522,6 @@ class CubeIndex:
         return candidates
 
 
-def index_location(cube: Cube) -> tuple[Path, str]:
-    """Where ``cube``'s index lives, as ``(root, rel)``: the folder ``root/rel``, ``root`` trusted.
-
-    ``.memos/index/`` when the cube is writable. On a read-only cube (read-only media, another user's
-    checkout) a folder under MEMOS_HOME's cache, keyed by the cube's id and the sha256 of its records, so
-    reads never write to the cube; if even that cache cannot be written, a temporary folder for this
-    process (the index is then built in memory and on temporary disk, and dropped at exit)."""
-    if cube.writable():
-        return cube.path, INDEX_REL
-    from memos_cli.cube.io import sha256_file
-
-    try:
-        content = sha256_file(cube.memories_path)[:16]
-    except FileNotFoundError:
-        content = "empty"
-    try:
-        folder = readonly_cache_root() / f"{_safe_id(cube.manifest.id)}-{content}"
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        folder = _process_temp_dir() / content
-        folder.mkdir(parents=True, exist_ok=True)
-    return folder, layout.INDEX_DIR
-
-
-def readonly_cache_root() -> Path:
-    """Where indexes of read-only cubes are kept: ``MEMOS_HOME/readonly-index``."""
-    from memos_cli.config import memos_home
-
-    return memos_home() / "readonly-index"
-
-
-def _safe_id(cube_id: str) -> str:
-    """A cube id as a folder name: a stranger's manifest may hold anything."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", cube_id)[:64] or "cube"
-
-
-_TEMP_DIR: Path | None = None
-
-
-def _process_temp_dir() -> Path:
-    global _TEMP_DIR
-    if _TEMP_DIR is None:
-        import atexit
-        import shutil
-        import tempfile
-
-        _TEMP_DIR = Path(tempfile.mkdtemp(prefix="memos-index-"))
-        atexit.register(shutil.rmtree, _TEMP_DIR, True)
-    return _TEMP_DIR
-
-
 def open_index(
     cube: Cube,
     state: CubeState,
@@ -608,7 +559,7 @@ def open_index(
                 return index
             if not loaded:
                 index = CubeIndex(cube, dim, embedder_name)
-                _clear(index.dir)
+                clear_index_dir(index.dir)
             if shard_rows is not None:
                 index.relayout(shard_rows)
 
@@ -636,7 +587,7 @@ def _truncate_lines(path: Path, lines: int) -> None:
     _truncate(path, offset)
 
 
-def _clear(directory: Path) -> None:
+def clear_index_dir(directory: Path) -> None:
     """Empty the index folder; a link or file in its place is removed (never followed)."""
     root, rel = directory.parent.parent, f"{directory.parent.name}/{directory.name}"
     if io.kind(root, rel) not in (None, "dir"):
@@ -646,57 +597,3 @@ def _clear(directory: Path) -> None:
     # a stop between two removals leaves behind.
     for name in sorted(io.listdir(root, rel), key=lambda n: n != "meta.json"):
         io.remove(root, f"{rel}/{name}")
-
-
-def scrub(cube: Cube, purged: list[MemoryRecord], kept: list[MemoryRecord]) -> None:
-    """Remove every derived copy of the ``purged`` versions' text from the index (``forget --purge``).
-
-    The rows, vectors and BM25 statistics are rewritten from the rows that stay (no model is needed);
-    the hnswlib graph is dropped (rebuilt when the cube is large enough to need it); indexes of this
-    cube kept in the read-only cache are removed. A row whose text a ``kept`` version still indexes
-    stays (that text is still in the cube). Killed midway, the index is left empty and is rebuilt by
-    the next query; the purged text is gone either way. Every access is confined to the cube (cube.io)."""
-    import shutil
-
-    for folder in readonly_cache_root().glob(f"{_safe_id(cube.manifest.id)}-*"):
-        shutil.rmtree(folder, ignore_errors=True)
-    if io.kind(cube.path, INDEX_REL) is None:
-        return
-    doomed_ids = {r.id for r in purged}
-    doomed = {row_key(row_for(r)) for r in purged} - {row_key(row_for(r)) for r in kept}
-    lock = cube.file_lock("index.lock")
-    lock.timeout = lock_timeout()
-    directory = cube.path / INDEX_REL
-    try:
-        with lock:
-            try:
-                raw = io.read_bytes(cube.path, f"{INDEX_REL}/meta.json", limit=_MAX_META_BYTES)
-                meta = json.loads(raw or b"")
-                index = CubeIndex(cube, int(meta["dim"]), str(meta["embedder"]))
-                loaded = index.root == cube.path and index._load()
-            except (OSError, ValueError, TypeError, KeyError, InvalidCube, RecursionError):
-                loaded = False
-            _clear(directory)  # every file goes (a link in its place too), torn tails and temporary files included
-            if not loaded:
-                return  # nothing usable was there: the next query builds the index afresh
-            keep = [i for i, key in enumerate(index.keys) if key not in doomed]
-            moved = {old: new for new, old in enumerate(keep)}
-            rows = [index.rows[i] for i in keep]
-            meta_out = {**asdict(index.meta), "rows": 0, "hnsw_rows": 0, "records_size": -1, "records_mtime_ns": -1}
-            io.mkdirs(cube.path, f"{INDEX_REL}/lexical")
-            atomic_write_bytes(directory / "vectors.f32", np.ascontiguousarray(index.vectors[keep]).tobytes())
-            atomic_write_text(directory / "keys.txt", "".join(index.keys[i] + "\n" for i in keep))
-            atomic_write_text(
-                directory / "rows.jsonl",
-                "".join(json.dumps(vars(r), ensure_ascii=False, sort_keys=True) + "\n" for r in rows),
-            )
-            lexical = LexicalIndex()
-            lexical.add([ranking.lexical_text(r) for r in rows])
-            lexical.save(directory / "lexical")
-            current = {m: moved[row] for m, row in index.current.items() if m not in doomed_ids and row in moved}
-            atomic_write_text(directory / "current.json", json.dumps(current, sort_keys=True))
-            # meta.json last: until it is written there is no index (the next query builds one, never wrong).
-            meta_out["rows"] = len(keep)
-            atomic_write_text(directory / "meta.json", json.dumps(meta_out, sort_keys=True))
-    except Timeout:
-        raise LockTimeout(directory, lock_timeout()) from None

@@ -255,6 +255,7 @@ GRID = {
     "speaker": (1.0, 2.0),
     "lexical_weight": (0.7, 1.0),
     "context_dense": (0.0, 0.25, 0.5),
+    "context_lexical": (0.0, 0.1),
     "time": (0.0, 1.0),
     "dated": (0.5, 1.0),
 }

@@ -30,6 +30,11 @@ global BM25 top ``pool`` and every dense candidate, adds their neighbours, and i
 for the two legs of the neighbours it has not scored yet. Then as above. Like the unsharded graph, this
 is approximate: bench/RESULTS.md gives its recall against exact.
 
+The BM25 leg with the neighbour-text field (``RankSettings.context_lexical``, BM25F over a row and its
+neighbours) is not shard-local, since a row's neighbour may live in another shard: the coordinator gathers
+the shards' postings of the query's terms, scores every row with ``lexical.neighbour_scores`` (the
+function the unsharded index uses) and hands each shard its slice in round 1.
+
 Shards are plain objects; with ``query --batch --engine ray`` the whole sharded index is the payload each
 actor ranks its queries with (the actors parallelise queries, not shards: see bench/RESULTS.md).
 """
@@ -46,7 +51,7 @@ import numpy as np
 
 from memos_cli.cube import io
 from memos_cli.engine.plaintext import ranking
-from memos_cli.engine.plaintext.lexical import LexicalIndex, tokenize
+from memos_cli.engine.plaintext.lexical import LexicalIndex, Neighbours, lent_lengths, neighbour_scores, tokenize
 from memos_cli.errors import InvalidCube, UnsafePath
 
 SHARDS_DIR = "shards"
@@ -120,6 +125,14 @@ class Shard:
                 lex.add_term(out, tid, w, avgdl)
         return out
 
+    def postings(self, token: str) -> tuple[np.ndarray, np.ndarray]:
+        """The global rows of this shard that hold ``token`` (ascending) and its frequency there."""
+        tid = self.lexical._vocab.get(token)
+        if tid is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        docs, tf = self.lexical.postings(tid)
+        return docs.astype(np.int64) + self.start, tf
+
     # ---- one-round queries (dense or lexical mode)
     def dense_top(self, q: np.ndarray, mask: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The exact best ``n`` allowed rows by cosine (global ids and scores), ties to the earlier row."""
@@ -173,13 +186,14 @@ class Shard:
 
     # ---- hybrid, exact mode: round 1
     def score(
-        self, query: str, q: np.ndarray, mask: np.ndarray, stats: LexicalStats
+        self, query: str, q: np.ndarray, mask: np.ndarray, stats: LexicalStats, lex: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, tuple[int, float, float]]:
         """Score the allowed rows; return their global ids, their cosines (the coordinator adds the
-        neighbours' share: a neighbour may live in another shard) and the partial sums of the BM25 leg."""
+        neighbours' share: a neighbour may live in another shard) and the partial sums of the BM25 leg.
+        ``lex``: this shard's rows' BM25 scores when the coordinator computed them (neighbour text)."""
         idx = np.flatnonzero(mask)
         dense = ranking._dense(self.vectors, idx, q)
-        lex = self.bm25(query, stats)[idx]
+        lex = (self.bm25(query, stats) if lex is None else lex)[idx]
         self._legs = (idx, lex)
         return idx + self.start, dense, ranking.moments(lex)
 
@@ -201,10 +215,12 @@ class Shard:
         pool: int,
         sample: np.ndarray,
         context: tuple[ranking.Structure, float] | None = None,
+        lex: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Dense and BM25 candidates with both legs' scores, the BM25 partial sums over the allowed rows,
-        and the sums of this shard's rows of the dense sample (local ids ``sample``)."""
-        lex = self.bm25(query, stats)
+        and the sums of this shard's rows of the dense sample (local ids ``sample``); ``lex`` as in
+        :meth:`score`."""
+        lex = self.bm25(query, stats) if lex is None else lex
         self._lex = lex
         dense_ids, _ = self.dense_candidates(q, mask, pool)
         lex_ids, lex_scores = self.lexical_top(query, stats, mask, pool, ties=True, scores=lex)
@@ -300,6 +316,8 @@ class ShardedIndex:
             rows=rows,
             structure=structure if structure is not None else ranking.structure(rows),
         )
+        # Every row's BM25 length and what it lends (lexical.lent_lengths), for the neighbour-text field.
+        self._lengths: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def split(cls, vectors: np.ndarray, rows: list[ranking.Row], rows_per_shard: int) -> ShardedIndex:
@@ -343,13 +361,35 @@ class ShardedIndex:
                 for s, p in zip(self.shards, parts, strict=True)
             ]
             return ranking._top(*_concat(pieces), k)
+        lex = self._lexical_with_neighbours(query, allowed, settings.context_lexical)
         if exact:
-            idx, fused = self._fused_exact(query, q, allowed, parts, settings)
+            idx, fused = self._fused_exact(query, q, allowed, parts, settings, lex)
         else:
-            idx, fused = self._fused_approximate(query, q, allowed, parts, settings)
+            idx, fused = self._fused_approximate(query, q, allowed, parts, settings, lex)
         score = ranking._with_context(self._meta, idx, fused, settings)
         score = self._boosts(idx, score, query, settings, periods)
         return ranking._top(idx, score, k)
+
+    def _lexical_with_neighbours(self, query: str, allowed: np.ndarray, share: float) -> np.ndarray | None:
+        """With a ``share`` of neighbour text (``RankSettings.context_lexical``), the BM25 leg of every row,
+        computed here from the shards' postings of the query's terms: a row's neighbour may live in
+        another shard. None without it (each shard scores its own rows)."""
+        if not share or not self.shards:
+            return None
+        stats, terms = self.stats, []
+        for token in dict.fromkeys(tokenize(query)):
+            df = stats.df.get(token)
+            if df is None:
+                continue
+            w = float(np.log1p((stats.n_docs - df + 0.5) / (df + 0.5)))
+            docs, tf = _concat([s.postings(token) for s in self.shards])
+            terms.append((w, docs, tf))
+        st, lex = self._meta.structure, self.shards[0].lexical
+        if self._lengths is None or len(self._lengths[0]) != len(self.rows):
+            lengths = np.concatenate([s.lexical._doc_len for s in self.shards])
+            self._lengths = (lengths, lent_lengths(lengths, st.prev, st.next))
+        lengths, lent = self._lengths
+        return neighbour_scores(terms, lengths, Neighbours(st.prev, st.next, allowed, share, lent), lex.k1, lex.b)
 
     def _fused_exact(
         self,
@@ -358,11 +398,12 @@ class ShardedIndex:
         allowed: np.ndarray,
         parts: list[np.ndarray],
         settings: ranking.RankSettings,
+        lex: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         # Round 1: the cosines and the BM25 partial sums from every shard.
         ids, dense_parts, lex_parts = [], [], []
         for shard, part in zip(self.shards, parts, strict=True):
-            i, d, lx = shard.score(query, q, part, self.stats)
+            i, d, lx = shard.score(query, q, part, self.stats, None if lex is None else lex[shard.start : shard.end])
             ids.append(i)
             dense_parts.append(d)
             lex_parts.append(lx)
@@ -375,7 +416,13 @@ class ShardedIndex:
         return idx, (z_dense + np.concatenate([p[1] for p in pieces])).astype(np.float32)
 
     def _fused_approximate(
-        self, query: str, q: np.ndarray, allowed: np.ndarray, parts: list[np.ndarray], settings: ranking.RankSettings
+        self,
+        query: str,
+        q: np.ndarray,
+        allowed: np.ndarray,
+        parts: list[np.ndarray],
+        settings: ranking.RankSettings,
+        lex: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.rows)
         pool = settings.pool
@@ -384,7 +431,14 @@ class ShardedIndex:
         context = (self._meta.structure, settings.context_dense) if settings.context_dense else None
         found = [
             s.candidates(
-                query, q, p, self.stats, pool, sample[(sample >= s.start) & (sample < s.end)] - s.start, context
+                query,
+                q,
+                p,
+                self.stats,
+                pool,
+                sample[(sample >= s.start) & (sample < s.end)] - s.start,
+                context,
+                None if lex is None else lex[s.start : s.end],
             )
             for s, p in zip(self.shards, parts, strict=True)
         ]

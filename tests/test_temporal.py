@@ -158,8 +158,8 @@ def test_ingest_stores_event_time_and_hits_carry_it(make_cube) -> None:
     assert stored["3"].event_time is None
     line = next(ln for ln in cube.memories_path.read_text().splitlines() if "bowling" in ln)
     assert '"event_time":[{"end":"2022-03-16"' in line  # canonical JSON, documented in FORMAT.md
-    # Two of Ana's memories from that day: four rows are too few for the ranking to be the point here
-    # (its neighbour lends "Rio" the date words too), the event time carried by the hit is.
+    # Two of Ana's memories were said that day, and the Rio one borrows its neighbours' date words: with
+    # four rows the order is a coin toss, and not the point here; the event time the hit carries is.
     hits = [h.to_dict() for h in query(cube, "what did Ana do on 16 March 2022?", k=2)]
     hit = next(h for h in hits if h["source_id"] == "1")
     assert hit["event_time"][0]["start"] == "2022-03-16"

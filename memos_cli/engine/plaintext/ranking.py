@@ -14,14 +14,14 @@ Why this shape (measured on LoCoMo, see ``bench/locomo_proto.py``):
   neighbours before the legs are z-scored, as if the memory had been embedded with its neighbours (a
   reply such as "Thanks! I'm excited, it's been a wild ride" says little alone) but at no ingest cost.
   Unlike the window, which shares the *fused* score, this works inside the dense leg, where a short
-  turn's own cosine is noisiest. LOO on LoCoMo dev: 0.868 -> 0.884 recall_any@10 (every fold chose 0.25
-  with the weights below); see bench/RESULTS.md.
+  turn's own cosine is noisiest. LOO on LoCoMo dev: 0.868 -> 0.884 recall_any@10 (every fold chose 0.25;
+  with the neighbour-text field below, 0.5); see bench/RESULTS.md.
 * Neighbour text (issue 15): the BM25 leg is BM25F over two fields, a memory's own unit and its
   neighbours' units at ``context_lexical`` of the weight (term frequencies and lengths; see
   ``lexical.neighbour_scores``): a reply matches the words of the turn it answers with BM25's
   saturation over the sum, where sharing a neighbour's *score* (tried) did not help. With it, every
   leave-one-out fold chose 0.1, a smaller window (0.25) and more dense context (0.5): LoCoMo dev
-  0.884 -> 0.890, LOO 0.882 -> 0.886.
+  0.884 -> 0.889, LOO 0.882 -> 0.886.
 * When the query names someone who speaks in the cube, their memories get a fixed boost.
 * The speaker and date are part of the text that is embedded and indexed: questions say who and when.
 * Time (issue 15): a memory's event time (``Row.event``, resolved at ingest from "yesterday", "three

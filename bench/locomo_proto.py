@@ -255,6 +255,7 @@ GRID = {
     "speaker": (1.0, 2.0),
     "lexical_weight": (0.7, 1.0),
     "context_dense": (0.0, 0.25, 0.5),
+    "context_lexical": (0.0, 0.1),
     "time": (0.0, 1.0),
     "dated": (0.5, 1.0),
 }
@@ -271,8 +272,9 @@ def with_b(preps: list[Prepared], b: float) -> list[Prepared]:
     return out
 
 
-def loo(preps: list[Prepared]) -> tuple[float, list[str]]:
-    """Leave-one-conversation-out recall_any@10 of the hybrid ranker over GRID."""
+def loo(preps: list[Prepared]) -> tuple[float, list[str], Hits]:
+    """Leave-one-conversation-out recall_any@10 of the hybrid ranker over GRID, the choice of each fold,
+    and the held-out hits (each conversation ranked with the settings chosen on the other four)."""
     combos = [dict(zip(GRID, vals, strict=True)) for vals in itertools.product(*GRID.values())]
     by_b = {b: with_b(preps, b) for b in GRID["b"]}
     per: dict[int, list[Hits]] = {}
@@ -297,7 +299,7 @@ def loo(preps: list[Prepared]) -> tuple[float, list[str]]:
             f"  held out {p.conv.name}: chose {combos[best]} (train {train_score(best):.3f}), "
             f"held-out any@10 {per[best][i].recall('any', 10):.3f}"
         )
-    return held.recall("any", 10), notes
+    return held.recall("any", 10), notes, held
 
 
 def main() -> None:
@@ -317,9 +319,10 @@ def main() -> None:
     )
     print(table(results))
     if not args.no_loo:
-        fig, notes = loo(preps)
+        fig, notes, held = loo(preps)
         print("\nleave-one-conversation-out (hybrid, recall_any@10):", f"{fig:.3f}")
         print("\n".join(notes))
+        print(table({"LOO": held}))
 
 
 if __name__ == "__main__":

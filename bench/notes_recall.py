@@ -10,8 +10,8 @@ as the engine ranks a cube ingested from those files (source = the file, time as
 * ``facts``: the 100 standalone facts alone (each file's facts unrelated to each other, yet neighbours
   by file order, so neighbour context can only add noise), with their 100 natural questions.
 
-Reports recall_any@1/3/5/10 and MRR for the default settings and for the settings before issue 15's
-dense context (``--compare``).
+Reports recall_any@1/3/5/10 and MRR for the default settings and for those before issue 15's
+neighbour-text field (``before``: window 0.5, dense context 0.25, no neighbour text).
 
     PYTHONPATH=. python bench/notes_recall.py
 """
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from locomo_proto import embed_cached  # noqa: E402
 
-from memos_cli.engine import temporal  # noqa: E402
+from memos_cli.engine.plaintext import temporal  # noqa: E402
 from memos_cli.engine.plaintext.lexical import LexicalIndex  # noqa: E402
 from memos_cli.engine.plaintext.ranking import (  # noqa: E402
     DEFAULT_SETTINGS,
@@ -43,7 +43,7 @@ from memos_cli.engine.plaintext.ranking import (  # noqa: E402
 DATA = Path(__file__).resolve().parent / "data"
 SETS = ("codes", "dates", "mixed", "people", "prefs")
 KS = (1, 3, 5, 10)
-BEFORE = RankSettings(window=0.25, speaker=1.0, lexical_weight=1.0, context_dense=0.0)
+BEFORE = RankSettings(window=0.5, context_dense=0.25, context_lexical=0.0)  # before the neighbour-text field
 
 
 def _read(path: Path) -> list[dict]:

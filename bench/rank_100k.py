@@ -1,5 +1,6 @@
-"""rank() at 100,000 memories, this branch's defaults vs the settings before issue 15's dense context,
-interleaved query by query (same rows, same hnswlib graph with the engine's parameters, same queries).
+"""rank() at 100,000 memories, this branch's defaults vs the settings before issue 15's neighbour-text
+field (``context_lexical``, BM25F), interleaved query by query (same rows, same hnswlib graph with the
+engine's parameters, same queries).
 
 Rows from bench/throughput.py's synthetic corpus (one source, so every row has neighbours); vectors are
 seeded random unit vectors (the graph builds in ~80 s instead of embedding 100,000 texts); queries are
@@ -23,13 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import throughput  # noqa: E402
 
-from memos_cli.engine import temporal  # noqa: E402
-from memos_cli.engine.plaintext import ranking
+from memos_cli.engine.plaintext import ranking, temporal  # noqa: E402
 from memos_cli.engine.plaintext.index import HNSW_EF, HNSW_EF_CONSTRUCTION, HNSW_M  # noqa: E402
 from memos_cli.engine.plaintext.lexical import LexicalIndex  # noqa: E402
 from memos_cli.models.embedder import load_embedder  # noqa: E402
 
-BEFORE = dataclasses.replace(ranking.DEFAULT_SETTINGS, window=0.25, speaker=1.0, lexical_weight=1.0, context_dense=0.0)
+BEFORE = dataclasses.replace(ranking.DEFAULT_SETTINGS, window=0.5, context_dense=0.25, context_lexical=0.0)
 
 
 def main() -> None:

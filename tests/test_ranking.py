@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from memos_cli.engine.plaintext.lexical import LexicalIndex
+from memos_cli.engine.plaintext.lexical import LexicalIndex, Neighbours, neighbour_scores, tokenize
 from memos_cli.engine.plaintext.ranking import (
     DEFAULT_SETTINGS,
     RankInputs,
@@ -17,6 +17,7 @@ from memos_cli.engine.plaintext.ranking import (
     dense_with_context,
     embed_rows,
     embed_text,
+    lexical_scores,
     lexical_text,
     rank,
     structure,
@@ -142,7 +143,8 @@ def test_neighbour_context_lifts_the_reply_to_a_matching_turn() -> None:
     last = len(texts) - 1
 
     def order(window: float) -> list[int]:
-        s = dataclasses.replace(DEFAULT_SETTINGS, window=window, episode=0.0)
+        # The window alone: the neighbour-text field would lend the reply "violin" too (tested below).
+        s = dataclasses.replace(DEFAULT_SETTINGS, window=window, episode=0.0, context_lexical=0.0)
         return [r for r, _ in rank(inputs, "violin shop", q, k=len(texts), settings=s)]
 
     assert order(0.0).index(0) < order(0.0).index(last)  # a tie: the earlier row wins
@@ -165,7 +167,7 @@ def test_episode_prior_prefers_rows_of_a_matching_session() -> None:
     inputs = make_inputs(rows, vectors)
 
     def order(episode: float) -> list[int]:
-        s = dataclasses.replace(DEFAULT_SETTINGS, window=0.0, speaker=0.0, episode=episode)
+        s = dataclasses.replace(DEFAULT_SETTINGS, window=0.0, speaker=0.0, episode=episode, context_lexical=0.0)
         return [r for r, _ in rank(inputs, "garden party tea", vectors[0], k=5, settings=s)]
 
     assert order(0.0).index(0) < order(0.0).index(4)  # identical text: the earlier row wins a tie
@@ -293,3 +295,28 @@ def test_dense_context_lifts_a_contentless_reply_to_a_matching_question() -> Non
     before = [r for r, _ in rank(inputs, "zzz", q, k=len(texts), settings=plain)]
     after = [r for r, _ in rank(inputs, "zzz", q, k=len(texts), settings=with_ctx)]
     assert after.index(7) < before.index(7)
+
+
+def test_neighbour_text_is_a_second_bm25_field() -> None:
+    texts = ["where did you buy the violin", "at a small shop downtown", "unrelated words", "violin strings"]
+    rows = chat(texts) + [Row(text="a violin alone", source="other.md")]
+    inputs = make_inputs(rows)
+    lex, st = inputs.lexical, inputs.structure
+    everyone = np.ones(len(rows), dtype=bool)
+    plain = lexical_scores(inputs, "violin", everyone, 0.0)
+    ctx = lexical_scores(inputs, "violin", everyone, 0.1)
+    assert plain[1] == 0 < ctx[1] < ctx[0]  # the reply borrows its question's word, at a tenth of the weight
+    assert plain[2] == 0 < ctx[2]  # row 2 sits before "violin strings"
+    # BM25F by hand for row 1: tf 0.1 (from row 0), length its own plus a tenth of both neighbours'
+    n_tok = [len(tokenize(lexical_text(r))) for r in rows]
+    lengths = [n_tok[i] + 0.1 * sum(n_tok[j] for j in (i - 1, i + 1) if 0 <= j < 4) for i in range(4)] + [n_tok[4]]
+    idf = float(np.log1p((5 - 3 + 0.5) / (3 + 0.5)))
+    norm = lex.k1 * (1 - lex.b + lex.b * lengths[1] / np.mean(lengths))
+    assert ctx[1] == pytest.approx(idf * (lex.k1 + 1) * 0.1 / (0.1 + norm), rel=1e-5)
+    # a masked-out row lends nothing: row 1 then has no violin neighbour
+    assert lexical_scores(inputs, "violin", np.arange(len(rows)) != 0, 0.1)[1] == 0
+    # with no share, the BM25F arithmetic is plain BM25's
+    tids = lex.query_terms("violin shop")
+    terms = [(float(w), *lex.postings(t)) for t, w in zip(tids, lex.idf(tids), strict=True)]
+    none = neighbour_scores(terms, lex._doc_len, Neighbours(st.prev, st.next, everyone, 0.0), lex.k1, lex.b)
+    np.testing.assert_allclose(none, lex.scores("violin shop"), rtol=1e-6)

@@ -142,6 +142,85 @@ class _Segment:
         return len(self.docs)
 
 
+@dataclass(frozen=True)
+class Neighbours:
+    """A second BM25 field for each row: the text of its neighbours (the memories before and after it
+    in its source), at ``share`` of the weight of its own. Arrays over all rows; -1 = no neighbour; only
+    rows in ``lends`` (the query's allowed rows) lend their text."""
+
+    prev: np.ndarray
+    next: np.ndarray
+    lends: np.ndarray
+    share: float
+    lent: np.ndarray | None = None  # each row's length times its number of neighbours: see lent_lengths
+
+
+def lent_lengths(lengths: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Each row's length times its number of neighbours (float64 [n]): the length it lends in all, from
+    which the average combined length follows; callers cache it per row count (it is O(n))."""
+    degree = (np.asarray(prev) >= 0).astype(np.float64) + (np.asarray(nxt) >= 0)
+    return np.asarray(lengths, dtype=np.float64) * degree
+
+
+def neighbour_scores(
+    terms: list[tuple[float, np.ndarray, np.ndarray]],
+    lengths: np.ndarray,
+    nb: Neighbours,
+    k1: float = K1,
+    b: float = B,
+) -> np.ndarray:
+    """BM25F (float32 [n]) of every row for query terms given as ``(idf, rows, tf)``: a row's term
+    frequency is its own plus ``nb.share`` of each lending neighbour's, its length likewise, and the
+    average length is that of these combined lengths. A short reply ("Same here! It's my go-to for
+    stress relief") then matches the terms of the turn it answers, and a turn the words of its reply,
+    with BM25's saturation applied to the sum (unlike adding a share of the neighbours' scores, which
+    measured no better on LoCoMo). Written once for the index and the sharded coordinator.
+    """
+    n = len(lengths)
+    out = np.zeros(n, dtype=np.float32)
+    if not n or not terms:
+        return out
+    share, lends = float(nb.share), np.asarray(nb.lends, dtype=bool)
+    links = (np.asarray(nb.prev, dtype=np.int64), np.asarray(nb.next, dtype=np.int64))
+    dl = np.asarray(lengths, dtype=np.float64)
+    # Each lending row adds share * its length to each of its neighbours: the average combined length
+    # without building it for every row (only the rows a term reaches need theirs).
+    lent = nb.lent if nb.lent is not None else lent_lengths(lengths, *links)
+    lent_total = float(lent.sum()) if lends.all() else float(lent[lends].sum())
+    avgdl = max((float(dl.sum()) + share * lent_total) / n, 1e-9)
+    for w, docs, tf in terms:
+        if not len(docs):
+            continue
+        docs = np.asarray(docs, dtype=np.int64)
+        lend = lends[docs]
+        lent_tf = share * tf[lend].astype(np.float64)
+        # Row r receives from the row before it (next[d] == r) and from the row after it (prev[d] == r).
+        receivers = np.concatenate([docs, links[1][docs[lend]], links[0][docs[lend]]])
+        amounts = np.concatenate([tf.astype(np.float64), lent_tf, lent_tf])
+        keep = receivers >= 0
+        receivers, amounts = receivers[keep], amounts[keep]
+        if len(receivers) * 8 < n:  # few rows: sort them and sum each row's run
+            order = np.argsort(receivers, kind="stable")
+            receivers, amounts = receivers[order], amounts[order]
+            starts = np.flatnonzero(np.concatenate([[True], receivers[1:] != receivers[:-1]]))
+            rows, freq = receivers[starts], np.add.reduceat(amounts, starts)
+        else:  # else one pass over the cube is cheaper (the rows reached found in a boolean array)
+            reached = np.zeros(n, dtype=bool)
+            reached[receivers] = True
+            rows = np.flatnonzero(reached)
+            freq = np.bincount(receivers, weights=amounts, minlength=n)[rows]
+        length = dl[rows].copy()
+        for link in links:
+            nbr = link[rows]
+            ok = nbr >= 0
+            ok[ok] = lends[nbr[ok]]
+            length[ok] += share * dl[nbr[ok]]
+        f = freq.astype(np.float32)
+        norm = (k1 * (1.0 - b + b * length / avgdl)).astype(np.float32)
+        out[rows] += np.float32(w * (k1 + 1.0)) * f / (f + norm)
+    return out
+
+
 class LexicalIndex:
     """Okapi BM25 over documents numbered 0.. in order of addition.
 
@@ -251,12 +330,22 @@ class LexicalIndex:
             norm = k1 * (1.0 - b + b * self._doc_len[docs] / avgdl)
             out[docs] += np.float32(w * (k1 + 1.0)) * tf / (tf + norm)
 
-    def scores(self, query: str, rows: np.ndarray | None = None) -> np.ndarray:
-        """BM25 score of every row (float32 [n]), or of the given rows only, in that order."""
+    def postings(self, tid: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every document holding term ``tid`` (ascending) and its frequency there."""
+        parts = [seg.postings(tid) for seg in (self._main, self._delta)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def scores(self, query: str, rows: np.ndarray | None = None, neighbours: Neighbours | None = None) -> np.ndarray:
+        """BM25 score of every row (float32 [n]), or of the given rows only, in that order; with
+        ``neighbours``, BM25F over a row and its neighbours' text (:func:`neighbour_scores`)."""
         n = len(self)
         out = np.zeros(n, dtype=np.float32)
         term_ids = self.query_terms(query)
-        if n and term_ids:
+        if neighbours is not None and neighbours.share:
+            if n and term_ids:
+                terms = [(float(w), *self.postings(t)) for t, w in zip(term_ids, self.idf(term_ids), strict=True)]
+                out = neighbour_scores(terms, self._doc_len, neighbours, self.k1, self.b)
+        elif n and term_ids:
             avgdl = max(float(self._doc_len.sum()) / n, 1e-9)
             for tid, w in zip(term_ids, self.idf(term_ids), strict=True):
                 self.add_term(out, tid, w, avgdl)  # w keeps its numpy type: the arithmetic is unchanged
@@ -344,4 +433,12 @@ class LexicalIndex:
         return index
 
 
-__all__ = ["LexicalIndex", "tokenize", "STOPWORDS", "TOKENIZER_VERSION"]
+__all__ = [
+    "STOPWORDS",
+    "TOKENIZER_VERSION",
+    "LexicalIndex",
+    "Neighbours",
+    "lent_lengths",
+    "neighbour_scores",
+    "tokenize",
+]

@@ -31,6 +31,12 @@ global BM25 top ``pool`` and every dense candidate, adds their neighbours, and i
 for the two legs of the neighbours it has not scored yet. Then as above. Like the unsharded graph, this
 is approximate: bench/RESULTS.md gives its recall against exact.
 
+The BM25 leg with the neighbour-text field (``RankSettings.context_lexical``, BM25F over a row and its
+neighbours) is not shard-local, since a row's neighbour may live in another shard: the coordinator scores
+every row from the shards' postings of the query's terms (which it holds: postings are small beside the
+vectors) with ``lexical.neighbour_scores`` (the function the unsharded index uses) and hands each shard
+its slice in round 1.
+
 The coordinator never runs a shard's work itself: ``ShardedIndex.steps`` yields each round's calls (one
 per shard) and ``run_steps`` drives many queries' steps in lockstep. In one process
 (``ShardedIndex.rank``) the calls run on the shards here, one shard at a time, each one's mapped vectors
@@ -48,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from memos_cli.engine.plaintext import ranking
-from memos_cli.engine.plaintext.lexical import LexicalIndex, tokenize
+from memos_cli.engine.plaintext.lexical import LexicalIndex, Neighbours, lent_lengths, neighbour_scores, tokenize
 from memos_cli.engine.plaintext.shards import LexicalStats, Shard, build_shard
 
 _SAMPLE = 4096  # rows of the fixed sample for the dense moments (ranking._dense_moments)
@@ -88,6 +94,8 @@ class ShardedIndex:
             rows=rows,
             structure=structure if structure is not None else ranking.structure(rows),
         )
+        # Every row's BM25 length and what it lends (lexical.lent_lengths), for the neighbour-text field.
+        self._lengths: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def split(cls, vectors: np.ndarray, rows: list[ranking.Row], rows_per_shard: int) -> ShardedIndex:
@@ -161,13 +169,35 @@ class ShardedIndex:
             method = "dense_top" if exact else "dense_candidates"
             found = yield [(method, (q, p, want)) for p in parts]
             return ranking._top(*_concat(found), k)
+        lex = self._lexical_with_neighbours(query, allowed, settings.context_lexical)
         if exact:
-            idx, fused = yield from self._fused_exact(query, q, allowed, parts, stats, settings)
+            idx, fused = yield from self._fused_exact(query, q, allowed, parts, stats, settings, lex)
         else:
-            idx, fused = yield from self._fused_approximate(query, q, allowed, parts, stats, settings)
+            idx, fused = yield from self._fused_approximate(query, q, allowed, parts, stats, settings, lex)
         score = ranking._with_context(self._meta, idx, fused, settings)
         score = self._boosts(idx, score, query, settings, periods)
         return ranking._top(idx, score, k)
+
+    def _lexical_with_neighbours(self, query: str, allowed: np.ndarray, share: float) -> np.ndarray | None:
+        """With a ``share`` of neighbour text (``RankSettings.context_lexical``), the BM25 leg of every row,
+        computed here from the shards' postings of the query's terms: a row's neighbour may live in
+        another shard. None without it (each shard scores its own rows)."""
+        if not share or not self.shards:
+            return None
+        stats, terms = self.stats, []
+        for token in dict.fromkeys(tokenize(query)):
+            df = stats.df.get(token)
+            if df is None:
+                continue
+            w = float(np.log1p((stats.n_docs - df + 0.5) / (df + 0.5)))
+            docs, tf = _concat([s.postings(token) for s in self.shards])
+            terms.append((w, docs, tf))
+        st, lex = self._meta.structure, self.shards[0].lexical
+        if self._lengths is None or len(self._lengths[0]) != len(self.rows):
+            lengths = np.concatenate([s.lexical._doc_len for s in self.shards])
+            self._lengths = (lengths, lent_lengths(lengths, st.prev, st.next))
+        lengths, lent = self._lengths
+        return neighbour_scores(terms, lengths, Neighbours(st.prev, st.next, allowed, share, lent), lex.k1, lex.b)
 
     def _stats_for(self, query: str) -> LexicalStats:
         """The global statistics a shard needs for ``query``: the document frequencies of its terms only."""
@@ -182,9 +212,13 @@ class ShardedIndex:
         parts: list[np.ndarray],
         stats: LexicalStats,
         settings: ranking.RankSettings,
+        lex: np.ndarray | None = None,
     ) -> Generator[Round, list[Any], tuple[np.ndarray, np.ndarray]]:
         # Round 1: the cosines and the BM25 partial sums from every shard.
-        found = yield [("score", (query, q, p, stats)) for p in parts]
+        found = yield [
+            ("score", (query, q, p, stats, None if lex is None else lex[s.start : s.end]))
+            for s, p in zip(self.shards, parts, strict=True)
+        ]
         idx, dense = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
         if settings.context_dense:
             dense = ranking.dense_with_context(self._meta.structure, idx, dense, allowed, settings.context_dense)
@@ -202,6 +236,7 @@ class ShardedIndex:
         parts: list[np.ndarray],
         stats: LexicalStats,
         settings: ranking.RankSettings,
+        lex: np.ndarray | None = None,
     ) -> Generator[Round, list[Any], tuple[np.ndarray, np.ndarray]]:
         n = len(self.rows)
         pool = settings.pool
@@ -212,7 +247,8 @@ class ShardedIndex:
         for s, p in zip(self.shards, parts, strict=True):
             mine = sample[(sample >= s.start) & (sample < s.end)]
             context = (st.prev[mine], st.next[mine], settings.context_dense) if settings.context_dense else None
-            calls.append(("candidates", (query, q, p, stats, pool, mine - s.start, context)))
+            own = None if lex is None else lex[s.start : s.end]
+            calls.append(("candidates", (query, q, p, stats, pool, mine - s.start, context, own)))
         found = yield calls
         lex_ids = np.concatenate([f["lex_ids"] for f in found])
         lex_top = np.concatenate([f["lex_top"] for f in found])

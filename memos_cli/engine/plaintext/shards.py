@@ -116,6 +116,14 @@ class Shard:
                 lex.add_term(out, tid, w, avgdl)
         return out
 
+    def postings(self, token: str) -> tuple[np.ndarray, np.ndarray]:
+        """The global rows of this shard that hold ``token`` (ascending) and its frequency there."""
+        tid = self.lexical._vocab.get(token)
+        if tid is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        docs, tf = self.lexical.postings(tid)
+        return docs.astype(np.int64) + self.start, tf
+
     # ---- one-round queries (dense or lexical mode)
     def dense_top(self, q: np.ndarray, mask: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The exact best ``n`` allowed rows by cosine (global ids and scores), ties to the earlier row."""
@@ -170,13 +178,20 @@ class Shard:
 
     # ---- hybrid, exact mode: round 1
     def score(
-        self, token: int, query: str, q: np.ndarray, mask: np.ndarray, stats: LexicalStats
+        self,
+        token: int,
+        query: str,
+        q: np.ndarray,
+        mask: np.ndarray,
+        stats: LexicalStats,
+        lex: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, tuple[int, float, float]]:
         """Score the allowed rows; return their global ids, their cosines (the coordinator adds the
-        neighbours' share: a neighbour may live in another shard) and the partial sums of the BM25 leg."""
+        neighbours' share: a neighbour may live in another shard) and the partial sums of the BM25 leg.
+        ``lex``: this shard's rows' BM25 scores when the coordinator computed them (neighbour text)."""
         idx = np.flatnonzero(mask)
         dense = ranking._dense(self.vectors, idx, q)
-        lex = self.bm25(query, stats)[idx]
+        lex = (self.bm25(query, stats) if lex is None else lex)[idx]
         self._legs[token] = lex
         return idx + self.start, dense, ranking.moments(lex)
 
@@ -196,11 +211,12 @@ class Shard:
         pool: int,
         sample: np.ndarray,
         context: tuple[np.ndarray, np.ndarray, float] | None = None,
+        lex: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Dense and BM25 candidates with both legs' scores, the BM25 partial sums over the allowed rows,
         and the sums of this shard's rows of the dense sample (local ids ``sample``; ``context``: their
-        previous and next rows' global ids and the dense context's share)."""
-        lex = self.bm25(query, stats)
+        previous and next rows' global ids and the dense context's share); ``lex`` as in :meth:`score`."""
+        lex = self.bm25(query, stats) if lex is None else lex
         self._lex[token] = lex
         dense_ids, _ = self.dense_candidates(q, mask, pool)
         lex_ids, lex_scores = self.lexical_top(query, stats, mask, pool, ties=True, scores=lex)

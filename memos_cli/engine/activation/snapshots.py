@@ -22,8 +22,9 @@ Snapshot files are safetensors (no pickle, nothing executed on load). The header
 version, model fingerprint and family, dtype, token ids, memory refs, layer count, layout and preamble
 text; ``load_snapshot`` checks every one of them against the tensors and the model before use.
 
-Why one module of ~470 lines: the writer (``save_snapshot``) and the reader's checks (``read_snapshot``,
-``load_snapshot``) are the two halves of one file format and change together; the in-memory cache and
+Why one module of ~500 lines: the writer (``save_snapshot``), the reader's checks (``read_snapshot``,
+``load_snapshot``) and verify's check of the files (``check_snapshots``) are one file format and change
+together; the in-memory cache and
 its injection live in models/kvcache.py.
 """
 

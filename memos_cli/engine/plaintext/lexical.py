@@ -11,6 +11,9 @@ Postings live in two CSR segments, like a tiny LSM tree: ``main`` (older documen
 (recent appends). An append rebuilds only the small delta; the delta is folded into main when it
 grows past a fraction of main, so appends stay cheap and queries touch two contiguous slices per term.
 Persistence is an ``.npz`` (loaded with ``allow_pickle=False``) plus the vocabulary as JSON.
+
+Why one module of ~440 lines: the postings layout, BM25 and its neighbour-text field (BM25F) read the
+same arrays; the field is a few functions beside the plain score.
 """
 
 from __future__ import annotations

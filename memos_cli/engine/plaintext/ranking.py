@@ -33,6 +33,10 @@ Why this shape (measured on LoCoMo, see ``bench/locomo_proto.py``):
 
 Everything here is plain numpy so that a query does not pay for importing torch. The few settings are
 in :class:`RankSettings`; their defaults were chosen by leave-one-conversation-out validation.
+
+Why one module of ~600 lines: the legs, their fusion, the context and the boosts are one scoring
+function whose parts the sharded coordinator (sharded.py) reuses one by one; splitting them would
+separate each setting from the arithmetic it tunes.
 """
 
 from __future__ import annotations

@@ -299,7 +299,9 @@ def test_sharded_batch_query_on_the_cluster_matches_local_unsharded(
     """query --batch --engine ray over a sharded index (shards of 50 rows): the local unsharded answers,
     with every shard's work done by its shard actor. The actors read their shards where they are (this
     machine), so the driver reads no vectors; an actor that cannot (told other files than it sees) is
-    sent its shard, read on the driver one shard at a time, never the whole file."""
+    sent its shard, read on the driver one shard at a time, never the whole file. A shard actor killed
+    mid-batch is replaced and its queries ranked again: the same answers."""
+    from memos_cli.engine import shard_actors
     from memos_cli.engine.plaintext import shard_store
     from memos_cli.engine.plaintext.sharded import ShardedIndex
 
@@ -332,8 +334,21 @@ def test_sharded_batch_query_on_the_cluster_matches_local_unsharded(
     assert runner.invoke(app, ["ingest", str(cube), str(records)]).exit_code == 0
     on_cluster = ["--engine", "ray", "--address", ray_cluster]
     outputs, shipped = {}, {}
-    for name, shard_rows, extra in (("local", "0", []), ("ray", "50", on_cluster), ("ray-shipped", "50", on_cluster)):
+    killed: list[int] = []
+
+    def kill_one(actors: list) -> None:  # type: ignore[type-arg]
+        import ray
+
+        if not killed:  # the first shard actor dies before the batch's first round: the chunk is retried
+            ray.kill(actors[0], no_restart=True)
+            killed.append(1)
+
+    runs = (("local", "0", []), ("ray", "50", on_cluster), ("ray-shipped", "50", on_cluster))
+    for name, shard_rows, extra in (*runs, ("ray-killed", "50", on_cluster)):
         monkeypatch.setenv("MEMOS_INDEX_SHARD_ROWS", shard_rows)
+        if name == "ray-killed":
+            monkeypatch.setattr(shard_store, "locate_shard", locate_shard)
+            monkeypatch.setattr(shard_actors, "actors_started", kill_one)
         if name.startswith("ray"):
             monkeypatch.setattr(shard_store, "read_rows", counted)
             monkeypatch.setattr(ShardedIndex, "_run_local", no_local_work)
@@ -351,4 +366,5 @@ def test_sharded_batch_query_on_the_cluster_matches_local_unsharded(
         for line in lines:
             for hit in line["hits"]:
                 hit["score"] = round(hit["score"], 4)  # the statistics' float rounding differs
-    assert outputs["local"] == outputs["ray"] == outputs["ray-shipped"]
+    assert killed == [1]
+    assert outputs["local"] == outputs["ray"] == outputs["ray-shipped"] == outputs["ray-killed"]

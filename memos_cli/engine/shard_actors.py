@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memos_cli.engine.distributed import ClusterError
+from memos_cli.engine.distributed import MAX_ATTEMPTS, ClusterError
+from memos_cli.words import plural
 
 if TYPE_CHECKING:
     from memos_cli.engine.distributed import RayEngine
@@ -70,15 +71,23 @@ def rank_sharded(
         raise ValueError("a sharded index ranked on the cluster needs the folder it was loaded from")
     root, rel = index.source
     spread = ray.remote(num_cpus=0, max_restarts=0)(_ShardWorker).options(scheduling_strategy="SPREAD")
+
+    def loaded(number: int, actor: Any) -> Any:
+        """``actor`` with its shard loaded; where its node does not see the files, a new actor given
+        this one shard's bytes, read here."""
+        if ray.get(actor.loaded.remote()):
+            return actor
+        ray.kill(actor)
+        actor = spread.remote(pack_shard(root, rel, number, index.shards[number]), graph_settings())
+        ray.get(actor.loaded.remote())
+        return actor
+
     started = time.perf_counter()
     actors = [spread.remote(locate_shard(root, rel, n, s), graph_settings()) for n, s in enumerate(index.shards)]
     try:
-        for number, loaded in enumerate(ray.get([actor.loaded.remote() for actor in actors])):
-            if not loaded:  # its node does not see the files: this one shard's bytes, read here
-                ray.kill(actors[number])
-                actors[number] = spread.remote(pack_shard(root, rel, number, index.shards[number]), graph_settings())
-                ray.get(actors[number].loaded.remote())
+        actors = [loaded(number, actor) for number, actor in enumerate(actors)]
         engine.stats.fixed_seconds += time.perf_counter() - started  # like the embedder actors' start
+        actors_started(actors)
 
         def run(rounds: list[tuple[int, Any]]) -> list[list[Any]]:
             refs = [
@@ -95,11 +104,29 @@ def rank_sharded(
         todo = [i for i, plan in enumerate(plans) if plan is not None]
         for begin in range(0, len(todo), per_round):
             chunk = todo[begin : begin + per_round]
-            steps = [
-                index.steps(token, plans[i][0], vectors[i], k=plans[i][2], mode=mode, mask=mask, periods=plans[i][1])
-                for token, i in enumerate(chunk)
-            ]
-            for i, rows in zip(chunk, run_steps(steps, run), strict=True):
+            # A shard actor that dies mid-round takes its queries' round-1 state with it: the chunk is
+            # ranked again from its first round, on a fresh actor that loads the shard again.
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                steps = [
+                    index.steps(
+                        token, plans[i][0], vectors[i], k=plans[i][2], mode=mode, mask=mask, periods=plans[i][1]
+                    )
+                    for token, i in enumerate(chunk)
+                ]
+                try:
+                    results = run_steps(steps, run)
+                    break
+                except (RayActorError, RayTaskError) as exc:
+                    if attempt == MAX_ATTEMPTS:
+                        raise ClusterError(f"a shard actor failed ({plural(attempt, 'attempt')}): {exc}") from None
+                    engine.stats.retried += 1
+                    for number, actor in enumerate(actors):
+                        if not _alive(ray, actor):
+                            actors[number] = loaded(
+                                number,
+                                spread.remote(locate_shard(root, rel, number, index.shards[number]), graph_settings()),
+                            )
+            for i, rows in zip(chunk, results, strict=True):
                 ranked[i] = rows
         engine.shard_peak_rss = ray.get([actor.peak_rss.remote() for actor in actors])
         return ranked
@@ -108,6 +135,19 @@ def rank_sharded(
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def actors_started(actors: list[Any]) -> None:
+    """Called once the shard actors hold their shards; a seam for the fault-injection test (it kills one,
+    tests/test_ray.py), nothing else."""
+
+
+def _alive(ray: Any, actor: Any) -> bool:
+    try:
+        ray.get(actor.loaded.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - any failure means: replace it
+        return False
+    return True
 
 
 def peak_rss() -> int:

@@ -7,6 +7,7 @@ check the mechanics (data, training, files, manifest, integrity, transactions), 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -287,3 +288,25 @@ def test_cli_distill_and_drop(cube: Cube, tiny_dir: Path) -> None:
     result = runner.invoke(app, [str(cube.path), "--drop", "facts"])
     assert result.exit_code == 0, result.output
     assert "facts" not in Cube.open(cube.path).manifest.lora
+
+
+def test_replay_loss_is_the_divergence_from_the_base_model(lm: LanguageModel) -> None:
+    """Replay pulls towards the base model's own predictions: zero while the adapter changes nothing (LoRA's
+    B starts at zero), positive once it does, and cross-entropy on the memory examples alongside."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(copy.deepcopy(lm.model), LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    pad = lora_examples.pad_id(lm)
+    replay = lora_examples.replay_examples(lm, "General prose about rivers and bread.\n\nAnother paragraph here.")
+    base = lora_training._BaseDistributions(model, pad)
+    assert float(lora_training._batch_loss(model, replay, pad, base).detach()) == pytest.approx(0.0, abs=1e-4)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05)
+    assert float(lora_training._batch_loss(model, replay, pad, base).detach()) > 1e-3
+    memory = [lora_examples.qa_example(lm, "Where does Alice live?", "Paris")]
+    mixed = float(lora_training._batch_loss(model, memory + replay, pad, base).detach())
+    alone = float(lora_training._batch_loss(model, memory, pad, base).detach())
+    assert mixed < alone  # the replay rows' small divergences are averaged with the question's loss

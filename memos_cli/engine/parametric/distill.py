@@ -58,6 +58,7 @@ from memos_cli.engine.parametric.training import (
     MAX_CHECKS,
     MAX_EPOCHS,
     MIN_STEPS,
+    REPLAY_LOSS,
     REPLAY_RATIO,
     TARGETS,
     Until,
@@ -348,6 +349,7 @@ def _hyperparameters(
         "seed": seed,
         "replay": Path(replay_path).name if replay_path else "builtin:replay.txt",
         "replay_ratio": replay_ratio,
+        "replay_loss": REPLAY_LOSS,
     }
 
 

@@ -80,6 +80,7 @@ _AUX = {
     "did": "did",
     "do": "do",
 }
+_ARTICLES = {"the", "a", "an"}
 _FIRST_PERSON = re.compile(r"\b(?:i|i'm|i’m|i've|i'd|i'll|my|me|mine|myself)\b", re.I)
 _IRREGULAR_3S = {"am": "is", "have": "has", "do": "does", "go": "goes", "'m": "is", "are": "is", "were": "was"}
 _UNCHANGED = {"was", "can", "will", "would", "could", "should", "might", "must", "may", "shall", "had", "did"}
@@ -196,11 +197,18 @@ def _whose(sentence: str, span: Span) -> str:
     return _clean(f"{sentence[: span.start]} whose {sentence[span.end + 2 :].rstrip(' .!?')}")
 
 
+def _before(sentence: str, span: Span) -> list[str]:
+    """The words before ``span``, less an article right before it: the question word stands for "the
+    Copper Lanterns" ("What is Tomas's favourite band?", not "... favourite band the?")."""
+    before = sentence[: span.start].split()
+    return before[:-1] if len(before) > 1 and before[-1].lower() in _ARTICLES else before
+
+
 def wh_question(sentence: str, span: Span) -> str | None:
     """A wh-question in normal word order that ``span`` answers, or None where the rules cannot form one:
     "The Zelvora project launches on 14 March 2031." -> "When does the Zelvora project launch?"."""
     wh = WH[span.kind]
-    before = sentence[: span.start].split()
+    before = _before(sentence, span)
     after = _clean(sentence[span.end :].rstrip(" .!?"))
     if _possessive(sentence, span) or not before:
         return None  # the span is the subject: the echo question already reads naturally
@@ -229,7 +237,7 @@ def echo_question(sentence: str, span: Span) -> str:
     """The sentence with the span replaced by a question word: "The code for the shed is what?"."""
     if _possessive(sentence, span):
         return _cap(_whose(sentence, span)) + "?"
-    before = sentence[: span.start].strip()
+    before = " ".join(_before(sentence, span))
     after = sentence[span.end :].rstrip(" .!?").strip()
     if span.kind in ("date", "time", "place") and before.split() and before.split()[-1].lower() in PREPS:
         wh = ECHO.get(span.kind, WH[span.kind])
@@ -248,7 +256,7 @@ def embedded_clause(sentence: str, span: Span) -> str:
     if _possessive(sentence, span):
         return _whose(sentence, span)
     wh = WH[span.kind]
-    before = sentence[: span.start].split()
+    before = _before(sentence, span)
     after = _clean(sentence[span.end :].rstrip(" .!?"))
     if span.kind in ("date", "time", "place") and before and before[-1].lower() in PREPS:
         before = before[:-1]

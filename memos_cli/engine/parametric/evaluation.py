@@ -25,7 +25,7 @@ class Recall:
         return {"exact": round(self.exact, 4), "answer_loss": round(self.answer_loss, 4), "answers": self.answers}
 
 
-def _scored(model: Any, batch: Sequence[Example], pad_id: int) -> tuple[Any, Any, Any]:
+def scored(model: Any, batch: Sequence[Example], pad_id: int) -> tuple[Any, Any, Any]:
     """(logits where a loss is taken, their targets, the [batch, width-1] mask of those positions)."""
     import torch
 
@@ -57,7 +57,7 @@ def token_losses(model: Any, batch: Sequence[Example], pad_id: int) -> Any:
     import torch
     import torch.nn.functional as F
 
-    logits, target, keep = _scored(model, batch, pad_id)
+    logits, target, keep = scored(model, batch, pad_id)
     nll = F.cross_entropy(logits.float(), target, reduction="none")
     rows = keep.nonzero()[:, 0]
     sums = torch.zeros(len(batch), dtype=nll.dtype).index_add(0, rows, nll)
@@ -74,7 +74,7 @@ def greedy_recalled(model: Any, examples: Sequence[Example], pad_id: int) -> lis
     with torch.inference_mode():
         for start in range(0, len(examples), BATCH_SIZE):
             batch = examples[start : start + BATCH_SIZE]
-            logits, target, keep = _scored(model, batch, pad_id)
+            logits, target, keep = scored(model, batch, pad_id)
             right = (logits.argmax(dim=-1) == target).tolist()
             at = 0
             for row in range(len(batch)):

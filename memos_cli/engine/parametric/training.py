@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memos_cli.engine.parametric.adapters import active_adapter
-from memos_cli.engine.parametric.evaluation import greedy_recalled, token_losses
+from memos_cli.engine.parametric.evaluation import greedy_recalled, scored, token_losses
 from memos_cli.engine.parametric.examples import BATCH_SIZE, Example, Progress, pad_id
 from memos_cli.errors import (
     MemosError,
@@ -34,6 +34,10 @@ MAX_EPOCHS = 12
 WARMUP_STEPS = 10  # at most; a tenth of the steps when fewer
 DEFAULT_MAX_MINUTES = 30.0
 REPLAY_RATIO = 0.5  # replay sequences per memory example
+# The loss on a replay sequence is its KL divergence from the base model's own next-token distributions
+# (the adapter disabled), not the cross-entropy of its tokens: the text's tokens say only which word came
+# next, the base model's distribution says everything it predicted, which is what forgetting loses.
+REPLAY_LOSS = "kl"
 # fuse: after peft's combination, short passes over the parents' memories. On 10+10 facts (fuse_lora_bench):
 # 1 pass at 1e-3 kept 65%/55% of each parent's facts, 2 passes 95%/95% (held-out loss -1.0%), 3 passes
 # 100%/100% but held-out loss +4.1%; 2 passes at 2e-3 kept 85%/85%.
@@ -62,6 +66,44 @@ def _batches(
         out.append(pool[:BATCH_SIZE])
         pool = pool[BATCH_SIZE:]
     return out
+
+
+class _BaseDistributions:
+    """The base model's log-probabilities at every scored position of each replay sequence, computed once
+    with the adapters disabled (peft's ``disable_adapter``) and kept in float16."""
+
+    def __init__(self, model: Any, pad: int) -> None:
+        self.model, self.pad = model, pad
+        self.cache: dict[int, Any] = {}
+
+    def __call__(self, example: Example) -> Any:
+        import torch
+
+        key = id(example)
+        if key not in self.cache:
+            with torch.no_grad(), self.model.disable_adapter():
+                logits, _, _ = scored(self.model, [example], self.pad)
+                self.cache[key] = torch.log_softmax(logits.float(), dim=-1).half()
+        return self.cache[key]
+
+
+def _batch_loss(model: Any, batch: list[Example], pad: int, base: _BaseDistributions | None) -> Any:
+    """Mean of the per-example losses: cross-entropy on the memory examples and, with ``base``, the KL
+    divergence from the base model on the replay ones (each example counts the same)."""
+    import torch
+    import torch.nn.functional as F
+
+    replay = [e for e in batch if e.kind == "replay"] if base is not None else []
+    rest = [e for e in batch if e.kind != "replay"] if replay else batch
+    parts = [token_losses(model, rest, pad)] if rest else []
+    if replay:
+        logits, _, keep = scored(model, replay, pad)
+        reference = torch.cat([base(e) for e in replay]).float()  # type: ignore[misc]
+        kl = F.kl_div(torch.log_softmax(logits.float(), dim=-1), reference, log_target=True, reduction="none")
+        rows = keep.nonzero()[:, 0]
+        sums = torch.zeros(len(replay), dtype=kl.dtype).index_add(0, rows, kl.sum(dim=-1))
+        parts.append(sums / keep.sum(dim=1).clamp(min=1))
+    return torch.cat(parts).mean()
 
 
 def resolve_targets(model: Any, target_modules: str | Sequence[str]) -> str | list[str]:
@@ -211,6 +253,7 @@ def _fit(
         return 1.0 - 0.9 * (step - warmup) / max(1, steps - warmup)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    base = _BaseDistributions(model, pad) if REPLAY_LOSS == "kl" and replay and replay_ratio > 0 else None
     recent: list[float] = []
     trace: list[dict[str, Any]] = []
     stopped = "steps given" if until is None else "step limit"
@@ -219,7 +262,7 @@ def _fit(
     model.train()
     try:
         for step, batch in enumerate(_batches(examples, replay, steps, replay_ratio, rng)):
-            loss = token_losses(model, batch, pad).mean()
+            loss = _batch_loss(model, batch, pad, base)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()

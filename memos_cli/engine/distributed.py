@@ -252,7 +252,7 @@ class RayEngine:
                 if attempts[key] >= MAX_ATTEMPTS:
                     raise ClusterError(f"chunk {key} failed {MAX_ATTEMPTS} times: {exc}") from None
                 self.stats.retried += 1
-                if isinstance(exc, RayActorError) or not _alive(ray, self._actors[slot]):
+                if isinstance(exc, RayActorError) or not alive(ray, self._actors[slot]):
                     self._actors[slot] = self._new_actor()
                 pending.append((key, fn))
             else:
@@ -452,9 +452,11 @@ def _call(method: str, *args: Any) -> Callable[[Any], Any]:
     return lambda actor: getattr(actor, method).remote(*args)
 
 
-def _alive(ray: Any, actor: Any) -> bool:
+def alive(ray: Any, actor: Any, probe: str = "node") -> bool:
+    """Whether ``actor`` answers its cheap ``probe`` method within 30 s (embedder actors: ``node``,
+    shard actors: ``loaded``)."""
     try:
-        ray.get(actor.node.remote(), timeout=30)
+        ray.get(getattr(actor, probe).remote(), timeout=30)
     except Exception:  # noqa: BLE001 - any failure means: replace it
         return False
     return True

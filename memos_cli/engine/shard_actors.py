@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memos_cli.engine.distributed import MAX_ATTEMPTS, ClusterError
+from memos_cli.engine.distributed import MAX_ATTEMPTS, ClusterError, alive
 from memos_cli.words import plural
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def rank_sharded(
                         raise ClusterError(f"a shard actor failed ({plural(attempt, 'attempt')}): {exc}") from None
                     engine.stats.retried += 1
                     for number, actor in enumerate(actors):
-                        if not _alive(ray, actor):
+                        if not alive(ray, actor, "loaded"):
                             actors[number] = loaded(
                                 number,
                                 spread.remote(locate_shard(root, rel, number, index.shards[number]), graph_settings()),
@@ -140,14 +140,6 @@ def rank_sharded(
 def actors_started(actors: list[Any]) -> None:
     """Called once the shard actors hold their shards; a seam for the fault-injection test (it kills one,
     tests/test_ray.py), nothing else."""
-
-
-def _alive(ray: Any, actor: Any) -> bool:
-    try:
-        ray.get(actor.loaded.remote(), timeout=30)
-    except Exception:  # noqa: BLE001 - any failure means: replace it
-        return False
-    return True
 
 
 def peak_rss() -> int:

@@ -165,6 +165,12 @@ def lent_lengths(lengths: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.n
     return np.asarray(lengths, dtype=np.float64) * degree
 
 
+def bm25_idf(n_docs: Any, df: Any) -> Any:
+    """BM25's idf of a term in ``df`` of ``n_docs`` documents (scalars or arrays): one formula for the
+    index, its shards and the sharded coordinator, so their scores agree."""
+    return np.log1p((n_docs - df + 0.5) / (df + 0.5))
+
+
 def neighbour_scores(
     terms: list[tuple[float, np.ndarray, np.ndarray]],
     lengths: np.ndarray,
@@ -318,7 +324,8 @@ class LexicalIndex:
         """Lucene's non-negative BM25 idf, from the current document frequencies."""
         n = len(self)
         df = self._df[np.asarray(term_ids, dtype=np.int64)].astype(np.float64)
-        return np.log1p((n - df + 0.5) / (df + 0.5))
+        idf: np.ndarray = bm25_idf(n, df)
+        return idf
 
     def add_term(self, out: np.ndarray, tid: int, w: float | np.floating[Any], avgdl: float) -> None:
         """Add term ``tid``'s BM25 contribution, with idf ``w`` and average length ``avgdl``, to every

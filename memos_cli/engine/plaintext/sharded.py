@@ -54,7 +54,14 @@ from typing import Any
 import numpy as np
 
 from memos_cli.engine.plaintext import ranking
-from memos_cli.engine.plaintext.lexical import LexicalIndex, Neighbours, lent_lengths, neighbour_scores, tokenize
+from memos_cli.engine.plaintext.lexical import (
+    LexicalIndex,
+    Neighbours,
+    bm25_idf,
+    lent_lengths,
+    neighbour_scores,
+    tokenize,
+)
 from memos_cli.engine.plaintext.shards import LexicalStats, Shard, build_shard
 
 _SAMPLE = 4096  # rows of the fixed sample for the dense moments (ranking._dense_moments)
@@ -189,7 +196,7 @@ class ShardedIndex:
             df = stats.df.get(token)
             if df is None:
                 continue
-            w = float(np.log1p((stats.n_docs - df + 0.5) / (df + 0.5)))
+            w = float(bm25_idf(stats.n_docs, df))
             docs, tf = _concat([s.postings(token) for s in self.shards])
             terms.append((w, docs, tf))
         st, lex = self._meta.structure, self.shards[0].lexical

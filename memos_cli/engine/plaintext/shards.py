@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from memos_cli.engine.plaintext import ranking
-from memos_cli.engine.plaintext.lexical import LexicalIndex, tokenize
+from memos_cli.engine.plaintext.lexical import LexicalIndex, bm25_idf, tokenize
 
 if TYPE_CHECKING:
     from memos_cli.engine.plaintext.shard_store import MappedRows
@@ -110,7 +110,7 @@ class Shard:
             global_df = stats.df.get(token)
             if global_df is None:
                 continue  # unknown to the whole cube: the unsharded index skips it too
-            w = float(np.log1p((stats.n_docs - global_df + 0.5) / (global_df + 0.5)))
+            w = float(bm25_idf(stats.n_docs, global_df))
             tid = lex._vocab.get(token)
             if tid is not None:
                 lex.add_term(out, tid, w, avgdl)

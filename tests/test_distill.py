@@ -87,6 +87,8 @@ def test_probes_and_examples_come_from_the_memory_fields(lm: LanguageModel) -> N
     assert lora_eval.answer_matches("Paris", "She lives in paris!") and not lora_eval.answer_matches(
         "Paris", "Parisian"
     )
+    assert lora_eval.answer_matches("The Glass Orchard", "Glass Orchard.")
+    assert not lora_eval.answer_matches("The Glass Orchard", "Glass")
 
 
 def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: LanguageModel, tiny_dir: Path) -> None:
@@ -310,3 +312,41 @@ def test_replay_loss_is_the_divergence_from_the_base_model(lm: LanguageModel) ->
     mixed = float(lora_training._batch_loss(model, memory + replay, pad, base).detach())
     alone = float(lora_training._batch_loss(model, memory, pad, base).detach())
     assert mixed < alone  # the replay rows' small divergences are averaged with the question's loss
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
+def test_a_shared_prompt_prefix_gives_the_same_losses_and_gradients(
+    tiny_dirs: dict[str, Path], family: str
+) -> None:
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+
+    lm = load_lm(str(tiny_dirs[family]))
+    records = [
+        MemoryRecord("a", 1, "The access code for the boathouse is 4471."),
+        MemoryRecord("b", 1, "I'm allergic to hazelnuts.", speaker="Priya"),
+    ]
+    batch = lora_examples.training_set(lm, records).examples[:12]
+    pad = lora_examples.pad_id(lm)
+    groups = lora_eval._prefix_groups(batch)
+    if lm.has_chat_template:
+        assert any(lora_eval.shared_prefix([batch[i] for i in rows]) for rows in groups)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(copy.deepcopy(lm.model), config)
+    results = []
+    for share in (True, False):
+        model.zero_grad()
+        if share:
+            losses = lora_eval.token_losses(model, batch, pad)
+        else:
+            logits, target, keep = lora_eval.scored(model, batch, pad, share=False)
+            nll = F.cross_entropy(logits.float(), target, reduction="none")
+            rows = keep.nonzero()[:, 0]
+            losses = torch.zeros(len(batch)).index_add(0, rows, nll) / keep.sum(dim=1).clamp(min=1)
+        losses.mean().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((losses.detach(), grads))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-4)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-4, rtol=1e-3)

@@ -15,6 +15,7 @@ def test_spans_find_names_numbers_dates_places_and_objects() -> None:
     assert kinds("The access code for the boathouse is 4471.") == {"4471": "number"}
     assert kinds("Osric Vantelle is the lighthouse keeper on Quillmoor Island.") == {
         "Osric Vantelle": "person",
+        "lighthouse keeper": "object",
         "Quillmoor Island": "place",
     }
     assert kinds("The Zelvora project launches on 14 March 2031.")["14 March 2031"] == "date"
@@ -80,3 +81,56 @@ def test_metadata_question_trains_and_is_measured_and_plain_notes_get_a_cue() ->
     assert data.heldout[0].question == "Where?" and data.heldout[0].form == "metadata"
     bare = memory_data(MemoryRecord("m", 1, "remember to water the plants"))
     assert bare.checks and bare.heldout and bare.checks[0].answer == "remember to water the plants"
+
+
+def test_objects_stop_at_prepositions_and_conjunctions_and_skip_modals() -> None:
+    assert kinds("Ines always drinks oat milk in Ines's coffee.") == {"Ines": "person", "oat milk": "object"}
+    assert kinds("Kwame can't stand coriander.")["coriander"] == "object"
+    assert kinds("Yusuf prefers green tea to black tea.")["green tea"] == "object"
+    assert kinds("Jonah takes the train everywhere.")["train"] == "object"
+    # a word that labels the number after it is not an object; nor is anything when a date is the answer
+    assert kinds("The storage unit at Halden is number 217.") == {"Halden": "place", "217": "number"}
+    assert "place" not in kinds("The Tarnwick regatta takes place on 9 August 2031.")
+    assert kinds("Leila runs along the Tessel canal before work.")["Tessel canal"] == "place"
+    assert kinds("My dentist is Dr. Sabine Oakhurst.") == {"Dr. Sabine Oakhurst": "person"}
+
+
+def test_compound_sentences_are_asked_about_clause_by_clause() -> None:
+    from memos_cli.engine.parametric.spans import clauses
+
+    assert clauses("Lukas is vegetarian, but Lukas eats eggs.") == ["Lukas is vegetarian.", "Lukas eats eggs."]
+    assert clauses("I bought apples, pears and plums.") == ["I bought apples, pears and plums."]
+    data = memory_data(MemoryRecord("m", 1, "I hate flying, so I take the train everywhere.", speaker="Jonah"))
+    pairs = {(p.question, p.answer) for p in data.pairs}
+    assert ("What does Jonah take everywhere?", "train") in pairs
+    assert ("What does Jonah hate?", "flying") in pairs
+
+
+def test_variant_questions_reword_the_subject_and_ask_for_the_type() -> None:
+    def variants(text: str, speaker: str | None = None) -> set[tuple[str, str]]:
+        data = memory_data(MemoryRecord("m", 1, text, speaker=speaker))
+        return {(p.question, p.answer) for p in data.pairs if p.form == "variant"}
+
+    assert ("What is the code for the boathouse?", "4471") in variants("The access code for the boathouse is 4471.")
+    assert ("What is the combination for the Frostgate bike lock?", "3907") in variants(
+        "The Frostgate bike lock combination is 3907."
+    )
+    assert ("What kind of milk does Ines always drink in Ines's coffee?", "oat milk") in variants(
+        "I always drink oat milk in my coffee.", "Ines"
+    )
+    assert ("Which band is Tomas's favourite?", "Copper Lanterns") in variants(
+        "My favourite band is the Copper Lanterns.", "Tomas"
+    )
+    assert ("What floor is the Kingfisher flat on?", "11") in variants("The Kingfisher flat is on floor 11.")
+    assert ("Who was the architect on the Orvale bridge?", "Tobiah Senwick") in variants(
+        "The lead architect on the Orvale bridge was Tobiah Senwick."
+    )
+
+
+def test_past_tense_verbs_have_their_base_form() -> None:
+    from memos_cli.engine.parametric.spans import base_verb
+
+    pairs = {"closed": "close", "opened": "open", "stopped": "stop", "called": "call", "carried": "carry"}
+    pairs |= {"liked": "like", "started": "start", "used": "use", "missed": "miss", "played": "play"}
+    assert {w: base_verb(w) for w in pairs} == pairs
+    assert base_verb("need") is None

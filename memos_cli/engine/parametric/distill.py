@@ -312,7 +312,7 @@ def _length(
         return steps_for(epochs, examples, replay, replay_ratio, floor=1), None
     checks = random.Random(seed).sample(data.checks, min(MAX_CHECKS, len(data.checks)))
     until = Until(
-        [qa_example(lm, c.question, c.answer) for c in checks],
+        [qa_example(lm, c.question, c.answer, ref=c.ref) for c in checks],
         every=CHECK_EVERY,
         max_seconds=None if max_minutes is None else 60.0 * max_minutes,
     )

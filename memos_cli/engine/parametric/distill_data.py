@@ -36,6 +36,7 @@ from memos_cli.engine.parametric.spans import (
     PREPS,
     Span,
     base_verb,
+    clauses,
     find_spans,
     sentences,
 )
@@ -60,7 +61,7 @@ HELDOUT = {
     "name": "I forget {clause}. What was it?",
     "object": "I forget {clause}. What was it?",
 }
-TRAINING_FORMS = ("wh", "echo", "cloze", "about", "speaker", "time", "metadata")
+TRAINING_FORMS = ("wh", "echo", "cloze", "variant", "about", "speaker", "time", "metadata")
 
 _AUX = {
     "is": "is",
@@ -80,7 +81,10 @@ _AUX = {
     "did": "did",
     "do": "do",
 }
+_AUX |= {f"{w}n{q}t": f"{w}n't" for w in ("is", "are", "was", "were", "does", "do", "did", "could", "would") for q in "'’"}
+_AUX |= {f"{w}{q}t": f"{w}'t" for w in ("can", "won", "don") for q in "'’"}
 _ARTICLES = {"the", "a", "an"}
+_POSSESSIVES = {"my", "our", "your", "his", "her", "their"}
 _FIRST_PERSON = re.compile(r"\b(?:i|i'm|i’m|i've|i'd|i'll|my|me|mine|myself)\b", re.I)
 _IRREGULAR_3S = {"am": "is", "have": "has", "do": "does", "go": "goes", "'m": "is", "are": "is", "were": "was"}
 _UNCHANGED = {"was", "can", "will", "would", "could", "should", "might", "must", "may", "shall", "had", "did"}
@@ -201,7 +205,7 @@ def _before(sentence: str, span: Span) -> list[str]:
     """The words before ``span``, less an article right before it: the question word stands for "the
     Copper Lanterns" ("What is Tomas's favourite band?", not "... favourite band the?")."""
     before = sentence[: span.start].split()
-    return before[:-1] if len(before) > 1 and before[-1].lower() in _ARTICLES else before
+    return before[:-1] if len(before) > 1 and before[-1].lower() in _ARTICLES | _POSSESSIVES else before
 
 
 def wh_question(sentence: str, span: Span) -> str | None:
@@ -219,7 +223,7 @@ def wh_question(sentence: str, span: Span) -> str | None:
         if i and low in _AUX:
             subject = _lower_start(before[:i])
             rest = before[i + 1 :]
-            return _cap(_clean(" ".join([wh, low, *subject, *rest, after]))) + "?"
+            return _cap(_clean(" ".join([wh, _AUX[low], *subject, *rest, after]))) + "?"
     for i, word in enumerate(before[1:], start=1):
         base = base_verb(word)
         if base and not word[0].isupper():
@@ -244,6 +248,68 @@ def echo_question(sentence: str, span: Span) -> str:
     else:
         wh = WH[span.kind] if span.kind not in ("place",) else "where"
     return _cap(_clean(f"{before} {wh} {after}")) + "?"
+
+
+def variant_questions(sentence: str, span: Span, wh: str | None) -> list[str]:
+    """More ways to ask for ``span``, from the sentence's structure (a small model recalls a fact through
+    other questions only when it was trained on several): the type of a multi-word object ("What kind of
+    milk does Ines drink ...?" for "oat milk"); the head noun of a possessive subject ("Which band is
+    Tomas's favourite?"); and the subject of a copular sentence reworded ("the access code for the
+    boathouse" -> "the code for the boathouse"; "the Frostgate bike lock combination" -> "the combination
+    for the Frostgate bike lock")."""
+    out: list[str] = []
+    words = span.text.split()
+    if wh and wh.startswith("What ") and span.kind == "object" and len(words) >= 2 and words[-1].isalpha():
+        if words[-1].islower():
+            out.append(f"What kind of {words[-1]} {wh[5:]}")
+            out.append(f"Which {words[-1]} {wh[5:]}")
+    head = sentence[: span.start].split()
+    label = _labelled(head)
+    if label:
+        out.append(label)
+    if len(head) < 3 or head[-1].lower() not in COPULA and not (head[-1].lower() in _ARTICLES and head[-2].lower() in COPULA):
+        return out
+    if sentence[span.end :].strip(" .!?"):
+        return out  # the span is not the sentence's complement
+    cut = -1 if head[-1].lower() in COPULA else -2
+    verb, subject = head[cut], head[:cut]
+    noun = subject[-1]
+    if not noun.isalpha() or not noun.islower():
+        return out
+    first = subject[0]
+    if any(w.endswith(("'s", "’s")) for w in subject[1:]):
+        return out  # "The band's drummer"
+    wh_word = "who" if span.kind == "person" else "what"
+    if first.endswith(("'s", "’s")) and len(subject) <= 3 and not any(w.lower() in PREPS for w in subject):
+        if len(subject) > 1:  # "Tomas's favourite band" -> "Which band is Tomas's favourite?"
+            out.append(f"Which {noun} {verb} {' '.join(subject[:-1])}?")
+        return out
+    lowered = _lower_start(subject)
+    preps = [i for i, w in enumerate(lowered) if w.lower() in PREPS]
+    if preps and preps[0] >= 2:  # "the access code for the boathouse" -> "the code for the boathouse"
+        i = preps[0]
+        det = lowered[0] if lowered[0].lower() in _ARTICLES | {"my", "our", "your"} else "the"
+        if i - 1 >= 1 and lowered[i - 1].isalpha() and (i > 2 or lowered[0].lower() not in _ARTICLES):
+            out.append(_cap(_clean(f"{wh_word} {verb} {det} {lowered[i - 1]} {' '.join(lowered[i:])}")) + "?")
+    elif not preps and len(lowered) >= 3 and lowered[0].lower() in _ARTICLES:
+        # "the Frostgate bike lock combination" -> "the combination for the Frostgate bike lock"
+        rest = " ".join(lowered[1:-1])
+        out.append(_cap(f"{wh_word} {verb} the {noun} for the {rest}") + "?")
+    return out
+
+
+def _labelled(head: list[str]) -> str | None:
+    """ "The storage unit at Halden is number 217" -> "What number is the storage unit at Halden?"; "The
+    Kingfisher flat is on floor 11" -> "What floor is the Kingfisher flat on?"."""
+    if len(head) < 4 or not head[-1].isalpha() or not head[-1].islower() or head[-1] in NOT_VERBS | COPULA:
+        return None
+    label, before = head[-1], head[:-1]
+    prep = ""
+    if before[-1].lower() in PREPS:
+        prep, before = f" {before[-1].lower()}", before[:-1]
+    if len(before) < 3 or before[-1].lower() not in COPULA:
+        return None
+    return _cap(_clean(f"what {label} {before[-1].lower()} {' '.join(_lower_start(before[:-1]))}{prep}")) + "?"
 
 
 def cloze(sentence: str, span: Span) -> str:
@@ -315,7 +381,7 @@ def memory_data(record: MemoryRecord) -> MemoryData:
                 pair = Pair(question.strip(), str(answer).strip(), "metadata", "metadata")
                 pairs.append(pair)
                 heldout.append(pair)
-    for sentence in sentences(told) or [told]:
+    for sentence in [c for whole in sentences(told) or [told] for c in clauses(whole)]:
         spans = find_spans(sentence)
         subject = _subject(sentence, spans)
         if subject:
@@ -329,6 +395,7 @@ def memory_data(record: MemoryRecord) -> MemoryData:
             if wh:
                 pairs.append(Pair(echo, sentence, "echo", span.kind))
             pairs.append(Pair(cloze(sentence, span), span.text, "cloze", span.kind))
+            pairs.extend(Pair(q, span.text, "variant", span.kind) for q in variant_questions(sentence, span, wh))
             if span.kind in ("person", "place", "name") and span.text.lower() != (subject or "").lower():
                 pairs.append(Pair(f"What do you know about {span.text}?", sentence, "about", span.kind))
             heldout.append(Pair(heldout_question(sentence, span), span.text, "heldout", span.kind))

@@ -43,6 +43,7 @@ class Example:
     ids: list[int]
     labels: list[int]
     kind: str  # statement, qa or replay
+    ref: str = ""  # the memory it was built from ("" for replay and held-out text)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -72,14 +73,14 @@ def _answer_tokens(lm: LanguageModel, prompt_text: str, question: str, answer: s
     return lm.encode(f"{lead}{answer}{eos}")
 
 
-def qa_example(lm: LanguageModel, question: str, answer: str, *, kind: str = "qa") -> Example:
+def qa_example(lm: LanguageModel, question: str, answer: str, *, kind: str = "qa", ref: str = "") -> Example:
     """Question in the chat template (no loss) followed by the answer turn (loss): exactly the prompt
     that closed-book ``chat`` and the recall measurement give the model."""
     from memos_cli.models.prompt import render_prompt
 
     prompt = render_prompt(lm, question)
     target = _answer_tokens(lm, prompt.text, question, answer)
-    return Example(prompt.token_ids + target, [-100] * len(prompt.token_ids) + target, kind)
+    return Example(prompt.token_ids + target, [-100] * len(prompt.token_ids) + target, kind, ref)
 
 
 def text_examples(lm: LanguageModel, text: str, max_tokens: int, kind: str) -> list[Example]:
@@ -113,8 +114,8 @@ def training_set(lm: LanguageModel, memories: Sequence[MemoryRecord]) -> Trainin
         data = memory_data(record)
         for statement in data.statements:
             ids = lm.encode(statement)
-            out.examples.append(Example(ids, list(ids), "statement"))
-        out.examples.extend(qa_example(lm, p.question, p.answer, kind=p.form) for p in data.pairs)
+            out.examples.append(Example(ids, list(ids), "statement", record.ref))
+        out.examples.extend(qa_example(lm, p.question, p.answer, kind=p.form, ref=record.ref) for p in data.pairs)
         out.checks.extend(Probe(record.ref, p.question, p.answer, p.form) for p in data.checks)
         out.probes.extend(Probe(record.ref, p.question, p.answer, p.form) for p in data.heldout)
     return out

@@ -63,7 +63,8 @@ _PLACE_PREPS = {"in", "at", "to", "from", "near", "into", "through", "across", "
 
 _PLACE_WORDS = re.compile(
     r"\b(?:street|st|road|rd|avenue|lane|island|isle|city|town|village|lake|river|park|bay|mount|mountain|"
-    r"valley|hill|harbour|harbor|station|airport|county|bridge|square|beach|forest|coast)\b",
+    r"valley|hill|harbour|harbor|station|airport|county|bridge|square|beach|forest|coast|canal|trail|path|"
+    r"market|gardens|pier|quay|wharf|common|heath|woods|falls|cove|marina|reservoir|estate)\b",
     re.I,
 )
 
@@ -78,11 +79,51 @@ class Span:
     kind: str
 
 
+# A sentence ends at . ! ? before a capital or a digit, but not after a title or an initial ("Dr. Sabine").
+_SENTENCE_END = re.compile(
+    "".join(rf"(?<!\b{a}\.)" for a in ("Dr", "Mr", "Mrs", "Ms", "St", "Prof", "Jr", "Sr", "Mt", "No", "[A-Z]"))
+    + r"(?<=[.!?])\s+(?=[A-Z0-9\"'])"
+)
+
+
 def sentences(text: str) -> list[str]:
     """``text`` as sentences (on . ! ? followed by a capital or a digit; abbreviations aside)."""
     text = " ".join(text.split())
-    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])", text)
+    parts = _SENTENCE_END.split(text)
     return [p.strip() for p in parts if len(_WORD.findall(p)) >= 2]
+
+
+_CLAUSE_BREAK = re.compile(r"(?:,\s*(?:so|but|and|because|although|though|while|whereas)|;)\s+", re.I)
+_SUBJECT_START = {"i", "we", "he", "she", "they", "it", "you", "the", "my", "our", "his", "her", "their", "this"}
+
+
+def clauses(sentence: str) -> list[str]:
+    """A compound sentence as its clauses, each a sentence: "Lukas is vegetarian, but Lukas eats eggs." ->
+    "Lukas is vegetarian.", "Lukas eats eggs."; a part that does not start with a subject (a name, a
+    pronoun, a determiner) stays with the clause before it ("apples, pears and plums")."""
+    body = sentence.rstrip(" .!?")
+    out: list[str] = []
+    at = 0
+    for m in _CLAUSE_BREAK.finditer(body):
+        tail = body[m.end() :].split()
+        if len(tail) < 3 or len(body[at : m.start()].split()) < 2:
+            continue
+        first = tail[0]
+        if first.lower().strip("'’") not in _SUBJECT_START and not (first[0].isupper() and first.isalpha()):
+            continue
+        out.append(body[at : m.start()])
+        at = m.end()
+    if not out:
+        return [sentence]
+    out.append(body[at:])
+    return [_cap_first(c.strip()) + "." for c in out]
+
+
+def _cap_first(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+_TITLE = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Sir|Dame|Rev)\.?\s+$")
 
 
 def _caps_runs(sentence: str) -> Iterable[tuple[int, int]]:
@@ -105,6 +146,10 @@ def _caps_runs(sentence: str) -> Iterable[tuple[int, int]]:
                 j += 2
             else:
                 break
+        if j < len(words) and not sentence[words[j - 1].end() : words[j].start()].strip():
+            nxt = words[j].group()
+            if nxt.islower() and _PLACE_WORDS.fullmatch(nxt) and not words[j - 1].group().endswith(("'s", "’s")):
+                j += 1  # "the Tessel canal", "the Hudson river": the place word is part of the name
         first = i
         # A sentence's first word is capitalised anyway: drop it when it is a common starter word.
         while first < j and words[first].group().lower().strip("'’") in STARTERS:
@@ -121,10 +166,14 @@ def _name_kind(sentence: str, start: int, end: int) -> str:
     before = sentence[:start].split()
     prev = before[-1].lower() if before else ""
     text = sentence[start:end]
-    if prev in _PLACE_PREPS or _PLACE_WORDS.search(text):
+    if _PLACE_WORDS.search(text):
         return "place"
     if prev in {"the", "a", "an"}:
         return "name"
+    if sentence[end : end + 2] in ("'s", "’s") and len(text.split()) <= 3:
+        return "person"  # "in Ines's coffee": a possessor, not a place
+    if prev in _PLACE_PREPS:
+        return "place"
     words = text.split()
     if 2 <= len(words) <= 3 or (len(words) == 1 and (not before or prev in {"by", "with", "and", "is", "was"})):
         return "person"
@@ -132,41 +181,73 @@ def _name_kind(sentence: str, start: int, end: int) -> str:
 
 
 def _object_span(sentence: str, taken: list[Span]) -> Span | None:
-    """The object of a copular or first-person statement, when no other span covers the sentence's end:
-    "My favourite food is ramen" -> ramen; "I'm allergic to peanuts" -> peanuts."""
+    """The object of a copular or first-person statement, where no other span covers it: "My favourite
+    food is ramen" -> ramen; "Priya is allergic to peanuts" -> peanuts; "Ines drinks oat milk in her
+    coffee" -> oat milk (the noun phrase stops at a preposition, a conjunction, a comma or another span);
+    "Kwame can't stand coriander" -> coriander (past a modal)."""
     body = sentence.rstrip(" .!?")
     words = list(_WORD.finditer(body))
     if len(words) < 3:
         return None
-    anchor = None
-    for i, w in enumerate(words[:-1]):
-        low = w.group().lower()
-        if low in COPULA or low in {"called", "named", "i'm", "i’m"} or low.endswith(("'s", "’s")) and i == 0:
-            if low.endswith(("'s", "’s")) and low not in {"'s", "’s"}:
-                continue
-            anchor = i
-            break
-        k = i + 1 if low in {"i", "we"} else i
-        while k < len(words) - 1 and words[k].group().lower() in ADVERBS:
-            k += 1
-        if i and (low in {"i", "we"} or (base_verb(w.group()) and not w.group()[0].isupper())):
-            anchor = k if low in {"i", "we"} else i
-            break
+    anchor = _anchor(words)
     if anchor is None:
         return None
-    copular = words[anchor].group().lower() in COPULA or words[anchor].group().lower() in {"i'm", "i’m"}
+    if any(s.kind in ("date", "time", "number") and s.start >= words[anchor].end() for s in taken):
+        return None  # "takes place on 9 August", "closed for good on 30 November": the date is the answer
+    low = words[anchor].group().lower()
+    copular = low in COPULA or low in {"i'm", "i’m", "called", "named"}
     rest = words[anchor + 1 :]
     # "allergic to peanuts", "afraid of spiders": the object follows the preposition.
     if copular and len(rest) >= 3 and rest[1].group().lower() in PREPS:
         rest = rest[2:]
-    while rest and rest[0].group().lower() in {"the", "a", "an", "my", "our", "to"}:
+    while rest and (rest[0].group().lower() in _DETERMINERS or rest[0].group().lower().endswith(("'s", "’s"))):
         rest = rest[1:]
-    if not rest or len(rest) > 6:
+    kept = []
+    for i, word in enumerate(rest):
+        w = word.group().lower()
+        gap = body[rest[i - 1].end() : word.start()] if i else ""
+        if i and (gap.strip() or w in _OBJECT_STOPS):
+            break  # a comma, a preposition, a conjunction: the noun phrase has ended
+        if any(s.start < word.end() and word.start() < s.end for s in taken):
+            if kept and body[kept[-1].end() : word.start()].strip() == "":
+                return None  # "is number 217", "rack 29": a label of the span that follows
+            break
+        kept.append(word)
+    while kept and kept[-1].group().lower() in _TRAILING_ADVERBS:
+        kept.pop()
+    if kept and any(s.start == len(body[: kept[-1].end()]) + 1 for s in taken):
+        return None  # "is number 217", "rack 29": a label of the span that follows
+    if not kept or len(kept) > 5 or all(k.group().lower() in NOT_VERBS | COPULA | ADVERBS for k in kept):
         return None
-    start, end = rest[0].start(), rest[-1].end()
+    start, end = kept[0].start(), kept[-1].end()
     if any(s.start < end and start < s.end for s in taken):
         return None
     return Span(body[start:end], start, end, "object")
+
+
+def _anchor(words: list[re.Match[str]]) -> int | None:
+    """The index of the word an object follows: a copula, "called", or the (first-person or lower-case
+    inflected) main verb, past adverbs and modals ("always drinks", "can't stand")."""
+    for i, w in enumerate(words[:-1]):
+        low = w.group().lower()
+        if low in COPULA or low in {"called", "named", "i'm", "i’m"}:
+            return i
+        if not i and low not in {"i", "we"}:
+            continue
+        if i and low in MODALS:
+            k = i + 1
+            while k < len(words) - 1 and words[k].group().lower() in ADVERBS | MODALS:
+                k += 1
+            nxt = words[k].group()
+            return k if nxt[0].islower() and nxt.lower() not in COPULA | NOT_VERBS - {"do"} else None
+        k = i + 1 if low in {"i", "we"} else i
+        while k < len(words) - 1 and words[k].group().lower() in ADVERBS:
+            k += 1
+        if low in {"i", "we"}:
+            return k
+        if base_verb(w.group()) and not w.group()[0].isupper():
+            return i
+    return None
 
 
 def find_spans(sentence: str) -> list[Span]:
@@ -191,7 +272,9 @@ def find_spans(sentence: str) -> list[Span]:
     for m in _NUMBER.finditer(sentence):
         add(m.start(), m.end(), "number")
     for start, end in _caps_runs(sentence):
-        add(start, end, _name_kind(sentence, start, end))
+        kind = _name_kind(sentence, start, end)
+        title = _TITLE.search(sentence[:start])
+        add(title.start() if title else start, end, "person" if title else kind)
     obj = _object_span(sentence, found)
     if obj is not None:
         found.append(obj)
@@ -216,11 +299,33 @@ PREPS = {
     "into",
     "near",
     "as",
+    "along",
+    "through",
+    "across",
+    "around",
+    "past",
+    "over",
+    "under",
+    "towards",
+    "behind",
+    "beside",
 }
 
 ADVERBS = {"really", "never", "always", "also", "usually", "often", "just", "still", "only", "absolutely"}
 
 ADVERBS |= {"totally", "actually", "honestly", "definitely", "truly", "sometimes", "mostly", "so", "do"}
+
+MODALS = {"can't", "can’t", "cannot", "won't", "won’t", "don't", "don’t", "doesn't", "doesn’t", "didn't", "didn’t"}
+MODALS |= {"can", "could", "would", "will", "should", "must", "might", "never", "not", "do", "does", "did"}
+
+_DETERMINERS = {"the", "a", "an", "my", "our", "your", "his", "her", "their", "its", "some", "to"}
+
+# Words that end an object's noun phrase ("oat milk in my coffee", "flying, so ...", "green tea to black").
+_OBJECT_STOPS = (PREPS - {"of"}) | {"and", "but", "or", "so", "because", "when", "while", "if", "that", "which"}
+_OBJECT_STOPS |= {"who", "than", "before", "after", "every", "each", "whenever", "although", "though", "then"}
+
+_TRAILING_ADVERBS = {"everywhere", "anywhere", "always", "often", "daily", "now", "too", "again", "anymore", "lately"}
+_TRAILING_ADVERBS |= {"together", "first", "most", "best", "instead", "nowadays", "usually", "sometimes", "here"}
 
 NOT_VERBS = STARTERS | PREPS | {"always", "each", "every", "its", "his", "hers", "this", "thus", "yes", "news"}
 
@@ -235,9 +340,20 @@ def base_verb(word: str) -> str | None:
         return word[:-2]
     if low.endswith("s") and not low.endswith(("ss", "us", "is")):
         return word[:-1]
-    if low.endswith("ed"):
-        stem = word[:-2]
-        if len(stem) > 2 and stem[-1] == stem[-2]:
-            return stem[:-1]
-        return stem + "e" if stem[-1:] in ("v", "c", "z", "u", "g") else stem
+    if low.endswith("ed") and len(low) > 3 and not low.endswith("eed"):
+        return past_stem(word)
     return None
+
+
+def past_stem(word: str) -> str:
+    """The base form of a regular past tense: stopped -> stop, closed -> close, carried -> carry,
+    opened -> open, called -> call, moved -> move."""
+    stem = word[:-2]
+    low = stem.lower()
+    if len(low) > 2 and low[-1] == low[-2] and low[-1] not in "slfz":
+        return stem[:-1]
+    if low.endswith("i"):
+        return stem + "e" if len(low) <= 2 else stem[:-1] + "y"
+    if re.fullmatch(r"[^aeiou]*[aeiou][^aeiouwxy]", low) or low[-1:] in ("v", "c", "z", "u", "g"):
+        return stem + "e"
+    return stem

@@ -38,6 +38,9 @@ REPLAY_RATIO = 0.5  # replay sequences per memory example
 # (the adapter disabled), not the cross-entropy of its tokens: the text's tokens say only which word came
 # next, the base model's distribution says everything it predicted, which is what forgetting loses.
 REPLAY_LOSS = "kl"
+# After each check, the memories whose training questions were missed are trained again in the next
+# batches (``_Batches.refocus``).
+REFOCUS = True
 # fuse: after peft's combination, short passes over the parents' memories. On 10+10 facts (fuse_lora_bench):
 # 1 pass at 1e-3 kept 65%/55% of each parent's facts, 2 passes 95%/95% (held-out loss -1.0%), 3 passes
 # 100%/100% but held-out loss +4.1%; 2 passes at 2e-3 kept 85%/85%.
@@ -46,26 +49,37 @@ CONSOLIDATE_LR = 1e-3
 _ATTENTION_PARENTS = re.compile(r"attn|attention", re.IGNORECASE)
 
 
-def _batches(
-    memory: list[Example], replay: list[Example], steps: int, ratio: float, rng: random.Random
-) -> list[list[Example]]:
-    """``steps`` batches: every memory example once per epoch (shuffled), with replay examples mixed in
-    at ``ratio`` per memory example."""
-    out: list[list[Example]] = []
-    pool: list[Example] = []
-    offset = rng.randrange(len(replay)) if replay else 0
-    while len(out) < steps:
-        if len(pool) < BATCH_SIZE:
-            epoch = list(memory)
-            if replay and ratio > 0:
-                count = round(len(memory) * ratio)
-                epoch += [replay[(offset + i) % len(replay)] for i in range(count)]
-                offset += count
-            rng.shuffle(epoch)
-            pool += epoch
-        out.append(pool[:BATCH_SIZE])
-        pool = pool[BATCH_SIZE:]
-    return out
+class _Batches:
+    """Batches of ``BATCH_SIZE``: every memory example once per epoch (shuffled), with replay examples
+    mixed in at ``ratio`` per memory example. ``refocus(refs)`` puts another copy of those memories'
+    examples into the batches that come next: training spends its steps where the last check missed."""
+
+    def __init__(self, memory: list[Example], replay: list[Example], ratio: float, rng: random.Random) -> None:
+        self.memory, self.replay, self.ratio, self.rng = memory, replay, ratio, rng
+        self.pool: list[Example] = []
+        self.offset = rng.randrange(len(replay)) if replay else 0
+        self.by_ref: dict[str, list[Example]] = {}
+        for example in memory:
+            if example.ref:
+                self.by_ref.setdefault(example.ref, []).append(example)
+
+    def next(self) -> list[Example]:
+        if len(self.pool) < BATCH_SIZE:
+            epoch = list(self.memory)
+            if self.replay and self.ratio > 0:
+                count = round(len(self.memory) * self.ratio)
+                epoch += [self.replay[(self.offset + i) % len(self.replay)] for i in range(count)]
+                self.offset += count
+            self.rng.shuffle(epoch)
+            self.pool += epoch
+        batch, self.pool = self.pool[:BATCH_SIZE], self.pool[BATCH_SIZE:]
+        return batch
+
+    def refocus(self, refs: set[str]) -> None:
+        extra = [e for ref in sorted(refs) for e in self.by_ref.get(ref, ())]
+        if extra:
+            self.pool += extra
+            self.rng.shuffle(self.pool)
 
 
 class _BaseDistributions:
@@ -261,7 +275,9 @@ def _fit(
     started = time.perf_counter()
     model.train()
     try:
-        for step, batch in enumerate(_batches(examples, replay, steps, replay_ratio, rng)):
+        batches = _Batches(examples, replay, replay_ratio, rng)
+        for step in range(steps):
+            batch = batches.next()
             loss = _batch_loss(model, batch, pad, base)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -282,7 +298,10 @@ def _fit(
             if (step + 1) % until.every or step + 1 < MIN_STEPS:
                 continue
             model.eval()
-            hits = sum(greedy_recalled(model, until.checks, pad))
+            recalled = greedy_recalled(model, until.checks, pad)
+            hits = sum(recalled)
+            if REFOCUS:
+                batches.refocus({c.ref for c, hit in zip(until.checks, recalled, strict=True) if not hit and c.ref})
             model.train()
             recall = hits / max(1, len(until.checks))
             window = recent[-until.every :]

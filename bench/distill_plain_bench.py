@@ -15,6 +15,7 @@ training stopped, its steps and time, the whole run's time and the process's pea
 
     python bench/distill_plain_bench.py --sets people,dates,codes,prefs,mixed [--threads 2] [--out FILE]
     python bench/distill_plain_bench.py --scale 100 --max-minutes 20
+    python bench/distill_plain_bench.py --sets people --loaded   # next to one competing CPU-bound process
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one set in this process
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--loaded", action="store_true", help="run each set next to one competing CPU-bound process (started here)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -173,10 +177,14 @@ def main() -> None:
     rows = []
     load_before = os.getloadavg()[0]
     passthrough = [a for a in sys.argv[1:] if not a.startswith("--out")]
+    sys.path.insert(0, str(HERE))
+    from latency import competitor
+
     for name in names:  # one process per set, so peak memory is per set
-        done = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--one", name], stdout=subprocess.PIPE, text=True, check=False
-        )
+        with competitor(args.loaded):
+            done = subprocess.run(
+                [sys.executable, __file__, *passthrough, "--one", name], stdout=subprocess.PIPE, text=True, check=False
+            )
         if done.returncode:
             raise SystemExit(f"{name} failed")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -204,7 +212,7 @@ def render(rows: list[dict], args: argparse.Namespace, load_before: float, load_
         "",
         f"- date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} cores "
         f"(CPU only), torch threads {args.threads}; load average (1 min) {load_before:.1f} at start, "
-        f"{load_after:.1f} at end",
+        f"{load_after:.1f} at end; {'next to one competing CPU-bound process' if args.loaded else 'quiet'}",
         f"- command: `python bench/distill_plain_bench.py {' '.join(a for a in sys.argv[1:])}`",
     ]
     for r in rows:

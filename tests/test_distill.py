@@ -315,9 +315,7 @@ def test_replay_loss_is_the_divergence_from_the_base_model(lm: LanguageModel) ->
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
-def test_a_shared_prompt_prefix_gives_the_same_losses_and_gradients(
-    tiny_dirs: dict[str, Path], family: str
-) -> None:
+def test_a_shared_prompt_prefix_gives_the_same_losses_and_gradients(tiny_dirs: dict[str, Path], family: str) -> None:
     import torch
     import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model

@@ -3,13 +3,16 @@
 Memories are what users write: statements ("The access code for the boathouse is 4471."), notes and
 dialogue turns ("I'm allergic to peanuts", said by Priya). Nothing here calls a model. For each memory:
 
+- **clauses**: a compound sentence is asked about clause by clause ("Jonah hates flying, so Jonah takes
+  the train everywhere" -> two clauses), each with its own subject;
 - **spans**: the salient parts an answer is made of (people, places and other names, dates, times,
-  numbers and codes, and the object of a first-person or copular statement), found by rules;
+  numbers and codes, and the object of a statement: "oat milk", "coriander"), found by rules;
 - **statements** (plain text, loss on every token): the memory as written and, for a dialogue turn, the
   speaker's words in the third person ("Priya is allergic to peanuts.") and quoted ("Priya said: ...");
 - **training pairs** (question -> answer, rendered through the chat template): for each span, a
   wh-question in normal word order ("What is the access code for the boathouse?"), an echo question
-  ("The access code for the boathouse is what?"), a cloze ("Fill in the blank: ... ___."), and questions
+  ("The access code for the boathouse is what?"), a cloze ("Fill in the blank: ... ___."), variants worded
+  from the sentence's structure ("What is the code for the boathouse?", "What kind of milk ...?"), and questions
   about the subject and each name answered with the whole statement; who/when questions from the speaker
   and the time; the memory's own ``metadata.question`` when it has one;
 - **held-out probes**, one template family per span kind that training never uses (an embedded question:
@@ -81,7 +84,8 @@ _AUX = {
     "did": "did",
     "do": "do",
 }
-_AUX |= {f"{w}n{q}t": f"{w}n't" for w in ("is", "are", "was", "were", "does", "do", "did", "could", "would") for q in "'’"}
+_NEGATABLE = ("is", "are", "was", "were", "does", "do", "did", "could", "would")
+_AUX |= {f"{w}n{q}t": f"{w}n't" for w in _NEGATABLE for q in "'’"}
 _AUX |= {f"{w}{q}t": f"{w}'t" for w in ("can", "won", "don") for q in "'’"}
 _ARTICLES = {"the", "a", "an"}
 _POSSESSIVES = {"my", "our", "your", "his", "her", "their"}
@@ -267,7 +271,10 @@ def variant_questions(sentence: str, span: Span, wh: str | None) -> list[str]:
     label = _labelled(head)
     if label:
         out.append(label)
-    if len(head) < 3 or head[-1].lower() not in COPULA and not (head[-1].lower() in _ARTICLES and head[-2].lower() in COPULA):
+    if len(head) < 3:
+        return out
+    last, second = head[-1].lower(), head[-2].lower()
+    if last not in COPULA and not (last in _ARTICLES and second in COPULA):
         return out
     if sentence[span.end :].strip(" .!?"):
         return out  # the span is not the sentence's complement

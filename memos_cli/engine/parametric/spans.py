@@ -202,7 +202,7 @@ def _object_span(sentence: str, taken: list[Span]) -> Span | None:
         rest = rest[2:]
     while rest and (rest[0].group().lower() in _DETERMINERS or rest[0].group().lower().endswith(("'s", "’s"))):
         rest = rest[1:]
-    kept = []
+    kept: list[re.Match[str]] = []
     for i, word in enumerate(rest):
         w = word.group().lower()
         gap = body[rest[i - 1].end() : word.start()] if i else ""

@@ -104,7 +104,7 @@ def run_set(name: str, memories: list[dict], questions: list[dict], args: argpar
 
         before = evaluation.measure_recall(lm, natural, stage="natural before")
         options: dict = {"max_minutes": args.max_minutes, "max_probes": args.max_probes}
-        for key in ("steps", "epochs", "lr", "replay_ratio"):
+        for key in ("steps", "epochs", "lr", "replay_ratio", "precision"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
         distill_started = time.perf_counter()
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--replay-ratio", type=float, default=None)
+    parser.add_argument("--precision", default=None, help="distill's --precision (default: auto)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one set in this process

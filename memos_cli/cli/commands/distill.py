@@ -47,6 +47,14 @@ def distill(
         typer.Option("--max-probes", help="Measure recall on a sample of this many held-out questions (default: all)."),
     ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-3,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="Training arithmetic: auto (bfloat16 where the CPU has it natively, else float32), float32 "
+            "or bfloat16. The adapter is stored in float32 and measured in float32 either way.",
+        ),
+    ] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed for the LoRA initialisation and the data order.")] = 0,
     model: ModelOpt = None,
     replay: Annotated[
@@ -123,6 +131,7 @@ def distill(
         replay=replay,
         max_minutes=max_minutes,
         max_probes=max_probes,
+        precision=precision,
     )
 
 
@@ -144,6 +153,7 @@ def run_distill(
     replay: Path | None = None,
     max_minutes: float | None = 30.0,
     max_probes: int | None = None,
+    precision: str = "auto",
 ) -> None:
     """Train, measure and report: shared by `memos distill` and `memos promote --to parametric`."""
     from memos_cli.config import model_spec
@@ -165,6 +175,7 @@ def run_distill(
             replay_path=replay,
             max_minutes=max_minutes,
             max_probes=max_probes,
+            precision=precision,
             actor=actor,
             progress=bar,
         )

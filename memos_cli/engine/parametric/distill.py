@@ -62,6 +62,7 @@ from memos_cli.engine.parametric.training import (
     REPLAY_RATIO,
     TARGETS,
     Until,
+    resolve_precision,
     steps_for,
     train_adapter,
 )
@@ -171,6 +172,7 @@ def distill(
     replay_ratio: float = REPLAY_RATIO,
     max_minutes: float | None = DEFAULT_MAX_MINUTES,
     max_probes: int | None = None,
+    precision: str = "auto",
     actor: str | None = None,
     progress: Progress | None = None,
     accept: Callable[[DistillReport], str | None] | None = None,
@@ -187,12 +189,14 @@ def distill(
     that stops improving, after ``max_minutes`` or after ``MAX_EPOCHS`` passes; the report says which.
     ``steps`` or ``epochs`` fix the length instead. ``max_probes`` measures recall on a seeded sample of
     the held-out questions (for large selections, where asking every one costs more than training).
+    ``precision`` is the training steps' (``training.PRECISIONS``; "auto" is bfloat16 where native).
     Replay text is mixed in. Raises before anything is written if the selection, the options or the model
     are wrong; an interruption before the final transaction leaves the cube unchanged.
     """
     # Long (~75 lines of body after the docstring) because it reads as the report it fills, top to bottom:
     # check, select, measure before, train, measure after, report, commit; each stage is one call.
     _check_options(name, rank, alpha, lr, steps, epochs, max_minutes, max_probes, target_modules)
+    precision = resolve_precision(precision)
     who = cube.check(actor, "write")
     memories = select(cube, selection)
     lm = model if isinstance(model, LanguageModel) else load_lm(model)
@@ -226,6 +230,7 @@ def distill(
         replay_ratio=replay_ratio,
         progress=progress,
         until=until,
+        precision=precision,
     )
     train_seconds = time.perf_counter() - train_started
 
@@ -247,7 +252,7 @@ def distill(
         hyperparameters=_hyperparameters(
             rank, alpha, target_modules, steps, epochs, until, max_minutes, lr, seed, replay_path, replay_ratio
         )
-        | {"probes": f"{len(probes)} of {len(data.probes)}"},
+        | {"probes": f"{len(probes)} of {len(data.probes)}", "precision": precision},
         examples=counts,
         recall_before=recall_before,
         recall_after=recall_after,

@@ -292,6 +292,14 @@ def test_cli_distill_and_drop(cube: Cube, tiny_dir: Path) -> None:
     assert "facts" not in Cube.open(cube.path).manifest.lora
 
 
+def test_cli_refuses_an_unknown_precision(cube: Cube, tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from memos_cli.cli.app import main
+
+    code = main(["distill", str(cube.path), "--name", "x", "--all", "--precision", "fp8", "--model", str(tiny_dir)])
+    assert code == 2 and "--precision" in capsys.readouterr().err
+    assert "x" not in Cube.open(cube.path).manifest.lora
+
+
 def test_replay_loss_is_the_divergence_from_the_base_model(lm: LanguageModel) -> None:
     """Replay pulls towards the base model's own predictions: zero while the adapter changes nothing (LoRA's
     B starts at zero), positive once it does, and cross-entropy on the memory examples alongside."""
@@ -348,3 +356,24 @@ def test_a_shared_prompt_prefix_gives_the_same_losses_and_gradients(tiny_dirs: d
         results.append((losses.detach(), grads))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-4)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-4, rtol=1e-3)
+
+
+def test_bfloat16_training_saves_and_measures_a_float32_adapter(cube: Cube, lm: LanguageModel) -> None:
+    import torch
+
+    assert lora_training.resolve_precision("float32") == "float32"
+    assert lora_training.resolve_precision("auto") in ("float32", "bfloat16")
+    with pytest.raises(UsageError, match="precision"):
+        lora_training.resolve_precision("fp8")
+    report = dist.distill(cube, Selection(all=True), name="bf", model=lm, precision="bfloat16", **FAST)
+    assert report.hyperparameters["precision"] == "bfloat16"
+    loaded = lora_adapters.load_adapters(lm, Cube.open(cube.path), ["bf"])
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    # the report measured the float32 model that chat loads: the same answers again
+    again = lora_eval.measure_recall(
+        loaded, [lora_examples.Probe(a["ref"], a["question"], a["expected"], "x") for a in report.recall_after.answers]
+    )
+    assert [a["answer"] for a in again.answers] == [a["answer"] for a in report.recall_after.answers]
+    # and the trained update differs little from float32 training's (same data, seed and steps)
+    exact = dist.distill(cube, Selection(all=True), name="fp", model=lm, precision="float32", **FAST)
+    assert abs(exact.final_loss - report.final_loss) < 0.1 * max(exact.final_loss, 1e-3)

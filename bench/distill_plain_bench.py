@@ -177,7 +177,16 @@ def main() -> None:
     names = [f"scale:{args.scale}"] if args.scale else [s.strip() for s in args.sets.split(",") if s.strip()]
     rows = []
     load_before = os.getloadavg()[0]
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--out")]
+    passthrough = []  # the child processes get every option but --out (and --loaded: the competitor is here)
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--loaded" or arg.startswith("--out="):
+            skip = False
+            continue
+        if arg == "--out":
+            skip = True
+            continue
+        passthrough.append(arg)
     sys.path.insert(0, str(HERE))
     from latency import competitor
 

@@ -111,7 +111,7 @@ class MemoryData:
     ref: str
     statements: list[str]
     pairs: list[Pair]  # training pairs
-    checks: list[Pair]  # short-answer training pairs: the model's own recall of them stops training
+    checks: list[Pair]  # short-answer questions (the first and the variants of each span): their recall stops training
     heldout: list[Pair]  # never trained on: the report's recall
 
 
@@ -402,7 +402,9 @@ def memory_data(record: MemoryRecord) -> MemoryData:
             if wh:
                 pairs.append(Pair(echo, sentence, "echo", span.kind))
             pairs.append(Pair(cloze(sentence, span), span.text, "cloze", span.kind))
-            pairs.extend(Pair(q, span.text, "variant", span.kind) for q in variant_questions(sentence, span, wh))
+            variants = [Pair(q, span.text, "variant", span.kind) for q in variant_questions(sentence, span, wh)]
+            pairs.extend(variants)
+            checks.extend(variants)  # learned means answered however the training data asks
             if span.kind in ("person", "place", "name") and span.text.lower() != (subject or "").lower():
                 pairs.append(Pair(f"What do you know about {span.text}?", sentence, "about", span.kind))
             heldout.append(Pair(heldout_question(sentence, span), span.text, "heldout", span.kind))

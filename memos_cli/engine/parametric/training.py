@@ -49,6 +49,7 @@ def resolve_precision(precision: str) -> str:
             pass
     return "bfloat16" if native else "float32"
 
+
 # Training until learned (no --steps/--epochs): the model's greedy recall of at most MAX_CHECKS training
 # questions is measured every CHECK_EVERY steps, never before MIN_STEPS; MAX_EPOCHS passes and
 # DEFAULT_MAX_MINUTES are the caps. (3 facts: 9 steps recalled 33%, 20 steps 100%.)
@@ -77,7 +78,8 @@ _ATTENTION_PARENTS = re.compile(r"attn|attention", re.IGNORECASE)
 class _Batches:
     """Batches of ``BATCH_SIZE``: every memory example once per epoch (shuffled), with replay examples
     mixed in at ``ratio`` per memory example. ``refocus(refs)`` puts another copy of those memories'
-    examples into the batches that come next: training spends its steps where the last check missed."""
+    examples (and replay in the same ratio) into the batches that come next: training spends its steps
+    where the last check missed."""
 
     def __init__(self, memory: list[Example], replay: list[Example], ratio: float, rng: random.Random) -> None:
         self.memory, self.replay, self.ratio, self.rng = memory, replay, ratio, rng
@@ -102,6 +104,10 @@ class _Batches:
 
     def refocus(self, refs: set[str]) -> None:
         extra = [e for ref in sorted(refs) for e in self.by_ref.get(ref, ())]
+        if extra and self.replay and self.ratio > 0:  # with replay in the same ratio: forgetting stays bounded
+            count = round(len(extra) * self.ratio)
+            extra += [self.replay[(self.offset + i) % len(self.replay)] for i in range(count)]
+            self.offset += count
         if extra:
             self.pool += extra
             self.rng.shuffle(self.pool)

@@ -70,11 +70,12 @@ def distill(
 
     The training data comes from the memories alone, with no LLM call: each statement (and, for a
     dialogue turn, the speaker's words in the third person) as plain text, and question-and-answer turns
-    in the model's chat template about the subject and every name, place, date, number and object in it,
-    cloze completions, who/when questions from the speaker and time, and metadata.question when present.
-    General replay text is mixed in to limit forgetting. Training runs until the model answers its
-    training questions (checked every few steps), stops improving, or hits --max-minutes; the report says
-    which. --steps or --epochs fix the length instead.
+    in the model's chat template about the subject and every name, place, date, number and object in each
+    clause, reworded variants of those questions, cloze completions, who/when questions from the speaker
+    and time, and metadata.question when present. General replay text is mixed in to limit forgetting.
+    Training runs until the model answers its training questions (checked every few steps; the memories
+    it misses are trained again), stops improving, or hits --max-minutes; the report says which. --steps
+    or --epochs fix the length instead.
 
     The report is measured, not assumed: closed-book recall on held-out questions (a template family
     training never uses, plus each memory's own metadata.question), with no retrieval and no KV

@@ -377,3 +377,19 @@ def test_bfloat16_training_saves_and_measures_a_float32_adapter(cube: Cube, lm: 
     # and the trained update differs little from float32 training's (same data, seed and steps)
     exact = dist.distill(cube, Selection(all=True), name="fp", model=lm, precision="float32", **FAST)
     assert abs(exact.final_loss - report.final_loss) < 0.1 * max(exact.final_loss, 1e-3)
+
+
+def test_refocus_trains_the_missed_memories_again_with_replay_in_the_same_ratio() -> None:
+    import random
+
+    memory = [lora_examples.Example([i], [i], "qa", ref=f"m{i % 4}") for i in range(8)]
+    replay = [lora_examples.Example([100 + i], [100 + i], "replay") for i in range(6)]
+    batches = lora_training._Batches(memory, replay, 0.5, random.Random(0))
+    first = batches.next()  # one epoch in the pool: 8 memory examples and 4 replay
+    assert len(first) == lora_examples.BATCH_SIZE
+    before, m1 = len(batches.pool), sum(e.ref == "m1" for e in batches.pool)
+    batches.refocus({"m1"})  # memory m1's two examples again, and one replay example with them
+    assert len(batches.pool) == before + 3
+    assert sum(e.ref == "m1" for e in batches.pool) == m1 + 2
+    batches.refocus(set())
+    assert len(batches.pool) == before + 3

@@ -92,22 +92,24 @@ class _Batches:
 
     def next(self) -> list[Example]:
         if len(self.pool) < BATCH_SIZE:
-            epoch = list(self.memory)
-            if self.replay and self.ratio > 0:
-                count = round(len(self.memory) * self.ratio)
-                epoch += [self.replay[(self.offset + i) % len(self.replay)] for i in range(count)]
-                self.offset += count
+            epoch = list(self.memory) + self._replay_for(len(self.memory))
             self.rng.shuffle(epoch)
             self.pool += epoch
         batch, self.pool = self.pool[:BATCH_SIZE], self.pool[BATCH_SIZE:]
         return batch
 
+    def _replay_for(self, memory_examples: int) -> list[Example]:
+        """The next replay examples, ``ratio`` of them per memory example (cycling through the pool)."""
+        if not self.replay or self.ratio <= 0:
+            return []
+        count = round(memory_examples * self.ratio)
+        out = [self.replay[(self.offset + i) % len(self.replay)] for i in range(count)]
+        self.offset += count
+        return out
+
     def refocus(self, refs: set[str]) -> None:
         extra = [e for ref in sorted(refs) for e in self.by_ref.get(ref, ())]
-        if extra and self.replay and self.ratio > 0:  # with replay in the same ratio: forgetting stays bounded
-            count = round(len(extra) * self.ratio)
-            extra += [self.replay[(self.offset + i) % len(self.replay)] for i in range(count)]
-            self.offset += count
+        extra += self._replay_for(len(extra))  # replay in the same ratio: forgetting stays bounded
         if extra:
             self.pool += extra
             self.rng.shuffle(self.pool)

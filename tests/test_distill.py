@@ -160,6 +160,10 @@ def test_training_runs_until_the_training_questions_are_recalled(
         cube, Selection(all=True), name="facts", model=lm, rank=2, progress=lambda s, d, t, x: seen.append((s, d, t))
     )
     assert report.stopped in ("plateau", "step limit") and report.steps >= lora_training.MIN_STEPS
+    # a plateau is never called within the first pass over the data
+    data = lora_examples.training_set(lm, list(cube.read_state().current.values()))
+    replay = lora_examples.replay_examples(lm)
+    assert report.steps >= lora_training.steps_for(1.0, data.examples, replay, lora_training.REPLAY_RATIO)
     assert report.trace and all(t["step"] % lora_training.CHECK_EVERY == 0 for t in report.trace)
     assert any(stage == "recall of training questions" for stage, _, _ in seen)
     assert report.hyperparameters["until"] == "learned" and report.metrics()["stopped"] == report.stopped

@@ -29,10 +29,20 @@ REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and never handed out before in this session: the OS may return a port it just gave
+    (the probe socket is closed at once), and two Ray components on one port fail the start (a fresh-clone
+    run did: dashboard and dashboard_agent_http both on 40415)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _node_ports() -> list[str]:

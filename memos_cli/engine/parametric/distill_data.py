@@ -39,6 +39,7 @@ from memos_cli.engine.parametric.spans import (
     PREPS,
     Span,
     base_verb,
+    capitalised,
     clauses,
     find_spans,
     sentences,
@@ -182,10 +183,6 @@ def _speaker_name(record: MemoryRecord) -> str | None:
 # Questions
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:] if text else text
-
-
 def _lower_start(words: list[str]) -> list[str]:
     if words and words[0] in {"The", "A", "An", "My", "Our", "This", "That", "Its", "His", "Her", "Their"}:
         return [words[0].lower(), *words[1:]]
@@ -227,7 +224,7 @@ def wh_question(sentence: str, span: Span) -> str | None:
         if i and low in _AUX:
             subject = _lower_start(before[:i])
             rest = before[i + 1 :]
-            return _cap(_clean(" ".join([wh, _AUX[low], *subject, *rest, after]))) + "?"
+            return capitalised(_clean(" ".join([wh, _AUX[low], *subject, *rest, after]))) + "?"
     for i, word in enumerate(before[1:], start=1):
         base = base_verb(word)
         if base and not word[0].isupper():
@@ -237,21 +234,21 @@ def wh_question(sentence: str, span: Span) -> str | None:
                 else ("do" if before[i - 1].lower() in {"i", "we", "they", "you"} else "does")
             )
             subject = _lower_start(before[:i])
-            return _cap(_clean(" ".join([wh, aux, *subject, base, *before[i + 1 :], after]))) + "?"
+            return capitalised(_clean(" ".join([wh, aux, *subject, base, *before[i + 1 :], after]))) + "?"
     return None
 
 
 def echo_question(sentence: str, span: Span) -> str:
     """The sentence with the span replaced by a question word: "The code for the shed is what?"."""
     if _possessive(sentence, span):
-        return _cap(_whose(sentence, span)) + "?"
+        return capitalised(_whose(sentence, span)) + "?"
     before = " ".join(_before(sentence, span))
     after = sentence[span.end :].rstrip(" .!?").strip()
     if span.kind in ("date", "time", "place") and before.split() and before.split()[-1].lower() in PREPS:
         wh = ECHO.get(span.kind, WH[span.kind])
     else:
         wh = WH[span.kind] if span.kind not in ("place",) else "where"
-    return _cap(_clean(f"{before} {wh} {after}")) + "?"
+    return capitalised(_clean(f"{before} {wh} {after}")) + "?"
 
 
 def variant_questions(sentence: str, span: Span, wh: str | None) -> list[str]:
@@ -278,7 +275,7 @@ def variant_questions(sentence: str, span: Span, wh: str | None) -> list[str]:
         return out
     if sentence[span.end :].strip(" .!?"):
         return out  # the span is not the sentence's complement
-    cut = -1 if head[-1].lower() in COPULA else -2
+    cut = -1 if last in COPULA else -2
     verb, subject = head[cut], head[:cut]
     noun = subject[-1]
     if not noun.isalpha() or not noun.islower():
@@ -297,11 +294,11 @@ def variant_questions(sentence: str, span: Span, wh: str | None) -> list[str]:
         i = preps[0]
         det = lowered[0] if lowered[0].lower() in _ARTICLES | {"my", "our", "your"} else "the"
         if i - 1 >= 1 and lowered[i - 1].isalpha() and (i > 2 or lowered[0].lower() not in _ARTICLES):
-            out.append(_cap(_clean(f"{wh_word} {verb} {det} {lowered[i - 1]} {' '.join(lowered[i:])}")) + "?")
+            out.append(capitalised(_clean(f"{wh_word} {verb} {det} {lowered[i - 1]} {' '.join(lowered[i:])}")) + "?")
     elif not preps and len(lowered) >= 3 and lowered[0].lower() in _ARTICLES:
         # "the Frostgate bike lock combination" -> "the combination for the Frostgate bike lock"
         rest = " ".join(lowered[1:-1])
-        out.append(_cap(f"{wh_word} {verb} the {noun} for the {rest}") + "?")
+        out.append(capitalised(f"{wh_word} {verb} the {noun} for the {rest}") + "?")
     return out
 
 
@@ -316,7 +313,7 @@ def _labelled(head: list[str]) -> str | None:
         prep, before = f" {before[-1].lower()}", before[:-1]
     if len(before) < 3 or before[-1].lower() not in COPULA:
         return None
-    return _cap(_clean(f"what {label} {before[-1].lower()} {' '.join(_lower_start(before[:-1]))}{prep}")) + "?"
+    return capitalised(_clean(f"what {label} {before[-1].lower()} {' '.join(_lower_start(before[:-1]))}{prep}")) + "?"
 
 
 def cloze(sentence: str, span: Span) -> str:
@@ -368,10 +365,10 @@ def memory_data(record: MemoryRecord) -> MemoryData:
     speaker = _speaker_name(record)
     spoken = bool(speaker and _FIRST_PERSON.search(text))
     # Questions are asked about what the memory says: a dialogue turn in the third person.
-    told = third_person(text, _cap(speaker)) if spoken and speaker else text
+    told = third_person(text, capitalised(speaker)) if spoken and speaker else text
     statements = [text]
     if speaker:
-        statements.append(f'{_cap(speaker)} said: "{text}"')
+        statements.append(f'{capitalised(speaker)} said: "{text}"')
     if told != text:
         statements.append(told)
     pairs: list[Pair] = []

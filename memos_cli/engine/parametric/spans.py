@@ -116,10 +116,11 @@ def clauses(sentence: str) -> list[str]:
     if not out:
         return [sentence]
     out.append(body[at:])
-    return [_cap_first(c.strip()) + "." for c in out]
+    return [capitalised(c.strip()) + "." for c in out]
 
 
-def _cap_first(text: str) -> str:
+def capitalised(text: str) -> str:
+    """``text`` with its first letter upper-case."""
     return text[:1].upper() + text[1:]
 
 
@@ -215,7 +216,7 @@ def _object_span(sentence: str, taken: list[Span]) -> Span | None:
         kept.append(word)
     while kept and kept[-1].group().lower() in _TRAILING_ADVERBS:
         kept.pop()
-    if kept and any(s.start == len(body[: kept[-1].end()]) + 1 for s in taken):
+    if kept and any(s.start == kept[-1].end() + 1 for s in taken):
         return None  # "is number 217", "rack 29": a label of the span that follows
     if not kept or len(kept) > 5 or all(k.group().lower() in NOT_VERBS | COPULA | ADVERBS for k in kept):
         return None

@@ -28,7 +28,8 @@ TARGETS = ("all-linear", "attention")
 # LoRA weights, the optimizer and every loss stay float32), about twice as fast on a CPU with native
 # bfloat16 (AVX512-BF16 or AMX: 1.54 -> 0.73 s for a forward and backward pass of SmolLM2 over 8 x 48
 # tokens on the 2-core box) and slower where it is emulated; "auto" chooses it only where it is native.
-# Recall checks, the report's measurements, chat and snapshots always run in float32.
+# The recall checks during training run on that bfloat16 copy; the report's measurements, chat and
+# snapshots run on the float32 model.
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -64,9 +65,6 @@ REPLAY_RATIO = 0.5  # replay sequences per memory example
 # (the adapter disabled), not the cross-entropy of its tokens: the text's tokens say only which word came
 # next, the base model's distribution says everything it predicted, which is what forgetting loses.
 REPLAY_LOSS = "kl"
-# After each check, the memories whose training questions were missed are trained again in the next
-# batches (``_Batches.refocus``).
-REFOCUS = True
 # fuse: after peft's combination, short passes over the parents' memories. On 10+10 facts (fuse_lora_bench):
 # 1 pass at 1e-3 kept 65%/55% of each parent's facts, 2 passes 95%/95% (held-out loss -1.0%), 3 passes
 # 100%/100% but held-out loss +4.1%; 2 passes at 2e-3 kept 85%/85%.
@@ -133,7 +131,8 @@ class _BaseDistributions:
         if key not in self.cache:
             disabled = self.model.disable_adapter() if self.reference is None else contextlib.nullcontext()
             with torch.no_grad(), disabled, torch.autocast("cpu", enabled=False):
-                logits, _, _ = scored(self.reference or self.model, [example], self.pad)
+                model = self.model if self.reference is None else self.reference
+                logits, _, _ = scored(model, [example], self.pad)
                 self.cache[key] = torch.log_softmax(logits.float(), dim=-1).half()
         return self.cache[key]
 
@@ -244,7 +243,7 @@ def train_adapter(
         progress=progress,
         until=until,
         precision=precision,
-        reference=lm.model if precision == "bfloat16" else None,
+        reference=lm.model,
     )
     if precision == "bfloat16":
         model = _on_float32_base(lm, model, config)
@@ -317,7 +316,7 @@ def _fit(
     """AdamW over ``params`` for at most ``steps`` batches (linear warm-up, then linear decay to 10%,
     gradients clipped at 1), stopping early as ``until`` says; the final loss is the mean of the last 10%
     of the steps taken. ``precision`` "bfloat16" runs the steps under autocast (``PRECISIONS``);
-    ``reference`` (the float32 base model) then gives the replay's KL targets. Leaves ``model`` in eval
+    ``reference`` (the float32 base model), when given, gives the replay's KL targets. Leaves ``model`` in eval
     mode."""
     import torch
 
@@ -365,8 +364,8 @@ def _fit(
             model.eval()
             recalled = greedy_recalled(model, until.checks, pad)
             hits = sum(recalled)
-            if REFOCUS:
-                batches.refocus({c.ref for c, hit in zip(until.checks, recalled, strict=True) if not hit and c.ref})
+            # the memories whose questions were missed are trained again in the next batches
+            batches.refocus({c.ref for c, hit in zip(until.checks, recalled, strict=True) if not hit and c.ref})
             model.train()
             recall = hits / max(1, len(until.checks))
             window = recent[-until.every :]

@@ -274,7 +274,7 @@ def find_spans(sentence: str) -> list[Span]:
         add(m.start(), m.end(), "number")
     for start, end in _caps_runs(sentence):
         kind = _name_kind(sentence, start, end)
-        title = _TITLE.search(sentence[:start])
+        title = _TITLE.search(sentence, max(0, start - 10), start)  # a title is at most 6 characters
         add(title.start() if title else start, end, "person" if title else kind)
     obj = _object_span(sentence, found)
     if obj is not None:

@@ -134,3 +134,48 @@ def test_past_tense_verbs_have_their_base_form() -> None:
     pairs |= {"liked": "like", "started": "start", "used": "use", "missed": "miss", "played": "play"}
     assert {w: base_verb(w) for w in pairs} == pairs
     assert base_verb("need") is None
+
+
+def test_a_capitalised_english_word_opening_a_sentence_is_not_a_name() -> None:
+    assert kinds("Vet appointment for Biscuit moved to Friday at 4pm.") == {
+        "Biscuit": "name",
+        "Friday": "date",
+        "4pm": "time",
+    }
+    assert "Sabrine Thalcott" in kinds("Met Sabrine Thalcott today.")
+    assert kinds("Passport renewal deadline is 9 November 2031.") == {"9 November 2031": "date"}
+    # ... but it is a name before a verb, a copula or as half of a two-word name
+    assert kinds("Mark plays the cello.")["Mark"] == "person"
+    assert kinds("Rose is the treasurer.")["Rose"] == "person"
+    assert kinds("Grace Hopper wrote the compiler.")["Grace Hopper"] == "person"
+    assert "Rose" in kinds("We asked Rose about it.")
+
+
+def test_notes_lose_their_marker_and_label_value_notes_become_statements() -> None:
+    def checks(text: str, speaker: str | None = None) -> dict[str, str]:
+        return {c.question: c.answer for c in memory_data(MemoryRecord("m", 1, text, speaker=speaker)).checks}
+
+    assert checks("Note: the spare key is under the blue flowerpot.") == {"Where is the spare key?": "blue flowerpot"}
+    assert checks("Bike lock combo: 4817")["What is the bike lock combo?"] == "4817"
+    assert checks("physio -> Dr. Orlaith Quenby") == {"Who is the physio?": "Dr. Orlaith Quenby"}
+    assert checks("Kestrel Bay regatta: 3 June 2031")["When is the Kestrel Bay regatta?"] == "3 June 2031"
+    listed = checks("storage unit @ Pinecrest: unit 318, gate code 90427")
+    assert listed["What is the gate code for the storage unit at Pinecrest?"] == "90427"
+    assert listed["What is the unit for the storage unit at Pinecrest?"] == "318"
+    # a time's colon is not a label
+    assert checks("The Wrenfield office closes at 6:30 on Fridays.")["What time does the Wrenfield office close on Fridays?"] == "6:30"
+    assert "Who would always rather take the night train than fly?" in checks(
+        "Honestly I'd always rather take the night train than fly.", "Oskar"
+    )
+
+
+def test_units_pronouns_and_got_married() -> None:
+    def checks(text: str) -> dict[str, str]:
+        return {c.question: c.answer for c in memory_data(MemoryRecord("m", 1, text)).checks}
+
+    assert checks("The project budget for Lumen is 48,000 euros.")["What is the project budget for Lumen?"] == "48,000 euros"
+    assert checks("The greenhouse thermostat is set to 24 degrees.")["What is the greenhouse thermostat set to?"] == "24 degrees"
+    met = checks("Met Sabrine Thalcott today; she takes over as site manager at the Quarrydown depot next month.")
+    assert met["Who takes over as site manager at the Quarrydown depot next month?"] == "Sabrine Thalcott"
+    wed = checks("Ilse and Bram got married on 17 September 2029 in Oxwell Gardens.")
+    assert wed["When did Ilse and Bram get married in Oxwell Gardens?"] == "17 September 2029"

@@ -41,7 +41,10 @@ from memos_cli.engine.parametric.spans import (
     base_verb,
     capitalised,
     clauses,
+    english_words,
     find_spans,
+    is_date,
+    is_time,
     sentences,
 )
 
@@ -184,7 +187,7 @@ def _speaker_name(record: MemoryRecord) -> str | None:
 
 
 def _lower_start(words: list[str]) -> list[str]:
-    if words and words[0] in {"The", "A", "An", "My", "Our", "This", "That", "Its", "His", "Her", "Their"}:
+    if words and words[0] in {"The", "A", "An", "My", "Our", "This", "That", "Its", "His", "Her", "Their", "She", "He", "They", "It", "We", "You"}:
         return [words[0].lower(), *words[1:]]
     return words
 
@@ -227,6 +230,11 @@ def wh_question(sentence: str, span: Span) -> str | None:
             return capitalised(_clean(" ".join([wh, _AUX[low], *subject, *rest, after]))) + "?"
     for i, word in enumerate(before[1:], start=1):
         base = base_verb(word)
+        if base and not word[0].isupper() and i >= 2 and before[i - 1].lower() in ("got", "get", "gets"):
+            # "Ilse and Bram got married on ..." -> "When did Ilse and Bram get married?"
+            aux = "did" if before[i - 1].lower() == "got" else "does"
+            subject = _lower_start(before[: i - 1])
+            return capitalised(_clean(" ".join([wh, aux, *subject, "get", *before[i:], after]))) + "?"
         if base and not word[0].isupper():
             aux = (
                 "did"
@@ -242,12 +250,17 @@ def echo_question(sentence: str, span: Span) -> str:
     """The sentence with the span replaced by a question word: "The code for the shed is what?"."""
     if _possessive(sentence, span):
         return capitalised(_whose(sentence, span)) + "?"
-    before = " ".join(_before(sentence, span))
+    words = _before(sentence, span)
+    if len(words) == 1 and words[0].lower() in _ARTICLES | _POSSESSIVES:
+        words = []  # "The Wrenfield office closes ..." -> "Which place closes ...?"
+    before = " ".join(words)
     after = sentence[span.end :].rstrip(" .!?").strip()
-    if span.kind in ("date", "time", "place") and before.split() and before.split()[-1].lower() in PREPS:
+    if span.kind in ("date", "time", "place") and words and words[-1].lower() in PREPS:
         wh = ECHO.get(span.kind, WH[span.kind])
+    elif span.kind == "place":
+        wh = "where" if words else "which place"
     else:
-        wh = WH[span.kind] if span.kind not in ("place",) else "where"
+        wh = WH[span.kind]
     return capitalised(_clean(f"{before} {wh} {after}")) + "?"
 
 
@@ -330,6 +343,9 @@ def embedded_clause(sentence: str, span: Span) -> str:
     after = _clean(sentence[span.end :].rstrip(" .!?"))
     if span.kind in ("date", "time", "place") and before and before[-1].lower() in PREPS:
         before = before[:-1]
+    elif len(before) == 1 and before[0].lower() in _ARTICLES | _POSSESSIVES:
+        before = []  # the span is the subject: "which place closes at 6:30", not "where the closes ..."
+        wh = "which place" if span.kind == "place" else wh
     return _clean(" ".join([wh, *_lower_start(before), after]))
 
 
@@ -348,6 +364,47 @@ def _subject(sentence: str, spans: list[Span]) -> str | None:
             subject = " ".join(_lower_start(head))
             return subject if len(subject) > 2 else None
     return spans[0].text if spans else None
+
+
+_MARKER_OPENING = re.compile(
+    r"^(?:(?:note|reminder|remember(?: that)?|fyi|ps|p\.s\.|nb|btw|um+|uh+|oh|ok|okay|well|anyway|honestly|hey|"
+    r"also|update|heads up|so|lol|tbh)\b[\s,:;.!-]*)+",
+    re.I,
+)
+# "Bike lock combo: 4817", "physio -> Dr. Orlaith Quenby", "wifi = tern-8812": a label and its value
+_NOTE = re.compile(r"^(?P<head>[^:=>→]{2,80}?)\s*(?::\s|->|→|=>|=)\s*(?P<tail>\S.*)$")
+_NOTE_HEAD_WORDS = _AUX.keys() | COPULA | {"i", "we", "you", "he", "she", "they", "it"}
+
+
+def plain_statements(text: str) -> list[str]:
+    """The text the questions are asked about: ``text`` less the discourse marker it opens with ("Note:",
+    "btw,", "Remember that"), and a note written as "label: value" (or "->", "=") as statements: "Bike lock
+    combo: 4817" -> "The bike lock combo is 4817."; "storage unit @ Pinecrest: unit 318, gate code 90427"
+    -> that, plus "The unit for the storage unit at Pinecrest is 318." and "The gate code for ... is 90427."."""
+    body = " ".join(text.split())
+    stripped = _MARKER_OPENING.sub("", body)
+    if stripped != body and len(stripped.split()) >= 2:
+        body = capitalised(stripped)
+    match = _NOTE.match(body.rstrip(" ."))
+    if not match:
+        return [body]
+    head, tail = match.group("head").strip(), match.group("tail").strip()
+    words = head.replace("@", " at ").split()
+    if not 1 <= len(words) <= 7 or any(w.lower() in _NOTE_HEAD_WORDS for w in words) or len(tail.split()) > 12:
+        return [body]
+    first = words[0]
+    if first.lower() in _ARTICLES | _POSSESSIVES or first.lower() in english_words() or first[1:] == first[1:].lower() and text.lstrip()[:1].islower():
+        words = [first.lower(), *words[1:]]
+    subject = " ".join(words if words[0] in _ARTICLES | _POSSESSIVES else ["the", *words])
+    link = "is on" if is_date(tail) else ("is at" if is_time(tail) else "is")
+    out = [capitalised(f"{subject} {link} {tail}") + "."]
+    items = [i.strip() for i in re.split(r"[,;]\s+", tail) if i.strip()]
+    if len(items) >= 2:
+        for item in items:
+            label = item.split()
+            if len(label) >= 2 and any(ch.isdigit() for ch in label[-1]):
+                out.append(capitalised(f"the {' '.join(label[:-1])} for {subject} is {label[-1]}") + ".")
+    return out
 
 
 def _date_words(iso: str) -> str:
@@ -385,8 +442,16 @@ def memory_data(record: MemoryRecord) -> MemoryData:
                 pair = Pair(question.strip(), str(answer).strip(), "metadata", "metadata")
                 pairs.append(pair)
                 heldout.append(pair)
-    for sentence in [c for whole in sentences(told) or [told] for c in clauses(whole)]:
+    plain = [p for whole in sentences(told) or [told] for p in plain_statements(whole)]
+    statements += [p for p in plain if p not in statements and p not in told]
+    person: str | None = None  # the one person the sentence before named: who "she" or "he" is
+    for sentence in [c for p in plain for c in clauses(p)]:
+        pronoun = re.match(r"(?:she|he)\b", sentence, re.I)
+        if pronoun and person:
+            sentence = person + sentence[pronoun.end() :]
         spans = find_spans(sentence)
+        people = {s.text for s in spans if s.kind == "person"}
+        person = people.pop() if len(people) == 1 else None
         subject = _subject(sentence, spans)
         if subject:
             pairs.append(Pair(f"What do you know about {subject}?", sentence, "about"))

@@ -4,9 +4,11 @@ times, numbers and codes, and the object of a first-person or copular statement)
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 
 # Span kinds, most specific first (an earlier kind wins where spans overlap).
 KINDS = ("date", "time", "number", "person", "place", "name", "object")
@@ -26,7 +28,7 @@ _DATE = re.compile(
     rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?(?:{_MONTHS})\.?(?:,?\s+\d{{4}})?"
     rf"|(?:{_MONTHS})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{4}})?"
     rf"|(?:{_MONTHS})\s+\d{{4}}"
-    rf"|(?:(?:next|last|this)\s+)?(?:{_WEEKDAYS})"
+    rf"|(?:(?:next|last|this)\s+)?(?:{_WEEKDAYS})s?"
     rf"|(?:in|since|until|by)\s+\d{{4}})\b",
     re.IGNORECASE,
 )
@@ -37,6 +39,14 @@ _TIME = re.compile(r"\b\d{1,2}(?::\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.)|\b\d{1,2}:\d
 
 # Numbers, codes and identifiers: 4471, 48,000, tern-8812, LP-40623, 0161 496 0732.
 _NUMBER = re.compile(r"(?<![\w-])[#$€£]?(?:\d{2,}(?: \d{3,})+|(?:[A-Za-z]+-?)?\d(?:[\w./:,-]*\w)?)")
+
+
+_UNIT = re.compile(
+    r" (?:euros?|dollars?|pounds?|quid|bucks|yen|francs?|krona|kronor|rupees?|pesos?|usd|eur|gbp|percent|per cent|"
+    r"degrees?|kg|kilos?|grams?|g|km|kilometres?|kilometers?|miles?|metres?|meters?|m|cm|mm|litres?|liters?|ml|"
+    r"minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?|people|guests|pages|floors|steps|calories|mg)\b",
+    re.I,
+)
 
 
 _WORD = re.compile(r"[A-Za-z\u00C0-\u024F][\w\u00C0-\u024F'’-]*")
@@ -52,6 +62,33 @@ STARTERS = set(
 )
 
 
+# Discourse markers a note or a chat turn opens with ("Note: ...", "btw, ...", "Remember that ..."): not
+# names, and not part of what the memory says (distill_data drops them before asking questions).
+MARKERS = set(
+    """note notes reminder remember fyi ps nb btw um umm uh oh ok okay well anyway honestly hey hi hello also
+    update todo heads apparently basically actually so lol""".split()
+)
+STARTERS |= MARKERS
+
+
+@functools.cache
+def english_words() -> frozenset[str]:
+    """Lower-case English words (memos_cli/data/words.txt): at a sentence's start, where every word is
+    capitalised, one of them is taken for a name only when the next word says so."""
+    text = resources.files("memos_cli.data").joinpath("words.txt").read_text(encoding="utf-8")
+    return frozenset(line for line in text.split() if line and not line.startswith("#"))
+
+
+def is_date(text: str) -> bool:
+    """Whether ``text`` is a date and nothing else ("3 June 2031", "next Friday")."""
+    return bool(_DATE.fullmatch(text.strip()))
+
+
+def is_time(text: str) -> bool:
+    """Whether ``text`` is a time of day and nothing else ("4pm", "18:30")."""
+    return bool(_TIME.fullmatch(text.strip()))
+
+
 _MONTH_WORDS = set(_MONTHS.split("|")) | set(_WEEKDAYS.split("|"))
 
 
@@ -64,7 +101,9 @@ _PLACE_PREPS = {"in", "at", "to", "from", "near", "into", "through", "across", "
 _PLACE_WORDS = re.compile(
     r"\b(?:street|st|road|rd|avenue|lane|island|isle|city|town|village|lake|river|park|bay|mount|mountain|"
     r"valley|hill|harbour|harbor|station|airport|county|bridge|square|beach|forest|coast|canal|trail|path|"
-    r"market|gardens|pier|quay|wharf|common|heath|woods|falls|cove|marina|reservoir|estate)\b",
+    r"market|gardens|pier|quay|wharf|common|heath|woods|falls|cove|marina|reservoir|estate|pub|inn|hotel|cafe|"
+    r"café|restaurant|bar|depot|clinic|hospital|school|college|university|library|museum|theatre|theater|"
+    r"cinema|church|chapel|hall|centre|center|stadium|arena|gym|manor|farm|office|campus|zoo|mall)\b",
     re.I,
 )
 
@@ -145,6 +184,13 @@ def _caps_runs(sentence: str) -> Iterable[tuple[int, int]]:
                 j += 1
             elif nxt.lower() in _NAME_JOINERS and j + 1 < len(words) and words[j + 1].group()[0].isupper():
                 j += 2
+            elif (
+                nxt.lower() == "and"
+                and j + 1 < len(words)
+                and words[j + 1].group()[0].isupper()
+                and sentence[: words[i].start()].rstrip().lower().endswith(" the")
+            ):
+                j += 2  # "the Moth and Lantern pub": one name (but "Ilse and Bram" are two people)
             else:
                 break
         if j < len(words) and not sentence[words[j - 1].end() : words[j].start()].strip():
@@ -155,12 +201,44 @@ def _caps_runs(sentence: str) -> Iterable[tuple[int, int]]:
         # A sentence's first word is capitalised anyway: drop it when it is a common starter word.
         while first < j and words[first].group().lower().strip("'’") in STARTERS:
             first += 1
+        if first < j and _common_opening(sentence, words, first, j):
+            first += 1
         if first < j and words[j - 1].group().lower() not in _NAME_JOINERS:
             end = words[j - 1].end()
             if sentence[:end].endswith(("'s", "’s")):
                 end -= 2  # "Marta Feldrun's cat": the name is Marta Feldrun
             yield words[first].start(), end
         i = j
+
+
+def _common_opening(sentence: str, words: list[re.Match[str]], first: int, end: int) -> bool:
+    """Whether ``words[first]``, capitalised because it opens the sentence (or a clause after ":"), is an
+    English word rather than a name: "Vet appointment moved to Friday", "Passport renewal deadline is ...",
+    "Met Sabrine Thalcott today" (the name is the two words after it). A listed word is still a name
+    before a verb, a copula, a modal, a possessive or "and" ("Mark plays the cello", "Rose is the
+    treasurer", "Will's van"), or alone before a lower-case word that could be a verb ("Grace Hopper" is
+    two capitalised words and stays whole)."""
+    word = words[first].group()
+    before = sentence[: words[first].start()].strip()
+    if before and not before.endswith((":", ";", "-", ">", "(", '"', "“")):
+        return False  # capitalised in the middle of a sentence: a name
+    low = word.lower()
+    if low not in english_words() or word.endswith(("'s", "’s")) or not word[1:].islower():
+        return False
+    if end - first >= 3:
+        return True  # "Met Sabrine Thalcott", "Visited New York": the name follows the word
+    if end - first == 2:
+        return False  # "Grace Hopper", "Rose Tyler"
+    if end >= len(words):
+        return True
+    nxt = words[end].group()
+    gap = sentence[words[end - 1].end() : words[end].start()]
+    if gap.strip():
+        return True  # "Note: ...", "Update, ..."
+    low_next = nxt.lower()
+    if low_next in COPULA | MODALS | {"and", "or", "has", "had", "have"} or low_next.endswith(("'s", "’s")):
+        return False
+    return not (base_verb(nxt) or nxt.lower().endswith("ed"))
 
 
 def _name_kind(sentence: str, start: int, end: int) -> str:
@@ -198,9 +276,13 @@ def _object_span(sentence: str, taken: list[Span]) -> Span | None:
     low = words[anchor].group().lower()
     copular = low in COPULA or low in {"i'm", "i’m", "called", "named"}
     rest = words[anchor + 1 :]
+    kind = "object"
     # "allergic to peanuts", "afraid of spiders": the object follows the preposition.
     if copular and len(rest) >= 3 and rest[1].group().lower() in PREPS:
         rest = rest[2:]
+    # "the spare key is under the blue flowerpot": where it is (asked with "where")
+    elif copular and len(rest) >= 2 and rest[0].group().lower() in _LOCATIVE and rest[1].group().lower() in _DETERMINERS:
+        rest, kind = rest[1:], "place"
     while rest and (rest[0].group().lower() in _DETERMINERS or rest[0].group().lower().endswith(("'s", "’s"))):
         rest = rest[1:]
     kept: list[re.Match[str]] = []
@@ -223,7 +305,7 @@ def _object_span(sentence: str, taken: list[Span]) -> Span | None:
     start, end = kept[0].start(), kept[-1].end()
     if any(s.start < end and start < s.end for s in taken):
         return None
-    return Span(body[start:end], start, end, "object")
+    return Span(body[start:end], start, end, kind)
 
 
 def _anchor(words: list[re.Match[str]]) -> int | None:
@@ -271,7 +353,8 @@ def find_spans(sentence: str) -> list[Span]:
     for m in _TIME.finditer(sentence):
         add(m.start(), m.end(), "time")
     for m in _NUMBER.finditer(sentence):
-        add(m.start(), m.end(), "number")
+        unit = _UNIT.match(sentence, m.end())  # "48,000 euros", "24 degrees": the unit is part of the answer
+        add(m.start(), unit.end() if unit else m.end(), "number")
     for start, end in _caps_runs(sentence):
         kind = _name_kind(sentence, start, end)
         title = _TITLE.search(sentence, max(0, start - 10), start)  # a title is at most 6 characters
@@ -315,9 +398,12 @@ PREPS = {
 ADVERBS = {"really", "never", "always", "also", "usually", "often", "just", "still", "only", "absolutely"}
 
 ADVERBS |= {"totally", "actually", "honestly", "definitely", "truly", "sometimes", "mostly", "so", "do"}
+ADVERBS |= {"rather", "probably", "generally", "normally"}
 
 MODALS = {"can't", "can’t", "cannot", "won't", "won’t", "don't", "don’t", "doesn't", "doesn’t", "didn't", "didn’t"}
 MODALS |= {"can", "could", "would", "will", "should", "must", "might", "never", "not", "do", "does", "did"}
+
+_LOCATIVE = {"under", "in", "inside", "behind", "beside", "on", "above", "below", "beneath", "at", "near", "by"}
 
 _DETERMINERS = {"the", "a", "an", "my", "our", "your", "his", "her", "their", "its", "some", "to"}
 

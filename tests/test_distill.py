@@ -91,6 +91,14 @@ def test_probes_and_examples_come_from_the_memory_fields(lm: LanguageModel) -> N
     assert not lora_eval.answer_matches("The Glass Orchard", "Glass")
 
 
+def test_a_long_memory_trains_as_windows_of_its_statement(lm: LanguageModel) -> None:
+    long = MemoryRecord("m-2", 1, "Alice lives in Paris and walks along the river every morning. " * 60)
+    data = lora_examples.training_set(lm, [long])
+    statements = [e for e in data.examples if e.kind == "statement"]
+    assert len(statements) > 1 and all(len(e.ids) <= lora_examples.STATEMENT_TOKENS for e in statements)
+    assert all(e.ref == "m-2@1" for e in statements)
+
+
 def test_distill_writes_a_peft_folder_manifest_entry_and_report(cube: Cube, lm: LanguageModel, tiny_dir: Path) -> None:
     before = weights(lm.model)
     seen: list[tuple[str, int, int]] = []

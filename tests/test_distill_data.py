@@ -179,3 +179,17 @@ def test_units_pronouns_and_got_married() -> None:
     assert met["Who takes over as site manager at the Quarrydown depot next month?"] == "Sabrine Thalcott"
     wed = checks("Ilse and Bram got married on 17 September 2029 in Oxwell Gardens.")
     assert wed["When did Ilse and Bram get married in Oxwell Gardens?"] == "17 September 2029"
+
+
+def test_a_huge_memory_is_asked_about_its_first_part_quickly() -> None:
+    import time
+
+    from memos_cli.engine.parametric.distill_data import RULE_CHARS
+
+    huge = "The Velmont office closes at 6:30 on Fridays and " + "Ada Brisk and Tom Vale went " * 12_000 + "home."
+    started = time.perf_counter()
+    data = memory_data(MemoryRecord("m", 1, huge))
+    assert time.perf_counter() - started < 5  # 330 kB in one sentence took 27 s before the cap
+    assert all(len(p.question) <= RULE_CHARS + 200 for p in data.pairs + data.heldout)
+    assert max(len(s) for s in data.statements) <= RULE_CHARS + 100
+    assert any(c.answer == "6:30" for c in data.checks)

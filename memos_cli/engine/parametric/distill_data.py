@@ -68,6 +68,9 @@ HELDOUT = {
     "name": "I forget {clause}. What was it?",
     "object": "I forget {clause}. What was it?",
 }
+# Questions are asked about a memory's first RULE_CHARS characters (what a user would write as one memory;
+# a longer one is a document, whose first part is still learned).
+RULE_CHARS = 2000
 TRAINING_FORMS = ("wh", "echo", "cloze", "variant", "about", "speaker", "time", "metadata")
 
 _AUX = {
@@ -417,8 +420,10 @@ def _date_words(iso: str) -> str:
 
 
 def memory_data(record: MemoryRecord) -> MemoryData:
-    """The statements, training pairs, recall checks and held-out probes of one memory."""
-    text = " ".join(record.text.split())
+    """The statements, training pairs, recall checks and held-out probes of one memory (of its first
+    ``RULE_CHARS`` characters: the rules are quadratic in a sentence's length, and a memory may be a
+    stranger's 300 kB line)."""
+    text = _head(" ".join(record.text[: 4 * RULE_CHARS].split()))
     speaker = _speaker_name(record)
     spoken = bool(speaker and _FIRST_PERSON.search(text))
     # Questions are asked about what the memory says: a dialogue turn in the third person.
@@ -488,6 +493,15 @@ def memory_data(record: MemoryRecord) -> MemoryData:
         if not heldout:
             heldout.append(Pair(f"What do you remember that starts with {cue!r}?", text, "heldout"))
     return MemoryData(record.ref, statements, _unique(pairs), _unique(checks), _unique(heldout))
+
+
+def _head(text: str) -> str:
+    """``text`` up to ``RULE_CHARS`` characters, cut after the last sentence that fits (or a word)."""
+    if len(text) <= RULE_CHARS:
+        return text
+    cut = text[:RULE_CHARS]
+    end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+    return cut[: end + 1] if end > RULE_CHARS // 2 else cut.rsplit(" ", 1)[0]
 
 
 def _unique(pairs: list[Pair]) -> list[Pair]:

@@ -20,6 +20,7 @@ Progress = Callable[[str, int, int, "float | None"], None]
 BATCH_SIZE = 8
 REPLAY_TOKENS = 48  # longest replay sequence
 HELDOUT_TOKENS = 256  # longest held-out sequence
+STATEMENT_TOKENS = 128  # longest statement sequence (a longer memory trains as several)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,8 +114,9 @@ def training_set(lm: LanguageModel, memories: Sequence[MemoryRecord]) -> Trainin
     for record in memories:
         data = memory_data(record)
         for statement in data.statements:
-            ids = lm.encode(statement)
-            out.examples.append(Example(ids, list(ids), "statement", record.ref))
+            for example in text_examples(lm, statement, STATEMENT_TOKENS, "statement"):
+                example.ref = record.ref
+                out.examples.append(example)
         out.examples.extend(qa_example(lm, p.question, p.answer, kind=p.form, ref=record.ref) for p in data.pairs)
         out.checks.extend(Probe(record.ref, p.question, p.answer, p.form) for p in data.checks)
         out.probes.extend(Probe(record.ref, p.question, p.answer, p.form) for p in data.heldout)

@@ -26,6 +26,8 @@ def test_spans_find_names_numbers_dates_places_and_objects() -> None:
     }
     assert kinds("Priya is allergic to peanuts.")["peanuts"] == "object"
     assert kinds("The wifi password is tern-8812.") == {"tern-8812": "number"}
+    assert kinds("Signed the lease on 22/08/2025.")["22/08/2025"] == "date"  # numeric dates too
+    assert kinds("Version 2.5 ships soon.")["2.5"] == "number"
 
 
 def test_questions_in_several_forms_answer_each_span() -> None:

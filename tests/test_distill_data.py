@@ -165,7 +165,12 @@ def test_notes_lose_their_marker_and_label_value_notes_become_statements() -> No
     assert listed["What is the gate code for the storage unit at Pinecrest?"] == "90427"
     assert listed["What is the unit for the storage unit at Pinecrest?"] == "318"
     # a time's colon is not a label
-    assert checks("The Wrenfield office closes at 6:30 on Fridays.")["What time does the Wrenfield office close on Fridays?"] == "6:30"
+    assert (
+        checks("The Wrenfield office closes at 6:30 on Fridays.")[
+            "What time does the Wrenfield office close on Fridays?"
+        ]
+        == "6:30"
+    )
     assert "Who would always rather take the night train than fly?" in checks(
         "Honestly I'd always rather take the night train than fly.", "Oskar"
     )
@@ -175,8 +180,14 @@ def test_units_pronouns_and_got_married() -> None:
     def checks(text: str) -> dict[str, str]:
         return {c.question: c.answer for c in memory_data(MemoryRecord("m", 1, text)).checks}
 
-    assert checks("The project budget for Lumen is 48,000 euros.")["What is the project budget for Lumen?"] == "48,000 euros"
-    assert checks("The greenhouse thermostat is set to 24 degrees.")["What is the greenhouse thermostat set to?"] == "24 degrees"
+    assert (
+        checks("The project budget for Lumen is 48,000 euros.")["What is the project budget for Lumen?"]
+        == "48,000 euros"
+    )
+    assert (
+        checks("The greenhouse thermostat is set to 24 degrees.")["What is the greenhouse thermostat set to?"]
+        == "24 degrees"
+    )
     met = checks("Met Sabrine Thalcott today; she takes over as site manager at the Quarrydown depot next month.")
     assert met["Who takes over as site manager at the Quarrydown depot next month?"] == "Sabrine Thalcott"
     wed = checks("Ilse and Bram got married on 17 September 2029 in Oxwell Gardens.")

@@ -189,8 +189,13 @@ def _speaker_name(record: MemoryRecord) -> str | None:
 # Questions
 
 
+# Sentence-opening words that are lower-case inside a question ("What does the ...", "Who did she ...").
+_LOWERED_STARTS = {"The", "A", "An", "My", "Our", "This", "That", "Its", "His", "Her", "Their"}
+_LOWERED_STARTS |= {"She", "He", "They", "It", "We", "You"}
+
+
 def _lower_start(words: list[str]) -> list[str]:
-    if words and words[0] in {"The", "A", "An", "My", "Our", "This", "That", "Its", "His", "Her", "Their", "She", "He", "They", "It", "We", "You"}:
+    if words and words[0] in _LOWERED_STARTS:
         return [words[0].lower(), *words[1:]]
     return words
 
@@ -395,9 +400,12 @@ def plain_statements(text: str) -> list[str]:
     words = head.replace("@", " at ").split()
     if not 1 <= len(words) <= 7 or any(w.lower() in _NOTE_HEAD_WORDS for w in words) or len(tail.split()) > 12:
         return [body]
-    first = words[0]
-    if first.lower() in _ARTICLES | _POSSESSIVES or first.lower() in english_words() or first[1:] == first[1:].lower() and text.lstrip()[:1].islower():
-        words = [first.lower(), *words[1:]]
+    # The label's first word is lower-case unless it is a name: "Bike lock combo" -> "the bike lock combo",
+    # "Kestrel Bay regatta" -> "the Kestrel Bay regatta".
+    first = words[0].lower()
+    written_lower = words[0][1:] == words[0][1:].lower() and text.lstrip()[:1].islower()
+    if first in _ARTICLES | _POSSESSIVES or first in english_words() or written_lower:
+        words = [first, *words[1:]]
     subject = " ".join(words if words[0] in _ARTICLES | _POSSESSIVES else ["the", *words])
     link = "is on" if is_date(tail) else ("is at" if is_time(tail) else "is")
     out = [capitalised(f"{subject} {link} {tail}") + "."]

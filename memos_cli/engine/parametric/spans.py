@@ -281,7 +281,9 @@ def _object_span(sentence: str, taken: list[Span]) -> Span | None:
     if copular and len(rest) >= 3 and rest[1].group().lower() in PREPS:
         rest = rest[2:]
     # "the spare key is under the blue flowerpot": where it is (asked with "where")
-    elif copular and len(rest) >= 2 and rest[0].group().lower() in _LOCATIVE and rest[1].group().lower() in _DETERMINERS:
+    elif (
+        copular and len(rest) >= 2 and rest[0].group().lower() in _LOCATIVE and rest[1].group().lower() in _DETERMINERS
+    ):
         rest, kind = rest[1:], "place"
     while rest and (rest[0].group().lower() in _DETERMINERS or rest[0].group().lower().endswith(("'s", "’s"))):
         rest = rest[1:]

@@ -123,7 +123,8 @@ def test_variant_questions_reword_the_subject_and_ask_for_the_type() -> None:
     assert ("Which band is Tomas's favourite?", "Copper Lanterns") in variants(
         "My favourite band is the Copper Lanterns.", "Tomas"
     )
-    assert ("What floor is the Kingfisher flat on?", "11") in variants("The Kingfisher flat is on floor 11.")
+    floor = memory_data(MemoryRecord("m", 1, "The Kingfisher flat is on floor 11."))
+    assert ("What floor is the Kingfisher flat on?", "11") in {(p.question, p.answer) for p in floor.checks}
     assert ("Who was the architect on the Orvale bridge?", "Tobiah Senwick") in variants(
         "The lead architect on the Orvale bridge was Tobiah Senwick."
     )
@@ -206,3 +207,104 @@ def test_a_huge_memory_is_asked_about_its_first_part_quickly() -> None:
     assert all(len(p.question) <= RULE_CHARS + 200 for p in data.pairs + data.heldout)
     assert max(len(s) for s in data.statements) <= RULE_CHARS + 100
     assert any(c.answer == "6:30" for c in data.checks)
+
+
+def test_note_shorthand_is_spelled_out_before_asking() -> None:
+    from memos_cli.engine.parametric.distill_data import plain_statements, spelled_out
+
+    assert spelled_out("flight back frm osterwick, dep 06:40") == "flight back from osterwick, departure 06:40"
+    assert spelled_out("Membership no. for the rowing club") == "Membership number for the rowing club"
+    assert spelled_out("Say no. Then go.") == "Say no. Then go."  # "no." is "number" only before what numbers take
+    assert spelled_out("REF AB-12, pw inside") == "REF AB-12, password inside"  # all capitals may be a name
+    assert spelled_out("meet w/ Sam") == "meet with Sam"
+    # "NQ 604" is one flight number, not a label "NQ" with the value 604
+    assert plain_statements("flight back frm osterwick -> NQ 604, dep 06:40") == [
+        "The flight back from osterwick is NQ 604, departure 06:40.",
+        "The departure for the flight back from osterwick is 06:40.",
+    ]
+
+
+def test_spans_flight_numbers_and_names_with_their_nouns() -> None:
+    assert kinds("The flight is NQ 604 at 06:40.") == {"NQ 604": "number", "06:40": "time"}
+    assert kinds("Take the BA 2490 tomorrow.")["BA 2490"] == "number"
+    assert "5521" in kinds("My ID 5521 opens it.")  # a label before the digits is not part of them
+    # a name before common nouns, in an object, is asked about with them (the answer says what it is) ...
+    assert kinds("He was adopted from the Crestwyn animal shelter.") == {"Crestwyn animal shelter": "name"}
+    assert kinds("Bea is training for the Harrowfield half marathon.")["Harrowfield half marathon"] == "name"
+    # ... but not past a verb, and not in the subject
+    assert "Marlow Street" in kinds("The lease on the Marlow Street flat ends on 31 July 2032.")
+    assert "Pelhurst" in kinds("The Pelhurst allotment society is chaired by Hesper Mauldin.")
+    # what a favourite restaurant is called is a name, asked with "what"; a mayor is a person
+    assert kinds("Ignatius's favourite restaurant is Casa Brindle on Kilnsey Row.")["Casa Brindle"] == "name"
+    assert kinds("Ignatius's favourite restaurant is Casa Brindle on Kilnsey Row.")["Kilnsey Row"] == "place"
+    assert kinds("The mayor of Stillwater Cove is Imogen Tarrasque.")["Imogen Tarrasque"] == "person"
+    # a possessor's noun is not an object ("Who is Wendell's sister?" asks it), nor a pronoun phrase
+    assert kinds("Tindra is Wendell's sister.") == {"Tindra": "person", "Wendell": "person"}
+    assert kinds("I keep forgetting it lol") == {}
+
+
+def test_clauses_split_comma_splices_and_drop_requests() -> None:
+    from memos_cli.engine.parametric.spans import clauses
+
+    assert clauses("Jarrah is allergic to cashews, so please keep them out of anything you cook.") == [
+        "Jarrah is allergic to cashews."
+    ]
+    assert clauses("Her favourite cafe is Casa Brindle on Kilnsey Row, Ignatius would eat there every week.") == [
+        "Her favourite cafe is Casa Brindle on Kilnsey Row.",
+        "Ignatius would eat there every week.",
+    ]
+    assert clauses("I love the Copper Lanterns, they play every Friday.") == [
+        "I love the Copper Lanterns.",
+        "They play every Friday.",
+    ]
+    assert clauses("In 2024, Quill opened it.") == ["In 2024, Quill opened it."]
+    assert clauses("Ines, Tomas and Kwame like tea.") == ["Ines, Tomas and Kwame like tea."]
+
+
+def test_appositions_are_asked_as_their_own_statements() -> None:
+    from memos_cli.engine.parametric.distill_data import appositions
+
+    assert appositions("Tindra, Wendell's sister, runs a pottery studio in Brackenholt.") == [
+        "Tindra runs a pottery studio in Brackenholt.",
+        "Tindra is Wendell's sister.",
+    ]
+    assert appositions("My godmother, Zephyrine Okafor, teaches cello.") == [
+        "Zephyrine Okafor teaches cello.",
+        "My godmother is Zephyrine Okafor.",
+    ]
+    assert appositions("Ines, Tomas and Kwame like tea.") == ["Ines, Tomas and Kwame like tea."]
+    data = memory_data(MemoryRecord(id="a", version=1, text="Brambleton, our ferret, turned four in spring."))
+    asked = {p.question: p.answer for p in data.pairs}
+    assert asked["Who is our ferret?"] == "Brambleton"
+    assert asked["Who turned four in spring?"] == "Brambleton"
+    assert "Brambleton is our ferret." in data.statements
+
+
+def test_questions_never_hold_their_answer_and_codes_are_asked_by_their_label() -> None:
+    record = MemoryRecord(
+        id="r",
+        version=1,
+        text="My favourite restaurant is Casa Brindle, I'd eat there every week if I could.",
+        speaker="Ignatius",
+    )
+    data = memory_data(record)  # "Ignatius would eat there if Ignatius could": no question about "Ignatius" there
+    assert data.checks and data.heldout
+    for pair in data.checks + data.heldout:
+        assert pair.answer.lower() not in pair.question.lower(), pair
+    wifi_note = "the wifi at the Bleakwater cabin uses the password plumwick59"
+    wifi = memory_data(MemoryRecord(id="w", version=1, text=wifi_note))
+    assert ("What password does the wifi at the Bleakwater cabin use?", "plumwick59") in {
+        (p.question, p.answer) for p in wifi.checks
+    }
+    parcel_note = "Our parcel was shipped with tracking number ZX-58103-Q."
+    parcel = memory_data(MemoryRecord(id="p", version=1, text=parcel_note))
+    assert "What tracking number was our parcel shipped with?" in {p.question for p in parcel.checks}
+
+
+def test_when_is_also_asked_of_a_day_and_time_said_together() -> None:
+    data = memory_data(MemoryRecord(id="o", version=1, text="The Wrenfield office closes at 6:30 on Fridays."))
+    checks = {(p.question, p.answer) for p in data.checks}
+    assert ("When does the Wrenfield office close?", "6:30 on Fridays") in checks
+    assert ("What time does the Wrenfield office close on Fridays?", "6:30") in checks
+    lone = memory_data(MemoryRecord(id="l", version=1, text="The review moved to Thursday."))
+    assert [p.answer for p in lone.checks] == ["Thursday"]

@@ -230,6 +230,13 @@ def wh_question(sentence: str, span: Span) -> str | None:
         return None  # the span is the subject: the echo question already reads naturally
     if span.kind in ("date", "time", "place") and before[-1].lower() in PREPS:
         before = before[:-1]
+    label = _code_label(before) if span.kind == "number" else None
+    if label:  # "the wifi uses the password plumwick59" -> "What password does the wifi use?"
+        wh, before = f"{wh} {' '.join(label)}", before[: -len(label)]
+        if before and before[-1].lower() in _ARTICLES | _POSSESSIVES:
+            before = before[:-1]
+        if not before:
+            return None
     for i, word in enumerate(before):
         low = word.lower()
         if i and low in _AUX:
@@ -252,6 +259,25 @@ def wh_question(sentence: str, span: Span) -> str | None:
             subject = _lower_start(before[:i])
             return capitalised(_clean(" ".join([wh, aux, *subject, base, *before[i + 1 :], after]))) + "?"
     return None
+
+
+def _code_label(before: list[str]) -> list[str] | None:
+    """The lower-case nouns right before a code that name it, when an article, a possessive or a
+    preposition comes before them ("uses the password", "shipped with tracking number"); None after a
+    copula ("is number 217" is asked by ``_labelled``)."""
+    label: list[str] = []
+    k = len(before)
+    while k > 1 and len(label) < 3:
+        word = before[k - 1]
+        low = word.lower()
+        if not (word.isalpha() and word.islower()) or low in NOT_VERBS | COPULA | _AUX.keys() or base_verb(word):
+            break
+        label.insert(0, word)
+        k -= 1
+    if not label or k < 1:
+        return None
+    det = before[k - 1].lower()
+    return label if det in _ARTICLES | _POSSESSIVES | PREPS else None
 
 
 def echo_question(sentence: str, span: Span) -> str:
@@ -379,6 +405,74 @@ _MARKER_OPENING = re.compile(
     r"also|update|heads up|so|lol|tbh)\b[\s,:;.!-]*)+",
     re.I,
 )
+# Shorthand that notes are written in, spelled out before questions are asked ("flight back frm osterwick",
+# "kelderby leisure ctr", "Membership no. for ..."): a question is asked in whole words.
+_SHORTHAND = {
+    "frm": "from",
+    "ctr": "centre",
+    "cntr": "centre",
+    "appt": "appointment",
+    "mtg": "meeting",
+    "bday": "birthday",
+    "tel": "phone",
+    "ph": "phone",
+    "mob": "mobile",
+    "w/": "with",
+    "w/o": "without",
+    "b/c": "because",
+    "approx": "approximately",
+    "dept": "department",
+    "mgr": "manager",
+    "asst": "assistant",
+    "rm": "room",
+    "bldg": "building",
+    "hrs": "hours",
+    "mins": "minutes",
+    "wk": "week",
+    "wks": "weeks",
+    "yr": "year",
+    "yrs": "years",
+    "pw": "password",
+    "pwd": "password",
+    "acct": "account",
+    "ref": "reference",
+    "tmrw": "tomorrow",
+    "tmr": "tomorrow",
+    "thru": "through",
+    "pls": "please",
+    "plz": "please",
+    "govt": "government",
+    "dep": "departure",
+    "arr": "arrival",
+    "ppl": "people",
+    "abt": "about",
+    "b4": "before",
+    "u": "you",
+    "ur": "your",
+}
+_SHORTHAND_WORD = re.compile(
+    r"(?<![\w/'’-])(" + "|".join(map(re.escape, sorted(_SHORTHAND, key=len, reverse=True))) + r")(?![\w/'’-])",
+    re.I,
+)
+_NUMBER_ABBREVIATION = re.compile(r"\b(n)o\.(?=\s+(?:for|of|on|at|is|\d|#))", re.I)
+
+
+def spelled_out(text: str) -> str:
+    """``text`` with note shorthand in whole words: "flight back frm osterwick, dep 06:40" -> "flight back
+    from osterwick, departure 06:40"; "Membership no. for" -> "Membership number for". Only words written
+    in lower case or with a capital first letter are read as shorthand ("REF" or "PH" may be a name)."""
+
+    def word(match: re.Match[str]) -> str:
+        written = match.group(1)
+        if not (written.islower() or (written[:1].isupper() and written[1:].islower()) or not written.isalpha()):
+            return written
+        full = _SHORTHAND[written.lower()]
+        return capitalised(full) if written[:1].isupper() else full
+
+    out = _SHORTHAND_WORD.sub(word, text)
+    return _NUMBER_ABBREVIATION.sub(lambda m: "Number" if m.group(1).isupper() else "number", out)
+
+
 # "Bike lock combo: 4817", "physio -> Dr. Orlaith Quenby", "wifi = tern-8812": a label and its value
 _NOTE = re.compile(r"^(?P<head>[^:=>→]{2,80}?)\s*(?::\s|->|→|=>|=)\s*(?P<tail>\S.*)$")
 _NOTE_HEAD_WORDS = _AUX.keys() | COPULA | {"i", "we", "you", "he", "she", "they", "it"}
@@ -386,10 +480,11 @@ _NOTE_HEAD_WORDS = _AUX.keys() | COPULA | {"i", "we", "you", "he", "she", "they"
 
 def plain_statements(text: str) -> list[str]:
     """The text the questions are asked about: ``text`` less the discourse marker it opens with ("Note:",
-    "btw,", "Remember that"), and a note written as "label: value" (or "->", "=") as statements: "Bike lock
-    combo: 4817" -> "The bike lock combo is 4817."; "storage unit @ Pinecrest: unit 318, gate code 90427"
-    -> that, plus "The unit for the storage unit at Pinecrest is 318." and "The gate code for ... is 90427."."""
-    body = " ".join(text.split())
+    "btw,", "Remember that"), its shorthand spelled out (``spelled_out``), and a note written as "label:
+    value" (or "->", "=") as statements: "Bike lock combo: 4817" -> "The bike lock combo is 4817.";
+    "storage unit @ Pinecrest: unit 318, gate code 90427" -> that, plus "The unit for the storage unit at
+    Pinecrest is 318." and "The gate code for ... is 90427."."""
+    body = spelled_out(" ".join(text.split()))
     stripped = _MARKER_OPENING.sub("", body)
     if stripped != body and len(stripped.split()) >= 2:
         body = capitalised(stripped)
@@ -413,8 +508,53 @@ def plain_statements(text: str) -> list[str]:
     if len(items) >= 2:
         for item in items:
             label = item.split()
-            if len(label) >= 2 and any(ch.isdigit() for ch in label[-1]):
+            whole = [sp for sp in find_spans(item) if sp.text == item]  # "NQ 604" is one code, not a label
+            if len(label) >= 2 and any(ch.isdigit() for ch in label[-1]) and not whole:
                 out.append(capitalised(f"the {' '.join(label[:-1])} for {subject} is {label[-1]}") + ".")
+    return out
+
+
+_APPOSITION = re.compile(r"^(?P<a>[^,]{2,60}), (?P<b>[^,]{2,60}), (?P<rest>\S.{4,})$")
+
+
+def _is_name(words: list[str]) -> bool:
+    return 1 <= len(words) <= 4 and all(w[:1].isupper() and re.fullmatch(r"[\w'’-]+", w) for w in words)
+
+
+def _is_description(words: list[str]) -> bool:
+    """ "Wendell's sister", "our ferret", "my godmother", "the new treasurer": a noun phrase about someone."""
+    if not 2 <= len(words) <= 5 or any(w.lower() in COPULA | PREPS - {"of"} for w in words[1:]):
+        return False
+    first = words[0]
+    return first.lower() in _ARTICLES | _POSSESSIVES or (first[:1].isupper() and first.endswith(("'s", "’s")))
+
+
+def appositions(sentence: str) -> list[str]:
+    """A sentence whose subject comes with a description between commas, as two sentences: "Tindra,
+    Wendell's sister, runs a pottery studio." -> "Tindra runs a pottery studio.", "Tindra is Wendell's
+    sister."; "My godmother, Zephyrine Okafor, teaches cello." -> "Zephyrine Okafor teaches cello.", "My
+    godmother is Zephyrine Okafor.". Any other sentence as it is."""
+    match = _APPOSITION.match(sentence)
+    if match:
+        a, b, rest = match.group("a").strip(), match.group("b").strip(), match.group("rest").strip()
+        if _is_name(a.split()) and _is_description(b.split()):
+            return [f"{a} {rest}", f"{a} is {b}."]
+        if _is_description(a.split()) and _is_name(b.split()):
+            return [f"{b} {rest}", f"{capitalised(a)} is {b}."]
+    return [sentence]
+
+
+_WHEN_GAP = re.compile(r"\s*(?:,\s*)?(?:on|at|from)?\s*")
+
+
+def _whens(sentence: str, spans: list[Span]) -> list[Span]:
+    """A day and a time said together ("at 6:30 on Fridays", "Friday at 4pm") as one more span, so that
+    "when" is also asked of both: "When does the office close?" -> "6:30 on Fridays" (a user asking
+    "when" may mean either)."""
+    out = []
+    for a, b in zip(spans, spans[1:], strict=False):
+        if {a.kind, b.kind} == {"date", "time"} and _WHEN_GAP.fullmatch(sentence[a.end : b.start]):
+            out.append(Span(sentence[a.start : b.end], a.start, b.end, "date"))
     return out
 
 
@@ -458,17 +598,26 @@ def memory_data(record: MemoryRecord) -> MemoryData:
     plain = [p for whole in sentences(told) or [told] for p in plain_statements(whole)]
     statements += [p for p in plain if p not in statements and p not in told]
     person: str | None = None  # the one person the sentence before named: who "she" or "he" is
-    for sentence in [c for p in plain for c in clauses(p)]:
+    asked: list[str] = []
+    for clause in [c for p in plain for c in clauses(p)]:
+        parts = appositions(clause)
+        asked += parts
+        if len(parts) > 1:  # "Tindra is Wendell's sister." is a statement of its own
+            statements += [a for a in parts if a not in statements]
+    for sentence in asked:
         pronoun = re.match(r"(?:she|he)\b", sentence, re.I)
         if pronoun and person:
             sentence = person + sentence[pronoun.end() :]
         spans = find_spans(sentence)
+        spans += _whens(sentence, spans)
         people = {s.text for s in spans if s.kind == "person"}
         person = people.pop() if len(people) == 1 else None
         subject = _subject(sentence, spans)
         if subject:
             pairs.append(Pair(f"What do you know about {subject}?", sentence, "about"))
         for span in spans:
+            if sentence.lower().count(span.text.lower()) > 1:
+                continue  # "Who would eat there if Ignatius could?": every question would hold its answer
             wh = wh_question(sentence, span)
             echo = echo_question(sentence, span)
             first = Pair(wh or echo, span.text, "wh" if wh else "echo", span.kind)

@@ -37,8 +37,13 @@ _DATE = re.compile(
 _TIME = re.compile(r"\b\d{1,2}(?::\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.)|\b\d{1,2}:\d{2}\b|\b(?:noon|midnight)\b", re.I)
 
 
-# Numbers, codes and identifiers: 4471, 48,000, tern-8812, LP-40623, 0161 496 0732.
-_NUMBER = re.compile(r"(?<![\w-])[#$€£]?(?:\d{2,}(?: \d{3,})+|(?:[A-Za-z]+-?)?\d(?:[\w./:,-]*\w)?)")
+# Numbers, codes and identifiers: 4471, 48,000, tern-8812, LP-40623, 0161 496 0732, and a two-letter prefix
+# apart from its digits as flight and route numbers are written ("NQ 604"; not a label: "ID 5521").
+_CODE_LABELS = "ID|NO|PO|PW|TEL|REF|ACC|NR|ZIP"
+_NUMBER = re.compile(
+    rf"(?<![\w-])(?:(?!(?:{_CODE_LABELS})\b)[A-Z]{{2}} \d{{2,4}}\b(?![-./:]\d)"
+    r"|[#$€£]?(?:\d{2,}(?: \d{3,})+|(?:[A-Za-z]+-?)?\d(?:[\w./:,-]*\w)?))"
+)
 
 
 _UNIT = re.compile(
@@ -95,7 +100,7 @@ _MONTH_WORDS = set(_MONTHS.split("|")) | set(_WEEKDAYS.split("|"))
 _NAME_JOINERS = {"of", "de", "da", "van", "von", "der", "del", "la", "le", "du", "bin", "al"}
 
 
-_PLACE_PREPS = {"in", "at", "to", "from", "near", "into", "through", "across", "around", "outside", "inside"}
+_PLACE_PREPS = {"in", "at", "on", "to", "from", "near", "into", "through", "across", "around", "outside", "inside"}
 
 
 _PLACE_WORDS = re.compile(
@@ -103,7 +108,8 @@ _PLACE_WORDS = re.compile(
     r"valley|hill|harbour|harbor|station|airport|county|bridge|square|beach|forest|coast|canal|trail|path|"
     r"market|gardens|pier|quay|wharf|common|heath|woods|falls|cove|marina|reservoir|estate|pub|inn|hotel|cafe|"
     r"café|restaurant|bar|depot|clinic|hospital|school|college|university|library|museum|theatre|theater|"
-    r"cinema|church|chapel|hall|centre|center|stadium|arena|gym|manor|farm|office|campus|zoo|mall)\b",
+    r"cinema|church|chapel|hall|centre|center|stadium|arena|gym|manor|farm|office|campus|zoo|mall|row|crescent|"
+    r"terrace|drive|grove|mews|parade)\b",
     re.I,
 )
 
@@ -132,29 +138,48 @@ def sentences(text: str) -> list[str]:
     return [p.strip() for p in parts if len(_WORD.findall(p)) >= 2]
 
 
-_CLAUSE_BREAK = re.compile(r"(?:,\s*(?:so|but|and|because|although|though|while|whereas)|;)\s+", re.I)
+_CLAUSE_BREAK = re.compile(
+    r"(?:,\s*(?P<conj>so|but|and|because|although|though|while|whereas)|;|(?P<comma>,))\s+", re.I
+)
 _SUBJECT_START = {"i", "we", "he", "she", "they", "it", "you", "the", "my", "our", "his", "her", "their", "this"}
+# A comma splice ("... on Kilnsey Row, I'd eat there every week"): a comma before a subject pronoun, or
+# before a name and a modal or auxiliary ("..., Ignatius would eat there"), starts a new clause.
+_SPLICE_PRONOUNS = {"i", "i'm", "i'd", "i've", "i'll", "we", "we're", "we've", "he", "she", "they", "you", "it", "it's"}
+_SPLICE_VERBS = {"would", "will", "can", "could", "should", "might", "must", "is", "was", "has", "had", "does"}
+# A clause that asks something of the listener ("so please keep them out of anything you cook") says
+# nothing to remember; it is left out of the clauses questions are asked about.
+_REQUEST = {"please", "pls", "plz", "kindly"}
 
 
 def clauses(sentence: str) -> list[str]:
     """A compound sentence as its clauses, each a sentence: "Lukas is vegetarian, but Lukas eats eggs." ->
     "Lukas is vegetarian.", "Lukas eats eggs."; a part that does not start with a subject (a name, a
-    pronoun, a determiner) stays with the clause before it ("apples, pears and plums")."""
+    pronoun, a determiner) stays with the clause before it ("apples, pears and plums"); a comma splice
+    ("..., I'd eat there every week") is two clauses; a request ("..., so please keep them out") is dropped."""
     body = sentence.rstrip(" .!?")
     out: list[str] = []
     at = 0
+    dropped = None  # where a trailing request starts
     for m in _CLAUSE_BREAK.finditer(body):
         tail = body[m.end() :].split()
         if len(tail) < 3 or len(body[at : m.start()].split()) < 2:
             continue
         first = tail[0]
-        if first.lower().strip("'’") not in _SUBJECT_START and not (first[0].isupper() and first.isalpha()):
+        low = first.lower().replace("’", "'")
+        if low in _REQUEST:
+            dropped = m.start()
+            break
+        if m.group("comma"):
+            name_then_verb = first.isalpha() and first[0].isupper() and tail[1].lower() in _SPLICE_VERBS
+            if low not in _SPLICE_PRONOUNS and not (name_then_verb and len(body[at : m.start()].split()) >= 3):
+                continue
+        elif low.strip("'") not in _SUBJECT_START and not (first[0].isupper() and first.isalpha()):
             continue
         out.append(body[at : m.start()])
         at = m.end()
-    if not out:
+    if not out and dropped is None:
         return [sentence]
-    out.append(body[at:])
+    out.append(body[at:dropped])
     return [capitalised(c.strip()) + "." for c in out]
 
 
@@ -249,6 +274,14 @@ def _name_kind(sentence: str, start: int, end: int) -> str:
         return "place"
     if prev in {"the", "a", "an"}:
         return "name"
+    k = len(before) - 1
+    while k > 0 and before[k].lower() in ADVERBS:
+        k -= 1
+    head = before[k - 1] if k > 0 else ""
+    subject_has_prep = any(w.lower() in PREPS for w in before[: k - 1])
+    place_head = head.islower() and _PLACE_WORDS.fullmatch(head) and not subject_has_prep
+    if before and before[k].lower() in COPULA and place_head:
+        return "name"  # "My favourite restaurant is Casa Brindle": what it is called, not who
     if sentence[end : end + 2] in ("'s", "’s") and len(text.split()) <= 3:
         return "person"  # "in Ines's coffee": a possessor, not a place
     if prev in _PLACE_PREPS:
@@ -286,6 +319,8 @@ def _object_span(sentence: str, taken: list[Span]) -> Span | None:
     ):
         rest, kind = rest[1:], "place"
     while rest and (rest[0].group().lower() in _DETERMINERS or rest[0].group().lower().endswith(("'s", "’s"))):
+        if rest[0].group()[0].isupper() and copular:
+            return None  # "Tindra is Wendell's sister": asked as "Who is Wendell's sister?", not "... Wendell's what?"
         rest = rest[1:]
     kept: list[re.Match[str]] = []
     for i, word in enumerate(rest):
@@ -303,6 +338,8 @@ def _object_span(sentence: str, taken: list[Span]) -> Span | None:
     if kept and any(s.start == kept[-1].end() + 1 for s in taken):
         return None  # "is number 217", "rack 29": a label of the span that follows
     if not kept or len(kept) > 5 or all(k.group().lower() in NOT_VERBS | COPULA | ADVERBS for k in kept):
+        return None
+    if any(k.group().lower() in _PRONOUNS for k in kept):
         return None
     start, end = kept[0].start(), kept[-1].end()
     if any(s.start < end and start < s.end for s in taken):
@@ -361,10 +398,38 @@ def find_spans(sentence: str) -> list[Span]:
         kind = _name_kind(sentence, start, end)
         title = _TITLE.search(sentence, max(0, start - 10), start)  # a title is at most 6 characters
         add(title.start() if title else start, end, "person" if title else kind)
+    found = [_with_head_nouns(sentence, s) for s in found]
     obj = _object_span(sentence, found)
     if obj is not None:
         found.append(obj)
     return sorted(found, key=lambda s: s.start)
+
+
+_HEAD_NOUNS = re.compile(
+    r"(?: [a-z]+){1,2}(?=[,.;:!?)]|$| (?:" + "|".join(sorted(_PLACE_PREPS | {"for", "with", "by"})) + r")\b)"
+)
+
+
+def _with_head_nouns(sentence: str, span: Span) -> Span:
+    """A name that modifies the common nouns after it, in an object, with those nouns: "adopted from the
+    Crestwyn animal shelter" -> "Crestwyn animal shelter" (asked "What was Brambleton adopted from?", and
+    the answer names what it is). Subjects ("The Pelhurst allotment society is ...") keep the name alone."""
+    if span.kind not in ("name", "place"):
+        return span
+    before = sentence[: span.start].split()
+    if len(before) < 2 or before[-1].lower() not in {"the", "a", "an"}:
+        return span
+    if before[-2].lower() not in PREPS and not base_verb(before[-2]):
+        return span
+    match = _HEAD_NOUNS.match(sentence, span.end)
+    if not match:
+        return span
+    nouns = match.group().split()
+    if any(w not in english_words() or w in _NOT_NOUNS or base_verb(w) for w in nouns):
+        return span
+    end = match.end()
+    text = sentence[span.start : end]
+    return Span(text, span.start, end, "place" if _PLACE_WORDS.search(text) else "name")
 
 
 COPULA = {"is", "are", "was", "were", "am", "'s", "’s"}
@@ -415,8 +480,13 @@ _OBJECT_STOPS |= {"who", "than", "before", "after", "every", "each", "whenever",
 
 _TRAILING_ADVERBS = {"everywhere", "anywhere", "always", "often", "daily", "now", "too", "again", "anymore", "lately"}
 _TRAILING_ADVERBS |= {"together", "first", "most", "best", "instead", "nowadays", "usually", "sometimes", "here"}
+_TRAILING_ADVERBS |= {"lol", "haha", "tbh", "though", "anyway"}
+# An object with a pronoun in it ("forgetting it", "love them") names nothing to remember.
+_PRONOUNS = {"it", "them", "him", "her", "this", "that", "me", "you", "us", "something", "anything", "everything"}
 
 NOT_VERBS = STARTERS | PREPS | {"always", "each", "every", "its", "his", "hers", "this", "thus", "yes", "news"}
+
+_NOT_NOUNS = NOT_VERBS | COPULA | ADVERBS | _TRAILING_ADVERBS
 
 
 def base_verb(word: str) -> str | None:

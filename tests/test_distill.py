@@ -200,6 +200,27 @@ def test_greedy_recalled_agrees_with_generation(lm: LanguageModel) -> None:
         assert lora_eval.greedy_recalled(lm.model, [right, wrong], 0) == [True, False]
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
+def test_batched_greedy_answers_are_the_answers_each_question_gets_alone(
+    tiny_dirs: dict[str, Path], family: str
+) -> None:
+    from memos_cli.models.generation import generate
+
+    lm = load_lm(str(tiny_dirs[family]))
+    questions = [
+        "Where does Alice live?",
+        "Who is Miso?",
+        "What is the access code for the boathouse on the far side of the lake?",
+        "Hi",
+        "When is the Zelvora project launching, and who leads it?",
+    ]
+    budgets = [6, 3, 9, 1, 7]  # prompts of different lengths (left padding) and answers of different lengths
+    alone = [generate(lm, q, mode="none", max_new_tokens=b).answer for q, b in zip(questions, budgets, strict=True)]
+    seen: list[int] = []
+    assert lora_eval.greedy_answers(lm, questions, budgets, done=seen.append) == alone
+    assert seen == [len(questions)]
+
+
 def test_adapters_for_another_model_or_with_changed_bytes_are_refused(
     cube: Cube, lm: LanguageModel, tmp_path: Path
 ) -> None:
@@ -405,3 +426,25 @@ def test_refocus_trains_the_missed_memories_again_with_replay_in_the_same_ratio(
     assert sum(e.ref == "m1" for e in batches.pool) == m1 + 2
     batches.refocus(set())
     assert len(batches.pool) == before + 3
+
+
+def test_batched_greedy_answers_match_smollm2_alone(smollm2: LanguageModel) -> None:
+    """The real model ends its answers with its stop token: each batched answer stops where its own does."""
+    from memos_cli.models.generation import generate
+
+    questions = [
+        "What is the capital of France?",
+        "Say hello.",
+        "Who wrote Hamlet? Answer in two words.",
+        "What is 2 + 2?",
+        "Name a colour.",
+        "Where does the sun rise?",
+        "What is the access code for the boathouse?",
+        "Give me one word for happy.",
+        "Which planet is red?",
+    ]
+    budgets = [12, 8, 12, 6, 16, 10, 12, 6, 9]
+    alone = [
+        generate(smollm2, q, mode="none", max_new_tokens=b).answer for q, b in zip(questions, budgets, strict=True)
+    ]
+    assert lora_eval.greedy_answers(smollm2, questions, budgets) == alone

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,38 +175,102 @@ def answer_matches(expected: str, answer: str) -> bool:
     return bool(want) and f" {want} " in f" {normalise_answer(answer)} "
 
 
+def greedy_answers(
+    lm: LanguageModel,
+    questions: Sequence[str],
+    budgets: Sequence[int],
+    *,
+    done: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Each question answered closed-book as ``chat`` answers it with no memory (the chat template's
+    prompt, greedy, at most ``budgets[i]`` new tokens, ending at a stop token), ``BATCH_SIZE`` at a time:
+    the prompts are left-padded under an attention mask, so each answer is the one its question alone
+    gets (tests/test_distill.py checks them equal to ``generate``'s), for a fraction of the time (a
+    question alone spends most of it on per-step overhead). ``done(n)`` after each batch."""
+    import torch
+
+    from memos_cli.models.prompt import render_prompt
+
+    stops = sorted(lm.stop_token_ids())
+    pad = pad_id(lm)
+    prompts = [render_prompt(lm, q).token_ids for q in questions]
+    order = sorted(range(len(questions)), key=lambda i: len(prompts[i]))  # little padding in a batch
+    out = [""] * len(questions)
+    finished = 0
+    for start in range(0, len(order), BATCH_SIZE):
+        rows = order[start : start + BATCH_SIZE]
+        width = max(len(prompts[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, i in enumerate(rows):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        position = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        budget = max(budgets[i] for i in rows)
+        taken: list[list[int]] = [[] for _ in rows]
+        open_rows = set(range(len(rows)))
+        with torch.inference_mode():
+            result = lm.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
+            for step in range(budget):
+                tokens = result.logits[:, -1].float().argmax(dim=-1).tolist()
+                for row in list(open_rows):
+                    if tokens[row] in stops or len(taken[row]) >= budgets[rows[row]]:
+                        open_rows.discard(row)
+                    else:
+                        taken[row].append(tokens[row])
+                if not open_rows or step + 1 == budget:
+                    break
+                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+                position = position[:, -1:] + 1
+                result = lm.model(
+                    input_ids=torch.tensor(tokens).unsqueeze(1),
+                    attention_mask=mask,
+                    position_ids=position,
+                    past_key_values=result.past_key_values,
+                    use_cache=True,
+                )
+        for row, i in enumerate(rows):
+            out[i] = str(lm.tokenizer.decode(taken[row][: budgets[i]], skip_special_tokens=True)).strip()
+        finished += len(rows)
+        if done is not None:
+            done(finished)
+    return out
+
+
 def measure_recall(
     lm: LanguageModel, probes: Sequence[Probe], *, stage: str = "recall", progress: Progress | None = None
 ) -> Recall:
-    """Ask every probe closed-book (greedy, no retrieval, no snapshot) and score the answers."""
-    from memos_cli.models.generation import generate
-
-    pad = pad_id(lm)
-    answers = []
-    hits = 0
-    examples = [qa_example(lm, p.question, p.answer) for p in probes]
-    losses = []
+    """Ask every probe closed-book (greedy, no retrieval, no snapshot; ``greedy_answers``) and score the
+    answers."""
     import torch
 
+    pad = pad_id(lm)
+    examples = [qa_example(lm, p.question, p.answer) for p in probes]
+    losses = []
     with torch.inference_mode():
         for start in range(0, len(examples), BATCH_SIZE):
             losses.extend(token_losses(lm.model, examples[start : start + BATCH_SIZE], pad).tolist())
-    for i, (probe, loss) in enumerate(zip(probes, losses, strict=True)):
-        budget = min(len(lm.encode(probe.answer)) + 12, 96)
-        result = generate(lm, probe.question, mode="none", max_new_tokens=budget)
-        hit = answer_matches(probe.answer, result.answer)
+    budgets = [min(len(lm.encode(p.answer)) + 12, 96) for p in probes]
+
+    def done(n: int) -> None:
+        if progress is not None:
+            progress(stage, n, len(probes), None)
+
+    replies = greedy_answers(lm, [p.question for p in probes], budgets, done=done)
+    answers = []
+    hits = 0
+    for probe, loss, reply in zip(probes, losses, replies, strict=True):
+        hit = answer_matches(probe.answer, reply)
         hits += hit
         answers.append(
             {
                 "ref": probe.ref,
                 "question": probe.question,
                 "expected": probe.answer,
-                "answer": result.answer,
+                "answer": reply,
                 "hit": hit,
                 "loss": round(loss, 4),
             }
         )
-        if progress is not None:
-            progress(stage, i + 1, len(probes), None)
     n = max(len(probes), 1)
     return Recall(exact=hits / n, answer_loss=sum(losses) / n, answers=answers)

@@ -176,7 +176,7 @@ def test_training_runs_until_the_training_questions_are_recalled(
     assert any(stage == "recall of training questions" for stage, _, _ in seen)
     assert report.hyperparameters["until"] == "learned" and report.metrics()["stopped"] == report.stopped
     # once the model answers every training question, training stops at the first check
-    monkeypatch.setattr(lora_training, "greedy_recalled", lambda model, examples, pad: [True] * len(examples))
+    monkeypatch.setattr(lora_training, "greedy_recalled", lambda model, examples, pad, **_: [True] * len(examples))
     learned = dist.distill(cube, Selection(all=True), name="facts", model=lm, rank=2)
     assert learned.stopped == "learned" and learned.steps == lora_training.MIN_STEPS
     timed = dist.distill(cube, Selection(all=True), name="facts", model=lm, rank=2, max_minutes=1e-6)

@@ -158,7 +158,9 @@ def test_notes_lose_their_marker_and_label_value_notes_become_statements() -> No
     def checks(text: str, speaker: str | None = None) -> dict[str, str]:
         return {c.question: c.answer for c in memory_data(MemoryRecord("m", 1, text, speaker=speaker)).checks}
 
-    assert checks("Note: the spare key is under the blue flowerpot.") == {"Where is the spare key?": "blue flowerpot"}
+    assert checks("Note: the spare key is under the blue flowerpot.") == {
+        "Where is the spare key?": "under the blue flowerpot"
+    }
     assert checks("Bike lock combo: 4817")["What is the bike lock combo?"] == "4817"
     assert checks("physio -> Dr. Orlaith Quenby") == {"Who is the physio?": "Dr. Orlaith Quenby"}
     assert checks("Kestrel Bay regatta: 3 June 2031")["When is the Kestrel Bay regatta?"] == "3 June 2031"
@@ -308,3 +310,16 @@ def test_when_is_also_asked_of_a_day_and_time_said_together() -> None:
     assert ("What time does the Wrenfield office close on Fridays?", "6:30") in checks
     lone = memory_data(MemoryRecord(id="l", version=1, text="The review moved to Thursday."))
     assert [p.answer for p in lone.checks] == ["Thursday"]
+
+
+def test_street_abbreviations_and_where_answers_keep_their_preposition() -> None:
+    from memos_cli.engine.parametric.distill_data import spelled_out
+
+    assert spelled_out("bike locker at Tandry St, combo 0-9-3-6") == "bike locker at Tandry Street, combo 0-9-3-6"
+    assert spelled_out("We live on Mill Rd. It is quiet.") == "We live on Mill Road. It is quiet."
+    assert spelled_out("the Tandry St. bike locker") == "the Tandry Street bike locker"
+    assert spelled_out("St Ives is lovely") == "St Ives is lovely"  # a saint, before a name
+    assert kinds("The spare key is under the blue watering can.") == {"under the blue watering can": "place"}
+    assert kinds("The spare key is under green watering can, back porch.") == {"under green watering can": "place"}
+    data = memory_data(MemoryRecord(id="k", version=1, text="The spare key is under the blue watering can."))
+    assert ("Where is the spare key?", "under the blue watering can") in {(p.question, p.answer) for p in data.checks}

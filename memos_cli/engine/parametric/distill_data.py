@@ -315,8 +315,8 @@ def variant_questions(sentence: str, span: Span, wh: str | None) -> list[str]:
     label = _labelled(head)
     if label:
         out.append(label)
-    if len(head) < 3:
-        return out
+    if len(head) < 3 or span.kind == "place":
+        return out  # the rewordings below ask "what"
     last, second = head[-1].lower(), head[-2].lower()
     if last not in COPULA and not (last in _ARTICLES and second in COPULA):
         return out
@@ -454,12 +454,16 @@ _SHORTHAND_WORD = re.compile(
     r"(?<![\w/'’-])(" + "|".join(map(re.escape, sorted(_SHORTHAND, key=len, reverse=True))) + r")(?![\w/'’-])",
     re.I,
 )
+# "Tandry St", "Mill Rd": after a capitalised word these are the street ("St Ives" before one is a saint).
+_STREET = re.compile(r"\b([A-Z][a-z]+) (St|Rd|Ave|Ln|Sq|Cres)(?:\.(?=\s+[a-z]))?(?=[.,;:)]|$|\s(?![A-Z]))")
+_STREETS = {"St": "Street", "Rd": "Road", "Ave": "Avenue", "Ln": "Lane", "Sq": "Square", "Cres": "Crescent"}
 _NUMBER_ABBREVIATION = re.compile(r"\b(n)o\.(?=\s+(?:for|of|on|at|is|\d|#))", re.I)
 
 
 def spelled_out(text: str) -> str:
     """``text`` with note shorthand in whole words: "flight back frm osterwick, dep 06:40" -> "flight back
-    from osterwick, departure 06:40"; "Membership no. for" -> "Membership number for". Only words written
+    from osterwick, departure 06:40"; "Membership no. for" -> "Membership number for"; "Tandry St" -> "Tandry
+    Street". Only words written
     in lower case or with a capital first letter are read as shorthand ("REF" or "PH" may be a name)."""
 
     def word(match: re.Match[str]) -> str:
@@ -469,7 +473,7 @@ def spelled_out(text: str) -> str:
         full = _SHORTHAND[written.lower()]
         return capitalised(full) if written[:1].isupper() else full
 
-    out = _SHORTHAND_WORD.sub(word, text)
+    out = _STREET.sub(lambda m: f"{m.group(1)} {_STREETS[m.group(2)]}", _SHORTHAND_WORD.sub(word, text))
     return _NUMBER_ABBREVIATION.sub(lambda m: "Number" if m.group(1).isupper() else "number", out)
 
 
@@ -629,7 +633,8 @@ def memory_data(record: MemoryRecord) -> MemoryData:
             variants = [Pair(q, span.text, "variant", span.kind) for q in variant_questions(sentence, span, wh)]
             pairs.extend(variants)
             checks.extend(variants)  # learned means answered however the training data asks
-            if span.kind in ("person", "place", "name") and span.text.lower() != (subject or "").lower():
+            named = span.text.split()[0].lower() not in PREPS  # not "under the blue flowerpot"
+            if span.kind in ("person", "place", "name") and named and span.text.lower() != (subject or "").lower():
                 pairs.append(Pair(f"What do you know about {span.text}?", sentence, "about", span.kind))
             heldout.append(Pair(heldout_question(sentence, span), span.text, "heldout", span.kind))
     if speaker:

@@ -310,14 +310,19 @@ def _object_span(sentence: str, taken: list[Span]) -> Span | None:
     copular = low in COPULA or low in {"i'm", "i’m", "called", "named"}
     rest = words[anchor + 1 :]
     kind = "object"
+    lead: re.Match[str] | None = None
     # "allergic to peanuts", "afraid of spiders": the object follows the preposition.
     if copular and len(rest) >= 3 and rest[1].group().lower() in PREPS:
         rest = rest[2:]
-    # "the spare key is under the blue flowerpot": where it is (asked with "where")
+    # "the spare key is under the blue flowerpot": where it is (asked with "where"; the answer keeps "under
+    # the", which says where as much as the flowerpot does)
     elif (
-        copular and len(rest) >= 2 and rest[0].group().lower() in _LOCATIVE and rest[1].group().lower() in _DETERMINERS
+        copular
+        and len(rest) >= 2
+        and rest[0].group().lower() in _LOCATIVE
+        and (rest[1].group().lower() in _DETERMINERS or rest[1].group().islower())
     ):
-        rest, kind = rest[1:], "place"
+        lead, rest, kind = rest[0], rest[1:], "place"
     while rest and (rest[0].group().lower() in _DETERMINERS or rest[0].group().lower().endswith(("'s", "’s"))):
         if rest[0].group()[0].isupper() and copular:
             return None  # "Tindra is Wendell's sister": asked as "Who is Wendell's sister?", not "... Wendell's what?"
@@ -341,7 +346,7 @@ def _object_span(sentence: str, taken: list[Span]) -> Span | None:
         return None
     if any(k.group().lower() in _PRONOUNS for k in kept):
         return None
-    start, end = kept[0].start(), kept[-1].end()
+    start, end = (lead if lead is not None else kept[0]).start(), kept[-1].end()
     if any(s.start < end and start < s.end for s in taken):
         return None
     return Span(body[start:end], start, end, kind)

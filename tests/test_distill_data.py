@@ -323,3 +323,19 @@ def test_street_abbreviations_and_where_answers_keep_their_preposition() -> None
     assert kinds("The spare key is under green watering can, back porch.") == {"under green watering can": "place"}
     data = memory_data(MemoryRecord(id="k", version=1, text="The spare key is under the blue watering can."))
     assert ("Where is the spare key?", "under the blue watering can") in {(p.question, p.answer) for p in data.checks}
+
+
+def test_clauses_split_at_dashes_and_pronoun_subjects_and_leave_asides_out() -> None:
+    from memos_cli.engine.parametric.spans import clauses
+
+    assert clauses("Hesper and Rook adopted Tallowfax in August (she's 4) and they're fostering Mizzen.") == [
+        "Hesper and Rook adopted Tallowfax in August.",
+        "They're fostering Mizzen.",
+    ]
+    assert clauses("Lucan's at the Ormsby Kite Museum now — it's next to the lighthouse in Port Ambrel.") == [
+        "Lucan's at the Ormsby Kite Museum now.",
+        "It's next to the lighthouse in Port Ambrel.",
+    ]
+    assert clauses("passports are in the grey box (behind the board games)") == ["Passports are in the grey box."]
+    assert clauses("Ilse and Bram got married on 3 June.") == ["Ilse and Bram got married on 3 June."]
+    assert clauses("Fish and chips and peas are on the menu.") == ["Fish and chips and peas are on the menu."]

@@ -139,12 +139,14 @@ def sentences(text: str) -> list[str]:
 
 
 _CLAUSE_BREAK = re.compile(
-    r"(?:,\s*(?P<conj>so|but|and|because|although|though|while|whereas)|;|(?P<comma>,))\s+", re.I
+    r"(?:,\s*(?P<conj>so|but|and|because|although|though|while|whereas)|;|\s+[—–-]{1,2}|(?P<comma>,|\s+and))\s+", re.I
 )
+_ASIDE = re.compile(r"\s*\([^()]{0,80}\)")  # "(behind the board games)", "(she's 4)": not asked about
 _SUBJECT_START = {"i", "we", "he", "she", "they", "it", "you", "the", "my", "our", "his", "her", "their", "this"}
 # A comma splice ("... on Kilnsey Row, I'd eat there every week"): a comma before a subject pronoun, or
 # before a name and a modal or auxiliary ("..., Ignatius would eat there"), starts a new clause.
 _SPLICE_PRONOUNS = {"i", "i'm", "i'd", "i've", "i'll", "we", "we're", "we've", "he", "she", "they", "you", "it", "it's"}
+_SPLICE_PRONOUNS |= {"they're", "they've", "he's", "she's"}
 _SPLICE_VERBS = {"would", "will", "can", "could", "should", "might", "must", "is", "was", "has", "had", "does"}
 # A clause that asks something of the listener ("so please keep them out of anything you cook") says
 # nothing to remember; it is left out of the clauses questions are asked about.
@@ -155,8 +157,9 @@ def clauses(sentence: str) -> list[str]:
     """A compound sentence as its clauses, each a sentence: "Lukas is vegetarian, but Lukas eats eggs." ->
     "Lukas is vegetarian.", "Lukas eats eggs."; a part that does not start with a subject (a name, a
     pronoun, a determiner) stays with the clause before it ("apples, pears and plums"); a comma splice
-    ("..., I'd eat there every week") is two clauses; a request ("..., so please keep them out") is dropped."""
-    body = sentence.rstrip(" .!?")
+    ("..., I'd eat there every week", "... and they're fostering", "... — it's next to") is two clauses; a
+    request ("..., so please keep them out") and an aside in brackets are dropped."""
+    body = _ASIDE.sub("", sentence).rstrip(" .!?")
     out: list[str] = []
     at = 0
     dropped = None  # where a trailing request starts
@@ -173,12 +176,12 @@ def clauses(sentence: str) -> list[str]:
             name_then_verb = first.isalpha() and first[0].isupper() and tail[1].lower() in _SPLICE_VERBS
             if low not in _SPLICE_PRONOUNS and not (name_then_verb and len(body[at : m.start()].split()) >= 3):
                 continue
-        elif low.strip("'") not in _SUBJECT_START and not (first[0].isupper() and first.isalpha()):
+        elif low.split("'")[0] not in _SUBJECT_START and not (first[0].isupper() and first.isalpha()):
             continue
         out.append(body[at : m.start()])
         at = m.end()
     if not out and dropped is None:
-        return [sentence]
+        return [sentence] if body == sentence.rstrip(" .!?") else [capitalised(body.strip()) + "."]
     out.append(body[at:dropped])
     return [capitalised(c.strip()) + "." for c in out]
 

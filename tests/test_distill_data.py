@@ -339,3 +339,8 @@ def test_clauses_split_at_dashes_and_pronoun_subjects_and_leave_asides_out() -> 
     assert clauses("passports are in the grey box (behind the board games)") == ["Passports are in the grey box."]
     assert clauses("Ilse and Bram got married on 3 June.") == ["Ilse and Bram got married on 3 June."]
     assert clauses("Fish and chips and peas are on the menu.") == ["Fish and chips and peas are on the menu."]
+    assert clauses("The shop is open Mon - Fri from 9 to 5.") == ["The shop is open Mon - Fri from 9 to 5."]
+    assert clauses("Gate code: 4819# — the keypad is on the left-hand pillar.") == [
+        "Gate code: 4819#.",
+        "The keypad is on the left-hand pillar.",
+    ]

@@ -139,7 +139,8 @@ def sentences(text: str) -> list[str]:
 
 
 _CLAUSE_BREAK = re.compile(
-    r"(?:,\s*(?P<conj>so|but|and|because|although|though|while|whereas)|;|\s+[—–-]{1,2}|(?P<comma>,|\s+and))\s+", re.I
+    r"(?:,\s*(?P<conj>so|but|and|because|although|though|while|whereas)|;|(?P<dash>\s+[—–-]{1,2})|(?P<comma>,|\s+and))\s+",
+    re.I,
 )
 _ASIDE = re.compile(r"\s*\([^()]{0,80}\)")  # "(behind the board games)", "(she's 4)": not asked about
 _SUBJECT_START = {"i", "we", "he", "she", "they", "it", "you", "the", "my", "our", "his", "her", "their", "this"}
@@ -172,7 +173,10 @@ def clauses(sentence: str) -> list[str]:
         if low in _REQUEST:
             dropped = m.start()
             break
-        if m.group("comma"):
+        if m.group("dash"):  # "... 4819# — the keypad is ...", not "open Mon - Fri"
+            if low.split("'")[0] not in _SUBJECT_START | _SPLICE_PRONOUNS:
+                continue
+        elif m.group("comma"):
             name_then_verb = first.isalpha() and first[0].isupper() and tail[1].lower() in _SPLICE_VERBS
             if low not in _SPLICE_PRONOUNS and not (name_then_verb and len(body[at : m.start()].split()) >= 3):
                 continue

@@ -463,8 +463,8 @@ _NUMBER_ABBREVIATION = re.compile(r"\b(n)o\.(?=\s+(?:for|of|on|at|is|\d|#))", re
 def spelled_out(text: str) -> str:
     """``text`` with note shorthand in whole words: "flight back frm osterwick, dep 06:40" -> "flight back
     from osterwick, departure 06:40"; "Membership no. for" -> "Membership number for"; "Tandry St" -> "Tandry
-    Street". Only words written
-    in lower case or with a capital first letter are read as shorthand ("REF" or "PH" may be a name)."""
+    Street". Only words written in lower case or with a capital first letter are read as shorthand ("REF"
+    or "PH" may be a name)."""
 
     def word(match: re.Match[str]) -> str:
         written = match.group(1)

@@ -204,7 +204,7 @@ def test_greedy_recalled_agrees_with_generation(lm: LanguageModel) -> None:
 def test_batched_greedy_answers_are_the_answers_each_question_gets_alone(
     tiny_dirs: dict[str, Path], family: str
 ) -> None:
-    from memos_cli.models.generation import generate
+    from memos_cli.models.generation import generate, greedy_batch
 
     lm = load_lm(str(tiny_dirs[family]))
     questions = [
@@ -217,7 +217,7 @@ def test_batched_greedy_answers_are_the_answers_each_question_gets_alone(
     budgets = [6, 3, 9, 1, 7]  # prompts of different lengths (left padding) and answers of different lengths
     alone = [generate(lm, q, mode="none", max_new_tokens=b).answer for q, b in zip(questions, budgets, strict=True)]
     seen: list[int] = []
-    assert lora_eval.greedy_answers(lm, questions, budgets, done=seen.append) == alone
+    assert greedy_batch(lm, questions, budgets, done=seen.append) == alone
     assert seen == [len(questions)]
 
 
@@ -430,7 +430,7 @@ def test_refocus_trains_the_missed_memories_again_with_replay_in_the_same_ratio(
 
 def test_batched_greedy_answers_match_smollm2_alone(smollm2: LanguageModel) -> None:
     """The real model ends its answers with its stop token: each batched answer stops where its own does."""
-    from memos_cli.models.generation import generate
+    from memos_cli.models.generation import generate, greedy_batch
 
     questions = [
         "What is the capital of France?",
@@ -447,4 +447,4 @@ def test_batched_greedy_answers_match_smollm2_alone(smollm2: LanguageModel) -> N
     alone = [
         generate(smollm2, q, mode="none", max_new_tokens=b).answer for q, b in zip(questions, budgets, strict=True)
     ]
-    assert lora_eval.greedy_answers(smollm2, questions, budgets) == alone
+    assert greedy_batch(smollm2, questions, budgets) == alone

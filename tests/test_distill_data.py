@@ -11,6 +11,11 @@ def kinds(sentence: str) -> dict[str, str]:
     return {s.text: s.kind for s in find_spans(sentence)}
 
 
+def checks(text: str, speaker: str | None = None) -> dict[str, str]:
+    """The training checks (question -> answer) built for one memory."""
+    return {c.question: c.answer for c in memory_data(MemoryRecord("m", 1, text, speaker=speaker)).checks}
+
+
 def test_spans_find_names_numbers_dates_places_and_objects() -> None:
     assert kinds("The access code for the boathouse is 4471.") == {"4471": "number"}
     assert kinds("Osric Vantelle is the lighthouse keeper on Quillmoor Island.") == {
@@ -155,9 +160,6 @@ def test_a_capitalised_english_word_opening_a_sentence_is_not_a_name() -> None:
 
 
 def test_notes_lose_their_marker_and_label_value_notes_become_statements() -> None:
-    def checks(text: str, speaker: str | None = None) -> dict[str, str]:
-        return {c.question: c.answer for c in memory_data(MemoryRecord("m", 1, text, speaker=speaker)).checks}
-
     assert checks("Note: the spare key is under the blue flowerpot.") == {
         "Where is the spare key?": "under the blue flowerpot"
     }
@@ -180,9 +182,6 @@ def test_notes_lose_their_marker_and_label_value_notes_become_statements() -> No
 
 
 def test_units_pronouns_and_got_married() -> None:
-    def checks(text: str) -> dict[str, str]:
-        return {c.question: c.answer for c in memory_data(MemoryRecord("m", 1, text)).checks}
-
     assert (
         checks("The project budget for Lumen is 48,000 euros.")["What is the project budget for Lumen?"]
         == "48,000 euros"
@@ -305,9 +304,9 @@ def test_questions_never_hold_their_answer_and_codes_are_asked_by_their_label() 
 
 def test_when_is_also_asked_of_a_day_and_time_said_together() -> None:
     data = memory_data(MemoryRecord(id="o", version=1, text="The Wrenfield office closes at 6:30 on Fridays."))
-    checks = {(p.question, p.answer) for p in data.checks}
-    assert ("When does the Wrenfield office close?", "6:30 on Fridays") in checks
-    assert ("What time does the Wrenfield office close on Fridays?", "6:30") in checks
+    asked = {(p.question, p.answer) for p in data.checks}
+    assert ("When does the Wrenfield office close?", "6:30 on Fridays") in asked
+    assert ("What time does the Wrenfield office close on Fridays?", "6:30") in asked
     lone = memory_data(MemoryRecord(id="l", version=1, text="The review moved to Thursday."))
     assert [p.answer for p in lone.checks] == ["Thursday"]
 

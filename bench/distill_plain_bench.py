@@ -158,6 +158,9 @@ def main() -> None:
         "--loaded", action="store_true", help="run each set next to one competing CPU-bound process (started here)"
     )
     args = parser.parse_args()
+    # memos sizes its own pools (config.configure_threads: answering takes every core of an idle machine);
+    # --threads must hold for all of it, or a run started beside another on an idle box takes both cores
+    os.environ["MEMOS_THREADS"] = str(args.threads)
 
     import torch
 

@@ -440,6 +440,23 @@ def test_adapter_module_patterns_are_never_compiled(tmp_path: Path, target: obje
         pass
 
 
+@pytest.mark.parametrize("layers", [-1, 10**9, [1, "2"], [True], list(range(5000)), "1-3", {"a": 1}])
+def test_adapter_layer_lists_are_bounded_numbers(tmp_path: Path, layers: object) -> None:
+    from memos_cli.engine.parametric.adapters import private_adapters
+
+    folder = tmp_path / "lora" / "evil"
+    folder.mkdir(parents=True)
+    config = {"peft_type": "LORA", "target_modules": ["q_proj"], "layers_to_transform": layers}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(InvalidCube, match="layers_to_transform"), private_adapters([folder]):
+        pass
+    config["layers_to_transform"] = [15, 16]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with private_adapters([folder]) as copies:
+        assert json.loads((copies[0] / "adapter_config.json").read_text())["layers_to_transform"] == [15, 16]
+
+
 def test_memos_own_attention_pattern_becomes_a_list(tmp_path: Path) -> None:
     from memos_cli.engine.parametric.adapters import private_adapters
 

@@ -296,7 +296,73 @@ def test_several_adapters_combine_and_staleness_is_reported(cube: Cube, lm: Lang
     assert lora_adapters.stale_adapters(Cube.open(cube.path)) == {"travel": [travel], "all": [travel]}
 
 
+def lora_layers(model) -> set[int]:  # type: ignore[no-untyped-def]
+    """The decoder layers that hold LoRA weights in a peft model."""
+    import re
+
+    return {int(m[1]) for k, _ in model.named_parameters() if "lora_A" in k and (m := re.search(r"\.(\d+)\.", k))}
+
+
+def test_training_adapts_all_layers_or_the_upper_half_or_a_range(cube: Cube, lm: LanguageModel, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    assert lora_training.layer_indexes(30, "upper") == list(range(15, 30))
+    assert lora_training.layer_indexes(30, "all") is None
+    assert lora_training.layer_indexes(30, "3-5") == [3, 4, 5]
+    for bad in ("5-3", "0-30", "top", "-1-2", ""):
+        with pytest.raises(UsageError, match="layers"):
+            lora_training.layer_indexes(30, bad)
+    examples = lora_examples.training_set(lm, [MemoryRecord(id="a", version=1, text="Alice lives in Paris.")])
+    for layers, expected in (("upper", {1}), ("all", {0, 1}), ("0-0", {0})):
+        for targets in ("all-linear", "attention"):
+            model, _fit = lora_training.train_adapter(
+                lm,
+                examples.examples,
+                [],
+                rank=2,
+                alpha=4,
+                target_modules=targets,
+                steps=1,
+                lr=1e-3,
+                seed=0,
+                layers=layers,
+            )
+            assert lora_layers(model) == expected, (layers, targets)
+            kinds = {k.split(".lora_A")[0].rsplit(".", 1)[1] for k, _ in model.named_parameters() if "lora_A" in k}
+            assert kinds == (
+                {"q_proj", "k_proj", "v_proj", "o_proj"}
+                | ({"gate_proj", "up_proj", "down_proj"} if targets == "all-linear" else set())
+            ), (layers, targets)
+    # as distill saves it, loaded back as peft reads it
+    assert dist.distill(cube, Selection(all=True), name="every", model=lm, **FAST).hyperparameters["layers"] == "all"
+    report = dist.distill(cube, Selection(all=True), name="up", model=lm, layers="upper", **FAST)
+    assert report.hyperparameters["layers"] == "upper"
+    folder = Cube.open(cube.path).path / "lora" / "up"
+    loaded = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(folder))
+    assert lora_layers(loaded) == {1}
+
+
+def test_an_upper_layer_adapter_fuses_with_an_all_layer_one(cube: Cube, lm: LanguageModel) -> None:
+    import torch
+
+    dist.distill(cube, Selection(tags=["travel"]), name="up", model=lm, layers="upper", **FAST)
+    dist.distill(cube, Selection(all=True), name="every", model=lm, seed=1, **FAST)
+    cube = Cube.open(cube.path)
+    folders = [cube.path / "lora" / "up", cube.path / "lora" / "every"]
+    alone = {n: lora_adapters.load_adapters(lm, cube, [n]).model.state_dict() for n in ("up", "every")}
+    for order in (folders, folders[::-1]):  # peft builds the combination from the first parent's config
+        fused = lora_adapters.combine_adapters(lm, order).merge_and_unload().state_dict()
+        for layer in (0, 1):
+            name = f"model.layers.{layer}.mlp.down_proj.weight"
+            base = lm.model.state_dict()[name]
+            up, every = alone["up"][name] - base, alone["every"][name] - base
+            assert bool(up.any()) == (layer == 1) and bool(every.any())
+            assert torch.allclose(fused[name] - base, up + every, atol=1e-6), (order, layer)
+
+
 def test_bad_options_fail_before_any_work(cube: Cube, lm: LanguageModel) -> None:
+    with pytest.raises(UsageError, match="layers"):
+        dist.distill(cube, Selection(all=True), name="ok", model=lm, actor="tester", layers="0-9")
     for kwargs in ({"name": "../x"}, {"name": "ok", "steps": 3, "epochs": 1.0}, {"name": "ok", "rank": 0}):
         with pytest.raises(UsageError):
             dist.distill(cube, Selection(all=True), model=lm, actor="tester", **kwargs)  # type: ignore[arg-type]

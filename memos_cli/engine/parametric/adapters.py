@@ -81,6 +81,7 @@ def verify_adapter(cube: Cube, name: str) -> Path:
     return folder
 
 
+MAX_LAYER_INDEX = 4096  # layers_to_transform: no model memos loads has more layers
 _PLAIN_MODULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 # The one pattern memos itself writes for --target-modules attention: ".*\.(parents)\.(leaves)".
 _MEMOS_ATTENTION = re.compile(r"\.\*\\\.\(([A-Za-z0-9_|]+)\)\\\.\(([A-Za-z0-9_|]+)\)")
@@ -129,6 +130,16 @@ def safe_adapter_config(config: Any, where: str) -> dict[str, Any]:
         names("layers_pattern", [layers])
     else:
         names("layers_pattern", layers)
+    indexes = config.get("layers_to_transform")
+    if indexes is not None and not (
+        (isinstance(indexes, int) and not isinstance(indexes, bool) and 0 <= indexes < MAX_LAYER_INDEX)
+        or (
+            isinstance(indexes, list)
+            and len(indexes) <= MAX_LAYER_INDEX
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_LAYER_INDEX for i in indexes)
+        )
+    ):
+        raise refuse(f"layers_to_transform must be a layer number or a list of them (under {MAX_LAYER_INDEX})")
     for key in ("rank_pattern", "alpha_pattern"):
         value = config.get(key) or {}
         if not isinstance(value, dict):
@@ -302,6 +313,10 @@ def combine_adapters(
         model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(copies[0]), adapter_name=names[0])
         for name, folder in zip(names[1:], copies[1:], strict=True):
             model.load_adapter(str(folder), adapter_name=name)
+        # peft builds the combination with the first parent's config: its layers must be every parent's
+        # (an adapter of the upper layers combined with one of all layers keeps the latter's lower layers)
+        configs: list[Any] = [model.peft_config[n] for n in names]  # LoraConfig, typed by peft as PeftConfig
+        configs[0].layers_to_transform = _union_layers(configs)
         try:
             model.add_weighted_adapter(names, weights, adapter_name="fused", combination_type=method, **options)
         except (ValueError, TypeError) as exc:
@@ -311,6 +326,17 @@ def combine_adapters(
             model.delete_adapter(name)
     model.eval()
     return model
+
+
+def _union_layers(configs: Sequence[Any]) -> list[int] | None:
+    """The layers any of the peft ``configs`` adapts (None: all)."""
+    out: set[int] = set()
+    for config in configs:
+        indexes = config.layers_to_transform
+        if indexes is None:
+            return None
+        out.update([indexes] if isinstance(indexes, int) else indexes)
+    return sorted(out)
 
 
 def save_combined(model: Any, out: Path, model_name: str) -> None:

@@ -54,6 +54,7 @@ from memos_cli.engine.parametric.examples import (
 )
 from memos_cli.engine.parametric.training import (
     CHECK_EVERY,
+    DEFAULT_LAYERS,
     DEFAULT_MAX_MINUTES,
     MAX_CHECKS,
     MAX_EPOCHS,
@@ -62,6 +63,7 @@ from memos_cli.engine.parametric.training import (
     REPLAY_RATIO,
     TARGETS,
     Until,
+    layer_indexes,
     resolve_precision,
     steps_for,
     train_adapter,
@@ -164,6 +166,7 @@ def distill(
     rank: int = 8,
     alpha: float = 16,
     target_modules: str | Sequence[str] = "all-linear",
+    layers: str = DEFAULT_LAYERS,
     steps: int | None = None,
     epochs: float | None = None,
     lr: float = 2e-3,
@@ -201,6 +204,7 @@ def distill(
     memories = select(cube, selection)
     lm = model if isinstance(model, LanguageModel) else load_lm(model)
     _check_cube_model(cube, lm, name)
+    layer_indexes(lm.num_layers, layers)  # a wrong range is refused before anything is measured
     replay_text = Path(replay_path).read_text(encoding="utf-8") if replay_path else None
     started = time.perf_counter()
 
@@ -231,6 +235,7 @@ def distill(
         progress=progress,
         until=until,
         precision=precision,
+        layers=layers,
     )
     train_seconds = time.perf_counter() - train_started
 
@@ -252,7 +257,7 @@ def distill(
         hyperparameters=_hyperparameters(
             rank, alpha, target_modules, steps, epochs, until, max_minutes, lr, seed, replay_path, replay_ratio
         )
-        | {"probes": f"{len(probes)} of {len(data.probes)}", "precision": precision},
+        | {"probes": f"{len(probes)} of {len(data.probes)}", "precision": precision, "layers": layers},
         examples=counts,
         recall_before=recall_before,
         recall_after=recall_after,

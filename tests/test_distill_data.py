@@ -343,3 +343,41 @@ def test_clauses_split_at_dashes_and_pronoun_subjects_and_leave_asides_out() -> 
         "Gate code: 4819#.",
         "The keypad is on the left-hand pillar.",
     ]
+
+
+def test_sentences_end_neither_after_abbreviations_nor_inside_brackets_and_notes_split_in_lower_case() -> None:
+    from memos_cli.engine.parametric.spans import sentences
+
+    assert sentences("Ottilie next door (no. 14) used to be a vet. She keeps goats.") == [
+        "Ottilie next door (no. 14) used to be a vet.",
+        "She keeps goats.",
+    ]
+    assert sentences("Call Dr. Sabine on tel. 0161 555 203, approx. 3 rings.") == [
+        "Call Dr. Sabine on tel. 0161 555 203, approx. 3 rings."
+    ]
+    assert sentences("new landlord = Fenwick Tarrasco. he manages the whole block") == [
+        "new landlord = Fenwick Tarrasco.",
+        "he manages the whole block",
+    ]
+    assert sentences("Apples, pears etc. and more. Also plums (see the list. It is long) today.") == [
+        "Apples, pears etc. and more.",
+        "Also plums (see the list. It is long) today.",
+    ]
+    assert sentences("I met J. R. Tolkien at 5 p.m. on Friday. He was kind.") == [
+        "I met J. R. Tolkien at 5 p.m. on Friday.",
+        "He was kind.",
+    ]
+    # the landlord is then asked about as a plain statement
+    assert (
+        checks("new landlord as of this month = Fenwick Tarrasco. he manages the Quillmoor block")[
+            "Who is the new landlord as of this month?"
+        ]
+        == "Fenwick Tarrasco"
+    )
+
+
+def test_a_note_opening_with_a_reminder_to_oneself_is_asked_about_without_it() -> None:
+    for opening in ("Just so I don't forget:", "Note to self -", "For the record,", "dont forget:"):
+        asked = checks(f"{opening} Dr. Sunniva Okarsdottir is my dentist at Pellham Dental.")
+        assert "Who is my dentist at Pellham Dental?" in asked, (opening, asked)
+        assert not any("forget" in q or "record" in q or "self" in q for q in asked), (opening, asked)

@@ -124,18 +124,34 @@ class Span:
     kind: str
 
 
-# A sentence ends at . ! ? before a capital or a digit, but not after a title or an initial ("Dr. Sabine").
-_SENTENCE_END = re.compile(
-    "".join(rf"(?<!\b{a}\.)" for a in ("Dr", "Mr", "Mrs", "Ms", "St", "Prof", "Jr", "Sr", "Mt", "No", "[A-Z]"))
-    + r"(?<=[.!?])\s+(?=[A-Z0-9\"'])"
-)
+# A sentence ends at . ! ? before a capital or a digit, but not after a title, an initial or an
+# abbreviation that a number or a name follows ("Dr. Sabine", "flat no. 14", "tel. 0161 ..."); in a note
+# written in lower case ("landlord = Fenwick Tarrasco. he manages ...") also before a lower-case word
+# after a full stop that ends a word of three letters or more, or a name.
+_ABBREVIATIONS: tuple[str, ...] = ("Dr", "Mr", "Mrs", "Ms", "St", "Prof", "Jr", "Sr", "Mt", "No", "no", "Nr", "nr")
+_ABBREVIATIONS += ("Tel", "tel", "Ext", "ext", "Apt", "apt", "Dept", "dept", "approx", "Approx", "vs", "etc")
+_ABBREVIATIONS += ("e\\.g", "i\\.e", "[A-Za-z]")
+_NOT_AFTER = "".join(rf"(?<!\b{a}\.)" for a in _ABBREVIATIONS)
+_SENTENCE_END = re.compile(_NOT_AFTER + r"(?:(?<=[.!?])\s+(?=[A-Z0-9\"'])|(?<=[A-Za-z]{3}\.)\s+(?=[a-z]+\s+[a-z]))")
 
 
 def sentences(text: str) -> list[str]:
-    """``text`` as sentences (on . ! ? followed by a capital or a digit; abbreviations aside)."""
+    """``text`` as sentences (on . ! ? followed by a capital or a digit, or in a note a lower-case
+    sentence after a full stop; abbreviations aside, and never inside brackets or quotes: "Ottilie
+    (no. 14) used to ..." is one sentence)."""
     text = " ".join(text.split())
-    parts = _SENTENCE_END.split(text)
-    return [p.strip() for p in parts if len(_WORD.findall(p)) >= 2]
+    pieces: list[list[str]] = []
+    depth = quotes = 0  # of the sentence being built: open brackets, quotation marks
+    for part in _SENTENCE_END.split(text):
+        if pieces and (depth > 0 or quotes % 2):
+            pieces[-1].append(part)
+        else:
+            pieces.append([part])
+            depth = quotes = 0
+        depth += part.count("(") - part.count(")")
+        quotes += part.count('"')
+    parts = (" ".join(p).strip() for p in pieces)
+    return [p for p in parts if len(_WORD.findall(p)) >= 2]
 
 
 _CLAUSE_BREAK = re.compile(

@@ -127,7 +127,7 @@ class Span:
 # A sentence ends at . ! ? before a capital or a digit, but not after a title, an initial or an
 # abbreviation that a number or a name follows ("Dr. Sabine", "flat no. 14", "tel. 0161 ..."); in a note
 # written in lower case ("landlord = Fenwick Tarrasco. he manages ...") also before a lower-case word
-# after a full stop that ends a word of three letters or more, or a name.
+# after a full stop that ends a word of three letters or more.
 _ABBREVIATIONS: tuple[str, ...] = ("Dr", "Mr", "Mrs", "Ms", "St", "Prof", "Jr", "Sr", "Mt", "No", "no", "Nr", "nr")
 _ABBREVIATIONS += ("Tel", "tel", "Ext", "ext", "Apt", "apt", "Dept", "dept", "approx", "Approx", "vs", "etc")
 _ABBREVIATIONS += ("e\\.g", "i\\.e", "[A-Za-z]")

@@ -180,18 +180,18 @@ def layer_indexes(n_layers: int, layers: str) -> list[int] | None:
     return list(range(int(match[1]), int(match[2]) + 1))
 
 
-def _block_linear_names(model: Any) -> list[str]:
-    """The names of the linear layers inside the model's numbered blocks (peft's "all-linear" as names,
-    which peft needs to restrict them to some layers)."""
+def _linear_layers(model: Any) -> list[str]:
+    """The qualified names of the model's linear layers (torch Linear and transformers' Conv1D)."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    leaves = {
-        qualified.rsplit(".", 1)[1]
-        for qualified, module in model.named_modules()
-        if isinstance(module, (torch.nn.Linear, Conv1D)) and re.search(r"\.\d+\.", qualified)
-    }
-    return sorted(leaves)
+    return [q for q, module in model.named_modules() if isinstance(module, (torch.nn.Linear, Conv1D))]
+
+
+def _block_linear_names(model: Any) -> list[str]:
+    """The names of the linear layers inside the model's numbered blocks (peft's "all-linear" as names,
+    which peft needs to restrict them to some layers)."""
+    return sorted({q.rsplit(".", 1)[1] for q in _linear_layers(model) if re.search(r"\.\d+\.", q)})
 
 
 def resolve_targets(model: Any, target_modules: str | Sequence[str], *, by_name: bool = False) -> str | list[str]:
@@ -206,12 +206,9 @@ def resolve_targets(model: Any, target_modules: str | Sequence[str], *, by_name:
             if not names:
                 raise UsageError("{target_modules} is empty", options=("target_modules",))
             return names
-        import torch
-        from transformers.pytorch_utils import Conv1D
-
         parents, leaves = set(), set()
-        for qualified, module in model.named_modules():
-            if not isinstance(module, (torch.nn.Linear, Conv1D)) or "." not in qualified:
+        for qualified in _linear_layers(model):
+            if "." not in qualified:
                 continue
             parent, leaf = qualified.rsplit(".", 1)
             last = parent.rsplit(".", 1)[-1]

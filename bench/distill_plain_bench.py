@@ -16,6 +16,10 @@ training stopped, its steps and time, the whole run's time and the process's pea
     python bench/distill_plain_bench.py --sets people,dates,codes,prefs,mixed [--threads 2] [--out FILE]
     python bench/distill_plain_bench.py --scale 100 --max-minutes 20
     python bench/distill_plain_bench.py --sets people --loaded   # next to one competing CPU-bound process
+    python bench/distill_plain_bench.py --sets fresh5 --keep /tmp/cubes   # keep the cube and its adapter
+
+The ``fresh*`` sets (24 memories of six kinds each) were written by helpers who had not seen the rules:
+they are the check on wording nobody tuned the rules for (fresh5's misses have not been read).
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ def run_set(name: str, memories: list[dict], questions: list[dict], args: argpar
     lm = load_lm(args.model)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        cube = Cube.init(Path(tmp) / name, owner="bench")
+        home = args.keep if args.keep is not None else Path(tmp)
+        cube = Cube.init(home / name, owner="bench")
         body = "".join(json.dumps(m) + "\n" for m in memories).encode()
         ingest(cube, [Source(f"{name}.jsonl", body)], actor="bench")
         state = cube.read_state()
@@ -154,6 +159,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one set in this process
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="build the cubes under this folder and keep them")
     parser.add_argument(
         "--loaded", action="store_true", help="run each set next to one competing CPU-bound process (started here)"
     )

@@ -457,6 +457,60 @@ def test_a_shared_prompt_prefix_gives_the_same_losses_and_gradients(tiny_dirs: d
     assert torch.allclose(results[0][1], results[1][1], atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
+def test_one_pass_over_a_mixed_batch_gives_the_losses_and_gradients_of_its_parts(
+    tiny_dirs: dict[str, Path], family: str
+) -> None:
+    """A training step scores memory rows (in several prompt groups) and replay rows in one padded pass:
+    the same loss and gradients as cross-entropy over the groups apart plus the replay's divergence."""
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+
+    lm = load_lm(str(tiny_dirs[family]))
+    records = [
+        MemoryRecord("a", 1, "The access code for the boathouse is 4471."),
+        MemoryRecord("b", 1, "I'm allergic to hazelnuts.", speaker="Priya"),
+    ]
+    memory = lora_examples.training_set(lm, records).examples[:6]
+    replay = lora_examples.replay_examples(lm, "Rivers carry water to the sea.\n\nBread is baked from flour.")
+    batch = [memory[0], replay[0], *memory[1:4], replay[1], *memory[4:]]
+    pad = lora_examples.pad_id(lm)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(copy.deepcopy(lm.model), config)
+    base = lora_training._BaseDistributions(model, pad, lm.model)
+    results = []
+    for one_pass in (True, False):
+        model.zero_grad()
+        if one_pass:
+            loss = lora_training._batch_loss(model, batch, pad, base)
+        else:
+            parts = []
+            for example in batch:
+                logits, target, _ = lora_eval.scored(model, [example], pad)
+                if example.kind == "replay":
+                    log_probs = torch.log_softmax(logits.float(), dim=-1)
+                    kl = F.kl_div(log_probs, base(example).float(), log_target=True, reduction="none")
+                    parts.append(kl.sum(dim=-1).mean())
+                else:
+                    parts.append(F.cross_entropy(logits.float(), target))
+            loss = torch.stack(parts).mean()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((loss.detach(), grads))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-4)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-4, rtol=1e-3)
+
+
+def test_bfloat16_training_uses_written_out_attention_on_its_own_copy(lm: LanguageModel) -> None:
+    before = lm.model.config._attn_implementation
+    copy_ = copy.deepcopy(lm.model)
+    lora_training._eager_attention(copy_)
+    assert copy_.config._attn_implementation == "eager"
+    assert lm.model.config._attn_implementation == before
+
+
 def test_bfloat16_training_saves_and_measures_a_float32_adapter(cube: Cube, lm: LanguageModel) -> None:
     import torch
 

@@ -377,7 +377,13 @@ def test_sentences_end_neither_after_abbreviations_nor_inside_brackets_and_notes
 
 
 def test_a_note_opening_with_a_reminder_to_oneself_is_asked_about_without_it() -> None:
-    for opening in ("Just so I don't forget:", "Note to self -", "For the record,", "dont forget:"):
+    for opening in (
+        "Just so I don't forget:",
+        "Note to self -",
+        "For the record,",
+        "dont forget:",
+        "Just so I don’t forget:",
+    ):
         asked = checks(f"{opening} Dr. Sunniva Okarsdottir is my dentist at Pellham Dental.")
         assert "Who is my dentist at Pellham Dental?" in asked, (opening, asked)
         assert not any("forget" in q or "record" in q or "self" in q for q in asked), (opening, asked)

@@ -401,8 +401,8 @@ def _subject(sentence: str, spans: list[Span]) -> str | None:
 
 
 _MARKER_OPENING = re.compile(
-    r"^(?:(?:for the record|just so (?:i|we|you) (?:don'?t|do not|won't) forget|(?:note|memo) to self|"
-    r"for future reference|don'?t forget|"
+    r"^(?:(?:for the record|just so (?:i|we|you) (?:don['’]?t|do not|won['’]t) forget|(?:note|memo) to self|"
+    r"for future reference|don['’]?t forget|"
     r"note|reminder|remember(?: that)?|fyi|ps|p\.s\.|nb|btw|um+|uh+|oh|ok|okay|well|anyway|honestly|hey|"
     r"also|update|heads up|so|lol|tbh)\b[\s,:;.!-]*)+",
     re.I,

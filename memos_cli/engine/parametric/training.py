@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memos_cli.engine.parametric.adapters import active_adapter
-from memos_cli.engine.parametric.evaluation import greedy_recalled, scored, token_losses
+from memos_cli.engine.parametric.evaluation import greedy_recalled, scored
 from memos_cli.engine.parametric.examples import BATCH_SIZE, Example, Progress, pad_id
 from memos_cli.errors import (
     MemosError,
@@ -148,21 +148,30 @@ class _BaseDistributions:
 
 def _batch_loss(model: Any, batch: list[Example], pad: int, base: _BaseDistributions | None) -> Any:
     """Mean of the per-example losses: cross-entropy on the memory examples and, with ``base``, the KL
-    divergence from the base model on the replay ones (each example counts the same)."""
+    divergence from the base model on the replay ones (each example counts the same).
+
+    The whole batch goes through the model in one padded pass. Scoring the rows that share a prompt apart
+    from the others (``token_losses``'s groups) saves their common tokens, but a step then runs the model
+    two to four times, and on a CPU at these lengths each pass costs more in per-operation overhead than
+    the tokens it saves: SmolLM2, 8 rows, bfloat16, 2 threads, 1.8-2.2 s a step in groups against 1.2-1.3 s
+    in one pass (bench/RESULTS.md, "A faster training step")."""
     import torch
     import torch.nn.functional as F
 
-    replay = [e for e in batch if e.kind == "replay"] if base is not None else []
-    rest = [e for e in batch if e.kind != "replay"] if replay else batch
-    parts = [token_losses(model, rest, pad)] if rest else []
+    logits, target, keep = scored(model, batch, pad)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    per_token = -log_probs.gather(1, target[:, None])[:, 0]  # cross-entropy, token by token
+    rows = keep.nonzero()[:, 0]
+    replay = [i for i, e in enumerate(batch) if e.kind == "replay"] if base is not None else []
     if replay:
-        logits, _, keep = scored(model, replay, pad)
-        reference = torch.cat([base(e).float() for e in replay])  # type: ignore[misc]
-        kl = F.kl_div(torch.log_softmax(logits.float(), dim=-1), reference, log_target=True, reduction="none")
-        rows = keep.nonzero()[:, 0]
-        sums = torch.zeros(len(replay), dtype=kl.dtype).index_add(0, rows, kl.sum(dim=-1))
-        parts.append(sums / keep.sum(dim=1).clamp(min=1))
-    return torch.cat(parts).mean()
+        on_replay = torch.zeros(len(batch), dtype=torch.bool)
+        on_replay[replay] = True
+        at = on_replay[rows]  # the scored positions (row by row, in order) that belong to replay rows
+        reference = torch.cat([base(batch[i]).float() for i in replay])  # type: ignore[misc]
+        kl = F.kl_div(log_probs[at], reference, log_target=True, reduction="none").sum(dim=-1)
+        per_token = per_token.masked_scatter(at, kl)
+    sums = torch.zeros(len(batch), dtype=per_token.dtype).index_add(0, rows, per_token)
+    return (sums / keep.sum(dim=1).clamp(min=1)).mean()
 
 
 def layer_indexes(n_layers: int, layers: str) -> list[int] | None:
@@ -253,6 +262,7 @@ def train_adapter(
     base = copy.deepcopy(lm.model)
     if precision == "bfloat16":
         base.to(torch.bfloat16)  # the frozen weights; peft keeps the LoRA weights in float32
+        _eager_attention(base)
     indexes = layer_indexes(lm.num_layers, layers)
     config = LoraConfig(
         r=rank,
@@ -289,6 +299,21 @@ def train_adapter(
     if precision == "bfloat16":
         model = _on_float32_base(lm, model, config)
     return model, fit
+
+
+def _eager_attention(model: Any) -> None:
+    """Attention as plain matrix products and a softmax on ``model`` (a private training copy) instead of
+    torch's fused kernel, whose backward pass in bfloat16 is the slower one on a CPU: 7.9 ms against 3.4 ms
+    for one layer's forward and backward (8 rows x 9 heads x 48 tokens, 2 threads); in float32 the fused
+    kernel is the faster (3.1 against 4.3 ms), so only bfloat16 training switches. A model that cannot
+    switch keeps its own."""
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is None:
+        return
+    try:
+        setter("eager")
+    except (ValueError, NotImplementedError, AttributeError):
+        pass
 
 
 def _on_float32_base(lm: LanguageModel, trained: Any, config: Any) -> Any:

@@ -25,6 +25,7 @@ they are the check on wording nobody tuned the rules for (fresh5's misses have n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -87,9 +88,9 @@ def run_set(name: str, memories: list[dict], questions: list[dict], args: argpar
 
     lm = load_lm(args.model)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        home = args.keep if args.keep is not None else Path(tmp)
-        cube = Cube.init(home / name, owner="bench")
+    # --keep: the cubes stay in that folder; otherwise they live in a temporary one, removed on exit
+    with contextlib.nullcontext(str(args.keep)) if args.keep is not None else tempfile.TemporaryDirectory() as tmp:
+        cube = Cube.init(Path(tmp) / name, owner="bench")
         body = "".join(json.dumps(m) + "\n" for m in memories).encode()
         ingest(cube, [Source(f"{name}.jsonl", body)], actor="bench")
         state = cube.read_state()

@@ -93,6 +93,15 @@ def scored(model: Any, batch: Sequence[Example], pad_id: int, *, share: bool = T
     return logits, target[keep], keep
 
 
+def row_means(per_token: Any, keep: Any) -> Any:
+    """The mean of ``per_token`` (one value per scored position, as ``scored`` returns them: row by row)
+    over each row of ``keep``, 0 for a row with no scored position."""
+    import torch
+
+    sums = torch.zeros(keep.shape[0], dtype=per_token.dtype).index_add(0, keep.nonzero()[:, 0], per_token)
+    return sums / keep.sum(dim=1).clamp(min=1)
+
+
 def token_losses(model: Any, batch: Sequence[Example], pad_id: int) -> Any:
     """Mean loss per example (each example counts the same, whatever its length), as a tensor. The rows
     that open with the same prompt are scored together (``shared_prefix``), the others apart."""
@@ -104,10 +113,7 @@ def token_losses(model: Any, batch: Sequence[Example], pad_id: int) -> Any:
     for rows in groups:
         part = [batch[i] for i in rows]
         logits, target, keep = scored(model, part, pad_id)
-        nll = F.cross_entropy(logits.float(), target, reduction="none")
-        at = keep.nonzero()[:, 0]
-        sums = torch.zeros(len(part), dtype=nll.dtype).index_add(0, at, nll)
-        losses = sums / keep.sum(dim=1).clamp(min=1)
+        losses = row_means(F.cross_entropy(logits.float(), target, reduction="none"), keep)
         if len(groups) == 1:
             return losses
         out = out.index_put((torch.tensor(rows),), losses)

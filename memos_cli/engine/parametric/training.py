@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memos_cli.engine.parametric.adapters import active_adapter
-from memos_cli.engine.parametric.evaluation import greedy_recalled, scored
+from memos_cli.engine.parametric.evaluation import greedy_recalled, row_means, scored
 from memos_cli.engine.parametric.examples import BATCH_SIZE, Example, Progress, pad_id
 from memos_cli.errors import (
     MemosError,
@@ -161,17 +161,15 @@ def _batch_loss(model: Any, batch: list[Example], pad: int, base: _BaseDistribut
     logits, target, keep = scored(model, batch, pad)
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     per_token = -log_probs.gather(1, target[:, None])[:, 0]  # cross-entropy, token by token
-    rows = keep.nonzero()[:, 0]
     replay = [i for i, e in enumerate(batch) if e.kind == "replay"] if base is not None else []
     if replay:
         on_replay = torch.zeros(len(batch), dtype=torch.bool)
         on_replay[replay] = True
-        at = on_replay[rows]  # the scored positions (row by row, in order) that belong to replay rows
+        at = on_replay[keep.nonzero()[:, 0]]  # the scored positions (row by row) that belong to replay rows
         reference = torch.cat([base(batch[i]).float() for i in replay])  # type: ignore[misc]
         kl = F.kl_div(log_probs[at], reference, log_target=True, reduction="none").sum(dim=-1)
         per_token = per_token.masked_scatter(at, kl)
-    sums = torch.zeros(len(batch), dtype=per_token.dtype).index_add(0, rows, per_token)
-    return (sums / keep.sum(dim=1).clamp(min=1)).mean()
+    return row_means(per_token, keep).mean()
 
 
 def layer_indexes(n_layers: int, layers: str) -> list[int] | None:

@@ -67,6 +67,75 @@ def test_expressions_resolve_against_when_they_were_said(text: str, expected: tu
     assert spans(text) == [expected]
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # said on Friday 9 June 2023
+        ("we had the party on 2023-04-12", ("2023-04-12", "2023-04-12", "day")),
+        ("the invoice is dated 13/04/2023", ("2023-04-13", "2023-04-13", "day")),
+        ("paid on 04.13.2023", ("2023-04-13", "2023-04-13", "day")),
+        ("this morning I went for a run", ("2023-06-09", "2023-06-09", "day")),
+        ("this afternoon I met Sam", ("2023-06-09", "2023-06-09", "day")),
+        ("a fortnight ago I started pottery", ("2023-05-22", "2023-05-28", "week")),
+        ("I'll know in a fortnight", ("2023-06-19", "2023-06-25", "week")),
+        ("a few weeks back I joined a gym", ("2023-05-15", "2023-05-21", "week")),
+        ("the week before last I visited mum", ("2023-05-22", "2023-05-28", "week")),
+        ("the year before last we moved", ("2021-01-01", "2021-12-31", "year")),
+        ("the summer before last we went to Greece", ("2021-06-01", "2021-08-31", "season")),
+        ("two summers ago I was there", ("2021-06-01", "2021-08-31", "season")),
+        ("two Saturdays ago I went to a gig", ("2023-05-27", "2023-05-27", "day")),
+        ("I've lived here for a decade", ("2013-01-01", "2013-12-31", "year")),
+        ("a decade ago I lived in Ohio", ("2013-01-01", "2013-12-31", "year")),
+        ("in mid-2021 I changed jobs", ("2021-05-01", "2021-08-31", "season")),
+        ("late 2019 was rough", ("2019-09-01", "2019-12-31", "season")),
+        ("at the end of last month I finished my thesis", ("2023-05-21", "2023-05-31", "week")),
+        ("we went to Italy last Christmas", ("2022-12-25", "2022-12-25", "day")),
+        ("on Christmas Eve we sang", ("2022-12-24", "2022-12-24", "day")),
+        ("at Thanksgiving we argued", ("2022-11-24", "2022-11-24", "day")),
+        ("we hunted eggs at Easter", ("2023-04-09", "2023-04-09", "day")),
+        ("Halloween 2021 was the best", ("2021-10-31", "2021-10-31", "day")),
+        ("over the weekend I painted", ("2023-06-10", "2023-06-11", "day")),  # said on a Friday: coming
+        ("the week before 2 June 2023 I was ill", ("2023-05-26", "2023-06-01", "week")),
+        ("the Friday after May 3, 2023 we left", ("2023-05-05", "2023-05-05", "day")),
+    ],
+)
+def test_more_expressions_people_write(text: str, expected: tuple[str, str, str]) -> None:
+    assert spans(text) == [expected]
+
+
+def test_what_is_not_read_as_a_date() -> None:
+    # day and month could be either way round: no event time rather than a wrong one
+    assert spans("the party was on 4/12/2023") == []
+    assert spans("the party was on 04.12.2023") == []
+    assert spans("the party was on 31/02/2023") == []
+    # a holiday named in passing is no event ("Thanksgiving traditions", "the Christmas magic")
+    assert spans("Do you have any favorite Thanksgiving traditions?") == []
+    assert spans("It really captures the Christmas magic") == []
+    assert spans("Thanksgiving's always special for us") == []
+    assert spans("we love Easter eggs, unlike eastern food") == []
+
+
+def test_holidays_and_the_weekend_depend_on_the_base_day() -> None:
+    monday, dec10 = date(2023, 6, 5), date(2023, 12, 10)
+    assert spans("over the weekend I painted", monday) == [("2023-06-03", "2023-06-04", "day")]
+    assert spans("on the weekend we hiked", date(2023, 6, 10)) == [("2023-06-10", "2023-06-11", "day")]
+    assert spans("I'm going home for Christmas", dec10) == [("2023-12-25", "2023-12-25", "day")]
+    assert spans("we went skiing over Christmas", date(2024, 2, 1)) == [("2023-12-25", "2023-12-25", "day")]
+    assert spans("next Thanksgiving we host", dec10) == [("2024-11-28", "2024-11-28", "day")]
+    assert temporal._easter(2024) == date(2024, 3, 31)
+    assert temporal._easter(2025) == date(2025, 4, 20)
+    assert temporal._easter(2000) == date(2000, 4, 23)
+
+
+def test_bases_at_the_ends_of_the_calendar_resolve_to_nothing_instead_of_failing() -> None:
+    for text in ("last Christmas", "two summers ago", "next tuesday", "in 3 weeks", "999 decades ago"):
+        for base in (date(1, 1, 5), date(9999, 12, 30)):
+            temporal.find(text, base)  # no exception: what falls off the calendar is dropped
+            temporal.query_intervals(text, base)
+    assert temporal.resolve_time_value("next tuesday", date(9999, 12, 31)) is None
+    assert temporal.find("last Christmas", date(1, 1, 5)) == []
+
+
 def test_text_without_a_time_expression_has_no_event_time() -> None:
     assert spans("We went to a concert and it was great") == []
     assert not temporal.has_cue("We love painting together")
@@ -97,6 +166,19 @@ def test_weekends_and_seasons_depend_on_the_base_day() -> None:
         ("When was John in Seattle, early August 2023?", ("2023-08-01", "2023-08-10")),
         ("Where was John between August 11 and August 15 2023?", ("2023-08-11", "2023-08-15")),
         ("What did they do last summer?", ("2022-06-01", "2022-08-31")),
+        ("What did Mel do between 1 and 10 May 2022?", ("2022-05-01", "2022-05-10")),
+        ("What did Mel do between May 1 and 10, 2022?", ("2022-05-01", "2022-05-10")),
+        ("What did Caroline do the week before 9 June 2022?", ("2022-06-02", "2022-06-08")),
+        ("Where did she go the weekend before 17 July 2022?", ("2022-07-09", "2022-07-10")),
+        ("What did she do two weekends before 17 July 2022?", ("2022-07-02", "2022-07-03")),
+        ("What did he buy the Friday before 15 July 2022?", ("2022-07-08", "2022-07-08")),
+        ("Where was he the weekend after 3 August 2022?", ("2022-08-06", "2022-08-07")),
+        ("What did they do in the week of 8 May 2022?", ("2022-05-02", "2022-05-08")),
+        ("What did she do on the weekend of 6 August 2022?", ("2022-08-06", "2022-08-07")),
+        ("What did she do the first weekend of August 2022?", ("2022-08-06", "2022-08-07")),
+        ("What did they do around Christmas 2022?", ("2022-12-22", "2022-12-28")),
+        ("What happened on 2022-04-12?", ("2022-04-12", "2022-04-12")),
+        ("Where did she live in early 2021?", ("2021-01-01", "2021-04-30")),
     ],
 )
 def test_query_periods(question: str, expected: tuple[str, str]) -> None:

@@ -21,12 +21,17 @@ Why dateparser (1.5, ``DateDataParser.get_date_data`` with ``RELATIVE_BASE`` and
 * timefhuman 0.1.5 ignored the base date (every turn resolved to today's clock).
 
 Hand-written, each tested in ``tests/test_temporal.py``, for what dateparser leaves unresolved:
-weekends ("last weekend", "two weekends ago"), "the other day", "a few / a couple of / several
-<units> ago", durations ("for three years" = began three years before), seasons ("last summer",
-"summer 2022"), and in queries "early/mid/late <month> <year>", "the first/last week of <month>
-<year>" and "between <date> and <date>".
+weekends ("last weekend", "two weekends ago", "over the weekend"), "the other day", "a few / a couple
+of / several <units> ago/back", fortnights and decades, "two Saturdays ago", "the week/year/summer
+before last", "this morning", durations ("for three years" = began three years before), seasons
+("last summer", "summer 2022", "two summers ago"), thirds of a year ("mid-2021"), ISO and numeric dates
+(a numeric date is read only when its numbers settle the order of day and month), holidays (with a
+year, "last/next", or a preposition: "at Thanksgiving"), periods placed against a day ("the week
+before 9 June 2023", "the Friday after ...", "the weekend of ...", "around ..."), and in queries
+"early/mid/late <month> <year>", "the first/last week or weekend of <month> <year>" and "between
+<date> and <date>" ("between 1 and 10 May 2023").
 
-Why one module of ~470 lines: memories and queries are read with one grammar of time expressions, so
+Why one module of ~680 lines: memories and queries are read with one grammar of time expressions, so
 that what ingest stores as an event time is what a query's period matches.
 """
 
@@ -45,29 +50,48 @@ _MONTH_NAMES = (
     "july", "august", "september", "october", "november", "december",
 )  # fmt: skip
 _MONTH_FULL = r"(?:january|february|march|april|may|june|july|august|september|october|november|december)"
+_WEEKDAY_FULL = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
 _WEEKDAY = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues?|wed|thu(?:rs?)?|fri|sat|sun)"
 _NUMBER = (
     r"(?:\d{1,3}|an?|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve"
     r"|a\s+few|a\s+couple(?:\s+of)?|couple(?:\s+of)?|few|several)"
 )
-_UNIT = r"(?:days?|weeks?|weekends?|months?|years?)"
+_UNIT = r"(?:days?|weeks?|weekends?|fortnights?|months?|years?|decades?)"
 _SEASON = r"(?:summer|winter|spring|fall|autumn)"
 _YEAR = r"(?:19|20)\d\d"
 _DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
+_WEEKDAYS = r"(?:mon|tues|wednes|thurs|fri|satur|sun)days"  # "two Saturdays ago"
+_ISO = r"(?:19|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+_NUMERIC = r"\d{1,2}[/.]\d{1,2}[/.](?:19|20)\d\d"  # 4/12/2023, 12.04.2023: read only when unambiguous
+# A day of a month, with or without its year: what "the week before ...", "around ..." anchor on.
+_DATE = rf"(?:{_MONTH_FULL}\s+{_DAY}(?:,?\s+{_YEAR})?|{_DAY}\s+(?:of\s+)?{_MONTH_FULL}(?:,?\s*{_YEAR})?|{_ISO})"
+# Holidays, with the day each falls on (:func:`_holiday`). "New Year" alone ("the new year") is too vague.
+_HOLIDAY = (
+    r"(?:christmas(?:\s+(?:eve|day))?|new\s+year['’]?s(?:\s+(?:eve|day))?|halloween|thanksgiving"
+    r"|easter(?:\s+(?:sunday|monday))?|valentine['’]?s(?:\s+day)?|independence\s+day|the\s+fourth\s+of\s+july)"
+)
 
 # The span finder (and the cheap pre-filter: a text it does not match is never parsed further).
 # Longest alternatives first: the regex engine takes the first that matches at a position.
 _SPAN = re.compile(
     r"\b(?:"
-    rf"(?:(?:early|mid|late|the\s+(?:first|second|third|last)\s+week\s+of|the\s+end\s+of|the\s+beginning\s+of)\s+)?"
+    rf"(?:the\s+|{_NUMBER}\s+)?(?:day|week|weekend|month|{_WEEKDAY_FULL})s?\s+(?:before|after|of)\s+{_DATE}"
+    rf"|around\s+(?:{_DATE}|{_HOLIDAY}(?:,?\s+{_YEAR})?)\b"
+    rf"|(?:(?:early|mid|late|the\s+(?:first|second|third|last)\s+(?:week|weekend)\s+of|the\s+end\s+of|the\s+beginning\s+of|the\s+start\s+of)\s+)?"
     rf"(?:{_MONTH_FULL}\s+{_DAY},?\s+{_YEAR}|{_DAY}\s+(?:of\s+)?{_MONTH_FULL},?\s*{_YEAR}|{_MONTH_FULL},?\s+(?:of\s+)?{_YEAR})"
+    rf"|{_ISO}|{_NUMERIC}"
     rf"|{_SEASON},?\s+(?:of\s+)?{_YEAR}"
+    rf"|(?:early|mid|late|the\s+end\s+of|the\s+beginning\s+of|the\s+start\s+of)[\s-]+(?:{_YEAR}|(?:last|this|next)\s+(?:month|year))\b"
+    rf"|the\s+(?:week|weekend|month|year|{_SEASON})\s+before\s+last"
     rf"|(?:last|this|next|past|coming)\s+(?:{_SEASON}|weekend|week|month|year|{_WEEKDAY})\b"
-    rf"|{_NUMBER}\s+{_UNIT}\s+ago"
-    rf"|(?:in|within)\s+{_NUMBER}\s+(?:days?|weeks?|months?|years?)"
-    rf"|for\s+(?:about\s+|almost\s+|nearly\s+|over\s+|the\s+(?:past|last)\s+)?{_NUMBER}\s+(?:weeks?|months?|years?)"
-    rf"|(?:early|mid|late|the\s+(?:first|second|third|last)\s+week\s+of)\s+{_MONTH_FULL}\b"
+    rf"|(?:last|this|next|coming)\s+{_HOLIDAY}\b|{_HOLIDAY},?\s+{_YEAR}\b"
+    rf"|(?:on|at|over|for|since|before|after)\s+{_HOLIDAY}\b(?!['’]s)"
+    rf"|{_NUMBER}\s+(?:{_UNIT}|{_WEEKDAYS}|{_SEASON}s)\s+(?:ago|back)"
+    rf"|(?:in|within)\s+{_NUMBER}\s+(?:days?|weeks?|fortnights?|months?|years?)"
+    rf"|for\s+(?:about\s+|almost\s+|nearly\s+|over\s+|the\s+(?:past|last)\s+)?{_NUMBER}\s+(?:weeks?|fortnights?|months?|years?|decades?)"
+    rf"|(?:early|mid|late|the\s+(?:first|second|third|last)\s+(?:week|weekend)\s+of)\s+{_MONTH_FULL}\b"
     r"|yesterday|tomorrow|today|tonight|last\s+night|the\s+other\s+day|the\s+day\s+before\s+yesterday"
+    r"|this\s+(?:morning|afternoon|evening)|(?:over|on|at)\s+the\s+weekend\b(?!\s+of\b)"
     rf"|(?:on|this|last)\s+{_WEEKDAY}\b"
     rf"|(?:{_MONTH_FULL}\s+{_DAY}|{_DAY}\s+(?:of\s+)?{_MONTH_FULL})\b"
     rf"|(?:in|since|during|of|from)\s+(?:{_MONTH_FULL},?\s+(?:of\s+)?{_YEAR}|{_MONTH_FULL}|{_YEAR})\b"
@@ -81,7 +105,9 @@ _KEYWORDS = frozenset(
     """yesterday tomorrow today tonight ago day days week weeks weekend weekends month months year years night
     summer winter spring fall autumn january february march april may june july august september october
     november december monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thurs
-    fri sat sun""".split()
+    fri sat sun mondays tuesdays wednesdays thursdays fridays saturdays sundays summers winters springs falls
+    autumns morning afternoon evening fortnight fortnights decade decades christmas halloween thanksgiving
+    easter valentine valentines independence""".split()
 )
 _LETTERS = re.compile(r"[a-z]+")
 _ANY_YEAR = re.compile(r"\b(?:19|20)\d\d\b")
@@ -206,9 +232,168 @@ def _dateparser(expr: str, base_day: date, prefer: str = "past") -> tuple[date, 
 # ---------------------------------------------------------------------------------- resolution
 
 
+def _easter(year: int) -> date:
+    """Western Easter Sunday (the anonymous Gregorian computus)."""
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = divmod(b, 4)
+    g = (8 * b + 13) // 25
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = divmod(c, 4)
+    leap = (32 + 2 * e + 2 * i - h - k) % 7
+    m = (a + 11 * h + 22 * leap) // 451
+    month, day = divmod(h + leap - 7 * m + 114, 31)
+    return date(year, month, day + 1)
+
+
+def _holiday(name: str, year: int) -> date:
+    """The day a holiday (as :data:`_HOLIDAY` matches it, lower case) falls on in ``year``."""
+    name = re.sub(r"['’]", "", name)
+    if name.startswith("christmas"):
+        return date(year, 12, 24 if name.endswith("eve") else 25)
+    if name.startswith("new year"):
+        return date(year, 12, 31) if name.endswith("eve") else date(year, 1, 1)
+    if name == "halloween":
+        return date(year, 10, 31)
+    if name.startswith("valentine"):
+        return date(year, 2, 14)
+    if name == "thanksgiving":  # the fourth Thursday of November (United States)
+        first = date(year, 11, 1)
+        return first + timedelta(days=(3 - first.weekday()) % 7 + 21)
+    if name.startswith("easter"):
+        return _easter(year) + timedelta(days=1 if name.endswith("monday") else 0)
+    return date(year, 7, 4)  # independence day, the fourth of july
+
+
+def _resolve_holiday(which: str | None, name: str, year: str | None, base: date) -> Interval:
+    """A holiday with a year is that year's; "last" the latest before the base day, "next"/"coming"
+    the first after it, "this" the one in the base day's year; bare, the one within a month ahead of
+    the base day if any ("home for Christmas" said on 10 December), else the latest on or before it."""
+    if year:
+        day = _holiday(name, int(year))
+    else:
+        days = [_holiday(name, y) for y in range(base.year - 1, base.year + 2)]
+        if which == "last":
+            day = [d for d in days if d < base][-1]
+        elif which in ("next", "coming"):
+            day = next(d for d in days if d > base)
+        elif which == "this":
+            day = _holiday(name, base.year)
+        else:
+            ahead = [d for d in days if base < d <= base + timedelta(days=31)]
+            day = ahead[0] if ahead else [d for d in days if d <= base][-1]
+    return Interval(day, day, "day")
+
+
+def _weekday_index(word: str) -> int:
+    return ("mon", "tue", "wed", "thu", "fri", "sat", "sun").index(word[:3])
+
+
+def _anchored(count: int, unit: str, direction: str, anchor: Interval, expr: str) -> Interval | None:
+    """ "the week before 9 June 2023", "two weekends before ...", "the Friday after ...", "the week of
+    ...": a period placed against a named day."""
+    day = anchor.start if direction != "after" else anchor.end
+    if direction == "of":
+        if unit == "week":
+            return Interval(*_week_span(day), "week", expr)
+        if unit == "weekend":
+            saturday = _week_span(day)[0] + timedelta(days=5)
+            return Interval(saturday, saturday + timedelta(days=1), "day", expr)
+        return Interval(anchor.start, anchor.end, anchor.precision, expr) if unit == "day" else None
+    sign = -1 if direction == "before" else 1
+    if unit == "day":
+        moved = day + timedelta(days=sign * count)
+        return Interval(moved, moved, "day", expr)
+    if unit == "week":
+        near, far = day + timedelta(days=sign * (7 * count - 6)), day + timedelta(days=sign * 7 * count)
+        return Interval(min(near, far), max(near, far), "week", expr)
+    if unit == "month":
+        near, far = day + timedelta(days=sign), day + timedelta(days=sign * 30 * count)
+        return Interval(min(near, far), max(near, far), "month", expr)
+    weekday = 5 if unit == "weekend" else _weekday_index(unit)
+    if sign < 0:  # the latest such day (a weekend: its Sunday) strictly before the anchor
+        last = day - timedelta(days=1 if unit == "weekend" else 0)
+        moved = last - timedelta(days=(last.weekday() - weekday) % 7 or 7) - timedelta(days=7 * (count - 1))
+    else:
+        moved = day + timedelta(days=(weekday - day.weekday()) % 7 or 7) + timedelta(days=7 * (count - 1))
+    return Interval(moved, moved + timedelta(days=1 if unit == "weekend" else 0), "day", expr)
+
+
+def _numeric(low: str) -> Interval | None:
+    """An ISO date, or a numeric day/month/year whose order its numbers settle (13/04/2023 is 13 April;
+    4/12/2023 could be either and is not read)."""
+    if re.fullmatch(_ISO, low):
+        day = date.fromisoformat(low)
+        return Interval(day, day, "day", low)
+    first, second, year = (int(part) for part in re.split(r"[/.]", low))
+    if first > 12 >= second:
+        month, dom = second, first
+    elif second > 12 >= first or first == second:
+        month, dom = first, second
+    else:
+        return None
+    try:
+        day = date(year, month, dom)
+    except ValueError:
+        return None
+    return Interval(day, day, "day", low)
+
+
 def _hand_written(expr: str, base: date) -> Interval | None:
     """The expressions dateparser leaves unresolved (see the module docstring)."""
     low = " ".join(expr.lower().split())
+    if re.fullmatch(rf"{_ISO}|{_NUMERIC}", low):
+        found = _numeric(low)
+        return None if found is None else Interval(found.start, found.end, "day", expr)
+    m = re.fullmatch(rf"the\s+(week|weekend|month|year|{_SEASON})\s+before\s+last", low)
+    if m:  # two of them ago
+        unit = m.group(1)
+        two = (
+            _hand_written(f"2 {unit}s ago", base)
+            if unit == "weekend" or unit in _SEASONS
+            else _resolve(f"2 {unit}s ago", base)
+        )
+        return None if two is None else Interval(two.start, two.end, two.precision, expr)
+    m = re.fullmatch(
+        rf"(?:the\s+|({_NUMBER})\s+)?(day|week|weekend|month|{_WEEKDAY_FULL})s?\s+(before|after|of)\s+(.+)", low
+    )
+    if m:
+        anchor = resolve(m.group(4), base, past=True)
+        if anchor is None or anchor.precision != "day":
+            return None
+        return _anchored(_count(m.group(1) or "1"), m.group(2), m.group(3), anchor, expr)
+    m = re.fullmatch(r"around\s+(.+)", low)
+    if m:
+        inner = resolve(m.group(1), base, past=True)
+        if inner is None or inner.precision != "day":
+            return inner
+        return Interval(inner.start - timedelta(days=3), inner.end + timedelta(days=3), "week", expr)
+    m = re.fullmatch(
+        rf"(?:(last|this|next|coming)\s+|(?:on|at|over|for|since|before|after)\s+)?({_HOLIDAY})(?:,?\s+({_YEAR}))?", low
+    )
+    if m:
+        found = _resolve_holiday(m.group(1), m.group(2), m.group(3), base)
+        return Interval(found.start, found.end, "day", expr)
+    if re.fullmatch(r"this\s+(?:morning|afternoon|evening)", low):
+        return Interval(base, base, "day", expr)
+    if re.fullmatch(r"(?:over|on|at)\s+the\s+weekend", low):
+        # No tense to go by: said Monday to Wednesday it is the weekend just gone, Thursday or Friday the
+        # coming one, on a Saturday or Sunday the one under way.
+        saturday = base - timedelta(days=(base.weekday() - 5) % 7)
+        if base.weekday() in (3, 4):
+            saturday += timedelta(days=7)
+        return Interval(saturday, saturday + timedelta(days=1), "day", expr)
+    m = re.fullmatch(rf"({_NUMBER})\s+({_WEEKDAYS})\s+(?:ago|back)", low)
+    if m:  # "two Saturdays ago": the Saturday before last
+        weekday = _weekday_index(m.group(2))
+        last = base - timedelta(days=(base.weekday() - weekday) % 7 or 7)
+        day = last - timedelta(days=7 * (_count(m.group(1)) - 1))
+        return Interval(day, day, "day", expr)
+    m = re.fullmatch(rf"(\w+(?:\s+\w+)?)\s+({_SEASON})s\s+(?:ago|back)", low)
+    if m and re.fullmatch(_NUMBER, m.group(1)):
+        spans = [_season_span(m.group(2), year) for year in range(base.year - 2, base.year + 1)]
+        latest = [s for s in spans if s[1] < base][-1]
+        start, end = _season_span(m.group(2), latest[0].year - _count(m.group(1)) + 1)
+        return Interval(start, end, "season", expr)
     m = re.fullmatch(r"(last|this|next|past|coming)\s+weekend", low)
     if m:
         saturday = base - timedelta(days=(base.weekday() - 5) % 7)  # the latest Saturday on/before base
@@ -217,7 +402,7 @@ def _hand_written(expr: str, base: date) -> Interval | None:
         elif m.group(1) in ("last", "past") and base.weekday() >= 5:
             saturday -= timedelta(days=7)
         return Interval(saturday, saturday + timedelta(days=1), "day", expr)
-    m = re.fullmatch(rf"({_NUMBER})\s+weekends?\s+ago", low)
+    m = re.fullmatch(rf"({_NUMBER})\s+weekends?\s+(?:ago|back)", low)
     if m:
         saturday = base - timedelta(days=(base.weekday() - 5) % 7 or 7) - timedelta(days=7 * (_count(m.group(1)) - 1))
         return Interval(saturday, saturday + timedelta(days=1), "day", expr)
@@ -240,19 +425,30 @@ def _hand_written(expr: str, base: date) -> Interval | None:
     m = re.fullmatch(rf"({_SEASON}),?\s+(?:of\s+)?({_YEAR})", low)
     if m:
         return Interval(*_season_span(m.group(1), int(m.group(2))), "season", expr)
-    m = re.fullmatch(r"(early|mid|late|the beginning of|the end of)\s+(.+)", low)
+    m = re.fullmatch(r"(early|mid|late|the beginning of|the start of|the end of)[\s-]+(.+)", low)
     if m:
+        part_of = "early" if m.group(1) in ("early", "the beginning of", "the start of") else m.group(1)
         inner = resolve(m.group(2), base)
         if inner is not None and inner.precision == "month":
             first, last = inner.start, inner.end
-            part = {"early": (1, 10), "the beginning of": (1, 10), "mid": (11, 20)}.get(m.group(1), (21, 31))
+            part = {"early": (1, 10), "mid": (11, 20)}.get(part_of, (21, 31))
             end = first.replace(day=min(part[1], last.day))
             return Interval(first.replace(day=part[0]), end, "week", expr)
+        if inner is not None and inner.precision == "year":  # thirds of the year
+            months = {"early": (1, 4), "mid": (5, 8)}.get(part_of, (9, 12))
+            year = inner.start.year
+            return Interval(date(year, months[0], 1), _month_span(year, months[1])[1], "season", expr)
         return inner
-    m = re.fullmatch(r"the\s+(first|second|third|last)\s+week\s+of\s+(.+)", low)
+    m = re.fullmatch(r"the\s+(first|second|third|last)\s+(week|weekend)\s+of\s+(.+)", low)
     if m:
-        inner = resolve(m.group(2), base)
+        inner = resolve(m.group(3), base)
         if inner is not None and inner.precision == "month":
+            if m.group(2) == "weekend":
+                saturdays = [
+                    d for d in (inner.start + timedelta(days=n) for n in range(inner.end.day)) if d.weekday() == 5
+                ]
+                which = -1 if m.group(1) == "last" else ("first", "second", "third").index(m.group(1))
+                return Interval(saturdays[which], saturdays[which] + timedelta(days=1), "day", expr)
             if m.group(1) == "last":
                 return Interval(inner.end - timedelta(days=6), inner.end, "week", expr)
             start = inner.start + timedelta(days=7 * ("first", "second", "third").index(m.group(1)))
@@ -268,12 +464,16 @@ def _normalise(expr: str) -> tuple[str, bool]:
     m = re.fullmatch(rf"for\s+(?:about\s+|almost\s+|nearly\s+|over\s+|the\s+(?:past|last)\s+)?({_NUMBER})\s+(\w+)", low)
     if m:  # "for three years" (so far): it began three years before
         low, duration = f"{_count(m.group(1))} {m.group(2)} ago", True
-    m = re.fullmatch(rf"({_NUMBER})\s+({_UNIT})\s+ago", low)
+    m = re.fullmatch(rf"({_NUMBER})\s+({_UNIT})\s+(?:ago|back)", low)
     if m:
         low = f"{_count(m.group(1))} {m.group(2)} ago"
     m = re.fullmatch(rf"(in|within)\s+({_NUMBER})\s+(\w+)", low)
     if m:
         low = f"in {_count(m.group(2))} {m.group(3)}"
+    m = re.fullmatch(r"(in\s+)?(\d+)\s+(fortnight|decade)s?(\s+ago)?", low)
+    if m:  # units dateparser does not know
+        count, unit = (2 * int(m.group(2)), "weeks") if m.group(3) == "fortnight" else (10 * int(m.group(2)), "years")
+        low = f"{m.group(1) or ''}{count} {unit}{m.group(4) or ''}"
     m = re.fullmatch(r"(?:on|during|from|of|since)\s+(.+)", low)
     if m:
         low = m.group(1)
@@ -296,7 +496,7 @@ def resolve(expr: str, base: date, *, past: bool = False) -> Interval | None:
 
 def _resolve(expr: str, base: date) -> Interval | None:
     hand = _hand_written(expr, base)
-    if hand is not None:
+    if hand is not None or re.fullmatch(_NUMERIC, expr.strip()):
         return hand
     text, _duration = _normalise(expr)
     if re.fullmatch(r"\d+\s+weekends?\s+ago", text):
@@ -342,7 +542,7 @@ def find(text: str, said: str | date | None, *, past: bool = False) -> list[Inte
             anchor = date(int(re.search(_YEAR, expr).group(0)), 1, 1)  # type: ignore[union-attr]
         try:
             interval = resolve(expr, anchor, past=past)
-        except (ValueError, OverflowError):
+        except (ValueError, OverflowError, IndexError):  # a base or year near the calendar's ends
             interval = None
         if interval is None or (interval.start, interval.end) in seen:
             continue
@@ -387,6 +587,17 @@ def query_intervals(query: str, latest: str | date | None) -> list[Interval]:
     between = _BETWEEN.search(query)
     if between:
         left_text, right_text = between.group(1), between.group(2)
+        bare_day = re.fullmatch(_DAY, left_text.strip(), re.IGNORECASE)
+        month = re.search(_MONTH_FULL, right_text, re.IGNORECASE)
+        if bare_day and month:  # "between 1 and 10 May 2023", "between May 1 and 10, 2023"
+            left_text = f"{left_text} {month.group(0)}"
+            right_text = re.sub(
+                rf"^({_DAY}),?\s+({_YEAR})$", rf"{month.group(0)} \1 \2", right_text.strip(), flags=re.IGNORECASE
+            )
+        elif re.fullmatch(rf"{_DAY}(?:,?\s+{_YEAR})?", right_text.strip(), re.IGNORECASE):
+            month_left = re.search(_MONTH_FULL, left_text, re.IGNORECASE)
+            if month_left:  # "between May 1 and 10, 2023"
+                right_text = f"{month_left.group(0)} {right_text.strip()}"
         year = re.search(_YEAR, right_text)
         if year and not re.search(_YEAR, left_text):
             left_text = f"{left_text} {year.group(0)}"
@@ -462,12 +673,15 @@ def resolve_time_value(value: str, base: str | date) -> str | None:
     if day is None:
         return None
     text = value.strip()
-    hand = _hand_written(text, day)
-    if hand is not None:
-        return hand.start.isoformat()
-    norm, _ = _normalise(text)
-    prefer = "future" if re.match(r"(next|coming|in\s|tomorrow)", norm) else "past"
-    parsed = _parser(day, prefer).get_date_data(norm)
+    try:
+        hand = _hand_written(text, day)
+        if hand is not None:
+            return hand.start.isoformat()
+        norm, _ = _normalise(text)
+        prefer = "future" if re.match(r"(next|coming|in\s|tomorrow)", norm) else "past"
+        parsed = _parser(day, prefer).get_date_data(norm)
+    except (ValueError, OverflowError, IndexError):  # a base near year 1 or 9999
+        return None
     if parsed is None or parsed.date_obj is None:
         return None
     got: datetime = parsed.date_obj

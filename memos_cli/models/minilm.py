@@ -110,7 +110,10 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class _Layer:
-    """One encoder layer's weights, projections stored [in, out] so both backends compute ``x @ w + b``."""
+    """One encoder layer's weights, projections stored [out, in] as torch's Linear keeps them: numpy computes
+    ``(w @ x.T).T + b`` and torch ``linear(x, w, b)``. With few tokens (a query) OpenBLAS's ``x @ w`` packs
+    the whole weight matrix on every call; ``w @ x.T`` packs the few token rows instead (a 16-token query:
+    0.26 against 0.53 ms a 384 x 1536 projection, one thread)."""
 
     qkv_w: np.ndarray  # query | key | value fused: one GEMM instead of three
     qkv_b: np.ndarray
@@ -155,7 +158,7 @@ def _load_weights(path: Path, config: EncoderConfig) -> _Weights:
         return np.ascontiguousarray(array, dtype=np.float32)
 
     def proj(key: str, n_in: int, n_out: int) -> np.ndarray:
-        return np.ascontiguousarray(get(key, (n_out, n_in)).T)  # torch Linear stores [out, in]
+        return get(key, (n_out, n_in))  # [out, in], as torch's Linear stores it
 
     layers = []
     for n in range(config.layers):
@@ -163,7 +166,7 @@ def _load_weights(path: Path, config: EncoderConfig) -> _Weights:
         names = ("query", "key", "value")
         layers.append(
             _Layer(
-                qkv_w=np.concatenate([proj(f"{p}attention.self.{q}.weight", h, h) for q in names], axis=1),
+                qkv_w=np.concatenate([proj(f"{p}attention.self.{q}.weight", h, h) for q in names], axis=0),
                 qkv_b=np.concatenate([get(f"{p}attention.self.{q}.bias", (h,)) for q in names]),
                 out_w=proj(f"{p}attention.output.dense.weight", h, h),
                 out_b=get(f"{p}attention.output.dense.bias", (h,)),
@@ -254,6 +257,13 @@ def _forward_numpy(w: _Weights, cfg: EncoderConfig, ids: np.ndarray, mask: np.nd
         return _forward_numpy_unthreaded(w, cfg, ids, mask)
 
 
+def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``x @ w.T + b`` for ``w`` stored [out, in] (see ``_Layer``), as a C-contiguous array."""
+    y = np.ascontiguousarray((w @ x.T).T)
+    y += b
+    return y
+
+
 def _forward_numpy_unthreaded(w: _Weights, cfg: EncoderConfig, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     batch, seq = ids.shape
     heads, head_dim = cfg.heads, cfg.hidden // cfg.heads
@@ -264,8 +274,7 @@ def _forward_numpy_unthreaded(w: _Weights, cfg: EncoderConfig, ids: np.ndarray, 
     # -inf on padded keys; every row keeps its [CLS] key, so no softmax row is all -inf.
     key_bias = None if mask.all() else np.where(mask[:, None, None, :] > 0, np.float32(0), np.float32(-np.inf))
     for layer in w.layers:
-        qkv = x @ layer.qkv_w
-        qkv += layer.qkv_b
+        qkv = _linear(x, layer.qkv_w, layer.qkv_b)
         qkv = qkv.reshape(batch, seq, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
         scores = (qkv[0] * scale) @ qkv[1].transpose(0, 1, 3, 2)
         if key_bias is not None:
@@ -274,14 +283,11 @@ def _forward_numpy_unthreaded(w: _Weights, cfg: EncoderConfig, ids: np.ndarray, 
         np.exp(scores, out=scores)
         scores *= 1 / scores.sum(-1, keepdims=True)
         ctx = (scores @ qkv[2]).transpose(0, 2, 1, 3).reshape(batch * seq, cfg.hidden)
-        attn = ctx @ layer.out_w
-        attn += layer.out_b
+        attn = _linear(ctx, layer.out_w, layer.out_b)
         attn += x
         x = _layer_norm(attn, layer.ln1_w, layer.ln1_b, eps)
-        up = x @ layer.up_w
-        up += layer.up_b
-        down = _gelu_(up) @ layer.down_w
-        down += layer.down_b
+        up = _linear(x, layer.up_w, layer.up_b)
+        down = _linear(_gelu_(up), layer.down_w, layer.down_b)
         down += x
         x = _layer_norm(down, layer.ln2_w, layer.ln2_b, eps)
     m = mask.astype(np.float32)[:, :, None]
@@ -317,13 +323,13 @@ class _TorchForward:
             x = F.layer_norm(x, (hidden,), *self.ln, cfg.eps)
             attend = None if bool(mask_t.all()) else mask_t.bool()[:, None, None, :]
             for p in self.layers:
-                qkv = torch.addmm(p["qkv_b"], x, p["qkv_w"])
+                qkv = F.linear(x, p["qkv_w"], p["qkv_b"])
                 q, k, v = qkv.view(batch, seq, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
                 ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2).reshape(-1, hidden)
-                attn = torch.addmm(p["out_b"], ctx, p["out_w"]) + x
+                attn = F.linear(ctx, p["out_w"], p["out_b"]) + x
                 x = F.layer_norm(attn, (hidden,), p["ln1_w"], p["ln1_b"], cfg.eps)
-                up = F.gelu(torch.addmm(p["up_b"], x, p["up_w"]))  # approximate="none": the erf form
-                down = torch.addmm(p["down_b"], up, p["down_w"]) + x
+                up = F.gelu(F.linear(x, p["up_w"], p["up_b"]))  # approximate="none": the erf form
+                down = F.linear(up, p["down_w"], p["down_b"]) + x
                 x = F.layer_norm(down, (hidden,), p["ln2_w"], p["ln2_b"], cfg.eps)
             m = mask_t.to(x.dtype).unsqueeze(-1)
             pooled = (x.view(batch, seq, hidden) * m).sum(1) / m.sum(1).clamp(min=1e-9)

@@ -67,8 +67,16 @@ _NUMERIC = r"\d{1,2}[/.]\d{1,2}[/.](?:19|20)\d\d"  # 4/12/2023, 12.04.2023: read
 _DATE = rf"(?:{_MONTH_FULL}\s+{_DAY}(?:,?\s+{_YEAR})?|{_DAY}\s+(?:of\s+)?{_MONTH_FULL}(?:,?\s*{_YEAR})?|{_ISO})"
 # Holidays, with the day each falls on (:func:`_holiday`). "New Year" alone ("the new year") is too vague.
 _HOLIDAY = (
-    r"(?:christmas(?:\s+(?:eve|day))?|new\s+year['’]?s(?:\s+(?:eve|day))?|halloween|thanksgiving"
-    r"|easter(?:\s+(?:sunday|monday))?|valentine['’]?s(?:\s+day)?|independence\s+day|the\s+fourth\s+of\s+july)"
+    r"(?:christmas(?:\s+(?:eve|day))?|new\s+year['’]?s(?:\s+(?:eve|day))?|halloween|thanksgiving|boxing\s+day"
+    r"|(?:easter|good\s+friday)(?:\s+(?:sunday|monday))?|valentine['’]?s(?:\s+day)?|independence\s+day"
+    r"|the\s+fourth\s+of\s+july|(?:st\.?|saint)\s+patrick['’]?s(?:\s+day)?|labou?r\s+day|memorial\s+day"
+    r"|mother['’]?s\s+day|father['’]?s\s+day)"
+)
+
+# "the labor day bbq" is an event; "favorite Thanksgiving traditions" and "the Christmas magic" are not.
+_OCCASION = (
+    r"(?:bbq|barbecue|cookout|party|parties|dinner|lunch|brunch|picnic|parade|concert|fireworks|market|fair"
+    r"|sale|trip|break|holiday|service|mass|show|game|match|reunion|get-together|gathering|celebration|feast|eve)"
 )
 
 # The span finder (and the cheap pre-filter: a text it does not match is never parsed further).
@@ -85,14 +93,15 @@ _SPAN = re.compile(
     rf"|the\s+(?:week|weekend|month|year|{_SEASON})\s+before\s+last"
     rf"|(?:last|this|next|past|coming)\s+(?:{_SEASON}|weekend|week|month|year|{_WEEKDAY})\b"
     rf"|(?:last|this|next|coming)\s+{_HOLIDAY}\b|{_HOLIDAY},?\s+{_YEAR}\b"
-    rf"|(?:on|at|over|for|since|before|after)\s+{_HOLIDAY}\b(?!['’]s)"
+    rf"|(?:(?:on|at|over|for|since|before|after)\s+(?:the\s+)?){_HOLIDAY}\b(?!['’]s)|{_HOLIDAY}\s+weekend\b"
+    rf"|the\s+{_HOLIDAY}(?=\s+{_OCCASION}\b)"
     rf"|{_NUMBER}\s+(?:{_UNIT}|{_WEEKDAYS}|{_SEASON}s)\s+(?:ago|back)"
     rf"|(?:in|within)\s+{_NUMBER}\s+(?:days?|weeks?|fortnights?|months?|years?)"
     rf"|for\s+(?:about\s+|almost\s+|nearly\s+|over\s+|the\s+(?:past|last)\s+)?{_NUMBER}\s+(?:weeks?|fortnights?|months?|years?|decades?)"
     rf"|(?:early|mid|late|the\s+(?:first|second|third|last)\s+(?:week|weekend)\s+of)\s+{_MONTH_FULL}\b"
     r"|yesterday|tomorrow|today|tonight|last\s+night|the\s+other\s+day|the\s+day\s+before\s+yesterday"
     r"|this\s+(?:morning|afternoon|evening)|(?:over|on|at)\s+the\s+weekend\b(?!\s+of\b)"
-    rf"|(?:on|this|last)\s+{_WEEKDAY}\b"
+    rf"|(?:on|this|last|since|from)\s+{_WEEKDAY}\b"
     rf"|(?:{_MONTH_FULL}\s+{_DAY}|{_DAY}\s+(?:of\s+)?{_MONTH_FULL})\b"
     rf"|(?:in|since|during|of|from)\s+(?:{_MONTH_FULL},?\s+(?:of\s+)?{_YEAR}|{_MONTH_FULL}|{_YEAR})\b"
     r")",
@@ -107,7 +116,8 @@ _KEYWORDS = frozenset(
     november december monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thurs
     fri sat sun mondays tuesdays wednesdays thursdays fridays saturdays sundays summers winters springs falls
     autumns morning afternoon evening fortnight fortnights decade decades christmas halloween thanksgiving
-    easter valentine valentines independence""".split()
+    easter valentine valentines independence boxing patrick patricks labor labour memorial mother mothers father
+    fathers""".split()
 )
 _LETTERS = re.compile(r"[a-z]+")
 _ANY_YEAR = re.compile(r"\b(?:19|20)\d\d\b")
@@ -256,12 +266,34 @@ def _holiday(name: str, year: int) -> date:
         return date(year, 10, 31)
     if name.startswith("valentine"):
         return date(year, 2, 14)
+    if name == "boxing day":
+        return date(year, 12, 26)
+    if "patrick" in name:
+        return date(year, 3, 17)
     if name == "thanksgiving":  # the fourth Thursday of November (United States)
-        first = date(year, 11, 1)
-        return first + timedelta(days=(3 - first.weekday()) % 7 + 21)
+        return _nth_weekday(year, 11, 3, 4)
+    if name.startswith(("labor", "labour")):  # the first Monday of September (United States, Canada)
+        return _nth_weekday(year, 9, 0, 1)
+    if name.startswith("memorial"):  # the last Monday of May
+        return _nth_weekday(year, 5, 0, -1)
+    if name.startswith("mother"):  # the second Sunday of May (United States and most countries)
+        return _nth_weekday(year, 5, 6, 2)
+    if name.startswith("father"):  # the third Sunday of June
+        return _nth_weekday(year, 6, 6, 3)
+    if name.startswith("good friday"):
+        return _easter(year) - timedelta(days=2)
     if name.startswith("easter"):
         return _easter(year) + timedelta(days=1 if name.endswith("monday") else 0)
     return date(year, 7, 4)  # independence day, the fourth of july
+
+
+def _nth_weekday(year: int, month: int, weekday: int, nth: int) -> date:
+    """The ``nth`` ``weekday`` (0 = Monday) of a month; ``nth`` -1 is the last."""
+    if nth < 0:
+        last = _month_span(year, month)[1]
+        return last - timedelta(days=(last.weekday() - weekday) % 7)
+    first = date(year, month, 1)
+    return first + timedelta(days=(weekday - first.weekday()) % 7 + 7 * (nth - 1))
 
 
 def _resolve_holiday(which: str | None, name: str, year: str | None, base: date) -> Interval:
@@ -368,7 +400,9 @@ def _hand_written(expr: str, base: date) -> Interval | None:
             return inner
         return Interval(inner.start - timedelta(days=3), inner.end + timedelta(days=3), "week", expr)
     m = re.fullmatch(
-        rf"(?:(last|this|next|coming)\s+|(?:on|at|over|for|since|before|after)\s+)?({_HOLIDAY})(?:,?\s+({_YEAR}))?", low
+        rf"(?:(last|this|next|coming)\s+|(?:on|at|over|for|since|before|after)\s+(?:the\s+)?|the\s+)?({_HOLIDAY})"
+        rf"(?:,?\s+({_YEAR})|\s+weekend)?",
+        low,
     )
     if m:
         found = _resolve_holiday(m.group(1), m.group(2), m.group(3), base)

@@ -5,6 +5,7 @@ id, speaker, time = the session's date, text) and 60 questions written with them
 seen memos's rules: 40 ask with an absolute date or period about an event the evidence turn dates
 relative to when it was said ("relative": "What did Dana do on 16 May 2023?" for "...yesterday" said on
 17 May), 10 about events the turn dates absolutely ("absolute"), 10 name no time ("nodate").
+`bench/data/temporal2/` is a second such set, written from a brief that named no time expressions.
 
 For each chat: `memos init`, `memos ingest`, all questions in one `memos query --batch -k 20`; scored
 with recall_any@k (an evidence turn in the top k). With `--baseline DIR` (another checkout of memos, e.g.

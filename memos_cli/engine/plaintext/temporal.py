@@ -22,14 +22,15 @@ Why dateparser (1.5, ``DateDataParser.get_date_data`` with ``RELATIVE_BASE`` and
 
 Hand-written, each tested in ``tests/test_temporal.py``, for what dateparser leaves unresolved:
 weekends ("last weekend", "two weekends ago", "over the weekend"), "the other day", "a few / a couple
-of / several <units> ago/back", fortnights and decades, "two Saturdays ago", "the week/year/summer
-before last", "this morning", durations ("for three years" = began three years before), seasons
-("last summer", "summer 2022", "two summers ago"), thirds of a year ("mid-2021"), ISO and numeric dates
-(a numeric date is read only when its numbers settle the order of day and month), holidays (with a
-year, "last/next", or a preposition: "at Thanksgiving"), periods placed against a day ("the week
-before 9 June 2023", "the Friday after ...", "the weekend of ...", "around ..."), and in queries
-"early/mid/late <month> <year>", "the first/last week or weekend of <month> <year>" and "between
-<date> and <date>" ("between 1 and 10 May 2023").
+of / several <units> ago/back", "two Saturdays ago", "the week/year/summer before last", durations ("for
+three years" = began three years before), seasons ("last summer", "summer 2022", "two summers ago"),
+thirds of a year ("mid-2021"), numeric dates whose numbers do not settle the order of day and month
+(4/12/2023: left undated, where dateparser reads it month first), holidays (with a year, "last/next",
+a preposition or an occasion: "at Thanksgiving", "the labor day bbq"), periods placed against a day
+("the week before 9 June 2023", "the Friday after ...", "the weekend of ...", "around ..."), and in
+queries "early/mid/late <month> <year>", "the first/last week or weekend of <month> <year>" and "between
+<date> and <date>" ("between 1 and 10 May 2023"). The span pattern (ours) also finds what dateparser
+then resolves by itself: ISO dates, "a fortnight ago", "a decade ago", "this morning".
 
 Why one module of ~680 lines: memories and queries are read with one grammar of time expressions, so
 that what ingest stores as an event time is what a query's period matches.
@@ -350,32 +351,16 @@ def _anchored(count: int, unit: str, direction: str, anchor: Interval, expr: str
     return Interval(moved, moved + timedelta(days=1 if unit == "weekend" else 0), "day", expr)
 
 
-def _numeric(low: str) -> Interval | None:
-    """An ISO date, or a numeric day/month/year whose order its numbers settle (13/04/2023 is 13 April;
-    4/12/2023 could be either and is not read)."""
-    if re.fullmatch(_ISO, low):
-        day = date.fromisoformat(low)
-        return Interval(day, day, "day", low)
-    first, second, year = (int(part) for part in re.split(r"[/.]", low))
-    if first > 12 >= second:
-        month, dom = second, first
-    elif second > 12 >= first or first == second:
-        month, dom = first, second
-    else:
-        return None
-    try:
-        day = date(year, month, dom)
-    except ValueError:
-        return None
-    return Interval(day, day, "day", low)
+def _ambiguous_numeric(expr: str) -> bool:
+    """A numeric date whose numbers do not settle the order of day and month (4/12/2023: 4 December or
+    12 April?). dateparser would read it month first without a word; it is left undated instead."""
+    first, second, _year = (int(part) for part in re.split(r"[/.]", expr.strip()))
+    return first != second and first <= 12 and second <= 12
 
 
 def _hand_written(expr: str, base: date) -> Interval | None:
     """The expressions dateparser leaves unresolved (see the module docstring)."""
     low = " ".join(expr.lower().split())
-    if re.fullmatch(rf"{_ISO}|{_NUMERIC}", low):
-        found = _numeric(low)
-        return None if found is None else Interval(found.start, found.end, "day", expr)
     m = re.fullmatch(rf"the\s+(week|weekend|month|year|{_SEASON})\s+before\s+last", low)
     if m:  # two of them ago
         unit = m.group(1)
@@ -407,8 +392,6 @@ def _hand_written(expr: str, base: date) -> Interval | None:
     if m:
         found = _resolve_holiday(m.group(1), m.group(2), m.group(3), base)
         return Interval(found.start, found.end, "day", expr)
-    if re.fullmatch(r"this\s+(?:morning|afternoon|evening)", low):
-        return Interval(base, base, "day", expr)
     if re.fullmatch(r"(?:over|on|at)\s+the\s+weekend", low):
         # No tense to go by: said Monday to Wednesday it is the weekend just gone, Thursday or Friday the
         # coming one, on a Saturday or Sunday the one under way.
@@ -504,10 +487,6 @@ def _normalise(expr: str) -> tuple[str, bool]:
     m = re.fullmatch(rf"(in|within)\s+({_NUMBER})\s+(\w+)", low)
     if m:
         low = f"in {_count(m.group(2))} {m.group(3)}"
-    m = re.fullmatch(r"(in\s+)?(\d+)\s+(fortnight|decade)s?(\s+ago)?", low)
-    if m:  # units dateparser does not know
-        count, unit = (2 * int(m.group(2)), "weeks") if m.group(3) == "fortnight" else (10 * int(m.group(2)), "years")
-        low = f"{m.group(1) or ''}{count} {unit}{m.group(4) or ''}"
     m = re.fullmatch(r"(?:on|during|from|of|since)\s+(.+)", low)
     if m:
         low = m.group(1)
@@ -529,8 +508,10 @@ def resolve(expr: str, base: date, *, past: bool = False) -> Interval | None:
 
 
 def _resolve(expr: str, base: date) -> Interval | None:
+    if re.fullmatch(_NUMERIC, expr.strip()) and _ambiguous_numeric(expr):
+        return None
     hand = _hand_written(expr, base)
-    if hand is not None or re.fullmatch(_NUMERIC, expr.strip()):
+    if hand is not None:
         return hand
     text, _duration = _normalise(expr)
     if re.fullmatch(r"\d+\s+weekends?\s+ago", text):

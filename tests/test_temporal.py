@@ -124,9 +124,13 @@ def test_holidays_and_the_weekend_depend_on_the_base_day() -> None:
     assert spans("next Thanksgiving we host", dec10) == [("2024-11-28", "2024-11-28", "day")]
     labour_day = date(2022, 9, 6)
     assert spans("the labor day bbq gets bigger every year", labour_day) == [("2022-09-05", "2022-09-05", "day")]
-    assert spans("Memorial Day weekend was fun", date(2023, 6, 1)) == [("2023-05-29", "2023-05-29", "day")]
+    assert spans("Memorial Day weekend was fun", date(2023, 6, 1)) == [("2023-05-27", "2023-05-29", "day")]
     assert spans("on Mother's Day we went out", date(2023, 5, 20)) == [("2023-05-14", "2023-05-14", "day")]
     assert spans("on Good Friday we hiked", date(2023, 4, 10)) == [("2023-04-07", "2023-04-07", "day")]
+    # a holiday weekend: the Saturday and Sunday next to it, and the holiday itself
+    assert spans("over Labor Day weekend we camped", date(2022, 9, 10)) == [("2022-09-03", "2022-09-05", "day")]
+    assert spans("Thanksgiving weekend was busy", date(2022, 12, 1)) == [("2022-11-24", "2022-11-27", "day")]
+    assert spans("Fourth of July weekend", date(2023, 7, 10)) == [("2023-07-01", "2023-07-04", "day")]
     assert spans("we've been in since saturday", date(2023, 4, 5)) == [("2023-04-01", "2023-04-01", "day")]
     assert temporal._easter(2024) == date(2024, 3, 31)
     assert temporal._easter(2025) == date(2025, 4, 20)

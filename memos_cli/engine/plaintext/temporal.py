@@ -70,7 +70,7 @@ _DATE = rf"(?:{_MONTH_FULL}\s+{_DAY}(?:,?\s+{_YEAR})?|{_DAY}\s+(?:of\s+)?{_MONTH
 _HOLIDAY = (
     r"(?:christmas(?:\s+(?:eve|day))?|new\s+year['’]?s(?:\s+(?:eve|day))?|halloween|thanksgiving|boxing\s+day"
     r"|(?:easter|good\s+friday)(?:\s+(?:sunday|monday))?|valentine['’]?s(?:\s+day)?|independence\s+day"
-    r"|the\s+fourth\s+of\s+july|(?:st\.?|saint)\s+patrick['’]?s(?:\s+day)?|labou?r\s+day|memorial\s+day"
+    r"|(?:the\s+)?(?:fourth|4th)\s+of\s+july|(?:st\.?|saint)\s+patrick['’]?s(?:\s+day)?|labou?r\s+day|memorial\s+day"
     r"|mother['’]?s\s+day|father['’]?s\s+day)"
 )
 
@@ -94,7 +94,8 @@ _SPAN = re.compile(
     rf"|the\s+(?:week|weekend|month|year|{_SEASON})\s+before\s+last"
     rf"|(?:last|this|next|past|coming)\s+(?:{_SEASON}|weekend|week|month|year|{_WEEKDAY})\b"
     rf"|(?:last|this|next|coming)\s+{_HOLIDAY}\b|{_HOLIDAY},?\s+{_YEAR}\b"
-    rf"|(?:(?:on|at|over|for|since|before|after)\s+(?:the\s+)?){_HOLIDAY}\b(?!['’]s)|{_HOLIDAY}\s+weekend\b"
+    rf"|(?:(?:on|at|over|for|since|before|after)\s+(?:the\s+)?){_HOLIDAY}(?:\s+weekend)?\b(?!['’]s)"
+    rf"|{_HOLIDAY}\s+weekend\b"
     rf"|the\s+{_HOLIDAY}(?=\s+{_OCCASION}\b)"
     rf"|{_NUMBER}\s+(?:{_UNIT}|{_WEEKDAYS}|{_SEASON}s)\s+(?:ago|back)"
     rf"|(?:in|within)\s+{_NUMBER}\s+(?:days?|weeks?|fortnights?|months?|years?)"
@@ -390,8 +391,19 @@ def _hand_written(expr: str, base: date) -> Interval | None:
         low,
     )
     if m:
-        found = _resolve_holiday(m.group(1), m.group(2), m.group(3), base)
-        return Interval(found.start, found.end, "day", expr)
+        day = _resolve_holiday(m.group(1), m.group(2), m.group(3), base).start
+        if not low.endswith("weekend"):
+            return Interval(day, day, "day", expr)
+        # "Memorial Day weekend": the Saturday and Sunday next to the holiday, and the holiday itself
+        saturday = (
+            day + timedelta(days=5 - day.weekday())
+            if day.weekday() in (3, 4)
+            else _week_span(day)[0] - timedelta(days=2)
+        )
+        if day.weekday() >= 5:
+            saturday = day - timedelta(days=day.weekday() - 5)
+        start, end = min(day, saturday), max(day, saturday + timedelta(days=1))
+        return Interval(start, end, "day" if (end - start).days <= 3 else "week", expr)
     if re.fullmatch(r"(?:over|on|at)\s+the\s+weekend", low):
         # No tense to go by: said Monday to Wednesday it is the weekend just gone, Thursday or Friday the
         # coming one, on a Saturday or Sunday the one under way.

@@ -308,6 +308,31 @@ def test_relative_record_time_needs_a_base(make_cube) -> None:
     assert times == {"dentist appointment": "2024-03-19", "call mum": "2024-03-15"}
 
 
+def test_numeric_record_time_whose_day_and_month_order_is_open_needs_a_date_order(make_cube) -> None:
+    with pytest.raises(BadInput, match="day/month or month/day"):
+        parse_time("4/12/2023", "f.jsonl:1")
+    with pytest.raises(BadInput, match="day/month or month/day"):
+        parse_time("04.12.23 10:30", "f.jsonl:1")
+    assert parse_time("4/12/2023", "x", date_order="dmy") == "2023-12-04"
+    assert parse_time("4/12/2023", "x", date_order="mdy") == "2023-04-12"
+    assert parse_time("04.12.2023 10:30", "x", date_order="dmy") == "2023-12-04T10:30:00"
+    assert parse_time("13/04/2023", "x") == "2023-04-13"  # the numbers settle it: no order needed
+    assert parse_time("04/13/2023", "x") == "2023-04-13"
+    assert parse_time("5/5/2023", "x") == "2023-05-05"
+    assert parse_time("2023/05/08", "x") == "2023-05-08"  # year first is not ambiguous
+    cube = make_cube()
+    body = json.dumps({"text": "party", "time": "4/12/2023"}).encode()
+    before = cube.memories_path.read_bytes()
+    with pytest.raises(BadInput) as refused:
+        ingest(cube, [Source("r.jsonl", body)], actor="tester")
+    assert "(ingest: --date-order dmy or mdy)" in describe(refused.value)[0]  # as the CLI shows it
+    assert cube.memories_path.read_bytes() == before  # nothing stored
+    with pytest.raises(UsageError, match="dmy"):
+        ingest(cube, [Source("r.jsonl", body)], actor="tester", defaults=Defaults(date_order="ymd"))
+    ingest(cube, [Source("r.jsonl", body)], actor="tester", defaults=Defaults(date_order="dmy"))
+    assert [r.time for r in cube.read_state().current.values()] == ["2023-12-04"]
+
+
 def test_cli_time_base_time_field_and_json_event_time(tmp_path) -> None:
     cube = str(tmp_path / "c")
     assert run("init", cube)[0] == 0

@@ -32,6 +32,13 @@ def ingest(
             help="Date to read relative times against ('next tuesday'); without it they are refused.",
         ),
     ] = None,
+    date_order: Annotated[
+        Optional[str],
+        typer.Option(
+            "--date-order",
+            help="dmy or mdy: how to read numeric dates like 4/12/2023 in 'time'; without it they are refused.",
+        ),
+    ] = None,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Store the good records and report the bad ones instead of failing.")
     ] = False,
@@ -55,7 +62,9 @@ def ingest(
     Event time: time expressions in each memory ("yesterday", "three years ago", "next month",
     "for three years", "16 March 2022") are resolved against the memory's own time and stored as
     its `event_time`. A relative `time` value ("next tuesday") is read against --time-base or the
-    record's `time_base`, and refused without one (never against today's clock).
+    record's `time_base`, and refused without one (never against today's clock). A numeric `time`
+    whose numbers leave day and month open (4/12/2023) is read with --date-order dmy or mdy, and
+    refused without it (13/04/2023 and ISO dates need nothing).
 
     A file ingested again is synced: a changed passage becomes a new version of its memory (the same
     file, the same heading or record id); passages gone from the file are listed, and archived with
@@ -68,6 +77,7 @@ def ingest(
       memos ingest notes README.md meeting.md --tag work
       cat facts.jsonl | memos ingest notes - --format jsonl
       memos ingest diary notes.jsonl --time-base 2024-03-17   # "time": "yesterday" -> 2024-03-16
+      memos ingest diary export.jsonl --date-order dmy        # "time": "4/12/2023" -> 2023-12-04
       memos ingest notes logs/*.jsonl --engine ray --address head:6379
       memos ingest notes meeting.md --sync --dry-run
     """
@@ -80,7 +90,9 @@ def ingest(
     ray_engine = engine_from(engine, address, actors)
     opened = Cube.open(cube)
     inputs = [Source.from_path(s) for s in (sources or ["-"])]
-    defaults = Defaults(tags=list(tag or []), type=type_, speaker=speaker, time=time, time_base=time_base)
+    defaults = Defaults(
+        tags=list(tag or []), type=type_, speaker=speaker, time=time, time_base=time_base, date_order=date_order
+    )
     try:
         with progress("embedding") as bar:
             report = run_ingest(

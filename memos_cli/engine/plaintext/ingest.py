@@ -23,7 +23,7 @@ from memos_cli.cube.records import MemoryRecord, content_hash, memory_id_for, va
 from memos_cli.engine.embedding import EmbedderHandle
 from memos_cli.engine.plaintext import index as index_mod
 from memos_cli.engine.plaintext import ranking, temporal
-from memos_cli.engine.plaintext.sources import Draft, Rejected, parse_source, parse_time
+from memos_cli.engine.plaintext.sources import DATE_ORDERS, Draft, Rejected, parse_source, parse_time
 from memos_cli.engine.plaintext.sync import SyncPlan, plan_sync
 from memos_cli.errors import FIX_INPUT, SKIP_BAD_HINT, BadInput, UsageError, after_commit
 from memos_cli.words import plural
@@ -71,13 +71,15 @@ def display_name(file: Path) -> str:
 @dataclass
 class Defaults:
     """Values for fields a record does not set itself (``--tag``, ``--type``, ``--speaker``, ``--time``),
-    and the date relative times are read against (``--time-base``)."""
+    the date relative times are read against (``--time-base``), and the order of day and month in
+    numeric dates that leave it open (``--date-order`` dmy or mdy)."""
 
     tags: list[str] = field(default_factory=list)
     type: str | None = None
     speaker: str | None = None
     time: str | None = None
     time_base: str | None = None
+    date_order: str | None = None
 
 
 @dataclass
@@ -203,10 +205,15 @@ def ingest(
     actor = cube.check(actor, "write")  # fail before the expensive work, not after it
     index_shard_rows()  # a bad index layout setting fails here, not after the commit
     defaults = defaults or Defaults()
+    if defaults.date_order is not None and defaults.date_order not in DATE_ORDERS:
+        raise UsageError(
+            f"{{date_order}} must be dmy (13/04/2023 = 13 April) or mdy (04/13/2023), not {defaults.date_order!r}",
+            options=("date_order",),
+        )
     if defaults.time_base is not None:
-        defaults.time_base = _option_time(defaults.time_base, "time_base")
+        defaults.time_base = _option_time(defaults.time_base, "time_base", order=defaults.date_order)
     if defaults.time is not None:
-        defaults.time = _option_time(defaults.time, "time", defaults.time_base)
+        defaults.time = _option_time(defaults.time, "time", defaults.time_base, defaults.date_order)
     if not sources:
         raise UsageError("nothing to ingest: name files, or pipe text into standard input ('-')")
     now = utc_now()
@@ -238,10 +245,10 @@ def ingest_drafts(
     return _store(cube, parsed, [], now=now, actor=actor, embedder=embedder, started=started)
 
 
-def _option_time(value: str, option: str, base: str | None = None) -> str:
+def _option_time(value: str, option: str, base: str | None = None, order: str | None = None) -> str:
     """A time given as an option (``time``, ``time_base``), its errors naming the option."""
     try:
-        return parse_time(value, "{" + option + "}", base)
+        return parse_time(value, "{" + option + "}", base, order)
     except BadInput as exc:
         exc.options = (*exc.options, option)
         raise
@@ -255,7 +262,12 @@ def _parse_sources(
     for source in sources:
         try:
             drafts, bad, used = parse_source(
-                source.data, source.name, fmt=fmt, skip_bad=skip_bad, time_base=defaults.time_base
+                source.data,
+                source.name,
+                fmt=fmt,
+                skip_bad=skip_bad,
+                time_base=defaults.time_base,
+                date_order=defaults.date_order,
             )
         except BadInput as exc:
             if not skip_bad:

@@ -52,13 +52,20 @@ class Rejected:
     problem: str
 
 
-def parse_time(value: Any, where: str, base: str | None = None) -> str:
+# A numeric date with the year last ("4/12/2023", "12.04.23", "04-12-2023"): day/month or month/day?
+_NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})(?!\d)")
+DATE_ORDERS = ("dmy", "mdy")
+
+
+def parse_time(value: Any, where: str, base: str | None = None, date_order: str | None = None) -> str:
     """ISO-8601 from ISO or common date strings ("1:56 pm on 8 May, 2023", "2023/05/08", epoch seconds).
 
     A date alone stays a date ("2023-05-08"); a time of day keeps its time and any timezone.
     A relative value ("next tuesday", "yesterday", "8 May" without a year) is read against ``base``
     (an ISO date: ``--time-base`` or the record's ``time_base``) and refused without one: it is never
-    silently read against the clock of the machine that ingests it.
+    silently read against the clock of the machine that ingests it. Likewise a numeric date whose
+    numbers leave the order of day and month open ("4/12/2023") needs ``date_order`` ("dmy" or "mdy",
+    ingest's ``--date-order``) and is refused without it: it is never silently read month first.
     """
     if isinstance(value, bool):
         raise BadInput(where, f"time {value!r} is not a date")
@@ -78,7 +85,18 @@ def parse_time(value: Any, where: str, base: str | None = None) -> str:
     except ValueError:
         from memos_cli.engine.plaintext import temporal
 
-        if temporal.is_relative_time(text):
+        numeric = _NUMERIC_DATE.match(text)
+        if numeric:
+            first, second = int(numeric.group(1)), int(numeric.group(2))
+            if first != second and first <= 12 and second <= 12 and date_order not in DATE_ORDERS:
+                error = BadInput(
+                    where,
+                    f"time {value!r} could be day/month or month/day; write it as an ISO date (YYYY-MM-DD), "
+                    "or say which order it is (ingest: {date_order} dmy or mdy)",
+                )
+                error.options = ("date_order",)
+                raise error from None
+        elif temporal.is_relative_time(text):
             if base is None:
                 error = BadInput(
                     where,
@@ -92,7 +110,10 @@ def parse_time(value: Any, where: str, base: str | None = None) -> str:
                 raise BadInput(where, f"cannot read {value!r} as a date or time (base {base})") from None
             return resolved
         try:
-            parsed = date_parser.parse(text.replace(" on ", " "), fuzzy=True)
+            if numeric:  # day first only when told; a date like 13/04/2023 reads either way
+                parsed = date_parser.parse(text, dayfirst=date_order == "dmy")
+            else:
+                parsed = date_parser.parse(text.replace(" on ", " "), fuzzy=True)
         except (ValueError, OverflowError):
             raise BadInput(where, f"cannot read {value!r} as a date or time") from None
         has_time = bool(re.search(r"\d:\d\d|\d\s*(am|pm)\b", text, re.IGNORECASE))
@@ -236,14 +257,15 @@ def parse_markdown(text: str, source: str) -> list[Draft]:
 _RECORD_KEYS = {"text", "id", "source_id", "speaker", "time", "time_base", "tags", "type", "key", "metadata"}
 
 
-def _time_of(obj: dict[str, Any], where: str, base: str | None) -> str | None:
-    """A record's or message's ``time``; a relative one is read against its own ``time_base`` or ``base``."""
+def _time_of(obj: dict[str, Any], where: str, base: str | None, order: str | None = None) -> str | None:
+    """A record's or message's ``time``; a relative one is read against its own ``time_base`` or ``base``,
+    a numeric one in ``order`` (see ``parse_time``)."""
     if obj.get("time_base") is not None:
-        base = parse_time(obj["time_base"], f"{where} (time_base)")
-    return parse_time(obj["time"], where, base) if obj.get("time") is not None else None
+        base = parse_time(obj["time_base"], f"{where} (time_base)", date_order=order)
+    return parse_time(obj["time"], where, base, order) if obj.get("time") is not None else None
 
 
-def _record_draft(obj: Any, source: str, line: int, base: str | None = None) -> Draft:
+def _record_draft(obj: Any, source: str, line: int, base: str | None = None, order: str | None = None) -> Draft:
     where = f"{source}:{line}"
     if not isinstance(obj, dict):
         raise BadInput(where, "a record must be a JSON object")
@@ -280,7 +302,7 @@ def _record_draft(obj: Any, source: str, line: int, base: str | None = None) -> 
         end_line=line,
         source_id=None if source_id is None else str(source_id),
         speaker=speaker,
-        time=_time_of(obj, where, base),
+        time=_time_of(obj, where, base, order),
         type=kind,
         tags=list(tags),
         key=key,
@@ -308,7 +330,7 @@ def _load_line(line: str, where: str) -> Any:
 
 
 def parse_jsonl(
-    text: str, source: str, *, skip_bad: bool = False, time_base: str | None = None
+    text: str, source: str, *, skip_bad: bool = False, time_base: str | None = None, date_order: str | None = None
 ) -> tuple[list[Draft], list[Rejected]]:
     drafts: list[Draft] = []
     rejected: list[Rejected] = []
@@ -316,7 +338,8 @@ def parse_jsonl(
         if not line.strip():
             continue
         try:
-            drafts.append(_record_draft(_load_line(line, f"{source}:{number}"), source, number, time_base))
+            obj = _load_line(line, f"{source}:{number}")
+            drafts.append(_record_draft(obj, source, number, time_base, date_order))
         except BadInput as exc:
             if not skip_bad:
                 raise
@@ -324,7 +347,9 @@ def parse_jsonl(
     return drafts, rejected
 
 
-def _message_draft(obj: Any, source: str, line: int, index: int, base: str | None = None) -> Draft:
+def _message_draft(
+    obj: Any, source: str, line: int, index: int, base: str | None = None, order: str | None = None
+) -> Draft:
     where = f"{source}:{line}"
     if not isinstance(obj, dict):
         raise BadInput(where, "a chat message must be a JSON object")
@@ -345,7 +370,7 @@ def _message_draft(obj: Any, source: str, line: int, index: int, base: str | Non
         end_line=line,
         source_id=str(msg_id) if msg_id is not None else f"msg-{index + 1}",
         speaker=speaker,
-        time=_time_of(obj, where, base),
+        time=_time_of(obj, where, base, order),
         type="dialogue",
         tags=list(tags),
     )
@@ -380,7 +405,7 @@ def _line_of_each_item(text: str, count: int) -> list[int]:
 
 
 def parse_chat(
-    text: str, source: str, *, skip_bad: bool = False, time_base: str | None = None
+    text: str, source: str, *, skip_bad: bool = False, time_base: str | None = None, date_order: str | None = None
 ) -> tuple[list[Draft], list[Rejected]]:
     """A chat transcript: a JSON list of messages, ``{"messages": [...]}``, or JSONL of messages."""
     stripped = text.lstrip()
@@ -416,7 +441,7 @@ def parse_chat(
         try:
             if isinstance(obj, BadInput):
                 raise obj
-            drafts.append(_message_draft(obj, source, line, index, time_base))
+            drafts.append(_message_draft(obj, source, line, index, time_base, date_order))
         except BadInput as exc:
             if not skip_bad:
                 raise
@@ -436,7 +461,13 @@ def _looks_like_jsonl(text: str) -> bool:
 
 
 def parse_source(
-    data: bytes, source: str, *, fmt: str | None = None, skip_bad: bool = False, time_base: str | None = None
+    data: bytes,
+    source: str,
+    *,
+    fmt: str | None = None,
+    skip_bad: bool = False,
+    time_base: str | None = None,
+    date_order: str | None = None,
 ) -> tuple[list[Draft], list[Rejected], str]:
     """Parse one source; returns drafts, rejected records (only with ``skip_bad``) and the format used."""
     if fmt is not None and fmt not in FORMATS:
@@ -450,9 +481,9 @@ def parse_source(
     if fmt == "markdown":
         return parse_markdown(text, source), [], fmt
     if fmt == "jsonl":
-        drafts, rejected = parse_jsonl(text, source, skip_bad=skip_bad, time_base=time_base)
+        drafts, rejected = parse_jsonl(text, source, skip_bad=skip_bad, time_base=time_base, date_order=date_order)
     elif fmt == "chat":
-        drafts, rejected = parse_chat(text, source, skip_bad=skip_bad, time_base=time_base)
+        drafts, rejected = parse_chat(text, source, skip_bad=skip_bad, time_base=time_base, date_order=date_order)
     else:
         raise BadInput(source, f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if not drafts and not rejected:

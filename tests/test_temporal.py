@@ -320,6 +320,9 @@ def test_numeric_record_time_whose_day_and_month_order_is_open_needs_a_date_orde
     assert parse_time("04/13/2023", "x") == "2023-04-13"
     assert parse_time("5/5/2023", "x") == "2023-05-05"
     assert parse_time("2023/05/08", "x") == "2023-05-08"  # year first is not ambiguous
+    with pytest.raises(UsageError) as asked:  # a query's filter points at ISO, not at ingest's option
+        Filters(since="4/12/2023")
+    assert "ISO date" in describe(asked.value)[0] and "date-order" not in describe(asked.value)[0]
     cube = make_cube()
     body = json.dumps({"text": "party", "time": "4/12/2023"}).encode()
     before = cube.memories_path.read_bytes()

@@ -46,8 +46,8 @@ class Filters:
         if self.time_field not in TIME_FIELDS:
             raise UsageError(f"{{time_field}} must be one of {', '.join(TIME_FIELDS)}", options=("time_field",))
         try:
-            self.since = parse_time(self.since, "{since}") if self.since else None
-            self.until = parse_time(self.until, "{until}") if self.until else None
+            self.since = parse_time(self.since, "{since}", ingesting=False) if self.since else None
+            self.until = parse_time(self.until, "{until}", ingesting=False) if self.until else None
         except BadInput as exc:
             raise UsageError(exc.template, options=(*exc.options, "since", "until")) from None
         self._since = _epoch(self.since) if self.since else None

@@ -57,7 +57,9 @@ _NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})(?!\
 DATE_ORDERS = ("dmy", "mdy")
 
 
-def parse_time(value: Any, where: str, base: str | None = None, date_order: str | None = None) -> str:
+def parse_time(
+    value: Any, where: str, base: str | None = None, date_order: str | None = None, *, ingesting: bool = True
+) -> str:
     """ISO-8601 from ISO or common date strings ("1:56 pm on 8 May, 2023", "2023/05/08", epoch seconds).
 
     A date alone stays a date ("2023-05-08"); a time of day keeps its time and any timezone.
@@ -66,6 +68,7 @@ def parse_time(value: Any, where: str, base: str | None = None, date_order: str 
     silently read against the clock of the machine that ingests it. Likewise a numeric date whose
     numbers leave the order of day and month open ("4/12/2023") needs ``date_order`` ("dmy" or "mdy",
     ingest's ``--date-order``) and is refused without it: it is never silently read month first.
+    ``ingesting``: whether the refusals may point at ingest's options (a query's ``--since`` may not).
     """
     if isinstance(value, bool):
         raise BadInput(where, f"time {value!r} is not a date")
@@ -89,12 +92,12 @@ def parse_time(value: Any, where: str, base: str | None = None, date_order: str 
         if numeric:
             first, second = int(numeric.group(1)), int(numeric.group(2))
             if first != second and first <= 12 and second <= 12 and date_order not in DATE_ORDERS:
+                advice = ", or say which order it is (ingest: {date_order} dmy or mdy)" if ingesting else ""
                 error = BadInput(
                     where,
-                    f"time {value!r} could be day/month or month/day; write it as an ISO date (YYYY-MM-DD), "
-                    "or say which order it is (ingest: {date_order} dmy or mdy)",
+                    f"time {value!r} could be day/month or month/day; write it as an ISO date (YYYY-MM-DD)" + advice,
                 )
-                error.options = ("date_order",)
+                error.options = ("date_order",) if ingesting else ()
                 raise error from None
         elif temporal.is_relative_time(text):
             if base is None:

@@ -49,7 +49,7 @@ def update(cube: Cube, ref: str, change: Update, *, actor: str | None = None) ->
     if change.text is not None and not change.text.strip():
         raise UsageError("{text} must not be empty", options=("text",))
     try:
-        when = parse_time(change.time, "{time}") if change.time else None
+        when = parse_time(change.time, "{time}", ingesting=False) if change.time else None
     except BadInput as exc:
         raise UsageError(exc.template, options=(*exc.options, "time")) from None
     with cube.transaction(actor=actor, op="update") as tx:

@@ -90,8 +90,8 @@ def parse_time(
 
         numeric = _NUMERIC_DATE.match(text)
         if numeric:
-            first, second = int(numeric.group(1)), int(numeric.group(2))
-            if first != second and first <= 12 and second <= 12 and date_order not in DATE_ORDERS:
+            open_order = temporal.day_month_open(int(numeric.group(1)), int(numeric.group(2)))
+            if open_order and date_order not in DATE_ORDERS:
                 advice = ", or say which order it is (ingest: {date_order} dmy or mdy)" if ingesting else ""
                 error = BadInput(
                     where,

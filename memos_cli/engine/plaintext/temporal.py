@@ -118,9 +118,8 @@ _KEYWORDS = frozenset(
     november december monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thurs
     fri sat sun mondays tuesdays wednesdays thursdays fridays saturdays sundays summers winters springs falls
     autumns morning afternoon evening fortnight fortnights decade decades christmas halloween thanksgiving
-    easter valentine valentines independence boxing patrick patricks labor labour memorial mother mothers father
-    fathers""".split()
-)
+    easter valentine valentines patrick patricks""".split()
+)  # holidays named "... Day" (Labor, Memorial, Mother's, Father's, Boxing, Independence) pass on "day"
 _LETTERS = re.compile(r"[a-z]+")
 _ANY_YEAR = re.compile(r"\b(?:19|20)\d\d\b")
 
@@ -298,8 +297,8 @@ def _nth_weekday(year: int, month: int, weekday: int, nth: int) -> date:
     return first + timedelta(days=(weekday - first.weekday()) % 7 + 7 * (nth - 1))
 
 
-def _resolve_holiday(which: str | None, name: str, year: str | None, base: date) -> Interval:
-    """A holiday with a year is that year's; "last" the latest before the base day, "next"/"coming"
+def _resolve_holiday(which: str | None, name: str, year: str | None, base: date) -> date:
+    """The day of a holiday: with a year, that year's; "last" the latest before the base day, "next"/"coming"
     the first after it, "this" the one in the base day's year; bare, the one within a month ahead of
     the base day if any ("home for Christmas" said on 10 December), else the latest on or before it."""
     if year:
@@ -315,7 +314,7 @@ def _resolve_holiday(which: str | None, name: str, year: str | None, base: date)
         else:
             ahead = [d for d in days if base < d <= base + timedelta(days=31)]
             day = ahead[0] if ahead else [d for d in days if d <= base][-1]
-    return Interval(day, day, "day")
+    return day
 
 
 def _weekday_index(word: str) -> int:
@@ -352,28 +351,38 @@ def _anchored(count: int, unit: str, direction: str, anchor: Interval, expr: str
     return Interval(moved, moved + timedelta(days=1 if unit == "weekend" else 0), "day", expr)
 
 
-def _ambiguous_numeric(expr: str) -> bool:
-    """A numeric date whose numbers do not settle the order of day and month (4/12/2023: 4 December or
-    12 April?). dateparser would read it month first without a word; it is left undated instead."""
-    first, second, _year = (int(part) for part in re.split(r"[/.]", expr.strip()))
+def day_month_open(first: int, second: int) -> bool:
+    """Whether a numeric date's first two numbers leave the order of day and month open (4/12/2023: 4
+    December or 12 April?). dateparser and dateutil would read it month first without a word; event time
+    leaves it undated, and a record's ``time`` needs ``--date-order`` (``sources.parse_time``)."""
     return first != second and first <= 12 and second <= 12
+
+
+def _ambiguous_numeric(expr: str) -> bool:
+    first, second, _year = (int(part) for part in re.split(r"[/.]", expr.strip()))
+    return day_month_open(first, second)
+
+
+_BEFORE_LAST = re.compile(rf"the\s+(week|weekend|month|year|{_SEASON})\s+before\s+last")
+_ANCHORED = re.compile(
+    rf"(?:the\s+|({_NUMBER})\s+)?(day|week|weekend|month|{_WEEKDAY_FULL})s?\s+(before|after|of)\s+(.+)"
+)
+_HOLIDAY_RULE = re.compile(
+    rf"(?:(last|this|next|coming)\s+|(?:on|at|over|for|since|before|after)\s+(?:the\s+)?|the\s+)?({_HOLIDAY})"
+    rf"(?:,?\s+({_YEAR})|\s+weekend)?"
+)
+_WEEKDAYS_AGO = re.compile(rf"({_NUMBER})\s+({_WEEKDAYS})\s+(?:ago|back)")
+_SEASONS_AGO = re.compile(rf"({_NUMBER})\s+({_SEASON})s\s+(?:ago|back)")
 
 
 def _hand_written(expr: str, base: date) -> Interval | None:
     """The expressions dateparser leaves unresolved (see the module docstring)."""
     low = " ".join(expr.lower().split())
-    m = re.fullmatch(rf"the\s+(week|weekend|month|year|{_SEASON})\s+before\s+last", low)
+    m = _BEFORE_LAST.fullmatch(low)
     if m:  # two of them ago
-        unit = m.group(1)
-        two = (
-            _hand_written(f"2 {unit}s ago", base)
-            if unit == "weekend" or unit in _SEASONS
-            else _resolve(f"2 {unit}s ago", base)
-        )
+        two = _resolve(f"2 {m.group(1)}s ago", base)
         return None if two is None else Interval(two.start, two.end, two.precision, expr)
-    m = re.fullmatch(
-        rf"(?:the\s+|({_NUMBER})\s+)?(day|week|weekend|month|{_WEEKDAY_FULL})s?\s+(before|after|of)\s+(.+)", low
-    )
+    m = _ANCHORED.fullmatch(low)
     if m:
         anchor = resolve(m.group(4), base, past=True)
         if anchor is None or anchor.precision != "day":
@@ -385,23 +394,15 @@ def _hand_written(expr: str, base: date) -> Interval | None:
         if inner is None or inner.precision != "day":
             return inner
         return Interval(inner.start - timedelta(days=3), inner.end + timedelta(days=3), "week", expr)
-    m = re.fullmatch(
-        rf"(?:(last|this|next|coming)\s+|(?:on|at|over|for|since|before|after)\s+(?:the\s+)?|the\s+)?({_HOLIDAY})"
-        rf"(?:,?\s+({_YEAR})|\s+weekend)?",
-        low,
-    )
+    m = _HOLIDAY_RULE.fullmatch(low)
     if m:
-        day = _resolve_holiday(m.group(1), m.group(2), m.group(3), base).start
+        day = _resolve_holiday(m.group(1), m.group(2), m.group(3), base)
         if not low.endswith("weekend"):
             return Interval(day, day, "day", expr)
-        # "Memorial Day weekend": the Saturday and Sunday next to the holiday, and the holiday itself
-        saturday = (
-            day + timedelta(days=5 - day.weekday())
-            if day.weekday() in (3, 4)
-            else _week_span(day)[0] - timedelta(days=2)
-        )
-        if day.weekday() >= 5:
-            saturday = day - timedelta(days=day.weekday() - 5)
+        # "Memorial Day weekend": the Saturday and Sunday next to the holiday (the coming one from a
+        # Thursday or Friday, the one before from Monday to Wednesday), and the holiday itself
+        weekday = day.weekday()
+        saturday = day + timedelta(days=5 - weekday if weekday >= 3 else -(weekday + 2))
         start, end = min(day, saturday), max(day, saturday + timedelta(days=1))
         return Interval(start, end, "day" if (end - start).days <= 3 else "week", expr)
     if re.fullmatch(r"(?:over|on|at)\s+the\s+weekend", low):
@@ -411,14 +412,14 @@ def _hand_written(expr: str, base: date) -> Interval | None:
         if base.weekday() in (3, 4):
             saturday += timedelta(days=7)
         return Interval(saturday, saturday + timedelta(days=1), "day", expr)
-    m = re.fullmatch(rf"({_NUMBER})\s+({_WEEKDAYS})\s+(?:ago|back)", low)
+    m = _WEEKDAYS_AGO.fullmatch(low)
     if m:  # "two Saturdays ago": the Saturday before last
         weekday = _weekday_index(m.group(2))
         last = base - timedelta(days=(base.weekday() - weekday) % 7 or 7)
         day = last - timedelta(days=7 * (_count(m.group(1)) - 1))
         return Interval(day, day, "day", expr)
-    m = re.fullmatch(rf"(\w+(?:\s+\w+)?)\s+({_SEASON})s\s+(?:ago|back)", low)
-    if m and re.fullmatch(_NUMBER, m.group(1)):
+    m = _SEASONS_AGO.fullmatch(low)
+    if m:
         spans = [_season_span(m.group(2), year) for year in range(base.year - 2, base.year + 1)]
         latest = [s for s in spans if s[1] < base][-1]
         start, end = _season_span(m.group(2), latest[0].year - _count(m.group(1)) + 1)

@@ -19,7 +19,8 @@ training stopped, its steps and time, the whole run's time and the process's pea
     python bench/distill_plain_bench.py --sets fresh5 --keep /tmp/cubes   # keep the cube and its adapter
 
 The ``fresh*`` sets (24 memories of six kinds each) were written by helpers who had not seen the rules:
-they are the check on wording nobody tuned the rules for (fresh5's misses have not been read).
+they are the check on wording nobody tuned the rules for (fresh6's misses have not been read; the
+others' have, so they are tuning data now).
 """
 
 from __future__ import annotations

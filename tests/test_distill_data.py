@@ -387,3 +387,21 @@ def test_a_note_opening_with_a_reminder_to_oneself_is_asked_about_without_it() -
         asked = checks(f"{opening} Dr. Sunniva Okarsdottir is my dentist at Pellham Dental.")
         assert "Who is my dentist at Pellham Dental?" in asked, (opening, asked)
         assert not any("forget" in q or "record" in q or "self" in q for q in asked), (opening, asked)
+
+
+def test_answers_keep_their_whole_extent() -> None:
+    # a plural subject before its verb is not the verb: the object is what follows the copula
+    assert kinds("My favourite flowers are ranunculus, the peachy ones.") == {"ranunculus": "object"}
+    assert kinds("My sister drinks oat milk in her coffee.") == {"oat milk": "object"}
+    assert set(checks("Christmas decorations -> loft").values()) >= {"loft"}
+    # a code written in two groups is one answer; plain numbers and flight numbers are unchanged
+    assert kinds("Trailer plate = KV71 ZRD") == {"KV71 ZRD": "number"}
+    assert kinds("Our postcode is SW1A 1AA now.")["SW1A 1AA"] == "number"
+    assert kinds("Flight NQ 604 leaves at 6pm.") == {"NQ 604": "number", "6pm": "time"}
+    assert kinds("The access code for the boathouse is 4471.") == {"4471": "number"}
+    # a name with its model number, and with the nouns after a possessive
+    assert kinds("Bought a Harnwick 9 e-bike from Spokesmith.")["Harnwick 9"] == "name"
+    assert "Verlaine fountain pen" in kinds("I still sign everything with my grandad's Verlaine fountain pen.")
+    # a title introduces a name in a note written in lower case
+    assert kinds("dentist is dr. pim achterberg now, old one retired") == {"dr. pim achterberg": "person"}
+    assert checks("dentist is dr. pim achterberg now") == {"Who is dentist now?": "dr. pim achterberg"}

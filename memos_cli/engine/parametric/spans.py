@@ -5,6 +5,7 @@ times, numbers and codes, and the object of a first-person or copular statement)
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -395,8 +396,8 @@ def _anchor(words: list[re.Match[str]]) -> int | None:
             k += 1
         if low in {"i", "we"}:
             return k
-        if base_verb(w.group()) and not w.group()[0].isupper():
-            return i
+        if base_verb(w.group()) and not w.group()[0].isupper() and words[i + 1].group().lower() not in COPULA | MODALS:
+            return i  # (not "flowers" in "my favourite flowers are ranunculus": a noun before its verb)
     return None
 
 
@@ -421,11 +422,17 @@ def find_spans(sentence: str) -> list[Span]:
         add(m.start(), m.end(), "time")
     for m in _NUMBER.finditer(sentence):
         unit = _UNIT.match(sentence, m.end())  # "48,000 euros", "24 degrees": the unit is part of the answer
-        add(m.start(), unit.end() if unit else m.end(), "number")
+        group = _CODE_GROUP.match(sentence, m.end()) if re.search(r"[A-Za-z]", m.group()) else None
+        add(m.start(), unit.end() if unit else group.end() if group else m.end(), "number")
     for start, end in _caps_runs(sentence):
         kind = _name_kind(sentence, start, end)
         title = _TITLE.search(sentence, max(0, start - 10), start)  # a title is at most 6 characters
         add(title.start() if title else start, end, "person" if title else kind)
+    for m in _LOWER_TITLE.finditer(sentence):
+        name = _name_after_title(sentence, m.end())
+        if name:
+            add(m.start(), name, "person")
+    found = _with_model_numbers(sentence, sorted(found, key=lambda s: s.start))
     found = [_with_head_nouns(sentence, s) for s in found]
     obj = _object_span(sentence, found)
     if obj is not None:
@@ -433,9 +440,51 @@ def find_spans(sentence: str) -> list[Span]:
     return sorted(found, key=lambda s: s.start)
 
 
+# The second group of a code written in two ("KV71 ZRD", "SW1A 1AA"): after a code with a letter in it.
+_CODE_GROUP = re.compile(r" (?=[A-Z\d]*[A-Z])(?=[A-Z\d]*\d|[A-Z]{2,4}\b)[A-Z\d]{2,4}\b(?![-./:]\w)")
+# A title in a note written in lower case: "dentist is dr. pim achterberg now".
+_LOWER_TITLE = re.compile(r"\b(?:dr\.?|mr\.|mrs\.|ms\.|prof\.)\s+(?=[a-z])")  # not "50 ms latency"
+
+
+def _name_after_title(sentence: str, at: int) -> int:
+    """The end of the name (at most two words) a title at ``at`` introduces in a lower-case note, or 0:
+    it stops at punctuation and at a function word, an adverb or a known verb ("dr. pim achterberg now")."""
+    end = 0
+    for word in itertools.islice(_WORD.finditer(sentence, at), 2):
+        low = word.group().lower()
+        gap = sentence[end or at : word.start()]
+        if gap.strip() or low in _NOT_NOUNS | MODALS or (low in english_words() and base_verb(low)):
+            break
+        end = word.end()
+    return end
+
+
+def _with_model_numbers(sentence: str, spans: list[Span]) -> list[Span]:
+    """A name directly followed by a short number or code is one name: "a Harnwick 9 e-bike", "the
+    Sollberg Ridge 3P" (the model is in the answer)."""
+    out: list[Span] = []
+    for span in spans:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.kind in ("name", "place", "person")
+            and span.kind == "number"
+            and sentence[last.end : span.start] == " "
+            and len(span.text) <= 3
+            and span.text[0].isdigit()
+        ):
+            out[-1] = Span(sentence[last.start : span.end], last.start, span.end, "name")
+            continue
+        out.append(span)
+    return out
+
+
 _HEAD_NOUNS = re.compile(
     r"(?: [a-z]+){1,2}(?=[,.;:!?)]|$| (?:" + "|".join(sorted(_PLACE_PREPS | {"for", "with", "by"})) + r")\b)"
 )
+
+
+_OWNERS = {"the", "a", "an", "my", "our", "your", "his", "her", "their"}
 
 
 def _with_head_nouns(sentence: str, span: Span) -> Span:
@@ -445,9 +494,12 @@ def _with_head_nouns(sentence: str, span: Span) -> Span:
     if span.kind not in ("name", "place"):
         return span
     before = sentence[: span.start].split()
-    if len(before) < 2 or before[-1].lower() not in {"the", "a", "an"}:
+    k = len(before) - 1
+    while k >= 0 and len(before) - k <= 3 and (before[k].lower() in _OWNERS or before[k].endswith(("'s", "’s"))):
+        k -= 1  # "the", "my grandad's", "our"
+    if k < 0 or k == len(before) - 1:
         return span
-    if before[-2].lower() not in PREPS and not base_verb(before[-2]):
+    if before[k].lower() not in PREPS and not base_verb(before[k]):
         return span
     match = _HEAD_NOUNS.match(sentence, span.end)
     if not match:

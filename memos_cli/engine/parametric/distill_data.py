@@ -34,8 +34,10 @@ from dataclasses import dataclass
 from memos_cli.cube.records import MemoryRecord
 from memos_cli.engine.parametric.spans import (
     ADVERBS,
+    ARTICLES,
     COPULA,
     NOT_VERBS,
+    OWNERS,
     PREPS,
     Span,
     base_verb,
@@ -94,8 +96,6 @@ _AUX = {
 _NEGATABLE = ("is", "are", "was", "were", "does", "do", "did", "could", "would")
 _AUX |= {f"{w}n{q}t": f"{w}n't" for w in _NEGATABLE for q in "'’"}
 _AUX |= {f"{w}{q}t": f"{w}'t" for w in ("can", "won", "don") for q in "'’"}
-_ARTICLES = {"the", "a", "an"}
-_POSSESSIVES = {"my", "our", "your", "his", "her", "their"}
 _FIRST_PERSON = re.compile(r"\b(?:i|i'm|i’m|i've|i'd|i'll|my|me|mine|myself)\b", re.I)
 _IRREGULAR_3S = {"am": "is", "have": "has", "do": "does", "go": "goes", "'m": "is", "are": "is", "were": "was"}
 _UNCHANGED = {"was", "can", "will", "would", "could", "should", "might", "must", "may", "shall", "had", "did"}
@@ -217,7 +217,7 @@ def _before(sentence: str, span: Span) -> list[str]:
     """The words before ``span``, less an article right before it: the question word stands for "the
     Copper Lanterns" ("What is Tomas's favourite band?", not "... favourite band the?")."""
     before = sentence[: span.start].split()
-    return before[:-1] if len(before) > 1 and before[-1].lower() in _ARTICLES | _POSSESSIVES else before
+    return before[:-1] if len(before) > 1 and before[-1].lower() in OWNERS else before
 
 
 def wh_question(sentence: str, span: Span) -> str | None:
@@ -233,7 +233,7 @@ def wh_question(sentence: str, span: Span) -> str | None:
     label = _code_label(before) if span.kind == "number" else None
     if label:  # "the wifi uses the password plumwick59" -> "What password does the wifi use?"
         wh, before = f"{wh} {' '.join(label)}", before[: -len(label)]
-        if before and before[-1].lower() in _ARTICLES | _POSSESSIVES:
+        if before and before[-1].lower() in OWNERS:
             before = before[:-1]
         if not before:
             return None
@@ -277,7 +277,7 @@ def _code_label(before: list[str]) -> list[str] | None:
     if not label or k < 1:
         return None
     det = before[k - 1].lower()
-    return label if det in _ARTICLES | _POSSESSIVES | PREPS else None
+    return label if det in OWNERS | PREPS else None
 
 
 def echo_question(sentence: str, span: Span) -> str:
@@ -285,7 +285,7 @@ def echo_question(sentence: str, span: Span) -> str:
     if _possessive(sentence, span):
         return capitalised(_whose(sentence, span)) + "?"
     words = _before(sentence, span)
-    if len(words) == 1 and words[0].lower() in _ARTICLES | _POSSESSIVES:
+    if len(words) == 1 and words[0].lower() in OWNERS:
         words = []  # "The Wrenfield office closes ..." -> "Which place closes ...?"
     before = " ".join(words)
     after = sentence[span.end :].rstrip(" .!?").strip()
@@ -318,7 +318,7 @@ def variant_questions(sentence: str, span: Span, wh: str | None) -> list[str]:
     if len(head) < 3 or span.kind == "place":
         return out  # the rewordings below ask "what"
     last, second = head[-1].lower(), head[-2].lower()
-    if last not in COPULA and not (last in _ARTICLES and second in COPULA):
+    if last not in COPULA and not (last in ARTICLES and second in COPULA):
         return out
     if sentence[span.end :].strip(" .!?"):
         return out  # the span is not the sentence's complement
@@ -339,10 +339,10 @@ def variant_questions(sentence: str, span: Span, wh: str | None) -> list[str]:
     preps = [i for i, w in enumerate(lowered) if w.lower() in PREPS]
     if preps and preps[0] >= 2:  # "the access code for the boathouse" -> "the code for the boathouse"
         i = preps[0]
-        det = lowered[0] if lowered[0].lower() in _ARTICLES | {"my", "our", "your"} else "the"
-        if i - 1 >= 1 and lowered[i - 1].isalpha() and (i > 2 or lowered[0].lower() not in _ARTICLES):
+        det = lowered[0] if lowered[0].lower() in ARTICLES | {"my", "our", "your"} else "the"
+        if i - 1 >= 1 and lowered[i - 1].isalpha() and (i > 2 or lowered[0].lower() not in ARTICLES):
             out.append(capitalised(_clean(f"{wh_word} {verb} {det} {lowered[i - 1]} {' '.join(lowered[i:])}")) + "?")
-    elif not preps and len(lowered) >= 3 and lowered[0].lower() in _ARTICLES:
+    elif not preps and len(lowered) >= 3 and lowered[0].lower() in ARTICLES:
         # "the Frostgate bike lock combination" -> "the combination for the Frostgate bike lock"
         rest = " ".join(lowered[1:-1])
         out.append(capitalised(f"{wh_word} {verb} the {noun} for the {rest}") + "?")
@@ -377,7 +377,7 @@ def embedded_clause(sentence: str, span: Span) -> str:
     after = _clean(sentence[span.end :].rstrip(" .!?"))
     if span.kind in ("date", "time", "place") and before and before[-1].lower() in PREPS:
         before = before[:-1]
-    elif len(before) == 1 and before[0].lower() in _ARTICLES | _POSSESSIVES:
+    elif len(before) == 1 and before[0].lower() in OWNERS:
         before = []  # the span is the subject: "which place closes at 6:30", not "where the closes ..."
         wh = "which place" if span.kind == "place" else wh
     return _clean(" ".join([wh, *_lower_start(before), after]))
@@ -505,9 +505,9 @@ def plain_statements(text: str) -> list[str]:
     # "Kestrel Bay regatta" -> "the Kestrel Bay regatta".
     first = words[0].lower()
     written_lower = words[0][1:] == words[0][1:].lower() and text.lstrip()[:1].islower()
-    if first in _ARTICLES | _POSSESSIVES or first in english_words() or written_lower:
+    if first in OWNERS or first in english_words() or written_lower:
         words = [first, *words[1:]]
-    subject = " ".join(words if words[0] in _ARTICLES | _POSSESSIVES else ["the", *words])
+    subject = " ".join(words if words[0] in OWNERS else ["the", *words])
     link = "is on" if is_date(tail) else ("is at" if is_time(tail) else "is")
     out = [capitalised(f"{subject} {link} {tail}") + "."]
     items = [i.strip() for i in re.split(r"[,;]\s+", tail) if i.strip()]
@@ -532,7 +532,7 @@ def _is_description(words: list[str]) -> bool:
     if not 2 <= len(words) <= 5 or any(w.lower() in COPULA | PREPS - {"of"} for w in words[1:]):
         return False
     first = words[0]
-    return first.lower() in _ARTICLES | _POSSESSIVES or (first[:1].isupper() and first.endswith(("'s", "’s")))
+    return first.lower() in OWNERS or (first[:1].isupper() and first.endswith(("'s", "’s")))
 
 
 def appositions(sentence: str) -> list[str]:

@@ -285,7 +285,7 @@ def _common_opening(sentence: str, words: list[re.Match[str]], first: int, end: 
     if gap.strip():
         return True  # "Note: ...", "Update, ..."
     low_next = nxt.lower()
-    if low_next in COPULA | MODALS | {"and", "or", "has", "had", "have"} or low_next.endswith(("'s", "’s")):
+    if low_next in _AFTER_SUBJECT | {"and", "or", "has", "had", "have"} or low_next.endswith(("'s", "’s")):
         return False
     return not (base_verb(nxt) or nxt.lower().endswith("ed"))
 
@@ -396,7 +396,7 @@ def _anchor(words: list[re.Match[str]]) -> int | None:
             k += 1
         if low in {"i", "we"}:
             return k
-        if base_verb(w.group()) and not w.group()[0].isupper() and words[i + 1].group().lower() not in COPULA | MODALS:
+        if base_verb(w.group()) and not w.group()[0].isupper() and words[i + 1].group().lower() not in _AFTER_SUBJECT:
             return i  # (not "flowers" in "my favourite flowers are ranunculus": a noun before its verb)
     return None
 
@@ -453,7 +453,7 @@ def _name_after_title(sentence: str, at: int) -> int:
     for word in itertools.islice(_WORD.finditer(sentence, at), 2):
         low = word.group().lower()
         gap = sentence[end or at : word.start()]
-        if gap.strip() or low in _NOT_NOUNS | MODALS or (low in english_words() and base_verb(low)):
+        if gap.strip() or low in _NOT_NAMES or (low in english_words() and base_verb(low)):
             break
         end = word.end()
     return end
@@ -484,9 +484,6 @@ _HEAD_NOUNS = re.compile(
 )
 
 
-_OWNERS = {"the", "a", "an", "my", "our", "your", "his", "her", "their"}
-
-
 def _with_head_nouns(sentence: str, span: Span) -> Span:
     """A name that modifies the common nouns after it, in an object, with those nouns: "adopted from the
     Crestwyn animal shelter" -> "Crestwyn animal shelter" (asked "What was Brambleton adopted from?", and
@@ -495,7 +492,7 @@ def _with_head_nouns(sentence: str, span: Span) -> Span:
         return span
     before = sentence[: span.start].split()
     k = len(before) - 1
-    while k >= 0 and len(before) - k <= 3 and (before[k].lower() in _OWNERS or before[k].endswith(("'s", "’s"))):
+    while k >= 0 and len(before) - k <= 3 and (before[k].lower() in OWNERS or before[k].endswith(("'s", "’s"))):
         k -= 1  # "the", "my grandad's", "our"
     if k < 0 or k == len(before) - 1:
         return span
@@ -552,7 +549,14 @@ MODALS |= {"can", "could", "would", "will", "should", "must", "might", "never", 
 
 _LOCATIVE = {"under", "in", "inside", "behind", "beside", "on", "above", "below", "beneath", "at", "near", "by"}
 
-_DETERMINERS = {"the", "a", "an", "my", "our", "your", "his", "her", "their", "its", "some", "to"}
+ARTICLES = {"the", "a", "an"}
+POSSESSIVES = {"my", "our", "your", "his", "her", "their"}
+OWNERS = ARTICLES | POSSESSIVES  # what may stand before a noun phrase's name: "the", "my grandad's" aside
+
+_DETERMINERS = OWNERS | {"its", "some", "to"}
+
+# Words that follow a subject noun rather than another verb: "flowers are", "Mark can".
+_AFTER_SUBJECT = COPULA | MODALS
 
 # Words that end an object's noun phrase ("oat milk in my coffee", "flying, so ...", "green tea to black").
 _OBJECT_STOPS = (PREPS - {"of"}) | {"and", "but", "or", "so", "because", "when", "while", "if", "that", "which"}
@@ -567,6 +571,7 @@ _PRONOUNS = {"it", "them", "him", "her", "this", "that", "me", "you", "us", "som
 NOT_VERBS = STARTERS | PREPS | {"always", "each", "every", "its", "his", "hers", "this", "thus", "yes", "news"}
 
 _NOT_NOUNS = NOT_VERBS | COPULA | ADVERBS | _TRAILING_ADVERBS
+_NOT_NAMES = _NOT_NOUNS | MODALS  # words a lower-case name after a title never holds
 
 
 def base_verb(word: str) -> str | None:
